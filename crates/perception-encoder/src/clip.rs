@@ -1,0 +1,186 @@
+//! The CLIP model (`CLIP` in the reference's `pe.py`): a vision tower, a text tower and
+//! `logit_scale`. Vision-only presets (PE Spatial, PE Lang) use the same type without text.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::config::{ClipConfig, VisionConfig};
+use crate::error::{Error, Result};
+use crate::text::TextTransformer;
+use crate::vision::{l2_normalize, VisionTransformer};
+use crate::weights::{random_state_dict, Checkpoint};
+
+/// Where and in which dtype a model runs.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// The device the weights are placed on.
+    pub device: Device,
+    /// The compute dtype; stored weights of any float type are converted to it.
+    pub dtype: DType,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { device: Device::Cpu, dtype: DType::F32 }
+    }
+}
+
+/// Normalized image and text features and `exp(logit_scale)`, as the reference's
+/// `CLIP.forward` returns them.
+#[derive(Debug, Clone)]
+pub struct ClipOutput {
+    /// `encode_image(image, normalize=True)`, if images were given.
+    pub image_features: Option<Tensor>,
+    /// `encode_text(text, normalize=True)`, if text was given.
+    pub text_features: Option<Tensor>,
+    /// `exp(logit_scale)`.
+    pub logit_scale: f32,
+}
+
+/// A PE model: CLIP (PE Core) or vision-only (PE Spatial / PE Lang).
+///
+/// ```no_run
+/// use perception_encoder::{Clip, ClipConfig, LoadOptions};
+/// use candle_core::Tensor;
+/// let cfg = ClipConfig::preset("PE-Core-B16-224")?;
+/// let model = Clip::load(&cfg, "PE-Core-B16-224.pt", &LoadOptions::default())?;
+/// let pixels = Tensor::zeros((1, 3, 224, 224), candle_core::DType::F32, &candle_core::Device::Cpu)?;
+/// let embedding = model.encode_image(&pixels, true)?; // (1, 1024)
+/// # Ok::<(), perception_encoder::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Clip {
+    cfg: ClipConfig,
+    visual: VisionTransformer,
+    text: Option<TextTransformer>,
+    logit_scale: Option<Tensor>,
+}
+
+impl Clip {
+    /// Build from a [`VarBuilder`] in the official layout.
+    pub fn new(cfg: &ClipConfig, vb: VarBuilder) -> Result<Self> {
+        cfg.validate()?;
+        let visual = VisionTransformer::new(&cfg.vision, vb.pp("visual"))?;
+        let (text, logit_scale) = match &cfg.text {
+            Some(t) => (Some(TextTransformer::new(t, vb.clone())?), Some(vb.get((), "logit_scale")?)),
+            None => (None, None),
+        };
+        Ok(Clip { cfg: cfg.clone(), visual, text, logit_scale })
+    }
+
+    /// Load a checkpoint file in any supported format and layout (see [`crate::weights`]).
+    /// Missing tensors and shape mismatches are errors; unused tensors are logged as warnings.
+    pub fn load(cfg: &ClipConfig, path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Self> {
+        cfg.validate()?;
+        let ckpt = Checkpoint::open(path)?;
+        ckpt.check(cfg)?;
+        let vb = ckpt.into_var_builder(opts.dtype, &opts.device);
+        Self::new(cfg, vb)
+    }
+
+    /// Build from `(official key, tensor)` pairs.
+    pub fn from_tensors(cfg: &ClipConfig, tensors: Vec<(String, Tensor)>, opts: &LoadOptions) -> Result<Self> {
+        let map = tensors.into_iter().collect();
+        Self::new(cfg, VarBuilder::from_tensors(map, opts.dtype, &opts.device))
+    }
+
+    /// A model with seeded random weights (see [`random_state_dict`]), for benchmarks and tests.
+    pub fn random(cfg: &ClipConfig, seed: u64, opts: &LoadOptions) -> Result<Self> {
+        cfg.validate()?;
+        let tensors = random_state_dict(cfg, seed, opts.dtype, &opts.device)?;
+        Self::from_tensors(cfg, tensors, opts)
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> &ClipConfig {
+        &self.cfg
+    }
+    /// The vision tower.
+    pub fn visual(&self) -> &VisionTransformer {
+        &self.visual
+    }
+    /// The text tower, if the model has one.
+    pub fn text(&self) -> Option<&TextTransformer> {
+        self.text.as_ref()
+    }
+    /// The compute dtype.
+    pub fn dtype(&self) -> DType {
+        self.visual.dtype()
+    }
+
+    fn text_tower(&self) -> Result<&TextTransformer> {
+        self.text.as_ref().ok_or_else(|| Error::MissingPart { model: self.cfg.name.clone(), part: "text tower" })
+    }
+
+    /// Image embeddings of `(batch, 3, H, W)` pixels (any size; floor division by the patch).
+    /// `normalize` divides each row by its L2 norm.
+    pub fn encode_image(&self, images: &Tensor, normalize: bool) -> Result<Tensor> {
+        let x = self.visual.forward(images)?;
+        if normalize {
+            l2_normalize(&x)
+        } else {
+            Ok(x)
+        }
+    }
+
+    /// Text embeddings of token ids `(batch, len)` with `len <= context_length`.
+    pub fn encode_text(&self, ids: &Tensor, normalize: bool) -> Result<Tensor> {
+        let x = self.text_tower()?.forward(ids)?;
+        if normalize {
+            l2_normalize(&x)
+        } else {
+            Ok(x)
+        }
+    }
+
+    /// Video embeddings of `(batch, frames, 3, H, W)`: every frame through
+    /// [`Clip::encode_image`] (normalized per frame if `normalize`), then the mean over frames.
+    /// The mean is not normalized again, as in the reference.
+    pub fn encode_video(&self, video: &Tensor, normalize: bool) -> Result<Tensor> {
+        let dims = video.dims();
+        if dims.len() != 5 {
+            return Err(Error::InvalidInput(format!("video must be a (batch, frames, 3, H, W) tensor, got shape {dims:?}")));
+        }
+        let (b, n) = (dims[0], dims[1]);
+        let frames = video.reshape((b * n, dims[2], dims[3], dims[4]))?;
+        let feats = self.encode_image(&frames, normalize)?;
+        let rest: Vec<usize> = feats.dims()[1..].to_vec();
+        let mut shape = vec![b, n];
+        shape.extend(rest);
+        Ok(feats.reshape(shape)?.mean(1)?)
+    }
+
+    /// `exp(logit_scale)`; an error for vision-only models.
+    pub fn logit_scale(&self) -> Result<f32> {
+        let s = self.logit_scale.as_ref().ok_or_else(|| Error::MissingPart { model: self.cfg.name.clone(), part: "logit_scale" })?;
+        Ok(s.to_dtype(DType::F32)?.exp()?.to_scalar::<f32>()?)
+    }
+
+    /// The CLIP forward: normalized features of whichever inputs are given and `exp(logit_scale)`.
+    pub fn forward(&self, images: Option<&Tensor>, text: Option<&Tensor>) -> Result<ClipOutput> {
+        Ok(ClipOutput {
+            image_features: images.map(|x| self.encode_image(x, true)).transpose()?,
+            text_features: text.map(|t| self.encode_text(t, true)).transpose()?,
+            logit_scale: self.logit_scale()?,
+        })
+    }
+
+    /// See [`VisionTransformer::forward_features`].
+    pub fn forward_features(&self, images: &Tensor, layer_idx: isize, norm: bool, strip_cls_token: bool) -> Result<Tensor> {
+        self.visual.forward_features(images, layer_idx, norm, strip_cls_token)
+    }
+
+    /// Keep vision blocks `0..=layer_idx` only; see [`VisionTransformer::truncate`].
+    pub fn truncate(&mut self, layer_idx: isize) -> Result<()> {
+        self.visual.truncate(layer_idx)?;
+        self.cfg.vision.layers = self.visual.config().layers;
+        Ok(())
+    }
+
+    /// The vision tower's configuration.
+    pub fn vision_config(&self) -> &VisionConfig {
+        &self.cfg.vision
+    }
+}

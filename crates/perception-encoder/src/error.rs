@@ -1,0 +1,90 @@
+//! The library's one error type. Every variant carries the evidence a user needs to fix the
+//! problem (the key, the shapes, the known names) so the CLI and server can print it as is.
+
+use std::path::PathBuf;
+
+/// Errors returned by `perception_encoder`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A model name that is not one of the presets.
+    #[error("unknown model `{name}`; known models: {}", known.join(", "))]
+    UnknownModel {
+        /// The name that was asked for.
+        name: String,
+        /// Every preset name.
+        known: Vec<String>,
+    },
+
+    /// A configuration that cannot describe a PE model (bad JSON, zero sizes, ...).
+    #[error("invalid model config: {0}")]
+    InvalidConfig(String),
+
+    /// The checkpoint lacks tensors the model needs.
+    #[error("checkpoint {path} is missing {} tensor(s) the model needs: {}", keys.len(), keys.join(", "))]
+    MissingTensors {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// The missing keys, in the official layout.
+        keys: Vec<String>,
+    },
+
+    /// A tensor whose shape differs from the one the config implies.
+    #[error("shape mismatch for `{key}`: the model expects {expected:?}, the checkpoint has {found:?}")]
+    ShapeMismatch {
+        /// The official key.
+        key: String,
+        /// The shape the config implies.
+        expected: Vec<usize>,
+        /// The shape stored in the checkpoint.
+        found: Vec<usize>,
+    },
+
+    /// A file that is not a checkpoint format we read, or one that is corrupt or truncated.
+    #[error("cannot read checkpoint {path}: {reason}")]
+    BadCheckpoint {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// An input that does not fit the model (wrong rank, too small, token id out of range).
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+
+    /// The operation needs a part the model does not have (a text tower, an attention pool).
+    #[error("model `{model}` has no {part}")]
+    MissingPart {
+        /// The model name.
+        model: String,
+        /// The missing part, e.g. "text tower".
+        part: &'static str,
+    },
+
+    /// A file system error, with the path it concerns.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// An error from the tensor library.
+    #[error(transparent)]
+    Tensor(#[from] candle_core::Error),
+}
+
+/// `Result` with the library's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+
+    pub(crate) fn bad_checkpoint(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        Error::BadCheckpoint { path: path.into(), reason: reason.into() }
+    }
+}

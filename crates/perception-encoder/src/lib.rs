@@ -1,0 +1,43 @@
+//! # perception-encoder
+//!
+//! A native Rust implementation of Meta's Perception Encoder (PE): the PE Core CLIP models
+//! (T16, S16, B16, L14, G14 image and text towers) and the vision-only PE Spatial and PE Lang
+//! towers, numerically equal to the reference implementation
+//! ([facebookresearch/perception_models](https://github.com/facebookresearch/perception_models),
+//! `core/vision_encoder/pe.py`) in float32.
+//!
+//! ```no_run
+//! use perception_encoder::{Clip, ClipConfig, LoadOptions};
+//! use candle_core::{DType, Device, Tensor};
+//!
+//! let cfg = ClipConfig::preset("PE-Core-B16-224")?;
+//! let model = Clip::load(&cfg, "PE-Core-B16-224.pt", &LoadOptions::default())?;
+//! let pixels = Tensor::zeros((2, 3, 224, 224), DType::F32, &Device::Cpu)?; // preprocessed images
+//! let ids = Tensor::zeros((1, 32), DType::I64, &Device::Cpu)?;             // tokenized text
+//! let out = model.forward(Some(&pixels), Some(&ids))?;
+//! let logits = (out.image_features.unwrap().matmul(&out.text_features.unwrap().t()?)? * out.logit_scale as f64)?;
+//! # Ok::<(), perception_encoder::Error>(())
+//! ```
+//!
+//! Modules: [`config`] (presets and JSON), [`weights`] (checkpoint formats and key layouts),
+//! [`vision`] and [`text`] (the towers), [`Clip`] (both together).
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod error;
+pub mod rope;
+pub mod text;
+pub mod vision;
+pub mod weights;
+
+mod clip;
+mod transformer;
+
+pub use clip::{Clip, ClipOutput, LoadOptions};
+pub use config::{ClipConfig, PoolType, TextConfig, VisionConfig, PRESET_NAMES};
+pub use error::{Error, Result};
+pub use text::TextTransformer;
+pub use vision::VisionTransformer;
+
+/// Re-exported so users need not depend on candle's exact version to build inputs.
+pub use candle_core;

@@ -1,0 +1,490 @@
+//! A restricted unpickler for PyTorch state dicts.
+//!
+//! It accepts what `torch.load(weights_only=True)` accepts for a state dict: dicts (plain and
+//! `collections.OrderedDict`), lists, tuples, strings, numbers, booleans, `None`, and tensors
+//! rebuilt by `torch._utils._rebuild_tensor_v2` / `_rebuild_parameter` from typed storages.
+//! Any other global is an error that names it; nothing is ever executed.
+
+use std::collections::HashMap;
+
+/// Element type of a PyTorch storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StorageDType {
+    F32,
+    F16,
+    BF16,
+    F64,
+}
+
+impl StorageDType {
+    pub(crate) fn size(self) -> usize {
+        match self {
+            StorageDType::F32 => 4,
+            StorageDType::F16 | StorageDType::BF16 => 2,
+            StorageDType::F64 => 8,
+        }
+    }
+}
+
+/// A tensor as the pickle describes it: a view into a storage entry of the archive.
+#[derive(Debug, Clone)]
+pub(crate) struct PickledTensor {
+    pub storage_key: String,
+    pub dtype: StorageDType,
+    /// Elements in the whole storage.
+    pub storage_numel: usize,
+    /// Offset into the storage, in elements.
+    pub offset: usize,
+    pub shape: Vec<usize>,
+    /// Strides in elements.
+    pub stride: Vec<usize>,
+}
+
+/// A decoded pickle value.
+#[derive(Debug, Clone)]
+#[allow(dead_code)] // payloads of plain values are only read through Debug in diagnostics
+pub(crate) enum Value {
+    None,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+    Bytes(Vec<u8>),
+    Tuple(Vec<Value>),
+    List(Vec<Value>),
+    Dict(Vec<(Value, Value)>),
+    /// A global the unpickler allows, before it is called.
+    Global(Global),
+    Storage { dtype: StorageDType, key: String, numel: usize },
+    Tensor(PickledTensor),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Global {
+    OrderedDict,
+    RebuildTensorV2,
+    RebuildParameter,
+    Storage(StorageDType),
+}
+
+fn resolve_global(module: &str, name: &str) -> Result<Global, String> {
+    Ok(match (module, name) {
+        ("collections", "OrderedDict") => Global::OrderedDict,
+        ("torch._utils", "_rebuild_tensor_v2") => Global::RebuildTensorV2,
+        ("torch._utils", "_rebuild_parameter") => Global::RebuildParameter,
+        ("torch", "FloatStorage") => Global::Storage(StorageDType::F32),
+        ("torch", "HalfStorage") => Global::Storage(StorageDType::F16),
+        ("torch", "BFloat16Storage") => Global::Storage(StorageDType::BF16),
+        ("torch", "DoubleStorage") => Global::Storage(StorageDType::F64),
+        _ => {
+            return Err(format!(
+                "the pickle refers to `{module}.{name}`, which a weights-only state dict never contains \
+                 (only tensors of float32/float16/bfloat16/float64 storages, dicts, lists and plain values are read)"
+            ))
+        }
+    })
+}
+
+enum Item {
+    Mark,
+    V(Value),
+}
+
+struct Machine<'a> {
+    data: &'a [u8],
+    pos: usize,
+    stack: Vec<Item>,
+    memo: HashMap<u32, Value>,
+}
+
+impl<'a> Machine<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.data.len()).ok_or("pickle ends early")?;
+        let s = &self.data[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, String> {
+        let b = self.take(2)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self) -> Result<u32, String> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn line(&mut self) -> Result<String, String> {
+        let rest = &self.data[self.pos..];
+        let n = rest.iter().position(|&c| c == b'\n').ok_or("pickle ends inside a text line")?;
+        let s = String::from_utf8(rest[..n].to_vec()).map_err(|_| "non-UTF-8 name in pickle")?;
+        self.pos += n + 1;
+        Ok(s)
+    }
+    fn push(&mut self, v: Value) {
+        self.stack.push(Item::V(v));
+    }
+    fn pop(&mut self) -> Result<Value, String> {
+        match self.stack.pop() {
+            Some(Item::V(v)) => Ok(v),
+            Some(Item::Mark) => Err("unexpected MARK on the pickle stack".into()),
+            None => Err("pickle stack underflow".into()),
+        }
+    }
+    fn top(&mut self) -> Result<&mut Value, String> {
+        match self.stack.last_mut() {
+            Some(Item::V(v)) => Ok(v),
+            _ => Err("pickle stack underflow".into()),
+        }
+    }
+    fn pop_mark(&mut self) -> Result<Vec<Value>, String> {
+        let mut out = Vec::new();
+        loop {
+            match self.stack.pop() {
+                Some(Item::Mark) => break,
+                Some(Item::V(v)) => out.push(v),
+                None => return Err("MARK not found on the pickle stack".into()),
+            }
+        }
+        out.reverse();
+        Ok(out)
+    }
+    fn memo_get(&mut self, idx: u32) -> Result<(), String> {
+        let v = self.memo.get(&idx).cloned().ok_or_else(|| format!("pickle memo {idx} is unset"))?;
+        self.push(v);
+        Ok(())
+    }
+    fn memo_put(&mut self, idx: u32) -> Result<(), String> {
+        let v = match self.stack.last() {
+            Some(Item::V(v)) => v.clone(),
+            _ => return Err("memo of an empty stack".into()),
+        };
+        self.memo.insert(idx, v);
+        Ok(())
+    }
+}
+
+fn as_usize(v: &Value, what: &str) -> Result<usize, String> {
+    match v {
+        Value::Int(i) if *i >= 0 => Ok(*i as usize),
+        _ => Err(format!("{what} is not a non-negative integer: {v:?}")),
+    }
+}
+
+fn as_usize_tuple(v: &Value, what: &str) -> Result<Vec<usize>, String> {
+    match v {
+        Value::Tuple(xs) | Value::List(xs) => xs.iter().map(|x| as_usize(x, what)).collect(),
+        _ => Err(format!("{what} is not a tuple")),
+    }
+}
+
+fn call(func: Global, args: Value) -> Result<Value, String> {
+    let args = match args {
+        Value::Tuple(a) => a,
+        other => return Err(format!("call arguments are not a tuple: {other:?}")),
+    };
+    match func {
+        Global::OrderedDict => match args.as_slice() {
+            [] => Ok(Value::Dict(Vec::new())),
+            [Value::List(items)] if items.is_empty() => Ok(Value::Dict(Vec::new())),
+            _ => Err("OrderedDict called with arguments".into()),
+        },
+        Global::RebuildTensorV2 => {
+            if args.len() < 4 {
+                return Err("_rebuild_tensor_v2 with too few arguments".into());
+            }
+            let (dtype, key, numel) = match &args[0] {
+                Value::Storage { dtype, key, numel } => (*dtype, key.clone(), *numel),
+                other => return Err(format!("_rebuild_tensor_v2 on a non-storage: {other:?}")),
+            };
+            let offset = as_usize(&args[1], "storage offset")?;
+            let shape = as_usize_tuple(&args[2], "tensor size")?;
+            let stride = as_usize_tuple(&args[3], "tensor stride")?;
+            if shape.len() != stride.len() {
+                return Err("tensor size and stride differ in length".into());
+            }
+            Ok(Value::Tensor(PickledTensor { storage_key: key, dtype, storage_numel: numel, offset, shape, stride }))
+        }
+        Global::RebuildParameter => match args.into_iter().next() {
+            Some(t @ Value::Tensor(_)) => Ok(t),
+            _ => Err("_rebuild_parameter without a tensor".into()),
+        },
+        Global::Storage(_) => Err("a storage class cannot be called".into()),
+    }
+}
+
+fn persistent_load(pid: Value) -> Result<Value, String> {
+    let parts = match pid {
+        Value::Tuple(p) => p,
+        other => return Err(format!("unexpected persistent id {other:?}")),
+    };
+    match parts.as_slice() {
+        [Value::Str(tag), Value::Global(Global::Storage(dtype)), key, _location, numel] if tag == "storage" => {
+            let key = match key {
+                Value::Str(s) => s.clone(),
+                Value::Int(i) => i.to_string(),
+                other => return Err(format!("storage key {other:?}")),
+            };
+            Ok(Value::Storage { dtype: *dtype, key, numel: as_usize(numel, "storage size")? })
+        }
+        _ => Err(format!("unsupported persistent id {parts:?}")),
+    }
+}
+
+/// Run the restricted unpickler over `data` and return the top-level object.
+pub(crate) fn unpickle(data: &[u8]) -> Result<Value, String> {
+    let mut m = Machine { data, pos: 0, stack: Vec::new(), memo: HashMap::new() };
+    loop {
+        let op = m.u8()?;
+        match op {
+            0x80 => {
+                m.u8()?; // PROTO
+            }
+            0x95 => {
+                m.take(8)?; // FRAME
+            }
+            b'.' => return m.pop(), // STOP
+            b'(' => m.stack.push(Item::Mark),
+            b'N' => m.push(Value::None),
+            0x88 => m.push(Value::Bool(true)),
+            0x89 => m.push(Value::Bool(false)),
+            b'J' => {
+                let v = m.u32()? as i32;
+                m.push(Value::Int(v as i64))
+            }
+            b'K' => {
+                let v = m.u8()?;
+                m.push(Value::Int(v as i64))
+            }
+            b'M' => {
+                let v = m.u16()?;
+                m.push(Value::Int(v as i64))
+            }
+            0x8a => {
+                // LONG1: little-endian two's complement
+                let n = m.u8()? as usize;
+                let b = m.take(n)?;
+                if n > 8 {
+                    return Err("integer too large in pickle".into());
+                }
+                let mut v: i64 = 0;
+                for (i, &byte) in b.iter().enumerate() {
+                    v |= (byte as i64) << (8 * i);
+                }
+                if n > 0 && n < 8 && b[n - 1] & 0x80 != 0 {
+                    v -= 1i64 << (8 * n);
+                }
+                m.push(Value::Int(v))
+            }
+            b'G' => {
+                let b = m.take(8)?;
+                m.push(Value::Float(f64::from_be_bytes(b.try_into().unwrap())))
+            }
+            b'X' => {
+                let n = m.u32()? as usize;
+                let s = std::str::from_utf8(m.take(n)?).map_err(|_| "invalid UTF-8 string in pickle")?;
+                m.push(Value::Str(s.to_string()))
+            }
+            0x8c => {
+                let n = m.u8()? as usize;
+                let s = std::str::from_utf8(m.take(n)?).map_err(|_| "invalid UTF-8 string in pickle")?;
+                m.push(Value::Str(s.to_string()))
+            }
+            b'U' => {
+                let n = m.u8()? as usize;
+                let b = m.take(n)?.to_vec();
+                m.push(Value::Str(String::from_utf8_lossy(&b).into_owned()))
+            }
+            b'T' => {
+                let n = m.u32()? as usize;
+                let b = m.take(n)?.to_vec();
+                m.push(Value::Str(String::from_utf8_lossy(&b).into_owned()))
+            }
+            b'C' => {
+                let n = m.u8()? as usize;
+                let b = m.take(n)?.to_vec();
+                m.push(Value::Bytes(b))
+            }
+            b'B' => {
+                let n = m.u32()? as usize;
+                let b = m.take(n)?.to_vec();
+                m.push(Value::Bytes(b))
+            }
+            b'}' => m.push(Value::Dict(Vec::new())),
+            b']' => m.push(Value::List(Vec::new())),
+            b')' => m.push(Value::Tuple(Vec::new())),
+            b'd' => {
+                let items = m.pop_mark()?;
+                m.push(Value::Dict(pairs(items)?))
+            }
+            b'l' => {
+                let items = m.pop_mark()?;
+                m.push(Value::List(items))
+            }
+            b't' => {
+                let items = m.pop_mark()?;
+                m.push(Value::Tuple(items))
+            }
+            0x85 => {
+                let a = m.pop()?;
+                m.push(Value::Tuple(vec![a]))
+            }
+            0x86 => {
+                let b = m.pop()?;
+                let a = m.pop()?;
+                m.push(Value::Tuple(vec![a, b]))
+            }
+            0x87 => {
+                let c = m.pop()?;
+                let b = m.pop()?;
+                let a = m.pop()?;
+                m.push(Value::Tuple(vec![a, b, c]))
+            }
+            b'q' => {
+                let i = m.u8()? as u32;
+                m.memo_put(i)?
+            }
+            b'r' => {
+                let i = m.u32()?;
+                m.memo_put(i)?
+            }
+            0x94 => {
+                let i = m.memo.len() as u32;
+                m.memo_put(i)?
+            }
+            b'h' => {
+                let i = m.u8()? as u32;
+                m.memo_get(i)?
+            }
+            b'j' => {
+                let i = m.u32()?;
+                m.memo_get(i)?
+            }
+            b'0' => {
+                m.stack.pop().ok_or("pickle stack underflow")?;
+            }
+            b'1' => {
+                m.pop_mark()?;
+            }
+            b'2' => {
+                let v = m.top()?.clone();
+                m.push(v)
+            }
+            b'c' => {
+                let module = m.line()?;
+                let name = m.line()?;
+                m.push(Value::Global(resolve_global(&module, &name)?))
+            }
+            0x93 => {
+                let name = m.pop()?;
+                let module = m.pop()?;
+                match (module, name) {
+                    (Value::Str(module), Value::Str(name)) => m.push(Value::Global(resolve_global(&module, &name)?)),
+                    _ => return Err("STACK_GLOBAL without strings".into()),
+                }
+            }
+            b'Q' => {
+                let pid = m.pop()?;
+                m.push(persistent_load(pid)?)
+            }
+            b'R' => {
+                let args = m.pop()?;
+                let func = match m.pop()? {
+                    Value::Global(g) => g,
+                    other => return Err(format!("REDUCE on a non-callable {other:?}")),
+                };
+                m.push(call(func, args)?)
+            }
+            0x81 => {
+                let args = m.pop()?;
+                match m.pop()? {
+                    Value::Global(g @ Global::OrderedDict) => m.push(call(g, args)?),
+                    other => return Err(format!("NEWOBJ on {other:?}")),
+                }
+            }
+            b'b' => {
+                // BUILD: only dicts receive state (OrderedDict's `_metadata`), which is ignored.
+                let _state = m.pop()?;
+                match m.top()? {
+                    Value::Dict(_) => {}
+                    other => return Err(format!("BUILD on {other:?}")),
+                }
+            }
+            b's' => {
+                let v = m.pop()?;
+                let k = m.pop()?;
+                match m.top()? {
+                    Value::Dict(d) => d.push((k, v)),
+                    _ => return Err("SETITEM on a non-dict".into()),
+                }
+            }
+            b'u' => {
+                let items = pairs(m.pop_mark()?)?;
+                match m.top()? {
+                    Value::Dict(d) => d.extend(items),
+                    _ => return Err("SETITEMS on a non-dict".into()),
+                }
+            }
+            b'a' => {
+                let v = m.pop()?;
+                match m.top()? {
+                    Value::List(l) => l.push(v),
+                    _ => return Err("APPEND on a non-list".into()),
+                }
+            }
+            b'e' => {
+                let items = m.pop_mark()?;
+                match m.top()? {
+                    Value::List(l) => l.extend(items),
+                    _ => return Err("APPENDS on a non-list".into()),
+                }
+            }
+            other => return Err(format!("unsupported pickle opcode 0x{other:02x} at byte {}", m.pos - 1)),
+        }
+    }
+}
+
+fn pairs(items: Vec<Value>) -> Result<Vec<(Value, Value)>, String> {
+    if items.len() % 2 != 0 {
+        return Err("odd number of dict items in pickle".into());
+    }
+    let mut it = items.into_iter();
+    let mut out = Vec::new();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        out.push((k, v));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_arbitrary_globals() {
+        // cos\nsystem\n(S'echo hi'\ntR.  -- the classic exploit
+        let evil = b"cos\nsystem\n(U\x07echo hitR.";
+        let err = unpickle(evil).unwrap_err();
+        assert!(err.contains("os.system"), "{err}");
+    }
+
+    #[test]
+    fn truncated_pickle_is_an_error() {
+        assert!(unpickle(b"\x80\x02}q\x00(X\x03\x00\x00").is_err());
+        assert!(unpickle(b"").is_err());
+    }
+
+    #[test]
+    fn plain_values() {
+        // {'a': 1, 'b': [True, None], 'c': -2}
+        let p = b"\x80\x02}q\x00(X\x01\x00\x00\x00aK\x01X\x01\x00\x00\x00b]q\x01(\x88NeX\x01\x00\x00\x00cJ\xfe\xff\xff\xffu.";
+        match unpickle(p).unwrap() {
+            Value::Dict(d) => {
+                assert_eq!(d.len(), 3);
+                assert!(matches!(d[2].1, Value::Int(-2)));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
