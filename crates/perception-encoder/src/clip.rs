@@ -141,7 +141,9 @@ impl Clip {
     pub fn encode_video(&self, video: &Tensor, normalize: bool) -> Result<Tensor> {
         let dims = video.dims();
         if dims.len() != 5 {
-            return Err(Error::InvalidInput(format!("video must be a (batch, frames, 3, H, W) tensor, got shape {dims:?}")));
+            return Err(Error::InvalidInput(format!(
+                "video must be a (batch, frames, 3, H, W) tensor, got shape {dims:?}"
+            )));
         }
         let (b, n) = (dims[0], dims[1]);
         let frames = video.reshape((b * n, dims[2], dims[3], dims[4]))?;
@@ -154,7 +156,10 @@ impl Clip {
 
     /// `exp(logit_scale)`; an error for vision-only models.
     pub fn logit_scale(&self) -> Result<f32> {
-        let s = self.logit_scale.as_ref().ok_or_else(|| Error::MissingPart { model: self.cfg.name.clone(), part: "logit_scale" })?;
+        let s = self
+            .logit_scale
+            .as_ref()
+            .ok_or_else(|| Error::MissingPart { model: self.cfg.name.clone(), part: "logit_scale" })?;
         Ok(s.to_dtype(DType::F32)?.exp()?.to_scalar::<f32>()?)
     }
 
@@ -168,7 +173,13 @@ impl Clip {
     }
 
     /// See [`VisionTransformer::forward_features`].
-    pub fn forward_features(&self, images: &Tensor, layer_idx: isize, norm: bool, strip_cls_token: bool) -> Result<Tensor> {
+    pub fn forward_features(
+        &self,
+        images: &Tensor,
+        layer_idx: isize,
+        norm: bool,
+        strip_cls_token: bool,
+    ) -> Result<Tensor> {
         self.visual.forward_features(images, layer_idx, norm, strip_cls_token)
     }
 

@@ -125,7 +125,7 @@ impl VisionConfig {
         if self.patch_size == 0 || self.width == 0 || self.layers == 0 || self.heads == 0 {
             return bad("vision patch_size, width, layers and heads must be positive".into());
         }
-        if self.width % self.heads != 0 {
+        if !self.width.is_multiple_of(self.heads) {
             return bad(format!("vision width {} is not divisible by heads {}", self.width, self.heads));
         }
         if !(self.mlp_ratio.is_finite() && self.mlp_ratio > 0.0) || self.mlp_hidden() == 0 {
@@ -138,7 +138,7 @@ impl VisionConfig {
             ));
         }
         if self.pool_type == PoolType::Attn
-            && (self.attn_pooler_heads == 0 || self.width % self.attn_pooler_heads != 0)
+            && (self.attn_pooler_heads == 0 || !self.width.is_multiple_of(self.attn_pooler_heads))
         {
             return bad(format!(
                 "vision width {} is not divisible by attn_pooler_heads {}",
@@ -197,7 +197,7 @@ impl TextConfig {
         {
             return bad("text context_length, width, heads, layers, output_dim and vocab_size must be positive".into());
         }
-        if self.width % self.heads != 0 {
+        if !self.width.is_multiple_of(self.heads) {
             return bad(format!("text width {} is not divisible by heads {}", self.width, self.heads));
         }
         if !(self.mlp_ratio.is_finite() && self.mlp_ratio > 0.0) || self.mlp_hidden() == 0 {
@@ -301,13 +301,9 @@ impl ClipConfig {
     /// The preset with this official name (`PE-Core-B16-224`, `PE-Spatial-G14-448`, ...).
     /// Matching ignores ASCII case; an unknown name is an error listing the known ones.
     pub fn preset(name: &str) -> Result<Self> {
-        let canonical = PRESET_NAMES
-            .iter()
-            .find(|n| n.eq_ignore_ascii_case(name))
-            .ok_or_else(|| Error::UnknownModel {
-                name: name.to_string(),
-                known: PRESET_NAMES.iter().map(|s| s.to_string()).collect(),
-            })?;
+        let canonical = PRESET_NAMES.iter().find(|n| n.eq_ignore_ascii_case(name)).ok_or_else(|| {
+            Error::UnknownModel { name: name.to_string(), known: PRESET_NAMES.iter().map(|s| s.to_string()).collect() }
+        })?;
         let g14 = || core_vision(448, 14, 1536, 50, 16, 8960.0 / 1536.0, 1280, false);
         let l14 = || core_vision(336, 14, 1024, 24, 16, 4.0, 1024, true);
         let b16 = || core_vision(224, 16, 768, 12, 12, 4.0, 1024, true);
@@ -339,8 +335,7 @@ impl ClipConfig {
     /// Parse a JSON description: `vision` and optional `text` objects with the reference's field
     /// names (the fixtures' `tiny-cls.json` format); other top-level keys are ignored.
     pub fn from_json_str(json: &str) -> Result<Self> {
-        let cfg: ClipConfig =
-            serde_json::from_str(json).map_err(|e| Error::InvalidConfig(format!("JSON: {e}")))?;
+        let cfg: ClipConfig = serde_json::from_str(json).map_err(|e| Error::InvalidConfig(format!("JSON: {e}")))?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -349,8 +344,8 @@ impl ClipConfig {
     pub fn from_json_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let mut cfg = Self::from_json_str(&text)
-            .map_err(|e| Error::InvalidConfig(format!("{}: {e}", path.display())))?;
+        let mut cfg =
+            Self::from_json_str(&text).map_err(|e| Error::InvalidConfig(format!("{}: {e}", path.display())))?;
         if cfg.name.is_empty() {
             cfg.name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         }
@@ -417,7 +412,8 @@ mod tests {
 
     #[test]
     fn json_rejects_impossible_sizes() {
-        let j = r#"{"vision": {"patch_size": 8, "width": 60, "layers": 1, "heads": 7, "mlp_ratio": 4.0, "output_dim": 8}}"#;
+        let j =
+            r#"{"vision": {"patch_size": 8, "width": 60, "layers": 1, "heads": 7, "mlp_ratio": 4.0, "output_dim": 8}}"#;
         assert!(ClipConfig::from_json_str(j).unwrap_err().to_string().contains("divisible"));
         let j = r#"{"vision": {"patch_size": 8, "width": 64, "layers": 1, "heads": 4, "mlp_ratio": 4.0, "output_dim": 8}, "derived": 1}"#;
         let cfg = ClipConfig::from_json_str(j).unwrap();

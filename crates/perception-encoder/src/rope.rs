@@ -12,6 +12,9 @@ use candle_core::{DType, Device, Tensor, D};
 
 use crate::error::Result;
 
+/// `(cos, sin)` tables of one grid.
+type CosSin = (Tensor, Tensor);
+
 /// The angle table for a grid and the rotation it implies.
 #[derive(Debug)]
 pub struct Rope2d {
@@ -19,7 +22,7 @@ pub struct Rope2d {
     use_cls_token: bool,
     /// Per-axis frequencies, float32 as the reference computes them.
     freqs: Vec<f32>,
-    cache: Mutex<HashMap<(usize, usize, DType), (Tensor, Tensor)>>,
+    cache: Mutex<HashMap<(usize, usize, DType), CosSin>>,
 }
 
 impl Rope2d {
@@ -71,7 +74,13 @@ impl Rope2d {
     }
 
     /// `(cos, sin)` of the angle table, shape `(seq, rot_dim)`, cached per grid.
-    pub(crate) fn cos_sin(&self, grid_h: usize, grid_w: usize, dtype: DType, device: &Device) -> Result<(Tensor, Tensor)> {
+    pub(crate) fn cos_sin(
+        &self,
+        grid_h: usize,
+        grid_w: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<(Tensor, Tensor)> {
         let key = (grid_h, grid_w, dtype);
         if let Some(hit) = self.cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
             return Ok(hit);

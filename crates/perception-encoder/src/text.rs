@@ -47,8 +47,10 @@ impl TextTransformer {
     /// Validate token ids `(batch, len)` and return them as rows of `u32`.
     fn ids(&self, ids: &Tensor) -> Result<Vec<Vec<u32>>> {
         let dims = ids.dims();
-        if dims.len() != 2 || dims[1] == 0 {
-            return Err(Error::InvalidInput(format!("token ids must be a (batch, length) tensor, got shape {dims:?}")));
+        if dims.len() != 2 || dims[0] == 0 || dims[1] == 0 {
+            return Err(Error::InvalidInput(format!(
+                "token ids must be a non-empty (batch, length) tensor, got shape {dims:?}"
+            )));
         }
         if dims[1] > self.cfg.context_length {
             return Err(Error::InvalidInput(format!(
@@ -67,7 +69,10 @@ impl TextTransformer {
                 r.into_iter()
                     .map(|id| {
                         if id < 0 || id as usize >= self.cfg.vocab_size {
-                            Err(Error::InvalidInput(format!("token id {id} is outside the vocabulary of {}", self.cfg.vocab_size)))
+                            Err(Error::InvalidInput(format!(
+                                "token id {id} is outside the vocabulary of {}",
+                                self.cfg.vocab_size
+                            )))
                         } else {
                             Ok(id as u32)
                         }
@@ -94,7 +99,8 @@ impl TextTransformer {
         let x = self.embed(rows)?;
         let l = rows[0].len();
         // Additive causal mask: -inf above the diagonal.
-        let mask: Vec<f32> = (0..l).flat_map(|i| (0..l).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 })).collect();
+        let mask: Vec<f32> =
+            (0..l).flat_map(|i| (0..l).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 })).collect();
         let mask = Tensor::from_vec(mask, (l, l), &self.device)?.to_dtype(self.dtype)?;
         let x = self.transformer.forward(&x, self.cfg.layers - 1, None, Some(&mask))?;
         Ok(self.ln_final.forward(&x)?)

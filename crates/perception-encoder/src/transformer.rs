@@ -69,7 +69,12 @@ impl SelfAttention {
     }
 
     /// `rope` rotates q and k with the given `(cos, sin)` tables; `mask` is added to the scores.
-    pub(crate) fn forward(&self, x: &Tensor, rope: Option<(&Rope2d, &Tensor, &Tensor)>, mask: Option<&Tensor>) -> Result<Tensor> {
+    pub(crate) fn forward(
+        &self,
+        x: &Tensor,
+        rope: Option<(&Rope2d, &Tensor, &Tensor)>,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let (b, n, w) = x.dims3()?;
         let hd = w / self.heads;
         let qkv = self.in_proj.forward(x)?.reshape((b, n, 3, self.heads, hd))?.permute((2, 0, 3, 1, 4))?;
@@ -110,7 +115,12 @@ impl ResidualAttentionBlock {
         })
     }
 
-    pub(crate) fn forward(&self, x: &Tensor, rope: Option<(&Rope2d, &Tensor, &Tensor)>, mask: Option<&Tensor>) -> Result<Tensor> {
+    pub(crate) fn forward(
+        &self,
+        x: &Tensor,
+        rope: Option<(&Rope2d, &Tensor, &Tensor)>,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let mut h = self.attn.forward(&self.ln_1.forward(x)?, rope, mask)?;
         if let Some(g) = &self.ls_1 {
             h = h.broadcast_mul(g)?;
@@ -131,15 +141,29 @@ pub(crate) struct Transformer {
 }
 
 impl Transformer {
-    pub(crate) fn new(width: usize, layers: usize, heads: usize, hidden: usize, layer_scale: bool, vb: VarBuilder) -> Result<Self> {
+    pub(crate) fn new(
+        width: usize,
+        layers: usize,
+        heads: usize,
+        hidden: usize,
+        layer_scale: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let vb = vb.pp("resblocks");
-        let resblocks =
-            (0..layers).map(|i| ResidualAttentionBlock::new(width, heads, hidden, layer_scale, vb.pp(i))).collect::<Result<_>>()?;
+        let resblocks = (0..layers)
+            .map(|i| ResidualAttentionBlock::new(width, heads, hidden, layer_scale, vb.pp(i)))
+            .collect::<Result<_>>()?;
         Ok(Transformer { resblocks })
     }
 
     /// Run blocks `0..=stop`.
-    pub(crate) fn forward(&self, x: &Tensor, stop: usize, rope: Option<(&Rope2d, &Tensor, &Tensor)>, mask: Option<&Tensor>) -> Result<Tensor> {
+    pub(crate) fn forward(
+        &self,
+        x: &Tensor,
+        stop: usize,
+        rope: Option<(&Rope2d, &Tensor, &Tensor)>,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let mut x = x.clone();
         for block in &self.resblocks[..=stop] {
             x = block.forward(&x, rope, mask)?;

@@ -64,7 +64,9 @@ fn compute(model: &Clip, name: &str, inputs: &std::collections::HashMap<String, 
         "text_tokens_in" => r(model.text().unwrap().tokens_in(&text())),
         "text_tokens_final" => r(model.text().unwrap().forward_tokens(&text())),
         "text_embed_short" => r(model.encode_text(&input("text_ids_short"), false)),
-        "logit_scale_exp" => Tensor::new(model.logit_scale().unwrap(), &perception_encoder::candle_core::Device::Cpu).unwrap(),
+        "logit_scale_exp" => {
+            Tensor::new(model.logit_scale().unwrap(), &perception_encoder::candle_core::Device::Cpu).unwrap()
+        }
         "logits_per_image" => {
             let out = model.forward(Some(&image("native")), Some(&text())).unwrap();
             let logits = out.image_features.unwrap().matmul(&out.text_features.unwrap().t().unwrap()).unwrap();
@@ -82,7 +84,8 @@ fn check_model(dir: &Path, model_name: &str, checkpoint: &str) {
         .unwrap_or_else(|e| panic!("loading {checkpoint}: {e}"));
     let tensors = load_tensors(&fixture(dir, &format!("{model_name}.expected.safetensors")));
     let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture(dir, &format!("{model_name}.expected.json"))).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(fixture(dir, &format!("{model_name}.expected.json"))).unwrap())
+            .unwrap();
     let mut checked = 0;
     let mut worst = (0f32, String::new());
     for (name, meta) in manifest["tensors"].as_object().unwrap() {
@@ -100,7 +103,10 @@ fn check_model(dir: &Path, model_name: &str, checkpoint: &str) {
         checked += 1;
     }
     assert!(checked >= 50, "only {checked} outputs checked");
-    eprintln!("{model_name} [{checkpoint}]: {checked} tensors within tolerance; worst {} at {:.3} of the tolerance", worst.1, worst.0);
+    eprintln!(
+        "{model_name} [{checkpoint}]: {checked} tensors within tolerance; worst {} at {:.3} of the tolerance",
+        worst.1, worst.0
+    );
 }
 
 #[test]

@@ -27,7 +27,10 @@ impl AttnPool {
         let w = attn.get((3 * width, width), "in_proj_weight")?;
         let b = attn.get(3 * width, "in_proj_bias")?;
         let part = |i: usize| -> Result<Linear> {
-            Ok(Linear::new(w.narrow(0, i * width, width)?.contiguous()?, Some(b.narrow(0, i * width, width)?.contiguous()?)))
+            Ok(Linear::new(
+                w.narrow(0, i * width, width)?.contiguous()?,
+                Some(b.narrow(0, i * width, width)?.contiguous()?),
+            ))
         };
         Ok(AttnPool {
             probe,

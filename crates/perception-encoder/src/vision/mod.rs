@@ -48,11 +48,20 @@ impl VisionTransformer {
         let positional_embedding =
             if cfg.use_abs_posemb { Some(vb.get((cfg.num_positions(), w), "positional_embedding")?) } else { None };
         let ln_pre = if cfg.use_ln_pre { Some(ln(w, vb.pp("ln_pre"))?) } else { None };
-        let transformer =
-            Transformer::new(w, cfg.layers, cfg.heads, cfg.mlp_hidden(), cfg.ls_init_value.is_some(), vb.pp("transformer"))?;
+        let transformer = Transformer::new(
+            w,
+            cfg.layers,
+            cfg.heads,
+            cfg.mlp_hidden(),
+            cfg.ls_init_value.is_some(),
+            vb.pp("transformer"),
+        )?;
         let ln_post = if cfg.use_ln_post { Some(ln(w, vb.pp("ln_post"))?) } else { None };
-        let attn_pool =
-            if cfg.pool_type == PoolType::Attn { Some(AttnPool::new(w, cfg.attn_pooler_heads, vb.pp("attn_pool"))?) } else { None };
+        let attn_pool = if cfg.pool_type == PoolType::Attn {
+            Some(AttnPool::new(w, cfg.attn_pooler_heads, vb.pp("attn_pool"))?)
+        } else {
+            None
+        };
         let proj = match cfg.output_dim {
             Some(d) => Some(vb.get((w, d), "proj")?),
             None => None,
@@ -87,8 +96,10 @@ impl VisionTransformer {
 
     fn check_input(&self, x: &Tensor) -> Result<(usize, usize, usize)> {
         let dims = x.dims();
-        if dims.len() != 4 || dims[1] != 3 {
-            return Err(Error::InvalidInput(format!("images must be a (batch, 3, height, width) tensor, got shape {dims:?}")));
+        if dims.len() != 4 || dims[1] != 3 || dims[0] == 0 {
+            return Err(Error::InvalidInput(format!(
+                "images must be a non-empty (batch, 3, height, width) tensor, got shape {dims:?}"
+            )));
         }
         let (gh, gw) = self.cfg.grid(dims[2], dims[3]);
         if gh == 0 || gw == 0 {
@@ -140,7 +151,11 @@ impl VisionTransformer {
         // Strided conv with kernel = stride = patch, as a GEMM over unfolded patches; pixels
         // past the last whole patch are dropped, as the convolution does.
         let x = x.narrow(2, 0, gh * p)?.narrow(3, 0, gw * p)?;
-        let patches = x.reshape((b, 3, gh, p, gw, p))?.permute([0, 2, 4, 1, 3, 5])?.contiguous()?.reshape((b * gh * gw, 3 * p * p))?;
+        let patches = x
+            .reshape((b, 3, gh, p, gw, p))?
+            .permute([0, 2, 4, 1, 3, 5])?
+            .contiguous()?
+            .reshape((b * gh * gw, 3 * p * p))?;
         let mut tokens = patches.matmul(&self.conv1)?.reshape((b, gh * gw, self.cfg.width))?;
         if let Some(cls) = &self.class_embedding {
             let cls = cls.reshape((1, 1, self.cfg.width))?.broadcast_as((b, 1, self.cfg.width))?;

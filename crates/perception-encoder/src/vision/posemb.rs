@@ -43,7 +43,7 @@ mod tests {
     #[test]
     fn upsample_1d_matches_torch() {
         // F.interpolate(torch.tensor([[[[0., 1.]]]]), size=(1, 4), mode="bilinear") = [0, .25, .75, 1]
-        let t = vec![0.0f32, 1.0];
+        let t = [0.0f32, 1.0];
         let g = resample(&[t[0], t[1], t[0], t[1]], 2, 1, 1, 4);
         assert_eq!(g, vec![0.0, 0.25, 0.75, 1.0]);
     }

@@ -41,7 +41,8 @@ pub(crate) fn to_official(raw: Vec<(String, RawTensor)>) -> Mapped {
     if is_openclip {
         return from_openclip(raw);
     }
-    let vision_only_file = !raw.iter().any(|(k, _)| k.starts_with("visual.")) && raw.iter().any(|(k, _)| k == "conv1.weight");
+    let vision_only_file =
+        !raw.iter().any(|(k, _)| k.starts_with("visual.")) && raw.iter().any(|(k, _)| k == "conv1.weight");
     let entries = raw
         .into_iter()
         .map(|(k, t)| (if vision_only_file { format!("visual.{k}") } else { k }, Entry::Raw(t)))
@@ -169,7 +170,10 @@ mod tests {
 
     #[test]
     fn timm_names() {
-        assert_eq!(map_vision_name("blocks.11.attn.qkv.bias").as_deref(), Some("transformer.resblocks.11.attn.in_proj_bias"));
+        assert_eq!(
+            map_vision_name("blocks.11.attn.qkv.bias").as_deref(),
+            Some("transformer.resblocks.11.attn.in_proj_bias")
+        );
         assert_eq!(map_vision_name("norm.weight").as_deref(), Some("ln_post.weight"));
         assert_eq!(map_vision_name("blocks.x.norm1.weight"), None);
         assert_eq!(map_vision_name("rope.freqs"), None);

@@ -118,9 +118,13 @@ impl RawTensor {
             ok
         };
         if contiguous {
-            if self.dtype == StorageDType::F32 {
+            if self.dtype == StorageDType::F32 && cfg!(target_endian = "little") {
                 let raw = &bytes[self.offset * 4..(self.offset + n) * 4];
-                return raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+                let mut out = vec![0f32; n];
+                // The source may be unaligned (safetensors headers have any length), so copy bytes.
+                // SAFETY: `out` owns exactly `raw.len()` bytes and any bit pattern is a valid f32.
+                unsafe { std::ptr::copy_nonoverlapping(raw.as_ptr(), out.as_mut_ptr().cast::<u8>(), raw.len()) };
+                return out;
             }
             return (self.offset..self.offset + n).map(decode).collect();
         }
@@ -184,11 +188,15 @@ impl Entry {
             }
         }
         match self {
-            Entry::Transposed(t) if t.shape.len() != 2 => Some(format!("expected a 2-D tensor to transpose, found {:?}", t.shape)),
+            Entry::Transposed(t) if t.shape.len() != 2 => {
+                Some(format!("expected a 2-D tensor to transpose, found {:?}", t.shape))
+            }
             Entry::Reshaped(t, s) if t.numel() != s.iter().product::<usize>() => {
                 Some(format!("cannot view {:?} as {:?}", t.shape, s))
             }
-            Entry::RowConcat(p) if p.iter().any(|x| x.shape.len() != p[0].shape.len() || x.shape[1..] != p[0].shape[1..]) => {
+            Entry::RowConcat(p)
+                if p.iter().any(|x| x.shape.len() != p[0].shape.len() || x.shape[1..] != p[0].shape[1..]) =>
+            {
                 Some("the parts to concatenate differ in shape".into())
             }
             _ => None,
@@ -343,10 +351,10 @@ impl Checkpoint {
 
     /// Load one tensor by official key, converted to `dtype`, and release its pages.
     pub fn tensor(&self, key: &str, dtype: DType, device: &Device) -> Result<Tensor> {
-        let entry = self.entries.get(key).ok_or_else(|| Error::MissingTensors {
-            path: self.path.clone(),
-            keys: vec![key.to_string()],
-        })?;
+        let entry = self
+            .entries
+            .get(key)
+            .ok_or_else(|| Error::MissingTensors { path: self.path.clone(), keys: vec![key.to_string()] })?;
         if let Some(problem) = entry.problem() {
             return Err(Error::bad_checkpoint(&self.path, format!("tensor `{key}`: {problem}")));
         }

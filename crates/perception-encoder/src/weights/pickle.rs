@@ -55,7 +55,11 @@ pub(crate) enum Value {
     Dict(Vec<(Value, Value)>),
     /// A global the unpickler allows, before it is called.
     Global(Global),
-    Storage { dtype: StorageDType, key: String, numel: usize },
+    Storage {
+        dtype: StorageDType,
+        key: String,
+        numel: usize,
+    },
     Tensor(PickledTensor),
 }
 
@@ -446,7 +450,7 @@ pub(crate) fn unpickle(data: &[u8]) -> Result<Value, String> {
 }
 
 fn pairs(items: Vec<Value>) -> Result<Vec<(Value, Value)>, String> {
-    if items.len() % 2 != 0 {
+    if !items.len().is_multiple_of(2) {
         return Err("odd number of dict items in pickle".into());
     }
     let mut it = items.into_iter();

@@ -69,10 +69,9 @@ pub(crate) fn read(path: &Path, mmap: &Mmap) -> Result<Vec<(String, RawTensor)>>
                 continue;
             }
         };
-        let blob = entries
-            .get(&t.storage_key)
-            .cloned()
-            .ok_or_else(|| bad(format!("tensor `{key}` refers to storage data/{} which the archive lacks", t.storage_key)))?;
+        let blob = entries.get(&t.storage_key).cloned().ok_or_else(|| {
+            bad(format!("tensor `{key}` refers to storage data/{} which the archive lacks", t.storage_key))
+        })?;
         let available = blob.len() / t.dtype.size();
         if available < t.storage_numel {
             return Err(bad(format!(
@@ -82,7 +81,14 @@ pub(crate) fn read(path: &Path, mmap: &Mmap) -> Result<Vec<(String, RawTensor)>>
         }
         out.push((
             key,
-            RawTensor { dtype: t.dtype, shape: t.shape, stride: t.stride, offset: t.offset, numel_limit: t.storage_numel, blob },
+            RawTensor {
+                dtype: t.dtype,
+                shape: t.shape,
+                stride: t.stride,
+                offset: t.offset,
+                numel_limit: t.storage_numel,
+                blob,
+            },
         ));
     }
     Ok(out)

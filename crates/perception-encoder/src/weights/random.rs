@@ -41,7 +41,10 @@ pub fn random_state_dict(cfg: &ClipConfig, seed: u64, dtype: DType, device: &Dev
             (0.0, 1.0 / (shape[0] as f32).sqrt())
         } else if leaf == "probe" {
             (0.0, 1.0)
-        } else if key.ends_with("class_embedding") || key.ends_with("positional_embedding") || key.starts_with("token_embedding") {
+        } else if key.ends_with("class_embedding")
+            || key.ends_with("positional_embedding")
+            || key.starts_with("token_embedding")
+        {
             (0.0, 0.5)
         } else if shape.len() == 2 {
             (0.0, 1.0 / (shape[1] as f32).sqrt())

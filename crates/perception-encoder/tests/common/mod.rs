@@ -43,7 +43,8 @@ pub fn diff(ours: &Tensor, expected: &Tensor) -> (f32, f32) {
     let a: Vec<f32> = ours.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap();
     let b: Vec<f32> = expected.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap();
     let max_abs = b.iter().fold(0f32, |m, x| m.max(x.abs()));
-    let d = a.iter().zip(&b).fold(0f32, |m, (x, y)| if (x - y).is_nan() { f32::INFINITY } else { m.max((x - y).abs()) });
+    let d =
+        a.iter().zip(&b).fold(0f32, |m, (x, y)| if (x - y).is_nan() { f32::INFINITY } else { m.max((x - y).abs()) });
     (d, 1e-5 * max_abs.max(1.0))
 }
 

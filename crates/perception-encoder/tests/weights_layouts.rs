@@ -1,0 +1,277 @@
+//! Checkpoint loading: key layout, error reporting, stored dtypes, vision-only files.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::path::Path;
+
+use common::{assert_close, fixture, fixtures, load_tensors};
+use perception_encoder::candle_core::{safetensors, DType, Device, Tensor};
+use perception_encoder::weights::{official_shapes, Checkpoint};
+use perception_encoder::{Clip, ClipConfig, Error, LoadOptions};
+
+fn cfg(dir: &Path, name: &str) -> ClipConfig {
+    ClipConfig::from_json_file(fixture(dir, &format!("{name}.json"))).unwrap()
+}
+
+fn native_embedding(model: &Clip, dir: &Path, name: &str) -> (Tensor, Tensor) {
+    let t = load_tensors(&fixture(dir, &format!("{name}.expected.safetensors")));
+    (model.encode_image(&t["pixels_native"], false).unwrap(), t["image_embed_native"].clone())
+}
+
+#[test]
+fn official_key_list_matches_the_reference() {
+    let Some(dir) = fixtures() else { return };
+    for name in ["tiny-cls", "tiny-nocls"] {
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(fixture(&dir, &format!("{name}.json"))).unwrap()).unwrap();
+        let mut reference: Vec<(String, Vec<usize>)> = json["keys"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect()))
+            .collect();
+        reference.sort();
+        assert_eq!(official_shapes(&cfg(&dir, name)), reference, "{name}");
+        assert_eq!(reference.len(), json["num_tensors"].as_u64().unwrap() as usize);
+    }
+}
+
+fn save(tensors: &HashMap<String, Tensor>, path: &Path) {
+    safetensors::save(tensors, path).unwrap();
+}
+
+#[test]
+fn missing_tensors_are_all_listed() {
+    let Some(dir) = fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut t = load_tensors(&fixture(&dir, "tiny-cls.safetensors"));
+    t.remove("visual.ln_post.bias");
+    t.remove("transformer.resblocks.1.mlp.c_fc.weight");
+    let p = tmp.path().join("partial.safetensors");
+    save(&t, &p);
+    match Clip::load(&cfg(&dir, "tiny-cls"), &p, &LoadOptions::default()) {
+        Err(Error::MissingTensors { keys, .. }) => {
+            assert_eq!(
+                keys,
+                vec!["transformer.resblocks.1.mlp.c_fc.weight".to_string(), "visual.ln_post.bias".to_string()]
+            )
+        }
+        other => panic!("expected MissingTensors, got {other:?}"),
+    }
+}
+
+#[test]
+fn shape_mismatch_names_the_key_and_both_shapes() {
+    let Some(dir) = fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut t = load_tensors(&fixture(&dir, "tiny-cls.safetensors"));
+    t.insert("visual.proj".into(), Tensor::zeros((64, 31), DType::F32, &Device::Cpu).unwrap());
+    let p = tmp.path().join("wrong.safetensors");
+    save(&t, &p);
+    let err = Clip::load(&cfg(&dir, "tiny-cls"), &p, &LoadOptions::default()).unwrap_err();
+    assert!(
+        matches!(&err, Error::ShapeMismatch { key, expected, found }
+        if key == "visual.proj" && expected == &vec![64, 32] && found == &vec![64, 31]),
+        "{err}"
+    );
+    assert!(err.to_string().contains("visual.proj"));
+}
+
+#[test]
+fn unexpected_tensors_are_reported_not_fatal() {
+    let Some(dir) = fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut t = load_tensors(&fixture(&dir, "tiny-cls.safetensors"));
+    t.insert("visual.extra_head.weight".into(), Tensor::zeros(4, DType::F32, &Device::Cpu).unwrap());
+    let p = tmp.path().join("extra.safetensors");
+    save(&t, &p);
+    let c = cfg(&dir, "tiny-cls");
+    let ckpt = Checkpoint::open(&p).unwrap();
+    assert_eq!(ckpt.check(&c).unwrap(), vec!["visual.extra_head.weight".to_string()]);
+    let model = Clip::load(&c, &p, &LoadOptions::default()).unwrap();
+    let (ours, expected) = native_embedding(&model, &dir, "tiny-cls");
+    assert_close("with an extra tensor", &ours, &expected);
+}
+
+#[test]
+fn corrupt_and_truncated_files_are_errors_not_panics() {
+    let Some(dir) = fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let c = cfg(&dir, "tiny-cls");
+    for src in ["tiny-cls.pt", "tiny-cls.safetensors", "tiny-cls.openclip.safetensors"] {
+        let bytes = std::fs::read(fixture(&dir, src)).unwrap();
+        for keep in [0, 7, 8, 100, bytes.len() / 3, bytes.len() / 2, bytes.len() - 100, bytes.len() - 1] {
+            let p = tmp.path().join(format!("cut-{keep}-{src}"));
+            std::fs::write(&p, &bytes[..keep]).unwrap();
+            let r = Clip::load(&c, &p, &LoadOptions::default());
+            assert!(r.is_err(), "{src} cut to {keep} bytes loaded");
+        }
+    }
+    let p = tmp.path().join("text.pt");
+    std::fs::write(&p, "this is not a checkpoint at all").unwrap();
+    let err = Clip::load(&c, &p, &LoadOptions::default()).unwrap_err().to_string();
+    assert!(err.contains("unrecognized format"), "{err}");
+    let err = Clip::load(&c, tmp.path().join("absent.pt"), &LoadOptions::default()).unwrap_err().to_string();
+    assert!(err.contains("absent.pt"), "{err}");
+}
+
+/// Rewrite a `.pt` archive, transforming `data.pkl` and every storage entry.
+fn rewrite_pt(src: &Path, dst: &Path, pkl: impl Fn(Vec<u8>) -> Vec<u8>, storage: impl Fn(Vec<u8>) -> Vec<u8>) {
+    let mut zin = zip::ZipArchive::new(std::fs::File::open(src).unwrap()).unwrap();
+    let mut zout = zip::ZipWriter::new(std::fs::File::create(dst).unwrap());
+    let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for i in 0..zin.len() {
+        let mut f = zin.by_index(i).unwrap();
+        let name = f.name().unwrap().to_string();
+        let mut buf = Vec::new();
+        f.read_to_end(&mut buf).unwrap();
+        let buf = if name.ends_with("/data.pkl") {
+            pkl(buf)
+        } else if name.contains("/data/") {
+            storage(buf)
+        } else {
+            buf
+        };
+        zout.start_file(name, opts).unwrap();
+        zout.write_all(&buf).unwrap();
+    }
+    zout.finish().unwrap();
+}
+
+fn replace(hay: Vec<u8>, from: &[u8], to: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < hay.len() {
+        if hay[i..].starts_with(from) {
+            out.extend_from_slice(to);
+            i += from.len();
+        } else {
+            out.push(hay[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+#[test]
+fn pt_with_half_and_bfloat16_storages() {
+    let Some(dir) = fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let c = cfg(&dir, "tiny-cls");
+    let f32s = load_tensors(&fixture(&dir, "tiny-cls.safetensors"));
+    for (storage, dtype) in [("HalfStorage", DType::F16), ("BFloat16Storage", DType::BF16)] {
+        let p = tmp.path().join(format!("tiny-cls-{storage}.pt"));
+        rewrite_pt(
+            &fixture(&dir, "tiny-cls.pt"),
+            &p,
+            |pkl| replace(pkl, b"torch\nFloatStorage\n", format!("torch\n{storage}\n").as_bytes()),
+            |bytes| {
+                let v: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+                let t = Tensor::new(v.as_slice(), &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
+                match dtype {
+                    DType::F16 => t.to_vec1::<half::f16>().unwrap().iter().flat_map(|x| x.to_le_bytes()).collect(),
+                    _ => t.to_vec1::<half::bf16>().unwrap().iter().flat_map(|x| x.to_le_bytes()).collect(),
+                }
+            },
+        );
+        let loaded = Clip::load(&c, &p, &LoadOptions::default()).unwrap();
+        // The same weights rounded to the storage dtype and widened back must give identical outputs.
+        let rounded: Vec<(String, Tensor)> =
+            f32s.iter().map(|(k, t)| (k.clone(), t.to_dtype(dtype).unwrap().to_dtype(DType::F32).unwrap())).collect();
+        let reference = Clip::from_tensors(&c, rounded, &LoadOptions::default()).unwrap();
+        let (ours, expected) = native_embedding(&loaded, &dir, "tiny-cls");
+        let (theirs, _) = native_embedding(&reference, &dir, "tiny-cls");
+        let d = common::diff(&ours, &theirs).0;
+        assert_eq!(d, 0.0, "{storage}: loaded weights differ from the rounded ones");
+        let rel = common::diff(&ours, &expected).0 / 2.3;
+        assert!(rel < 5e-2, "{storage}: {rel} from the float32 reference");
+    }
+}
+
+#[test]
+fn safetensors_in_f16_bf16_f64() {
+    let Some(dir) = fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let c = cfg(&dir, "tiny-nocls");
+    let f32s = load_tensors(&fixture(&dir, "tiny-nocls.safetensors"));
+    for dtype in [DType::F16, DType::BF16, DType::F64] {
+        let cast: HashMap<String, Tensor> = f32s.iter().map(|(k, t)| (k.clone(), t.to_dtype(dtype).unwrap())).collect();
+        let p = tmp.path().join(format!("tiny-nocls-{dtype:?}.safetensors"));
+        save(&cast, &p);
+        let loaded = Clip::load(&c, &p, &LoadOptions::default()).unwrap();
+        let rounded = cast.into_iter().map(|(k, t)| (k, t.to_dtype(DType::F32).unwrap())).collect();
+        let reference = Clip::from_tensors(&c, rounded, &LoadOptions::default()).unwrap();
+        let (ours, _) = native_embedding(&loaded, &dir, "tiny-nocls");
+        let (theirs, _) = native_embedding(&reference, &dir, "tiny-nocls");
+        assert_eq!(common::diff(&ours, &theirs).0, 0.0, "{dtype:?}");
+    }
+}
+
+#[test]
+fn vision_only_models_load_clip_and_bare_vision_files() {
+    let Some(dir) = fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = cfg(&dir, "tiny-cls");
+    c.text = None;
+    // A full CLIP checkpoint feeds a vision-only model; its text tower is dropped silently.
+    let ckpt = Checkpoint::open(fixture(&dir, "tiny-cls.pt")).unwrap();
+    assert!(ckpt.check(&c).unwrap().is_empty());
+    let model = Clip::load(&c, fixture(&dir, "tiny-cls.pt"), &LoadOptions::default()).unwrap();
+    assert!(model.text().is_none());
+    assert!(model.encode_text(&Tensor::zeros((1, 4), DType::I64, &Device::Cpu).unwrap(), false).is_err());
+    let (ours, expected) = native_embedding(&model, &dir, "tiny-cls");
+    assert_close("vision-only from CLIP .pt", &ours, &expected);
+    // A vision-only file whose keys lack the `visual.` prefix.
+    let bare: HashMap<String, Tensor> = load_tensors(&fixture(&dir, "tiny-cls.safetensors"))
+        .into_iter()
+        .filter_map(|(k, t)| k.strip_prefix("visual.").map(|k| (k.to_string(), t)))
+        .collect();
+    let p = tmp.path().join("vision-only.safetensors");
+    save(&bare, &p);
+    let model = Clip::load(&c, &p, &LoadOptions::default()).unwrap();
+    let (ours, expected) = native_embedding(&model, &dir, "tiny-cls");
+    assert_close("vision-only bare file", &ours, &expected);
+}
+
+#[test]
+fn evil_pickle_is_refused() {
+    let Some(dir) = fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("evil.pt");
+    rewrite_pt(
+        &fixture(&dir, "tiny-cls.pt"),
+        &p,
+        |_| b"\x80\x02cos\nsystem\nq\x00X\x04\x00\x00\x00trueq\x01\x85q\x02Rq\x03.".to_vec(),
+        |b| b,
+    );
+    let err = Clip::load(&cfg(&dir, "tiny-cls"), &p, &LoadOptions::default()).unwrap_err().to_string();
+    assert!(err.contains("os.system"), "{err}");
+}
+
+#[test]
+fn bad_inputs_are_errors() {
+    let Some(dir) = fixtures() else { return };
+    let model = Clip::load(&cfg(&dir, "tiny-cls"), fixture(&dir, "tiny-cls.pt"), &LoadOptions::default()).unwrap();
+    let dev = Device::Cpu;
+    assert!(model.encode_image(&Tensor::zeros((1, 3, 7, 32), DType::F32, &dev).unwrap(), true).is_err());
+    assert!(model.encode_image(&Tensor::zeros((0, 3, 32, 32), DType::F32, &dev).unwrap(), true).is_err());
+    assert!(model.encode_image(&Tensor::zeros((1, 4, 32, 32), DType::F32, &dev).unwrap(), true).is_err());
+    assert!(model.encode_text(&Tensor::new(&[[49408i64]], &dev).unwrap(), true).is_err());
+    assert!(model.encode_text(&Tensor::zeros((1, 33), DType::I64, &dev).unwrap(), true).is_err());
+    assert!(model.forward_features(&Tensor::zeros((1, 3, 32, 32), DType::F32, &dev).unwrap(), 3, true, false).is_err());
+    assert!(model.encode_video(&Tensor::zeros((1, 3, 32, 32), DType::F32, &dev).unwrap(), true).is_err());
+}
+
+#[test]
+fn truncate_keeps_the_first_blocks() {
+    let Some(dir) = fixtures() else { return };
+    let mut model = Clip::load(&cfg(&dir, "tiny-cls"), fixture(&dir, "tiny-cls.pt"), &LoadOptions::default()).unwrap();
+    let t = load_tensors(&fixture(&dir, "tiny-cls.expected.safetensors"));
+    model.truncate(1).unwrap();
+    assert_eq!(model.vision_config().layers, 2);
+    // After truncation the last block is the old block 1.
+    let ours = model.forward_features(&t["pixels_native"], -1, true, false).unwrap();
+    assert_close("truncate(1) then layer -1", &ours, &t["features_native_layer1_norm1_strip0"]);
+}
