@@ -61,6 +61,21 @@ pub enum Error {
         part: &'static str,
     },
 
+    /// An image that cannot be decoded (corrupt, truncated, unsupported format).
+    #[error("cannot decode image: {0}")]
+    ImageDecode(String),
+
+    /// An image above the pixel limit (a decompression-bomb guard).
+    #[error("image of {width}x{height} pixels exceeds the limit of {limit} pixels")]
+    ImageTooLarge {
+        /// Width in pixels.
+        width: u32,
+        /// Height in pixels.
+        height: u32,
+        /// The configured limit.
+        limit: u64,
+    },
+
     /// A file system error, with the path it concerns.
     #[error("{path}: {source}")]
     Io {

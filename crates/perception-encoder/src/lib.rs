@@ -25,8 +25,10 @@
 
 pub mod config;
 pub mod error;
+pub mod preprocess;
 pub mod rope;
 pub mod text;
+pub mod tokenizer;
 pub mod vision;
 pub mod weights;
 

@@ -1,0 +1,271 @@
+//! The reference image transform (`get_image_transform` in `core/vision_encoder/transforms.py`):
+//! decode, Pillow's bilinear resize ("squash" to `size x size`, or shorter side then a centre
+//! crop), `convert("RGB")`, then `(x / 255 - 0.5) / 0.5`.
+//!
+//! Decoding is by content, not extension: PNG, JPEG, WebP, GIF (first frame), BMP, TIFF.
+//! As in Pillow, the resize runs on the image as opened, before the RGB conversion: images with
+//! alpha are resized premultiplied, palette and 1-bit images with NEAREST (Pillow's rule).
+//!
+//! Deliberate differences from the reference, each documented where it happens:
+//! - 16-bit grayscale keeps its high byte; Pillow clips 16-bit values to 255 when converting
+//!   `I;16` to RGB, which turns almost every such image white.
+//! - CMYK JPEGs are converted to RGB by the decoder before resizing (Pillow resizes in CMYK).
+//! - Decoders differ from libjpeg-turbo / libwebp by a few 8-bit steps on some pixels.
+
+pub mod resize;
+
+use std::io::Cursor;
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use image::{ColorType, DynamicImage, ImageFormat, ImageReader};
+
+use crate::config::VisionConfig;
+use crate::error::{Error, Result};
+pub use resize::Pixels;
+
+/// Pillow's decompression-bomb threshold (`2 * Image.MAX_IMAGE_PIXELS`): larger images are
+/// refused unless the limit is raised.
+pub const DEFAULT_MAX_PIXELS: u64 = 2 * 89_478_485;
+
+/// How an image is brought to the model's square input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ResizeMode {
+    /// Resize to `size x size`, ignoring the aspect ratio (the reference default).
+    #[default]
+    Squash,
+    /// Resize the shorter side to `size`, then crop the centre `size x size`.
+    CenterCrop,
+}
+
+/// How Pillow would resample an image of this kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resample {
+    /// The requested antialiased bilinear filter.
+    Bilinear,
+    /// Pillow forces NEAREST for palette (`P`) and 1-bit (`1`) images.
+    Nearest,
+}
+
+/// A decoded image as Pillow would hold it before `convert("RGB")`.
+#[derive(Debug, Clone)]
+pub struct DecodedImage {
+    /// 8-bit pixels: L, LA, RGB or RGBA.
+    pub pixels: Pixels,
+    /// The resampling Pillow would apply to it.
+    pub resample: Resample,
+}
+
+/// Read the image header only and refuse images above `max_pixels`.
+fn check_size(width: u32, height: u32, max_pixels: u64) -> Result<()> {
+    let n = width as u64 * height as u64;
+    if n > max_pixels {
+        return Err(Error::ImageTooLarge { width, height, limit: max_pixels });
+    }
+    if n == 0 {
+        return Err(Error::ImageDecode(format!("the image has no pixels ({width}x{height})")));
+    }
+    Ok(())
+}
+
+/// What Pillow's mode would be for palette-like sources, which decide the resampling filter.
+fn pillow_resample(bytes: &[u8], format: ImageFormat) -> Resample {
+    match format {
+        // IHDR: colour type at byte 25, bit depth at 24. Palette -> "P"; 1-bit gray -> "1".
+        ImageFormat::Png if bytes.len() > 25 && (bytes[25] == 3 || (bytes[25] == 0 && bytes[24] == 1)) => {
+            Resample::Nearest
+        }
+        ImageFormat::Gif => Resample::Nearest,
+        // BITMAPINFOHEADER bit count at byte 28: 1, 4 and 8 bits per pixel are palette images.
+        ImageFormat::Bmp if bytes.len() > 29 && matches!(u16::from_le_bytes([bytes[28], bytes[29]]), 1 | 4 | 8) => {
+            Resample::Nearest
+        }
+        _ => Resample::Bilinear,
+    }
+}
+
+/// Decode an image from memory, refusing images larger than `max_pixels` before decoding them.
+pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<DecodedImage> {
+    let reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| Error::ImageDecode(format!("cannot read the image: {e}")))?;
+    let format = reader.format().ok_or_else(|| {
+        Error::ImageDecode("unrecognized image format (PNG, JPEG, WebP, GIF, BMP and TIFF are supported)".into())
+    })?;
+    if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
+        // Lenient decoders fill a truncated scan with grey; Pillow refuses such files.
+        return Err(Error::ImageDecode(
+            "the JPEG file is truncated (no end-of-image marker after its scan data)".into(),
+        ));
+    }
+    let (w, h) = reader.into_dimensions().map_err(|e| Error::ImageDecode(format!("{format:?}: {e}")))?;
+    check_size(w, h, max_pixels)?;
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(w);
+    limits.max_image_height = Some(h);
+    limits.max_alloc = Some(max_pixels.saturating_mul(16).max(1 << 26));
+    reader.limits(limits);
+    let img = reader.decode().map_err(|e| Error::ImageDecode(format!("{format:?}: {e}")))?;
+    let resample = pillow_resample(bytes, format);
+    let (width, height) = (img.width() as usize, img.height() as usize);
+    let (channels, data) = match img.color() {
+        ColorType::L8 => (1, img.into_luma8().into_raw()),
+        ColorType::La8 => (2, img.into_luma_alpha8().into_raw()),
+        ColorType::Rgb8 => (3, img.into_rgb8().into_raw()),
+        ColorType::Rgba8 => (4, img.into_rgba8().into_raw()),
+        // 16-bit samples keep their high byte (Pillow's unpacking of 16-bit RGB PNGs).
+        ColorType::L16 => (1, high_bytes(img.into_luma16().into_raw())),
+        ColorType::La16 => (2, high_bytes(img.into_luma_alpha16().into_raw())),
+        ColorType::Rgb16 => (3, high_bytes(img.into_rgb16().into_raw())),
+        ColorType::Rgba16 => (4, high_bytes(img.into_rgba16().into_raw())),
+        c if c.has_alpha() => (4, DynamicImage::into_rgba8(img).into_raw()),
+        _ => (3, img.into_rgb8().into_raw()),
+    };
+    Ok(DecodedImage { pixels: Pixels { width, height, channels, data }, resample })
+}
+
+/// Whether an end-of-image marker follows the first start-of-scan. Inside entropy-coded data
+/// every 0xFF byte is stuffed, so `FF D9` there can only be the real marker; thumbnails in
+/// APP segments come before the scan and cannot fool the check.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let Some(sos) = bytes.windows(2).position(|w| w == [0xFF, 0xDA]) else { return false };
+    bytes[sos..].windows(2).any(|w| w == [0xFF, 0xD9])
+}
+
+fn high_bytes(v: Vec<u16>) -> Vec<u8> {
+    v.into_iter().map(|x| (x >> 8) as u8).collect()
+}
+
+/// Pillow's `RGBA -> RGBa`: `c * a / 255` rounded (`MULDIV255`).
+fn premultiply(p: &mut Pixels) {
+    let ch = p.channels;
+    for px in p.data.chunks_exact_mut(ch) {
+        let a = px[ch - 1] as u32;
+        for c in &mut px[..ch - 1] {
+            let t = *c as u32 * a + 128;
+            *c = (((t >> 8) + t) >> 8) as u8;
+        }
+    }
+}
+
+/// Pillow's `RGBa -> RGBA`: `255 * c / a` truncated, unchanged where `a` is 0 or 255.
+fn unpremultiply(p: &mut Pixels) {
+    let ch = p.channels;
+    for px in p.data.chunks_exact_mut(ch) {
+        let a = px[ch - 1] as u32;
+        if a != 0 && a != 255 {
+            for c in &mut px[..ch - 1] {
+                *c = (255 * *c as u32 / a).min(255) as u8;
+            }
+        }
+    }
+}
+
+/// The image transform for one input size.
+///
+/// ```
+/// use perception_encoder::preprocess::{ImageTransform, Pixels, DecodedImage, Resample};
+/// let img = DecodedImage { pixels: Pixels { width: 4, height: 2, channels: 3, data: vec![255; 24] }, resample: Resample::Bilinear };
+/// let t = ImageTransform::new(2).apply(&img).unwrap();
+/// assert_eq!(t.dims(), &[3, 2, 2]);
+/// assert_eq!(t.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![1.0; 12]);
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct ImageTransform {
+    /// Output side in pixels.
+    pub size: usize,
+    /// Squash or centre crop.
+    pub mode: ResizeMode,
+    /// Images with more pixels than this are refused before decoding.
+    pub max_pixels: u64,
+}
+
+impl ImageTransform {
+    /// Squash to `size x size` with the default pixel limit.
+    pub fn new(size: usize) -> Self {
+        ImageTransform { size, mode: ResizeMode::Squash, max_pixels: DEFAULT_MAX_PIXELS }
+    }
+
+    /// The transform for a model's native resolution (`image_size`).
+    pub fn for_config(cfg: &VisionConfig) -> Self {
+        Self::new(cfg.image_size)
+    }
+
+    /// Use this resize mode.
+    pub fn with_mode(mut self, mode: ResizeMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// The 8-bit RGB result of resizing (and cropping), before normalization, `size x size x 3`.
+    pub fn resize_rgb8(&self, img: &DecodedImage) -> Result<Pixels> {
+        let s = self.size;
+        if s == 0 {
+            return Err(Error::InvalidInput("the transform size must be positive".into()));
+        }
+        let mut px = img.pixels.clone();
+        let has_alpha = px.channels == 2 || px.channels == 4;
+        let nearest = img.resample == Resample::Nearest;
+        if has_alpha && !nearest {
+            premultiply(&mut px);
+        }
+        let (w, h) = (px.width, px.height);
+        let (tw, th) = match self.mode {
+            ResizeMode::Squash => (s, s),
+            // torchvision: the short side becomes `size`, the long one int(size * long / short).
+            ResizeMode::CenterCrop if w <= h => (s, (s as f64 * h as f64 / w as f64) as usize),
+            ResizeMode::CenterCrop => ((s as f64 * w as f64 / h as f64) as usize, s),
+        };
+        px = if nearest { resize::resize_nearest(&px, tw, th) } else { resize::resize_bilinear(&px, tw, th) };
+        if has_alpha && !nearest {
+            unpremultiply(&mut px);
+        }
+        if self.mode == ResizeMode::CenterCrop {
+            // torchvision CenterCrop: int(round((side - size) / 2)), Python's round (half to even).
+            let top = ((th - s) as f64 / 2.0).round_ties_even() as usize;
+            let left = ((tw - s) as f64 / 2.0).round_ties_even() as usize;
+            px = resize::crop(&px, left, top, s, s);
+        }
+        Ok(to_rgb(px))
+    }
+
+    /// The model input `(3, size, size)`, float32, `(k / 255 - 0.5) / 0.5`.
+    pub fn apply(&self, img: &DecodedImage) -> Result<Tensor> {
+        let rgb = self.resize_rgb8(img)?;
+        let s = self.size;
+        let mut chw = vec![0f32; 3 * s * s];
+        for (i, px) in rgb.data.chunks_exact(3).enumerate() {
+            for c in 0..3 {
+                chw[c * s * s + i] = (px[c] as f32 / 255.0 - 0.5) / 0.5;
+            }
+        }
+        Ok(Tensor::from_vec(chw, (3, s, s), &Device::Cpu)?)
+    }
+
+    /// Decode bytes and apply the transform.
+    pub fn load_bytes(&self, bytes: &[u8]) -> Result<Tensor> {
+        self.apply(&decode(bytes, self.max_pixels)?)
+    }
+
+    /// Read a file, decode it and apply the transform; errors name the file.
+    pub fn load_path(&self, path: impl AsRef<Path>) -> Result<Tensor> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        self.load_bytes(&bytes).map_err(|e| match e {
+            Error::ImageDecode(m) => Error::ImageDecode(format!("{}: {m}", path.display())),
+            other => other,
+        })
+    }
+}
+
+/// Pillow's `convert("RGB")`: gray is replicated, alpha is dropped.
+fn to_rgb(p: Pixels) -> Pixels {
+    let data = match p.channels {
+        3 => p.data,
+        1 => p.data.iter().flat_map(|&v| [v, v, v]).collect(),
+        2 => p.data.chunks_exact(2).flat_map(|c| [c[0], c[0], c[0]]).collect(),
+        _ => p.data.chunks_exact(4).flat_map(|c| [c[0], c[1], c[2]]).collect(),
+    };
+    Pixels { width: p.width, height: p.height, channels: 3, data }
+}
