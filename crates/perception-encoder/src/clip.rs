@@ -80,6 +80,14 @@ impl Clip {
         Self::new(cfg, vb)
     }
 
+    /// A preset with its official weights from the hub cache, downloading them if needed
+    /// (see [`crate::hub`]); `progress` shows a download progress bar on stderr.
+    pub fn from_pretrained(name: &str, opts: &LoadOptions, progress: bool) -> Result<Self> {
+        let cfg = ClipConfig::preset(name)?;
+        let path = crate::hub::fetch_checkpoint(&cfg.name, progress)?;
+        Self::load(&cfg, path, opts)
+    }
+
     /// Build from `(official key, tensor)` pairs.
     pub fn from_tensors(cfg: &ClipConfig, tensors: Vec<(String, Tensor)>, opts: &LoadOptions) -> Result<Self> {
         let map = tensors.into_iter().collect();

@@ -76,6 +76,21 @@ pub enum Error {
         limit: u64,
     },
 
+    /// A hub download that failed, or a file that is not cached while offline.
+    #[error("cannot get {file} from hub repository {repo}: {reason}")]
+    Hub {
+        /// Repository id, e.g. `facebook/PE-Core-B16-224`.
+        repo: String,
+        /// File name in the repository.
+        file: String,
+        /// What went wrong.
+        reason: String,
+    },
+
+    /// A video that cannot be decoded, or a missing `ffmpeg`.
+    #[error("video: {0}")]
+    Video(String),
+
     /// A file system error, with the path it concerns.
     #[error("{path}: {source}")]
     Io {

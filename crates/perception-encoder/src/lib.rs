@@ -25,10 +25,12 @@
 
 pub mod config;
 pub mod error;
+pub mod hub;
 pub mod preprocess;
 pub mod rope;
 pub mod text;
 pub mod tokenizer;
+pub mod video;
 pub mod vision;
 pub mod weights;
 
