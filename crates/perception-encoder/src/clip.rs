@@ -133,6 +133,23 @@ impl Clip {
         }
     }
 
+    /// Image embeddings from the blocks up to `layer_idx` (negative counts from the end; `-1`
+    /// is [`Clip::encode_image`]): the embedding of the tower truncated after that block.
+    pub fn encode_image_at(&self, images: &Tensor, layer_idx: isize, normalize: bool) -> Result<Tensor> {
+        let x = self.visual.forward_at(images, layer_idx)?;
+        if normalize {
+            l2_normalize(&x)
+        } else {
+            Ok(x)
+        }
+    }
+
+    /// Whether [`Clip::encode_image`] gives one vector per image (PE Core), rather than token
+    /// features (PE Spatial / PE Lang, whose `pool_type` is `none`).
+    pub fn has_image_embedding(&self) -> bool {
+        self.cfg.vision.pool_type != crate::config::PoolType::None
+    }
+
     /// Text embeddings of token ids `(batch, len)` with `len <= context_length`.
     pub fn encode_text(&self, ids: &Tensor, normalize: bool) -> Result<Tensor> {
         let x = self.text_tower()?.forward(ids)?;

@@ -33,6 +33,7 @@ pub mod tokenizer;
 pub mod video;
 pub mod vision;
 pub mod weights;
+pub mod zero_shot;
 
 mod clip;
 mod transformer;

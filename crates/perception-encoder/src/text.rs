@@ -112,24 +112,36 @@ impl TextTransformer {
     }
 
     /// The text embedding `(batch, output_dim)`: the row at `argmax(ids)` projected.
+    ///
+    /// Under the causal mask no position after a row's EOT influences the pooled row, so the
+    /// tower only runs up to the last EOT of the batch (prompts are usually far shorter than
+    /// the context length).
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         let rows = self.ids(ids)?;
-        let x = self.tokens_final(&rows)?;
-        let (b, l, w) = x.dims3()?;
-        let at: Vec<u32> = rows
+        // First occurrence of the largest id (the EOT token), as torch.argmax.
+        let eot: Vec<usize> = rows
             .iter()
-            .enumerate()
-            .map(|(i, r)| {
-                // First occurrence of the largest id (the EOT token), as torch.argmax.
+            .map(|r| {
                 let mut best = 0;
                 for (j, &id) in r.iter().enumerate() {
                     if id > r[best] {
                         best = j;
                     }
                 }
-                (i * l + best) as u32
+                best
             })
             .collect();
+        let used = eot.iter().max().map_or(1, |m| m + 1);
+        let rows: Vec<Vec<u32>> = rows
+            .into_iter()
+            .map(|mut r| {
+                r.truncate(used);
+                r
+            })
+            .collect();
+        let x = self.tokens_final(&rows)?;
+        let (b, l, w) = x.dims3()?;
+        let at: Vec<u32> = eot.iter().enumerate().map(|(i, &j)| (i * l + j) as u32).collect();
         let at = Tensor::from_vec(at, b, &self.device)?;
         let pooled = x.reshape((b * l, w))?.index_select(&at, 0)?;
         Ok(pooled.matmul(&self.text_projection)?)

@@ -275,3 +275,30 @@ fn truncate_keeps_the_first_blocks() {
     let ours = model.forward_features(&t["pixels_native"], -1, true, false).unwrap();
     assert_close("truncate(1) then layer -1", &ours, &t["features_native_layer1_norm1_strip0"]);
 }
+
+#[test]
+fn convert_to_openclip_matches_the_reexport_and_round_trips() {
+    use perception_encoder::weights::{convert, CheckpointLayout};
+    let Some(dir) = fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("tiny-cls.openclip.safetensors");
+    let ckpt = Checkpoint::open(fixture(&dir, "tiny-cls.pt")).unwrap();
+    assert_eq!(convert(&ckpt, &out, CheckpointLayout::OpenClip, DType::F32).unwrap(), 88);
+    let ours = load_tensors(&out);
+    let reference = load_tensors(&fixture(&dir, "tiny-cls.openclip.safetensors"));
+    let mut a: Vec<&String> = ours.keys().collect();
+    let mut b: Vec<&String> = reference.keys().collect();
+    a.sort();
+    b.sort();
+    assert_eq!(a, b);
+    for (k, t) in &reference {
+        assert_eq!(common::diff(&ours[k], t).0, 0.0, "{k}");
+        assert_eq!(ours[k].dims(), t.dims(), "{k}");
+    }
+    // Back to the official layout in bf16: loads, and stays close to the float32 reference.
+    let back = tmp.path().join("tiny-cls.bf16.safetensors");
+    convert(&Checkpoint::open(&out).unwrap(), &back, CheckpointLayout::Official, DType::BF16).unwrap();
+    let model = Clip::load(&cfg(&dir, "tiny-cls"), &back, &LoadOptions::default()).unwrap();
+    let (ours, expected) = native_embedding(&model, &dir, "tiny-cls");
+    assert!(common::diff(&ours, &expected).0 < 0.1);
+}

@@ -94,6 +94,22 @@ impl VisionTransformer {
         self.dtype
     }
 
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Pooled (and projected) output after block `layer_idx`: the embedding a tower truncated
+    /// there would give (`truncate(layer_idx)` then `forward`).
+    pub fn forward_at(&self, x: &Tensor, layer_idx: isize) -> Result<Tensor> {
+        let feats = self.forward_features(x, layer_idx, true, false)?;
+        let pooled = self.pool(&feats)?;
+        match &self.proj {
+            Some(p) => Ok(pooled.broadcast_matmul(p)?),
+            None => Ok(pooled),
+        }
+    }
+
     fn check_input(&self, x: &Tensor) -> Result<(usize, usize, usize)> {
         let dims = x.dims();
         if dims.len() != 4 || dims[1] != 3 || dims[0] == 0 {
@@ -218,12 +234,7 @@ impl VisionTransformer {
     /// For PE Core this is the image embedding `(batch, output_dim)`; for PE Spatial / Lang
     /// the token features `(batch, seq, width)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let feats = self.forward_features(x, -1, true, false)?;
-        let pooled = self.pool(&feats)?;
-        match &self.proj {
-            Some(p) => Ok(pooled.broadcast_matmul(p)?),
-            None => Ok(pooled),
-        }
+        self.forward_at(x, -1)
     }
 
     /// Keep blocks `0..=layer_idx` only (negative counts from the end), as the reference's

@@ -7,6 +7,8 @@
 
 use std::collections::BTreeMap;
 
+use candle_core::Tensor;
+
 use super::{Entry, RawTensor};
 
 /// Which key naming a checkpoint uses.
@@ -162,6 +164,78 @@ fn map_vision_name(v: &str) -> Option<String> {
         _ => return None,
     };
     Some(format!("transformer.resblocks.{idx}.{sub}"))
+}
+
+/// The open_clip name(s) of an official tensor, with the tensor in that layout. The inverse of
+/// [`to_official`]: the attention-pool qkv splits into `q` and `kv`, `proj` becomes a transposed
+/// `head.weight` plus a zero `head.bias`.
+pub(crate) fn to_openclip(key: &str, t: Tensor) -> candle_core::Result<Vec<(String, Tensor)>> {
+    let Some(v) = key.strip_prefix("visual.") else {
+        let name = if key == "logit_scale" { key.to_string() } else { format!("text.{key}") };
+        return Ok(vec![(name, t)]);
+    };
+    let trunk = |name: &str| format!("visual.trunk.{name}");
+    Ok(match v {
+        "class_embedding" => {
+            let w = t.dim(0)?;
+            vec![(trunk("cls_token"), t.reshape((1, 1, w))?)]
+        }
+        "positional_embedding" => vec![(trunk("pos_embed"), t.unsqueeze(0)?)],
+        "conv1.weight" => vec![(trunk("patch_embed.proj.weight"), t)],
+        "attn_pool.probe" => vec![(trunk("attn_pool.latent"), t)],
+        "proj" => {
+            let d = t.dim(1)?;
+            let bias = Tensor::zeros(d, t.dtype(), t.device())?;
+            vec![(trunk("head.weight"), t.t()?.contiguous()?), (trunk("head.bias"), bias)]
+        }
+        "attn_pool.attn.in_proj_weight" | "attn_pool.attn.in_proj_bias" => {
+            let w = t.dim(0)? / 3;
+            let leaf = if v.ends_with("weight") { "weight" } else { "bias" };
+            vec![
+                (trunk(&format!("attn_pool.q.{leaf}")), t.narrow(0, 0, w)?.contiguous()?),
+                (trunk(&format!("attn_pool.kv.{leaf}")), t.narrow(0, w, 2 * w)?.contiguous()?),
+            ]
+        }
+        _ => vec![(trunk(&openclip_vision_name(v)), t)],
+    })
+}
+
+/// Official vision name (without `visual.`) -> timm name (without `trunk.`).
+fn openclip_vision_name(v: &str) -> String {
+    let simple = [
+        ("ln_pre.", "norm_pre."),
+        ("ln_post.", "norm."),
+        ("attn_pool.attn.out_proj.", "attn_pool.proj."),
+        ("attn_pool.layernorm.", "attn_pool.norm."),
+        ("attn_pool.mlp.c_fc.", "attn_pool.mlp.fc1."),
+        ("attn_pool.mlp.c_proj.", "attn_pool.mlp.fc2."),
+    ];
+    for (from, to) in simple {
+        if let Some(rest) = v.strip_prefix(from) {
+            return format!("{to}{rest}");
+        }
+    }
+    if let Some((idx, sub)) = v.strip_prefix("transformer.resblocks.").and_then(|r| r.split_once('.')) {
+        let sub = match sub {
+            "ln_1.weight" => "norm1.weight",
+            "ln_1.bias" => "norm1.bias",
+            "ln_2.weight" => "norm2.weight",
+            "ln_2.bias" => "norm2.bias",
+            "attn.in_proj_weight" => "attn.qkv.weight",
+            "attn.in_proj_bias" => "attn.qkv.bias",
+            "attn.out_proj.weight" => "attn.proj.weight",
+            "attn.out_proj.bias" => "attn.proj.bias",
+            "mlp.c_fc.weight" => "mlp.fc1.weight",
+            "mlp.c_fc.bias" => "mlp.fc1.bias",
+            "mlp.c_proj.weight" => "mlp.fc2.weight",
+            "mlp.c_proj.bias" => "mlp.fc2.bias",
+            "ls_1.gamma" => "gamma_1",
+            "ls_2.gamma" => "gamma_2",
+            other => other,
+        };
+        return format!("blocks.{idx}.{sub}");
+    }
+    v.to_string()
 }
 
 #[cfg(test)]

@@ -385,6 +385,42 @@ impl Checkpoint {
     }
 }
 
+/// Write every tensor of `ckpt` to a safetensors file in `layout`, stored as `dtype`
+/// (f32, f16 or bf16). Returns the number of tensors written.
+///
+/// ```no_run
+/// use perception_encoder::weights::{convert, Checkpoint, CheckpointLayout};
+/// use perception_encoder::candle_core::DType;
+/// let ckpt = Checkpoint::open("PE-Core-B16-224.pt")?;
+/// convert(&ckpt, "PE-Core-B16-224.bf16.safetensors", CheckpointLayout::Official, DType::BF16)?;
+/// # Ok::<(), perception_encoder::Error>(())
+/// ```
+pub fn convert(ckpt: &Checkpoint, out: impl AsRef<Path>, layout: CheckpointLayout, dtype: DType) -> Result<usize> {
+    if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
+        return Err(Error::InvalidInput(format!("cannot store weights as {dtype:?}; use f32, f16 or bf16")));
+    }
+    let out = out.as_ref();
+    let mut tensors = std::collections::HashMap::new();
+    for key in ckpt.entries.keys() {
+        let t = ckpt.tensor(key, dtype, &Device::Cpu)?;
+        match layout {
+            CheckpointLayout::Official => {
+                tensors.insert(key.clone(), t);
+            }
+            CheckpointLayout::OpenClip => tensors.extend(key_map::to_openclip(key, t)?),
+        }
+    }
+    if !ckpt.unmapped.is_empty() {
+        tracing::warn!("not converted (no official name): {}", ckpt.unmapped.join(", "));
+    }
+    let n = tensors.len();
+    candle_core::safetensors::save(&tensors, out).map_err(|e| match e {
+        candle_core::Error::Io(io) => Error::io(out, io),
+        other => Error::Tensor(other),
+    })?;
+    Ok(n)
+}
+
 struct Backend(Checkpoint);
 
 impl candle_nn::var_builder::SimpleBackend for Backend {
