@@ -1,7 +1,9 @@
 //! `pe`: the Perception Encoder command-line tool. A thin shell over the
 //! `perception_encoder` library: it parses arguments, calls the library and formats results.
 
+mod args;
 mod commands;
+mod output;
 
 use std::process::ExitCode;
 
@@ -23,6 +25,18 @@ struct Cli {
 enum Command {
     /// List the model presets with their sizes.
     Models(commands::models::Args),
+    /// Embed images: one JSON line per image ({"path", "embedding"}), in input order.
+    EmbedImage(commands::embed::ImageCmd),
+    /// Embed texts: one JSON line per text ({"text", "embedding"}).
+    EmbedText(commands::embed::TextCmd),
+    /// Embed videos (mean of sampled frame embeddings): one JSON line per video.
+    EmbedVideo(commands::embed::VideoCmd),
+    /// Zero-shot classification of images against text labels.
+    Classify(commands::classify::ClassifyCmd),
+    /// Show the token ids of texts.
+    Tokenize(commands::tokenize::TokenizeCmd),
+    /// Convert a checkpoint to safetensors (official or open_clip layout, f32/f16/bf16).
+    Convert(commands::convert::ConvertCmd),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +48,12 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Models(args) => commands::models::run(args),
+        Command::EmbedImage(cmd) => commands::embed::run_image(cmd),
+        Command::EmbedText(cmd) => commands::embed::run_text(cmd),
+        Command::EmbedVideo(cmd) => commands::embed::run_video(cmd),
+        Command::Classify(cmd) => commands::classify::run(cmd),
+        Command::Tokenize(cmd) => commands::tokenize::run(cmd),
+        Command::Convert(cmd) => commands::convert::run(cmd),
     };
     match result {
         Ok(code) => code,

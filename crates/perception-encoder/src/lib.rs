@@ -38,11 +38,11 @@ pub mod zero_shot;
 mod clip;
 mod transformer;
 
-pub use clip::{Clip, ClipOutput, LoadOptions};
+pub use clip::{Clip, ClipOutput, LoadOptions, ModelSource};
 pub use config::{ClipConfig, PoolType, TextConfig, VisionConfig, PRESET_NAMES};
 pub use error::{Error, Result};
 pub use text::TextTransformer;
-pub use vision::VisionTransformer;
+pub use vision::{l2_normalize, VisionTransformer};
 
 /// Re-exported so users need not depend on candle's exact version to build inputs.
 pub use candle_core;

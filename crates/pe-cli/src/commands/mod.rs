@@ -1,2 +1,6 @@
 //! One module per subcommand.
+pub mod classify;
+pub mod convert;
+pub mod embed;
 pub mod models;
+pub mod tokenize;

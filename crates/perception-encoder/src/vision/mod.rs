@@ -248,7 +248,7 @@ impl VisionTransformer {
 }
 
 /// `x / max(||x||_2, 1e-12)` over the last dimension (`F.normalize`).
-pub(crate) fn l2_normalize(x: &Tensor) -> Result<Tensor> {
+pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
     let norm = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.maximum(1e-12)?;
     Ok(x.broadcast_div(&norm)?)
 }

@@ -1,0 +1,123 @@
+//! Options shared by the commands: which model, and how images are prepared.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use perception_encoder::preprocess::{ImageTransform, ResizeMode, DEFAULT_MAX_PIXELS};
+use perception_encoder::{Clip, LoadOptions, ModelSource};
+
+/// `--model NAME` (weights from the hub cache), `--model NAME --weights FILE`, or
+/// `--config FILE.json --weights FILE`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ModelArgs {
+    /// A preset name, e.g. PE-Core-B16-224 (see `pe models`); weights come from the hub cache
+    /// (facebook/<NAME>) unless --weights is given.
+    #[arg(long, short = 'm', env = "PE_MODEL")]
+    pub model: Option<String>,
+    /// A model config in the reference's JSON format (`vision` and `text` objects).
+    #[arg(long, conflicts_with = "model")]
+    pub config: Option<PathBuf>,
+    /// A checkpoint: the official .pt, or safetensors in the official or open_clip layout.
+    #[arg(long, short = 'w')]
+    pub weights: Option<PathBuf>,
+}
+
+impl ModelArgs {
+    pub fn source(&self) -> anyhow::Result<ModelSource> {
+        Ok(ModelSource::from_options(self.model.as_deref(), self.config.as_deref(), self.weights.as_deref())?)
+    }
+
+    pub fn load(&self) -> anyhow::Result<Clip> {
+        let source = self.source()?;
+        let what = match &source {
+            ModelSource::Preset { name, .. } => name.clone(),
+            ModelSource::Custom { config, .. } => config.display().to_string(),
+        };
+        let started = std::time::Instant::now();
+        let model = source
+            .load(&LoadOptions::default(), std::io::stderr().is_terminal())
+            .with_context(|| format!("loading model {what}"))?;
+        tracing::info!("loaded {} in {:.2}s", model.config().name, started.elapsed().as_secs_f64());
+        Ok(model)
+    }
+}
+
+/// How images (and video frames) become model inputs.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ImageArgs {
+    /// Resize the shorter side and crop the centre instead of squashing to a square.
+    #[arg(long)]
+    pub center_crop: bool,
+    /// Input side in pixels (default: the model's image_size).
+    #[arg(long)]
+    pub size: Option<usize>,
+    /// Refuse images with more pixels than this (decompression-bomb guard).
+    #[arg(long, default_value_t = DEFAULT_MAX_PIXELS)]
+    pub max_pixels: u64,
+}
+
+impl ImageArgs {
+    pub fn transform(&self, model: &Clip) -> ImageTransform {
+        let mode = if self.center_crop { ResizeMode::CenterCrop } else { ResizeMode::Squash };
+        ImageTransform {
+            size: self.size.unwrap_or(model.config().vision.image_size),
+            mode,
+            max_pixels: self.max_pixels,
+        }
+    }
+}
+
+/// Image file extensions picked up when walking a directory (files named explicitly are
+/// always read, whatever their name: the format is detected from the content).
+const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "webp", "gif", "bmp", "tif", "tiff"];
+
+/// Expand files and directories (recursively, in sorted order) into a list of files.
+pub fn collect_files(inputs: &[PathBuf], extensions: &[&str]) -> anyhow::Result<Vec<PathBuf>> {
+    fn walk(dir: &std::path::Path, extensions: &[&str], out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+            .with_context(|| format!("reading directory {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        entries.sort();
+        for p in entries {
+            if p.is_dir() {
+                walk(&p, extensions, out)?;
+            } else if p
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| extensions.iter().any(|x| x.eq_ignore_ascii_case(e)))
+            {
+                out.push(p);
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    for input in inputs {
+        if input.is_dir() {
+            walk(input, extensions, &mut out)?;
+        } else {
+            out.push(input.clone());
+        }
+    }
+    Ok(out)
+}
+
+pub fn collect_images(inputs: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    collect_files(inputs, IMAGE_EXTENSIONS)
+}
+
+/// A progress bar on stderr, hidden when stderr is not a terminal.
+pub fn progress(len: usize, what: &str) -> indicatif::ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {msg} {bar:30} {pos}/{len} [{elapsed_precise}, {per_sec}]")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message(what.to_string());
+    bar
+}

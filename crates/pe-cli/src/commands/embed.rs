@@ -1,0 +1,269 @@
+//! `pe embed-image`, `pe embed-text`, `pe embed-video`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use perception_encoder::candle_core::{DType, Tensor};
+use perception_encoder::tokenizer::ClipTokenizer;
+use perception_encoder::video::{load_clip, FrameSampling};
+use perception_encoder::{l2_normalize, Clip};
+use rayon::prelude::*;
+
+use crate::args::{collect_files, collect_images, progress, ImageArgs, ModelArgs};
+use crate::output::Sink;
+
+/// Arguments of `pe embed-image`.
+#[derive(Debug, clap::Args)]
+pub struct ImageCmd {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    image: ImageArgs,
+    /// Embed from the blocks up to this one (negative counts from the end; -1 = all): the
+    /// embedding of the tower truncated there.
+    #[arg(long, default_value_t = -1, allow_hyphen_values = true)]
+    layer: isize,
+    /// Print raw embeddings instead of L2-normalized ones.
+    #[arg(long)]
+    no_normalize: bool,
+    /// Images per forward pass.
+    #[arg(long, short = 'b', default_value_t = 8)]
+    batch_size: usize,
+    /// Write a matrix (.npy or .safetensors) plus the list of paths instead of JSON Lines.
+    #[arg(long, short = 'o')]
+    output: Option<PathBuf>,
+    /// Image files or directories (searched recursively).
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+}
+
+/// Decode and transform `paths` in parallel, embed those that load, and report the others.
+/// Returns `(path, embedding)` for the successes in input order and the failure count.
+pub fn embed_image_files(
+    model: &Clip,
+    paths: &[PathBuf],
+    image: &ImageArgs,
+    batch_size: usize,
+    mut embed: impl FnMut(&Tensor) -> anyhow::Result<Tensor>,
+    mut each: impl FnMut(&PathBuf, Vec<f32>) -> anyhow::Result<()>,
+) -> anyhow::Result<usize> {
+    let transform = image.transform(model);
+    let bar = progress(paths.len(), "images");
+    let mut failed = 0;
+    for chunk in paths.chunks(batch_size.max(1)) {
+        let loaded: Vec<_> = chunk.par_iter().map(|p| transform.load_path(p)).collect();
+        let mut ok = Vec::new();
+        let mut tensors = Vec::new();
+        for (path, r) in chunk.iter().zip(loaded) {
+            match r {
+                Ok(t) => {
+                    ok.push(path);
+                    tensors.push(t);
+                }
+                Err(e) => {
+                    failed += 1;
+                    bar.suspend(|| eprintln!("pe: skipping {}", describe(path, &e)));
+                }
+            }
+        }
+        if !tensors.is_empty() {
+            let x = Tensor::stack(&tensors, 0)?;
+            let rows: Vec<Vec<f32>> = embed(&x)?.to_dtype(DType::F32)?.to_vec2()?;
+            for (path, row) in ok.into_iter().zip(rows) {
+                each(path, row)?;
+            }
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok(failed)
+}
+
+/// `path: error`, without repeating the path when the error already names it.
+fn describe(path: &std::path::Path, e: &perception_encoder::Error) -> String {
+    let msg = e.to_string();
+    let shown = path.display().to_string();
+    if msg.contains(&shown) {
+        msg
+    } else {
+        format!("{shown}: {msg}")
+    }
+}
+
+pub fn needs_embedding(model: &Clip) -> anyhow::Result<()> {
+    if !model.has_image_embedding() {
+        bail!(
+            "{} returns token features, not one embedding per image (pool_type none); \
+             use a PE Core model, or the library's forward_features for dense features",
+            model.config().name
+        );
+    }
+    Ok(())
+}
+
+fn exit_code(failed: usize) -> ExitCode {
+    if failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+pub fn run_image(cmd: ImageCmd) -> anyhow::Result<ExitCode> {
+    let files = collect_images(&cmd.inputs)?;
+    if files.is_empty() {
+        bail!("no images found in the given paths");
+    }
+    let model = cmd.model.load()?;
+    needs_embedding(&model)?;
+    let mut sink = Sink::new(cmd.output.is_some());
+    let normalize = !cmd.no_normalize;
+    let failed = embed_image_files(
+        &model,
+        &files,
+        &cmd.image,
+        cmd.batch_size,
+        |x| Ok(model.encode_image_at(x, cmd.layer, normalize)?),
+        |path, row| sink.push("path", &path.display().to_string(), row),
+    )?;
+    sink.finish(cmd.output.as_deref())?;
+    if failed > 0 {
+        eprintln!("pe: {failed} of {} images could not be read", files.len());
+    }
+    Ok(exit_code(failed))
+}
+
+/// Arguments of `pe embed-text`.
+#[derive(Debug, clap::Args)]
+pub struct TextCmd {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Print raw embeddings instead of L2-normalized ones.
+    #[arg(long)]
+    no_normalize: bool,
+    /// Texts per forward pass.
+    #[arg(long, short = 'b', default_value_t = 32)]
+    batch_size: usize,
+    /// Read texts from a file, one per line (UTF-8).
+    #[arg(long, short = 'f', conflicts_with = "texts")]
+    file: Option<PathBuf>,
+    /// Write a matrix (.npy or .safetensors) plus the list of texts instead of JSON Lines.
+    #[arg(long, short = 'o')]
+    output: Option<PathBuf>,
+    /// Texts to embed.
+    #[arg(required_unless_present = "file")]
+    texts: Vec<String>,
+}
+
+/// Lines of a UTF-8 file; invalid UTF-8 is an error naming the line.
+pub fn read_lines(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    match String::from_utf8(bytes) {
+        Ok(s) => Ok(s.lines().map(str::to_string).collect()),
+        Err(e) => {
+            let good = e.utf8_error().valid_up_to();
+            let line = e.as_bytes()[..good].iter().filter(|&&b| b == b'\n').count() + 1;
+            bail!("{}: line {line} is not valid UTF-8", path.display())
+        }
+    }
+}
+
+pub fn run_text(cmd: TextCmd) -> anyhow::Result<ExitCode> {
+    let texts = match &cmd.file {
+        Some(f) => read_lines(f)?,
+        None => cmd.texts.clone(),
+    };
+    if texts.is_empty() {
+        bail!("no texts to embed");
+    }
+    let model = cmd.model.load()?;
+    let Some(text_tower) = model.text() else {
+        bail!("{} has no text tower (it is a vision-only model)", model.config().name);
+    };
+    let tokenizer = ClipTokenizer::new(text_tower.config().context_length);
+    let mut sink = Sink::new(cmd.output.is_some());
+    let bar = progress(texts.len(), "texts");
+    for chunk in texts.chunks(cmd.batch_size.max(1)) {
+        let ids = tokenizer.tokenize_batch(chunk, model.visual().device())?;
+        let rows: Vec<Vec<f32>> = model.encode_text(&ids, !cmd.no_normalize)?.to_dtype(DType::F32)?.to_vec2()?;
+        for (text, row) in chunk.iter().zip(rows) {
+            sink.push("text", text, row)?;
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    sink.finish(cmd.output.as_deref())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Which frames are sampled.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Sampling {
+    /// int(i * (total - 1) / (n - 1)): first and last frame included (the reference benchmarks).
+    Benchmark,
+    /// int(i * total / n) (the reference demo notebook).
+    Demo,
+}
+
+/// Arguments of `pe embed-video`.
+#[derive(Debug, clap::Args)]
+pub struct VideoCmd {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    image: ImageArgs,
+    /// Frames sampled per video.
+    #[arg(long, default_value_t = 8)]
+    frames: usize,
+    /// Frame sampling rule.
+    #[arg(long, value_enum, default_value = "benchmark")]
+    sampling: Sampling,
+    /// Print the raw mean of frame embeddings instead of its L2-normalized form.
+    #[arg(long)]
+    no_normalize: bool,
+    /// Write a matrix (.npy or .safetensors) plus the list of paths instead of JSON Lines.
+    #[arg(long, short = 'o')]
+    output: Option<PathBuf>,
+    /// Video files or directories (searched recursively).
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+}
+
+const VIDEO_EXTENSIONS: &[&str] = &["mp4", "m4v", "mov", "mkv", "webm", "avi", "mpg", "mpeg", "wmv", "flv", "ts"];
+
+pub fn run_video(cmd: VideoCmd) -> anyhow::Result<ExitCode> {
+    let files = collect_files(&cmd.inputs, VIDEO_EXTENSIONS)?;
+    if files.is_empty() {
+        bail!("no videos found in the given paths");
+    }
+    let model = cmd.model.load()?;
+    needs_embedding(&model)?;
+    let transform = cmd.image.transform(&model);
+    let rule = match cmd.sampling {
+        Sampling::Benchmark => FrameSampling::Benchmark,
+        Sampling::Demo => FrameSampling::Demo,
+    };
+    let mut sink = Sink::new(cmd.output.is_some());
+    let bar = progress(files.len(), "videos");
+    let mut failed = 0;
+    for path in &files {
+        match load_clip(path, cmd.frames, rule, &transform) {
+            Ok(clip) => {
+                // The zero-shot benchmark's form: the mean of raw frame embeddings, normalized.
+                let mean = model.encode_video(&clip.unsqueeze(0)?, false)?;
+                let mean = if cmd.no_normalize { mean } else { l2_normalize(&mean)? };
+                let row: Vec<f32> = mean.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+                sink.push("path", &path.display().to_string(), row)?;
+            }
+            Err(e) => {
+                failed += 1;
+                bar.suspend(|| eprintln!("pe: skipping {}", describe(path, &e)));
+            }
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    sink.finish(cmd.output.as_deref())?;
+    Ok(exit_code(failed))
+}

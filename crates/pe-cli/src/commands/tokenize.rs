@@ -1,0 +1,31 @@
+//! `pe tokenize`: token ids as the text tower sees them.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use perception_encoder::tokenizer::ClipTokenizer;
+
+/// Arguments of `pe tokenize`.
+#[derive(Debug, clap::Args)]
+pub struct TokenizeCmd {
+    /// Row length: 32 for most models, 72 for PE-Core-G14-448.
+    #[arg(long, short = 'c', default_value_t = 32)]
+    context_length: usize,
+    /// Texts to tokenize.
+    #[arg(required = true)]
+    texts: Vec<String>,
+}
+
+pub fn run(cmd: TokenizeCmd) -> anyhow::Result<ExitCode> {
+    if cmd.context_length < 2 {
+        anyhow::bail!("--context-length must be at least 2 (start and end tokens)");
+    }
+    let tok = ClipTokenizer::new(cmd.context_length);
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for text in &cmd.texts {
+        serde_json::to_writer(&mut out, &serde_json::json!({"text": text, "ids": tok.tokenize(text)}))?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}

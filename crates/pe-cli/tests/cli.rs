@@ -1,0 +1,279 @@
+//! The `pe` binary end to end on the fixtures: its embeddings equal the reference's for the
+//! same image files, and bad input gives a one-line reason and the documented exit code.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn fixtures() -> Option<PathBuf> {
+    let dir = match std::env::var_os("PE_FIXTURES") {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures"),
+    };
+    if dir.join("README.md").is_file() {
+        return Some(dir);
+    }
+    if std::env::var("PE_REQUIRE_FIXTURES").is_ok_and(|v| v == "1") {
+        panic!("PE_REQUIRE_FIXTURES=1 but no fixtures at {}", dir.display());
+    }
+    eprintln!("skipping: no fixtures at {}", dir.display());
+    None
+}
+
+fn pe(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pe")).args(args).env_remove("PE_MODEL").output().unwrap()
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+fn lines(out: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8(out.stdout.clone()).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn floats(v: &serde_json::Value) -> Vec<f32> {
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+}
+
+/// Rows of a float32 tensor in the expected-outputs file.
+fn expected(dir: &Path, model: &str, name: &str) -> Vec<Vec<f32>> {
+    let bytes = std::fs::read(dir.join(format!("{model}.expected.safetensors"))).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let t = st.tensor(name).unwrap();
+    let cols = *t.shape().last().unwrap();
+    let v: Vec<f32> = t.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+    v.chunks(cols).map(|c| c.to_vec()).collect()
+}
+
+fn assert_rows_close(name: &str, ours: &[Vec<f32>], want: &[Vec<f32>]) {
+    assert_eq!(ours.len(), want.len(), "{name}: row count");
+    let max = want.iter().flatten().fold(0f32, |m, x| m.max(x.abs()));
+    let d = ours.iter().flatten().zip(want.iter().flatten()).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(d <= 1e-5 * max.max(1.0), "{name}: max diff {d}");
+}
+
+#[test]
+fn embed_image_matches_the_reference_from_files() {
+    let Some(dir) = fixtures() else { return };
+    for (model, ckpt) in [("tiny-cls", "tiny-cls.pt"), ("tiny-nocls", "tiny-nocls.safetensors")] {
+        let cfg = s(&dir.join(format!("{model}.json")));
+        let w = s(&dir.join(ckpt));
+        let cat = s(&dir.join("images/cat.png"));
+        let dog = s(&dir.join("images/dog.png"));
+        for (flag, tensor) in [(None, "image_embed_norm_native"), (Some("--no-normalize"), "image_embed_native")] {
+            let mut args = vec!["embed-image", "--config", &cfg, "--weights", &w, "--batch-size", "1"];
+            args.extend(flag);
+            args.extend([cat.as_str(), dog.as_str()]);
+            let out = pe(&args);
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            let l = lines(&out);
+            assert_eq!(l[0]["path"], cat.as_str());
+            assert_eq!(l[1]["path"], dog.as_str());
+            let rows: Vec<Vec<f32>> = l.iter().map(|v| floats(&v["embedding"])).collect();
+            assert_rows_close(&format!("{model} {tensor}"), &rows, &expected(&dir, model, tensor));
+        }
+    }
+}
+
+#[test]
+fn unreadable_files_are_skipped_and_reported() {
+    let Some(dir) = fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let broken = tmp.path().join("broken.jpg");
+    std::fs::write(&broken, b"\xff\xd8\xff not really").unwrap();
+    let out = pe(&[
+        "embed-image",
+        "--config",
+        &s(&dir.join("tiny-cls.json")),
+        "--weights",
+        &s(&dir.join("tiny-cls.pt")),
+        &s(&dir.join("images/cat.png")),
+        &s(&broken),
+        &s(&dir.join("images/dog.png")),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let l = lines(&out);
+    assert_eq!(l.len(), 2);
+    assert_eq!(l[1]["path"], s(&dir.join("images/dog.png")).as_str());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("broken.jpg"), "{err}");
+}
+
+#[test]
+fn directories_and_matrix_outputs() {
+    let Some(dir) = fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = s(&dir.join("tiny-cls.json"));
+    let w = s(&dir.join("tiny-cls.pt"));
+    for ext in ["npy", "safetensors"] {
+        let out_file = tmp.path().join(format!("emb.{ext}"));
+        let out = pe(&["embed-image", "--config", &cfg, "--weights", &w, "-o", &s(&out_file), &s(&dir.join("images"))]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(out.stdout.is_empty());
+        let bytes = std::fs::read(&out_file).unwrap();
+        if ext == "npy" {
+            assert!(bytes.starts_with(b"\x93NUMPY"));
+            let header = String::from_utf8_lossy(&bytes[10..10 + u16::from_le_bytes([bytes[8], bytes[9]]) as usize]);
+            assert!(header.contains("'shape': (6, 32)"), "{header}");
+            let paths = std::fs::read_to_string(tmp.path().join("emb.paths.txt")).unwrap();
+            assert_eq!(paths.lines().count(), 6);
+            assert!(paths.lines().next().unwrap().ends_with("Rock-climbing-Canada-1920x1147.jpg"));
+        } else {
+            let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+            let paths: Vec<String> = serde_json::from_str(&meta.metadata().as_ref().unwrap()["paths"]).unwrap();
+            assert_eq!(paths.len(), 6);
+            let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+            assert_eq!(st.tensor("embeddings").unwrap().shape(), &[6, 32]);
+        }
+    }
+}
+
+#[test]
+fn embed_text_and_tokenize_match_the_reference() {
+    let Some(dir) = fixtures() else { return };
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("tiny-cls.expected.json")).unwrap()).unwrap();
+    let prompts: Vec<String> =
+        manifest["prompts"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_string()).collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("prompts.txt");
+    std::fs::write(&file, prompts.join("\n") + "\n").unwrap();
+    let out = pe(&[
+        "embed-text",
+        "--config",
+        &s(&dir.join("tiny-cls.json")),
+        "--weights",
+        &s(&dir.join("tiny-cls.safetensors")),
+        "--file",
+        &s(&file),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let l = lines(&out);
+    assert_eq!(l[3]["text"], prompts[3].as_str());
+    let rows: Vec<Vec<f32>> = l.iter().map(|v| floats(&v["embedding"])).collect();
+    assert_rows_close("text_embed_norm", &rows, &expected(&dir, "tiny-cls", "text_embed_norm"));
+
+    let mut args = vec!["tokenize", "--context-length", "32"];
+    args.extend(prompts.iter().map(String::as_str));
+    let l = lines(&pe(&args));
+    let bytes = std::fs::read(dir.join("tiny-cls.expected.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let ids: Vec<i64> = st
+        .tensor("text_ids")
+        .unwrap()
+        .data()
+        .chunks_exact(8)
+        .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    for (i, row) in l.iter().enumerate() {
+        let ours: Vec<i64> = row["ids"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();
+        assert_eq!(ours, ids[i * 32..(i + 1) * 32], "prompt {i}");
+    }
+
+    std::fs::write(&file, b"fine\n\xff\xfe broken\n").unwrap();
+    let out = pe(&[
+        "embed-text",
+        "--config",
+        &s(&dir.join("tiny-cls.json")),
+        "--weights",
+        &s(&dir.join("tiny-cls.pt")),
+        "-f",
+        &s(&file),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("line 2 is not valid UTF-8"));
+}
+
+#[test]
+fn classify_gives_the_reference_logits_as_probabilities() {
+    let Some(dir) = fixtures() else { return };
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("tiny-cls.expected.json")).unwrap()).unwrap();
+    // Prompts as labels with the identity template reproduce `logits_per_image`.
+    let labels: Vec<&str> = manifest["prompts"].as_array().unwrap()[..2].iter().map(|p| p.as_str().unwrap()).collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let templates = tmp.path().join("t.txt");
+    std::fs::write(&templates, "{}\n").unwrap();
+    let label_file = tmp.path().join("labels.txt");
+    std::fs::write(&label_file, labels.join("\n")).unwrap();
+    let out = pe(&[
+        "classify",
+        "--config",
+        &s(&dir.join("tiny-cls.json")),
+        "--weights",
+        &s(&dir.join("tiny-cls.pt")),
+        "--labels-file",
+        &s(&label_file),
+        "--templates",
+        &s(&templates),
+        &s(&dir.join("images/cat.png")),
+        &s(&dir.join("images/dog.png")),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let logits = expected(&dir, "tiny-cls", "logits_per_image");
+    for (row, l) in lines(&out).iter().zip(&logits) {
+        let e: Vec<f32> = l[..2].iter().map(|x| x.exp()).collect();
+        let want: Vec<f32> = e.iter().map(|x| x / (e[0] + e[1])).collect();
+        for p in row["predictions"].as_array().unwrap() {
+            let i = labels.iter().position(|x| *x == p["label"].as_str().unwrap()).unwrap();
+            let got = p["probability"].as_f64().unwrap() as f32;
+            assert!((got - want[i]).abs() < 1e-5, "{got} vs {}", want[i]);
+        }
+    }
+}
+
+#[test]
+fn video_and_convert() {
+    let Some(dir) = fixtures() else { return };
+    let cfg = s(&dir.join("tiny-cls.json"));
+    let out =
+        pe(&["embed-video", "--config", &cfg, "--weights", &s(&dir.join("tiny-cls.pt")), &s(&dir.join("dog.mp4"))]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v = floats(&lines(&out)[0]["embedding"]);
+    assert_eq!(v.len(), 32);
+    assert!((v.iter().map(|x| x * x).sum::<f32>() - 1.0).abs() < 1e-4);
+
+    let tmp = tempfile::tempdir().unwrap();
+    let conv = tmp.path().join("c.safetensors");
+    let out = pe(&["convert", &s(&dir.join("tiny-cls.pt")), &s(&conv), "--layout", "openclip", "--dtype", "f32"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let a = pe(&["embed-image", "--config", &cfg, "--weights", &s(&conv), &s(&dir.join("images/cat.png"))]);
+    let b = pe(&[
+        "embed-image",
+        "--config",
+        &cfg,
+        "--weights",
+        &s(&dir.join("tiny-cls.pt")),
+        &s(&dir.join("images/cat.png")),
+    ]);
+    assert_eq!(lines(&a), lines(&b));
+}
+
+#[test]
+fn errors_have_one_line_reasons() {
+    let out = pe(&["embed-image", "--model", "PE-Core-Z99", "x.png"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown model `PE-Core-Z99`") && err.contains("PE-Core-B16-224"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let img = tmp.path().join("a.png");
+    std::fs::write(&img, b"x").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pe"))
+        .args(["embed-image", "--model", "PE-Core-T16-384", &s(&img)])
+        .env("HF_HOME", tmp.path())
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("HF_HUB_OFFLINE"));
+
+    let out = pe(&["embed-image", "x.png"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no model"));
+
+    let out = pe(&["models", "--json"]);
+    assert!(out.status.success());
+    assert_eq!(lines(&out).len(), 14);
+}
