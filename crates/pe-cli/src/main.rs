@@ -17,6 +17,10 @@ struct Cli {
     #[arg(long, global = true, env = "PE_LOG", default_value = "warn")]
     log: String,
 
+    /// Worker threads for the model (default: PE_THREADS, RAYON_NUM_THREADS, or all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -37,6 +41,8 @@ enum Command {
     Tokenize(commands::tokenize::TokenizeCmd),
     /// Convert a checkpoint to safetensors (official or open_clip layout, f32/f16/bf16).
     Convert(commands::convert::ConvertCmd),
+    /// Measure throughput of the image or text tower (random weights unless --weights).
+    Bench(commands::bench::BenchCmd),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +52,8 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
+    let threads =
+        perception_encoder::bench::set_threads(cli.threads.unwrap_or_else(perception_encoder::bench::default_threads));
     let result = match cli.command {
         Command::Models(args) => commands::models::run(args),
         Command::EmbedImage(cmd) => commands::embed::run_image(cmd),
@@ -54,6 +62,7 @@ fn main() -> ExitCode {
         Command::Classify(cmd) => commands::classify::run(cmd),
         Command::Tokenize(cmd) => commands::tokenize::run(cmd),
         Command::Convert(cmd) => commands::convert::run(cmd),
+        Command::Bench(cmd) => commands::bench::run(cmd, threads),
     };
     match result {
         Ok(code) => code,

@@ -23,6 +23,7 @@
 //! [`vision`] and [`text`] (the towers), [`Clip`] (both together).
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod config;
 pub mod error;
 pub mod hub;
@@ -36,6 +37,7 @@ pub mod weights;
 pub mod zero_shot;
 
 mod clip;
+mod kernels;
 mod transformer;
 
 pub use clip::{Clip, ClipOutput, LoadOptions, ModelSource};

@@ -6,14 +6,21 @@
 //! The grid is the actual input grid: no rescaling to the training grid.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Tensor, D};
 
 use crate::error::Result;
 
-/// `(cos, sin)` tables of one grid.
-type CosSin = (Tensor, Tensor);
+/// `cos` / `sin` of one grid's angle table, `(seq, rot_dim)`, as tensors in the compute dtype
+/// and as float32 vectors for the CPU kernels.
+#[derive(Debug, Clone)]
+pub(crate) struct CosSin {
+    pub cos: Tensor,
+    pub sin: Tensor,
+    pub cos_f32: Arc<Vec<f32>>,
+    pub sin_f32: Arc<Vec<f32>>,
+}
 
 /// The angle table for a grid and the rotation it implies.
 #[derive(Debug)]
@@ -73,14 +80,8 @@ impl Rope2d {
         Ok(Tensor::from_vec(self.angles(grid_h, grid_w), (1, seq, self.rot_dim()), device)?)
     }
 
-    /// `(cos, sin)` of the angle table, shape `(seq, rot_dim)`, cached per grid.
-    pub(crate) fn cos_sin(
-        &self,
-        grid_h: usize,
-        grid_w: usize,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<(Tensor, Tensor)> {
+    /// `cos` and `sin` of the angle table, shape `(seq, rot_dim)`, cached per grid.
+    pub(crate) fn cos_sin(&self, grid_h: usize, grid_w: usize, dtype: DType, device: &Device) -> Result<CosSin> {
         let key = (grid_h, grid_w, dtype);
         if let Some(hit) = self.cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
             return Ok(hit);
@@ -90,12 +91,16 @@ impl Rope2d {
         let rd = self.rot_dim();
         let cos: Vec<f32> = angles.iter().map(|a| a.cos()).collect();
         let sin: Vec<f32> = angles.iter().map(|a| a.sin()).collect();
-        let cos = Tensor::from_vec(cos, (seq, rd), device)?.to_dtype(dtype)?;
-        let sin = Tensor::from_vec(sin, (seq, rd), device)?.to_dtype(dtype)?;
+        let t = CosSin {
+            cos: Tensor::from_slice(&cos, (seq, rd), device)?.to_dtype(dtype)?,
+            sin: Tensor::from_slice(&sin, (seq, rd), device)?.to_dtype(dtype)?,
+            cos_f32: Arc::new(cos),
+            sin_f32: Arc::new(sin),
+        };
         if let Ok(mut c) = self.cache.lock() {
-            c.insert(key, (cos.clone(), sin.clone()));
+            c.insert(key, t.clone());
         }
-        Ok((cos, sin))
+        Ok(t)
     }
 
     /// Rotate `t` of shape `(batch, heads, seq, head_dim)`: `t*cos + rotate_half(t)*sin`, where

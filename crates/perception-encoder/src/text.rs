@@ -3,11 +3,11 @@
 //! first occurrence) and `text_projection`.
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Embedding, LayerNorm, VarBuilder};
+use candle_nn::{Embedding, VarBuilder};
 
 use crate::config::TextConfig;
 use crate::error::{Error, Result};
-use crate::transformer::{ln, Transformer};
+use crate::transformer::{ln, LayerNorm, Transformer};
 
 /// The PE text tower.
 #[derive(Debug)]
@@ -18,7 +18,6 @@ pub struct TextTransformer {
     transformer: Transformer,
     ln_final: LayerNorm,
     text_projection: Tensor,
-    dtype: DType,
     device: Device,
 }
 
@@ -34,7 +33,6 @@ impl TextTransformer {
             transformer: Transformer::new(w, cfg.layers, cfg.heads, cfg.mlp_hidden(), false, vb.pp("transformer"))?,
             ln_final: ln(w, vb.pp("ln_final"))?,
             text_projection: vb.get((w, cfg.output_dim), "text_projection")?,
-            dtype: vb.dtype(),
             device: vb.device().clone(),
         })
     }
@@ -97,12 +95,7 @@ impl TextTransformer {
 
     fn tokens_final(&self, rows: &[Vec<u32>]) -> Result<Tensor> {
         let x = self.embed(rows)?;
-        let l = rows[0].len();
-        // Additive causal mask: -inf above the diagonal.
-        let mask: Vec<f32> =
-            (0..l).flat_map(|i| (0..l).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 })).collect();
-        let mask = Tensor::from_vec(mask, (l, l), &self.device)?.to_dtype(self.dtype)?;
-        let x = self.transformer.forward(&x, self.cfg.layers - 1, None, Some(&mask))?;
+        let x = self.transformer.forward(&x, self.cfg.layers - 1, None, true)?;
         Ok(self.ln_final.forward(&x)?)
     }
 

@@ -79,9 +79,14 @@ fn compute(model: &Clip, name: &str, inputs: &std::collections::HashMap<String, 
 }
 
 fn check_model(dir: &Path, model_name: &str, checkpoint: &str) {
+    check_model_in(dir, model_name, checkpoint, DType::F32)
+}
+
+fn check_model_in(dir: &Path, model_name: &str, checkpoint: &str, dtype: DType) {
     let cfg = ClipConfig::from_json_file(fixture(dir, &format!("{model_name}.json"))).unwrap();
-    let model = Clip::load(&cfg, fixture(dir, checkpoint), &LoadOptions::default())
-        .unwrap_or_else(|e| panic!("loading {checkpoint}: {e}"));
+    let opts = LoadOptions { dtype, ..LoadOptions::default() };
+    let model =
+        Clip::load(&cfg, fixture(dir, checkpoint), &opts).unwrap_or_else(|e| panic!("loading {checkpoint}: {e}"));
     let tensors = load_tensors(&fixture(dir, &format!("{model_name}.expected.safetensors")));
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixture(dir, &format!("{model_name}.expected.json"))).unwrap())
@@ -93,8 +98,12 @@ fn check_model(dir: &Path, model_name: &str, checkpoint: &str) {
             continue;
         }
         let expected = tensors.get(name).unwrap_or_else(|| panic!("{name} listed but not stored"));
-        let ours = compute(&model, name, &tensors).to_dtype(DType::F32).unwrap();
-        let label = format!("{model_name} [{checkpoint}] {name}");
+        let inputs: std::collections::HashMap<String, Tensor> = tensors
+            .iter()
+            .map(|(k, t)| (k.clone(), if t.dtype() == DType::F32 { t.to_dtype(dtype).unwrap() } else { t.clone() }))
+            .collect();
+        let ours = compute(&model, name, &inputs).to_dtype(DType::F32).unwrap();
+        let label = format!("{model_name} [{checkpoint}, {dtype:?}] {name}");
         assert_close(&label, &ours, expected);
         let (d, tol) = common::diff(&ours, expected);
         if d / tol > worst.0 {
@@ -147,4 +156,13 @@ fn tiny_nocls_nested_pt() {
 fn tiny_nocls_safetensors() {
     let Some(dir) = fixtures() else { return };
     check_model(&dir, "tiny-nocls", "tiny-nocls.safetensors");
+}
+
+/// Float64 runs candle's generic operations instead of the float32 CPU kernels, so both paths
+/// are held to the reference.
+#[test]
+fn generic_path_in_f64() {
+    let Some(dir) = fixtures() else { return };
+    check_model_in(&dir, "tiny-cls", "tiny-cls.safetensors", DType::F64);
+    check_model_in(&dir, "tiny-nocls", "tiny-nocls.safetensors", DType::F64);
 }

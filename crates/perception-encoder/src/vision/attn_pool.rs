@@ -3,10 +3,10 @@
 //! attention itself and no RoPE.
 
 use candle_core::{Module, Tensor};
-use candle_nn::{LayerNorm, Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 use crate::error::Result;
-use crate::transformer::{attention, ln, Mlp};
+use crate::transformer::{attention, ln, LayerNorm, Linear, Mlp};
 
 #[derive(Debug, Clone)]
 pub(crate) struct AttnPool {
@@ -27,17 +27,14 @@ impl AttnPool {
         let w = attn.get((3 * width, width), "in_proj_weight")?;
         let b = attn.get(3 * width, "in_proj_bias")?;
         let part = |i: usize| -> Result<Linear> {
-            Ok(Linear::new(
-                w.narrow(0, i * width, width)?.contiguous()?,
-                Some(b.narrow(0, i * width, width)?.contiguous()?),
-            ))
+            Linear::new(w.narrow(0, i * width, width)?, Some(b.narrow(0, i * width, width)?.contiguous()?))
         };
         Ok(AttnPool {
             probe,
             q: part(0)?,
             k: part(1)?,
             v: part(2)?,
-            out_proj: candle_nn::linear(width, width, attn.pp("out_proj"))?,
+            out_proj: Linear::load(width, width, attn.pp("out_proj"))?,
             layernorm: ln(width, vb.pp("layernorm"))?,
             mlp: Mlp::new(width, 4 * width, vb.pp("mlp"))?,
             heads,

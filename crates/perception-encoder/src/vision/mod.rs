@@ -11,12 +11,12 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use candle_core::{DType, Device, Module, Tensor, D};
-use candle_nn::{LayerNorm, VarBuilder};
+use candle_nn::VarBuilder;
 
 use crate::config::{PoolType, VisionConfig};
 use crate::error::{Error, Result};
 use crate::rope::Rope2d;
-use crate::transformer::{ln, stop_index, Transformer};
+use crate::transformer::{ln, stop_index, LayerNorm, RopeTables, Transformer};
 use attn_pool::AttnPool;
 
 /// The PE vision tower.
@@ -202,8 +202,14 @@ impl VisionTransformer {
             Some(r) => Some(r.cos_sin(gh, gw, self.dtype, &self.device)?),
             None => None,
         };
-        let rope = self.rope.as_ref().zip(cs.as_ref()).map(|(r, (c, s))| (r, c, s));
-        let mut x = self.transformer.forward(&tokens, stop, rope, None)?;
+        let rope = self.rope.as_ref().zip(cs.as_ref()).map(|(rope, t)| RopeTables {
+            rope,
+            cos: &t.cos,
+            sin: &t.sin,
+            cos_f32: &t.cos_f32,
+            sin_f32: &t.sin_f32,
+        });
+        let mut x = self.transformer.forward(&tokens, stop, rope, false)?;
         if norm {
             if let Some(l) = &self.ln_post {
                 x = l.forward(&x)?;

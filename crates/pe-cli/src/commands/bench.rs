@@ -1,0 +1,104 @@
+//! `pe bench`: throughput of one tower with random (or given) weights.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::bail;
+use perception_encoder::bench::{self, Tower};
+use perception_encoder::candle_core::DType;
+use perception_encoder::{Clip, ClipConfig, LoadOptions};
+
+/// Which tower to time.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum TowerArg {
+    Image,
+    Text,
+}
+
+/// Compute dtype.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum DTypeArg {
+    F32,
+    Bf16,
+    Int8,
+}
+
+/// Arguments of `pe bench`.
+#[derive(Debug, clap::Args)]
+pub struct BenchCmd {
+    /// A preset name (see `pe models`).
+    #[arg(long, short = 'm', required_unless_present = "config", conflicts_with = "config")]
+    model: Option<String>,
+    /// A model config in the reference's JSON format.
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
+    /// A checkpoint; random weights when absent (no download needed).
+    #[arg(long, short = 'w')]
+    weights: Option<std::path::PathBuf>,
+    /// The tower to time.
+    #[arg(long, value_enum, default_value = "image")]
+    tower: TowerArg,
+    /// Items per batch.
+    #[arg(long, short = 'b', default_value_t = 8)]
+    batch_size: usize,
+    /// Timed batches (after one warm-up batch).
+    #[arg(long, default_value_t = 5)]
+    iters: usize,
+    /// Compute dtype.
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: DTypeArg,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(cmd: BenchCmd, threads: usize) -> anyhow::Result<ExitCode> {
+    let dtype = match cmd.dtype {
+        DTypeArg::F32 => DType::F32,
+        DTypeArg::Bf16 => DType::BF16,
+        DTypeArg::Int8 => bail!("--dtype int8 is not implemented yet; use f32 or bf16"),
+    };
+    let cfg = match (&cmd.model, &cmd.config) {
+        (Some(name), _) => ClipConfig::preset(name)?,
+        (None, Some(path)) => ClipConfig::from_json_file(path)?,
+        (None, None) => unreachable!("clap requires one"),
+    };
+    let opts = LoadOptions { dtype, ..LoadOptions::default() };
+    let started = Instant::now();
+    let model = match &cmd.weights {
+        Some(w) => Clip::load(&cfg, w, &opts)?,
+        None => Clip::random(&cfg, 0, &opts)?,
+    };
+    let load_s = started.elapsed().as_secs_f64();
+    let tower = match cmd.tower {
+        TowerArg::Image => Tower::Image,
+        TowerArg::Text => Tower::Text,
+    };
+    let report = bench::run(&model, tower, cmd.batch_size, cmd.iters, threads)?;
+    let mut out = std::io::stdout().lock();
+    if cmd.json {
+        let mut v = serde_json::to_value(&report)?;
+        v["load_s"] = serde_json::json!(load_s);
+        v["weights"] = serde_json::json!(if cmd.weights.is_some() { "file" } else { "random" });
+        writeln!(out, "{v}")?;
+    } else {
+        let unit = if tower == Tower::Image { "images" } else { "texts" };
+        writeln!(
+            out,
+            "{} {:?} tower, {}, batch {}, {} thread(s): {:.2} {unit}/s; ms per batch median {:.1}, min {:.1}, max {:.1}; peak RSS {:.0} MB; model ready in {:.2}s",
+            report.model,
+            report.tower,
+            report.dtype,
+            report.batch_size,
+            report.threads,
+            report.items_per_s,
+            report.ms_per_batch_median,
+            report.ms_per_batch_min,
+            report.ms_per_batch_max,
+            report.peak_rss_mb,
+            load_s
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
