@@ -277,3 +277,36 @@ fn errors_have_one_line_reasons() {
     assert!(out.status.success());
     assert_eq!(lines(&out).len(), 14);
 }
+
+#[test]
+fn bench_reports_the_documented_fields() {
+    let Some(dir) = fixtures() else { return };
+    for tower in ["image", "text"] {
+        let out = pe(&[
+            "bench",
+            "--config",
+            &s(&dir.join("tiny-nocls.json")),
+            "--tower",
+            tower,
+            "--batch-size",
+            "3",
+            "--iters",
+            "2",
+            "--threads",
+            "1",
+            "--json",
+        ]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v = &lines(&out)[0];
+        for key in
+            ["model", "tower", "dtype", "batch_size", "threads", "items_per_s", "ms_per_batch_median", "peak_rss_mb"]
+        {
+            assert!(v.get(key).is_some(), "{key} missing in {v}");
+        }
+        assert_eq!(v["tower"], tower);
+        assert_eq!((v["batch_size"].as_u64(), v["threads"].as_u64()), (Some(3), Some(1)));
+        assert!(v["items_per_s"].as_f64().unwrap() > 0.0 && v["peak_rss_mb"].as_f64().unwrap() > 1.0);
+    }
+    let out = pe(&["bench", "--config", &s(&dir.join("tiny-nocls.json")), "--dtype", "int8"]);
+    assert_eq!(out.status.code(), Some(2));
+}

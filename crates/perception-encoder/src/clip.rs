@@ -12,6 +12,44 @@ use crate::text::TextTransformer;
 use crate::vision::{l2_normalize, VisionTransformer};
 use crate::weights::{random_state_dict, Checkpoint};
 
+/// A tensor map whose entries are removed as they are read.
+struct TakeTensors(std::sync::Mutex<std::collections::HashMap<String, Tensor>>);
+
+impl candle_nn::var_builder::SimpleBackend for TakeTensors {
+    fn get(
+        &self,
+        s: candle_core::Shape,
+        name: &str,
+        _h: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let t = self.get_unchecked(name, dtype, dev)?;
+        if t.shape() != &s {
+            return Err(candle_core::Error::Msg(format!(
+                "shape mismatch for `{name}`: the model expects {:?}, the tensors have {:?}",
+                s.dims(),
+                t.dims()
+            )));
+        }
+        Ok(t)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let t = self
+            .0
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("tensor map poisoned".into()))?
+            .remove(name)
+            .ok_or_else(|| candle_core::Error::Msg(format!("missing tensor `{name}`")))?;
+        t.to_dtype(dtype)?.to_device(dev)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.0.lock().is_ok_and(|m| m.contains_key(name))
+    }
+}
+
 /// Where and in which dtype a model runs.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
@@ -145,10 +183,11 @@ impl Clip {
         Self::load(&cfg, path, opts)
     }
 
-    /// Build from `(official key, tensor)` pairs.
+    /// Build from `(official key, tensor)` pairs. Each tensor is handed over as the model takes
+    /// it, so weights re-laid out at load do not coexist with their originals.
     pub fn from_tensors(cfg: &ClipConfig, tensors: Vec<(String, Tensor)>, opts: &LoadOptions) -> Result<Self> {
-        let map = tensors.into_iter().collect();
-        Self::new(cfg, VarBuilder::from_tensors(map, opts.dtype, &opts.device))
+        let backend = TakeTensors(std::sync::Mutex::new(tensors.into_iter().collect()));
+        Self::new(cfg, VarBuilder::from_backend(Box::new(backend), opts.dtype, opts.device.clone()))
     }
 
     /// A model with seeded random weights (see [`random_state_dict`]), for benchmarks and tests.

@@ -63,6 +63,21 @@ impl Module for Linear {
         let dims = x.dims();
         let in_dim = dims[dims.len() - 1];
         let rows = x.elem_count() / in_dim.max(1);
+        let out_dim = self.weight_t.dim(1)?;
+        if rows <= crate::kernels::skinny::MAX_ROWS && crate::kernels::enabled_for(x) {
+            let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
+            let (w, _) = self.weight_t.storage_and_layout();
+            let candle_core::Storage::Cpu(w) = &*w else { unreachable!("checked CPU") };
+            let w = w.as_slice::<f32>()?;
+            let bias = match &self.bias {
+                Some(b) => Some(b.to_vec1::<f32>()?),
+                None => None,
+            };
+            let y = crate::kernels::skinny::matmul(&xs, rows, in_dim, w, out_dim, bias.as_deref());
+            let mut out_dims = dims.to_vec();
+            *out_dims.last_mut().expect("rank >= 1") = out_dim;
+            return Tensor::from_vec(y, out_dims, x.device());
+        }
         let y = x.reshape((rows, in_dim))?.matmul(&self.weight_t)?;
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
@@ -133,7 +148,7 @@ impl SelfAttention {
         let (b, n, w) = x.dims3()?;
         let hd = w / self.heads;
         let qkv = self.in_proj.forward(x)?;
-        let o = if qkv.device().is_cpu() && qkv.dtype() == DType::F32 {
+        let o = if crate::kernels::enabled_for(&qkv) {
             let shape = crate::kernels::attention::Shape { batch: b, seq: n, heads: self.heads, head_dim: hd };
             let mut buf: Vec<f32> = qkv.flatten_all()?.to_vec1()?;
             if let Some(t) = rope {
