@@ -13,17 +13,20 @@ pub(crate) const MAX_ROWS: usize = 16;
 const BLOCK: usize = 256;
 const PREFETCH_ROWS: usize = 8;
 
-#[inline(always)]
-fn body<const FMA: bool>(
-    x: &[f32],
+/// The operands of one call.
+#[derive(Clone, Copy)]
+struct Problem<'a> {
+    x: &'a [f32],
     m: usize,
     k: usize,
-    w: &[f32],
+    w: &'a [f32],
     n: usize,
-    bias: Option<&[f32]>,
-    j0: usize,
-    out: &mut [f32],
-) {
+    bias: Option<&'a [f32]>,
+}
+
+#[inline(always)]
+fn body<const FMA: bool>(p: &Problem, j0: usize, out: &mut [f32]) {
+    let Problem { x, m, k, w, n, bias } = *p;
     let width = out.len() / m;
     for i in 0..m {
         let row = &mut out[i * width..(i + 1) * width];
@@ -58,32 +61,14 @@ fn body<const FMA: bool>(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
-unsafe fn body_avx512(
-    x: &[f32],
-    m: usize,
-    k: usize,
-    w: &[f32],
-    n: usize,
-    bias: Option<&[f32]>,
-    j0: usize,
-    out: &mut [f32],
-) {
-    body::<true>(x, m, k, w, n, bias, j0, out)
+unsafe fn body_avx512(p: &Problem, j0: usize, out: &mut [f32]) {
+    body::<true>(p, j0, out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn body_avx2(
-    x: &[f32],
-    m: usize,
-    k: usize,
-    w: &[f32],
-    n: usize,
-    bias: Option<&[f32]>,
-    j0: usize,
-    out: &mut [f32],
-) {
-    body::<true>(x, m, k, w, n, bias, j0, out)
+unsafe fn body_avx2(p: &Problem, j0: usize, out: &mut [f32]) {
+    body::<true>(p, j0, out)
 }
 
 #[derive(Clone, Copy)]
@@ -109,6 +94,7 @@ fn isa() -> Isa {
 /// `x (m, k) @ w (k, n) + bias (n)`, row-major, returned as `(m, n)`.
 pub(crate) fn matmul(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, bias: Option<&[f32]>) -> Vec<f32> {
     let isa = isa();
+    let p = Problem { x, m, k, w, n, bias };
     let blocks: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(BLOCK))
         .into_par_iter()
         .map(|blk| {
@@ -118,10 +104,10 @@ pub(crate) fn matmul(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, bias: O
             match isa {
                 // SAFETY: the feature was detected at run time just above.
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 => unsafe { body_avx512(x, m, k, w, n, bias, j0, &mut out) },
+                Isa::Avx512 => unsafe { body_avx512(&p, j0, &mut out) },
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 => unsafe { body_avx2(x, m, k, w, n, bias, j0, &mut out) },
-                _ => body::<false>(x, m, k, w, n, bias, j0, &mut out),
+                Isa::Avx2 => unsafe { body_avx2(&p, j0, &mut out) },
+                _ => body::<false>(&p, j0, &mut out),
             }
             (j0, out)
         })
