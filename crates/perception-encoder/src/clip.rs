@@ -24,15 +24,7 @@ impl candle_nn::var_builder::SimpleBackend for TakeTensors {
         dtype: DType,
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
-        let t = self.get_unchecked(name, dtype, dev)?;
-        if t.shape() != &s {
-            return Err(candle_core::Error::Msg(format!(
-                "shape mismatch for `{name}`: the model expects {:?}, the tensors have {:?}",
-                s.dims(),
-                t.dims()
-            )));
-        }
-        Ok(t)
+        crate::weights::with_shape(self.get_unchecked(name, dtype, dev)?, &s, name)
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {

@@ -421,6 +421,18 @@ pub fn convert(ckpt: &Checkpoint, out: impl AsRef<Path>, layout: CheckpointLayou
     Ok(n)
 }
 
+/// `t` if it has shape `s`, else the loader's shape-mismatch message for `name`.
+pub(crate) fn with_shape(t: Tensor, s: &Shape, name: &str) -> candle_core::Result<Tensor> {
+    if t.shape() != s {
+        return Err(candle_core::Error::Msg(format!(
+            "shape mismatch for `{name}`: the model expects {:?}, the weights have {:?}",
+            s.dims(),
+            t.dims()
+        )));
+    }
+    Ok(t)
+}
+
 struct Backend(Checkpoint);
 
 impl candle_nn::var_builder::SimpleBackend for Backend {
@@ -432,15 +444,7 @@ impl candle_nn::var_builder::SimpleBackend for Backend {
         dtype: DType,
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
-        let t = self.get_unchecked(name, dtype, dev)?;
-        if t.shape() != &s {
-            return Err(candle_core::Error::Msg(format!(
-                "shape mismatch for `{name}`: the model expects {:?}, the checkpoint has {:?}",
-                s.dims(),
-                t.dims()
-            )));
-        }
-        Ok(t)
+        with_shape(self.get_unchecked(name, dtype, dev)?, &s, name)
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
