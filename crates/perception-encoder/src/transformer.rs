@@ -67,7 +67,9 @@ impl Module for Linear {
         if rows <= crate::kernels::skinny::MAX_ROWS && crate::kernels::enabled_for(x) {
             let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
             let (w, _) = self.weight_t.storage_and_layout();
-            let candle_core::Storage::Cpu(w) = &*w else { unreachable!("checked CPU") };
+            let candle_core::Storage::Cpu(w) = &*w else {
+                return Err(candle_core::Error::Msg("weights and input are on different devices".into()));
+            };
             let w = w.as_slice::<f32>()?;
             let bias = match &self.bias {
                 Some(b) => Some(b.to_vec1::<f32>()?),

@@ -81,7 +81,8 @@ pub(crate) struct RawTensor {
 
 impl RawTensor {
     pub(crate) fn numel(&self) -> usize {
-        self.shape.iter().product()
+        // Saturating: sizes come from the file and may be absurd in a corrupt one.
+        self.shape.iter().fold(1usize, |a, &d| a.saturating_mul(d))
     }
 
     /// Whether every element lies inside the storage (a truncated file fails here, not later).
@@ -90,7 +91,8 @@ impl RawTensor {
             return true;
         }
         let last = self.shape.iter().zip(&self.stride).map(|(&d, &s)| (d - 1).saturating_mul(s)).sum::<usize>();
-        self.offset.saturating_add(last) < self.numel_limit && self.numel_limit * self.dtype.size() <= self.blob.len()
+        self.offset.saturating_add(last) < self.numel_limit
+            && self.numel_limit.checked_mul(self.dtype.size()).is_some_and(|bytes| bytes <= self.blob.len())
     }
 
     fn read_f32(&self, mmap: &[u8]) -> Vec<f32> {

@@ -480,6 +480,22 @@ mod tests {
     }
 
     #[test]
+    fn mutated_pickles_never_panic() {
+        // A state-dict-like pickle: OrderedDict with one tensor and a BUILD of its metadata.
+        let base: &[u8] = b"\x80\x02ccollections\nOrderedDict\nq\x00)Rq\x01X\x01\x00\x00\x00wq\x02ctorch._utils\n_rebuild_tensor_v2\nq\x03((X\x07\x00\x00\x00storageq\x04ctorch\nFloatStorage\nq\x05X\x01\x00\x00\x000q\x06X\x03\x00\x00\x00cpuq\x07K\x06tq\x08QK\x00K\x02K\x03\x86q\tK\x03K\x01\x86q\n\x89h\x00)Rq\x0btq\x0cRq\rsh\x00)Rq\x0eb.";
+        let ok = unpickle(base).expect("the sample pickle is valid");
+        assert!(matches!(ok, Value::Dict(ref d) if matches!(d[0].1, Value::Tensor(_))));
+        for i in 0..base.len() {
+            let _ = unpickle(&base[..i]);
+            for v in [0u8, 1, 0x7f, 0x80, 0xff, b'(', b'R', b'b', b'u', b'h', b'Q'] {
+                let mut m = base.to_vec();
+                m[i] = v;
+                let _ = unpickle(&m);
+            }
+        }
+    }
+
+    #[test]
     fn plain_values() {
         // {'a': 1, 'b': [True, None], 'c': -2}
         let p = b"\x80\x02}q\x00(X\x01\x00\x00\x00aK\x01X\x01\x00\x00\x00b]q\x01(\x88NeX\x01\x00\x00\x00cJ\xfe\xff\xff\xffu.";
