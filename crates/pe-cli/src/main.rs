@@ -43,6 +43,8 @@ enum Command {
     Convert(commands::convert::ConvertCmd),
     /// Measure throughput of the image or text tower (random weights unless --weights).
     Bench(commands::bench::BenchCmd),
+    /// Serve embeddings over HTTP (OpenAI-compatible /v1/embeddings, /embed/text, /embed/image).
+    Serve(commands::serve::ServeCmd),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +65,7 @@ fn main() -> ExitCode {
         Command::Tokenize(cmd) => commands::tokenize::run(cmd),
         Command::Convert(cmd) => commands::convert::run(cmd),
         Command::Bench(cmd) => commands::bench::run(cmd, threads),
+        Command::Serve(cmd) => commands::serve::run(cmd),
     };
     match result {
         Ok(code) => code,

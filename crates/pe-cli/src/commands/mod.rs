@@ -4,4 +4,5 @@ pub mod classify;
 pub mod convert;
 pub mod embed;
 pub mod models;
+pub mod serve;
 pub mod tokenize;

@@ -1,0 +1,91 @@
+//! `pe serve`: the HTTP service (see the `pe-server` crate).
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use pe_server::{BatchConfig, ServerConfig};
+
+use crate::args::ModelArgs;
+
+/// Arguments of `pe serve`.
+#[derive(Debug, clap::Args)]
+pub struct ServeCmd {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Address to listen on (loopback unless told otherwise).
+    #[arg(long, env = "PE_ADDR", default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 16)]
+    max_batch: usize,
+    /// Texts per forward pass.
+    #[arg(long, default_value_t = 64)]
+    max_text_batch: usize,
+    /// How long a request waits for others to share its batch, in milliseconds.
+    #[arg(long, default_value_t = 5)]
+    max_wait_ms: u64,
+    /// Requests queued at most; beyond that the server answers 503 with Retry-After.
+    #[arg(long, default_value_t = 256)]
+    queue: usize,
+    /// Items (images or texts) per request.
+    #[arg(long, default_value_t = 256)]
+    max_items: usize,
+    /// Largest request body in MiB.
+    #[arg(long, default_value_t = 32)]
+    max_body_mb: usize,
+    /// Largest image in pixels.
+    #[arg(long, default_value_t = perception_encoder::preprocess::DEFAULT_MAX_PIXELS)]
+    max_pixels: u64,
+    /// Time limit per request in seconds.
+    #[arg(long, default_value_t = 60)]
+    timeout_s: u64,
+    /// Require `Authorization: Bearer <KEY>` on every route but /health.
+    #[arg(long, env = "PE_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+}
+
+pub fn run(cmd: ServeCmd) -> anyhow::Result<ExitCode> {
+    let model = cmd.model.load()?;
+    let cfg = ServerConfig {
+        addr: cmd.addr,
+        batch: BatchConfig {
+            max_batch: cmd.max_batch,
+            max_text_batch: cmd.max_text_batch,
+            max_wait: Duration::from_millis(cmd.max_wait_ms),
+            queue_capacity: cmd.queue,
+        },
+        max_body_bytes: cmd.max_body_mb << 20,
+        max_pixels: cmd.max_pixels,
+        max_items: cmd.max_items,
+        request_timeout: Duration::from_secs(cmd.timeout_s),
+        api_key: cmd.api_key.filter(|k| !k.is_empty()),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(cfg.addr).await?;
+        eprintln!("pe: serving {} on http://{}", model.config().name, listener.local_addr()?);
+        pe_server::serve_on(listener, model, cfg, shutdown_signal()).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Ctrl-C or SIGTERM: stop accepting, finish what is in flight.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    eprintln!("pe: shutting down after in-flight requests");
+}

@@ -1,0 +1,236 @@
+//! The model runs on its own OS thread behind a bounded queue. Requests that arrive together
+//! are run together: the thread takes the first job, then keeps collecting compatible jobs
+//! (same kind, same layer) until the batch is full or `max_wait` has passed. Jobs that cannot
+//! join wait for the next batch; jobs whose caller has gone are dropped unrun.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use perception_encoder::candle_core::{DType, Tensor};
+use perception_encoder::tokenizer::ClipTokenizer;
+use perception_encoder::Clip;
+use tokio::sync::oneshot;
+
+use crate::error::ServeError;
+
+/// What one request asks the model for.
+#[derive(Debug)]
+pub(crate) enum Work {
+    /// Preprocessed images `(3, S, S)` each, embedded from blocks up to `layer`.
+    Images { pixels: Vec<Tensor>, layer: isize },
+    /// Raw texts, tokenized on the model thread.
+    Texts { texts: Vec<String> },
+}
+
+impl Work {
+    fn len(&self) -> usize {
+        match self {
+            Work::Images { pixels, .. } => pixels.len(),
+            Work::Texts { texts } => texts.len(),
+        }
+    }
+    /// Jobs with equal keys can share a forward pass.
+    fn key(&self) -> (bool, isize) {
+        match self {
+            Work::Images { layer, .. } => (true, *layer),
+            Work::Texts { .. } => (false, 0),
+        }
+    }
+}
+
+type Reply = oneshot::Sender<Result<Vec<Vec<f32>>, ServeError>>;
+
+struct Job {
+    work: Work,
+    reply: Reply,
+}
+
+/// Batching limits.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchConfig {
+    /// Images per forward pass.
+    pub max_batch: usize,
+    /// Texts per forward pass.
+    pub max_text_batch: usize,
+    /// How long the first job of a batch waits for company.
+    pub max_wait: Duration,
+    /// Jobs waiting at most; more are refused (the HTTP layer answers 503).
+    pub queue_capacity: usize,
+}
+
+/// Counters the HTTP layer reports.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Jobs queued and not yet taken by the model thread.
+    pub queue_depth: AtomicUsize,
+    /// Forward passes run.
+    pub batches: AtomicUsize,
+    /// Items (images or texts) embedded.
+    pub items: AtomicUsize,
+}
+
+/// Handle to the model thread.
+#[derive(Clone)]
+pub struct Engine {
+    tx: SyncSender<Job>,
+    ready: Arc<AtomicBool>,
+    /// Shared counters.
+    pub stats: Arc<Stats>,
+}
+
+impl Engine {
+    /// Start the model thread.
+    pub fn start(model: Clip, cfg: BatchConfig) -> Engine {
+        let (tx, rx) = sync_channel(cfg.queue_capacity.max(1));
+        let ready = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(Stats::default());
+        let (r, s) = (ready.clone(), stats.clone());
+        std::thread::Builder::new()
+            .name("pe-model".into())
+            .spawn(move || {
+                r.store(true, Ordering::SeqCst);
+                run(model, cfg, rx, &s);
+                r.store(false, Ordering::SeqCst);
+            })
+            .expect("spawning the model thread");
+        Engine { tx, ready, stats }
+    }
+
+    /// Whether the model thread is up.
+    pub fn ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    /// Queue `work` and wait for its embeddings (raw, not normalized).
+    pub(crate) async fn submit(&self, work: Work) -> Result<Vec<Vec<f32>>, ServeError> {
+        let (reply, rx) = oneshot::channel();
+        self.stats.queue_depth.fetch_add(1, Ordering::SeqCst);
+        match self.tx.try_send(Job { work, reply }) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                self.stats.queue_depth.fetch_sub(1, Ordering::SeqCst);
+                return Err(ServeError::Overloaded);
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                self.stats.queue_depth.fetch_sub(1, Ordering::SeqCst);
+                return Err(ServeError::Unavailable("the model thread has stopped".into()));
+            }
+        }
+        rx.await.map_err(|_| ServeError::Unavailable("the model thread dropped the request".into()))?
+    }
+}
+
+fn run(model: Clip, cfg: BatchConfig, rx: Receiver<Job>, stats: &Stats) {
+    let mut pending: VecDeque<Job> = VecDeque::new();
+    loop {
+        let first = match pending.pop_front() {
+            Some(j) => j,
+            None => match rx.recv() {
+                Ok(j) => {
+                    stats.queue_depth.fetch_sub(1, Ordering::SeqCst);
+                    j
+                }
+                Err(_) => return,
+            },
+        };
+        let key = first.work.key();
+        let limit = if key.0 { cfg.max_batch } else { cfg.max_text_batch }.max(1);
+        let mut items = first.work.len();
+        let mut batch = vec![first];
+        // Jobs set aside earlier come first, then new arrivals until full or out of time.
+        let mut i = 0;
+        while i < pending.len() && items < limit {
+            if pending[i].work.key() == key && items + pending[i].work.len() <= limit {
+                let j = pending.remove(i).expect("index in range");
+                items += j.work.len();
+                batch.push(j);
+            } else {
+                i += 1;
+            }
+        }
+        let deadline = Instant::now() + cfg.max_wait;
+        while items < limit {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(j) => {
+                    stats.queue_depth.fetch_sub(1, Ordering::SeqCst);
+                    if j.work.key() == key && items + j.work.len() <= limit {
+                        items += j.work.len();
+                        batch.push(j);
+                    } else {
+                        pending.push_back(j);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        batch.retain(|j| !j.reply.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
+        execute(&model, batch, limit, stats);
+    }
+}
+
+/// Run the jobs' items through the model in chunks of at most `limit` and answer each job.
+fn execute(model: &Clip, batch: Vec<Job>, limit: usize, stats: &Stats) {
+    let sizes: Vec<usize> = batch.iter().map(|j| j.work.len()).collect();
+    let result = forward(model, &batch, limit);
+    stats.batches.fetch_add(1, Ordering::Relaxed);
+    stats.items.fetch_add(sizes.iter().sum(), Ordering::Relaxed);
+    match result {
+        Ok(rows) => {
+            let mut rows = rows.into_iter();
+            for (job, n) in batch.into_iter().zip(sizes) {
+                let _ = job.reply.send(Ok(rows.by_ref().take(n).collect()));
+            }
+        }
+        Err(e) => {
+            for job in batch {
+                let _ = job.reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+fn forward(model: &Clip, batch: &[Job], limit: usize) -> Result<Vec<Vec<f32>>, ServeError> {
+    let internal = |e: perception_encoder::Error| ServeError::Internal(e.to_string());
+    let mut rows = Vec::new();
+    match &batch[0].work {
+        Work::Images { layer, .. } => {
+            let all: Vec<&Tensor> = batch
+                .iter()
+                .flat_map(|j| match &j.work {
+                    Work::Images { pixels, .. } => pixels.iter().collect::<Vec<_>>(),
+                    Work::Texts { .. } => Vec::new(),
+                })
+                .collect();
+            for chunk in all.chunks(limit) {
+                let x = Tensor::stack(chunk, 0).map_err(|e| internal(e.into()))?;
+                let y = model.encode_image_at(&x, *layer, false).map_err(internal)?;
+                rows.extend(y.to_dtype(DType::F32).and_then(|t| t.to_vec2::<f32>()).map_err(|e| internal(e.into()))?);
+            }
+        }
+        Work::Texts { .. } => {
+            let text = model.text().ok_or_else(|| ServeError::Invalid("this model has no text tower".into()))?;
+            let tokenizer = ClipTokenizer::new(text.config().context_length);
+            let all: Vec<&String> = batch
+                .iter()
+                .flat_map(|j| match &j.work {
+                    Work::Texts { texts } => texts.iter().collect::<Vec<_>>(),
+                    Work::Images { .. } => Vec::new(),
+                })
+                .collect();
+            for chunk in all.chunks(limit) {
+                let ids = tokenizer.tokenize_batch(chunk, model.visual().device()).map_err(internal)?;
+                let y = model.encode_text(&ids, false).map_err(internal)?;
+                rows.extend(y.to_dtype(DType::F32).and_then(|t| t.to_vec2::<f32>()).map_err(|e| internal(e.into()))?);
+            }
+        }
+    }
+    Ok(rows)
+}

@@ -1,0 +1,386 @@
+//! `pe serve`: Perception Encoder embeddings over HTTP.
+//!
+//! The model runs on its own thread behind a bounded queue with dynamic batching
+//! ([`engine`]); handlers only validate, decode images in parallel on the blocking pool, and
+//! await. Routes (JSON in and out; errors are `{"error": {"message", "type", "code"}}`):
+//!
+//! - `GET /health`: the process is up (never needs the API key).
+//! - `GET /ready`: the model is loaded and its thread is running.
+//! - `GET /v1/models`: the served model, OpenAI-style.
+//! - `POST /v1/embeddings`: OpenAI-compatible; `input` is a string or a list of strings, where
+//!   `data:image/...;base64,...` strings are images; `encoding_format` `float` or `base64`.
+//! - `POST /embed/text`: `{"texts": [...], "normalize": true}`.
+//! - `POST /embed/image`: `{"images": [base64 or data URL, ...], "normalize": true, "layer": -1}`.
+
+pub mod engine;
+mod error;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use perception_encoder::preprocess::ImageTransform;
+use perception_encoder::Clip;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+pub use engine::{BatchConfig, Engine};
+pub use error::ServeError;
+
+/// Service settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Where to listen (loopback by default in `pe serve`).
+    pub addr: SocketAddr,
+    /// Batching limits and queue size.
+    pub batch: BatchConfig,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Largest accepted image, in pixels.
+    pub max_pixels: u64,
+    /// Items (images or texts) accepted in one request.
+    pub max_items: usize,
+    /// Time limit of one request.
+    pub request_timeout: Duration,
+    /// Required `Authorization: Bearer` key, if any.
+    pub api_key: Option<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            batch: BatchConfig {
+                max_batch: 16,
+                max_text_batch: 64,
+                max_wait: Duration::from_millis(5),
+                queue_capacity: 256,
+            },
+            max_body_bytes: 32 << 20,
+            max_pixels: perception_encoder::preprocess::DEFAULT_MAX_PIXELS,
+            max_items: 256,
+            request_timeout: Duration::from_secs(60),
+            api_key: None,
+        }
+    }
+}
+
+struct AppState {
+    engine: Engine,
+    model_name: String,
+    transform: ImageTransform,
+    has_text: bool,
+    cfg: ServerConfig,
+}
+
+type Shared = Arc<AppState>;
+
+/// The service's routes over a started [`Engine`] for `model`.
+pub fn router(model: Clip, cfg: ServerConfig) -> Router {
+    let mut transform = ImageTransform::for_config(&model.config().vision);
+    transform.max_pixels = cfg.max_pixels;
+    let state = Arc::new(AppState {
+        model_name: model.config().name.clone(),
+        has_text: model.text().is_some(),
+        transform,
+        engine: Engine::start(model, cfg.batch),
+        cfg: cfg.clone(),
+    });
+    Router::new()
+        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/ready", get(ready))
+        .route("/v1/models", get(models))
+        .route("/v1/embeddings", post(openai_embeddings))
+        .route("/embed/text", post(embed_text))
+        .route("/embed/image", post(embed_image))
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                Json(json!({"error": {"message": "no such route", "type": "not_found", "code": 404}})),
+            )
+        })
+        .layer(middleware::from_fn_with_state(state.clone(), auth))
+        .layer(DefaultBodyLimit::max(cfg.max_body_bytes))
+        .with_state(state)
+}
+
+/// Serve on `listener` until `shutdown` resolves; in-flight requests are finished first.
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    model: Clip,
+    cfg: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(model, cfg);
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
+
+/// Bind `cfg.addr` and serve until `shutdown` resolves.
+pub async fn serve(
+    model: Clip,
+    cfg: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(cfg.addr).await?;
+    tracing::info!("listening on http://{}", listener.local_addr()?);
+    serve_on(listener, model, cfg, shutdown).await
+}
+
+async fn auth(State(st): State<Shared>, req: Request, next: Next) -> Response {
+    if let Some(key) = &st.cfg.api_key {
+        if req.uri().path() != "/health" {
+            let given = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            if given != Some(key.as_str()) {
+                return ServeError::Unauthorized.into_response();
+            }
+        }
+    }
+    next.run(req).await
+}
+
+async fn ready(State(st): State<Shared>) -> Response {
+    if st.engine.ready() {
+        Json(json!({"status": "ready", "model": st.model_name})).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "loading"}))).into_response()
+    }
+}
+
+async fn models(State(st): State<Shared>) -> Json<Value> {
+    Json(json!({"object": "list", "data": [{"id": st.model_name, "object": "model", "owned_by": "facebook"}]}))
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ServeError> {
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ServeError::TooLarge("request body exceeds the size limit".into())
+        } else {
+            ServeError::Invalid(format!("cannot read the request body: {e}"))
+        }
+    })?;
+    serde_json::from_slice(&body).map_err(|e| ServeError::Invalid(format!("invalid request: {e}")))
+}
+
+fn yes() -> bool {
+    true
+}
+fn last_layer() -> isize {
+    -1
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TextRequest {
+    texts: Vec<String>,
+    #[serde(default = "yes")]
+    normalize: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImageRequest {
+    images: Vec<String>,
+    #[serde(default = "yes")]
+    normalize: bool,
+    #[serde(default = "last_layer")]
+    layer: isize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OpenAiRequest {
+    input: OneOrMany,
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    encoding_format: Option<String>,
+    #[serde(default)]
+    dimensions: Option<usize>,
+    /// Accepted for OpenAI compatibility; unused.
+    #[serde(default)]
+    #[allow(dead_code)]
+    user: Option<String>,
+}
+
+fn normalize_rows(rows: &mut [Vec<f32>]) {
+    for r in rows {
+        let n = r.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+        r.iter_mut().for_each(|x| *x /= n);
+    }
+}
+
+fn check_count(n: usize, max: usize, what: &str) -> Result<(), ServeError> {
+    if n == 0 {
+        return Err(ServeError::Invalid(format!("no {what} given")));
+    }
+    if n > max {
+        return Err(ServeError::TooLarge(format!("{n} {what} in one request; the limit is {max}")));
+    }
+    Ok(())
+}
+
+async fn with_timeout<T>(st: &AppState, f: impl Future<Output = Result<T, ServeError>>) -> Result<T, ServeError> {
+    tokio::time::timeout(st.cfg.request_timeout, f).await.map_err(|_| ServeError::Timeout)?
+}
+
+/// Decode base64 or data-URL images and apply the transform, in parallel on the blocking pool.
+async fn decode_images(
+    st: &Shared,
+    images: Vec<String>,
+) -> Result<Vec<perception_encoder::candle_core::Tensor>, ServeError> {
+    let tasks: Vec<_> = images
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let transform = st.transform;
+            tokio::task::spawn_blocking(move || {
+                let b64 = match s.strip_prefix("data:") {
+                    Some(rest) => rest.split_once(";base64,").map(|(_, data)| data.to_string()).ok_or_else(|| {
+                        ServeError::Invalid(format!(
+                            "image {i}: a data URL must be base64 (`data:image/...;base64,...`)"
+                        ))
+                    })?,
+                    None => s,
+                };
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(b64.trim())
+                    .map_err(|e| ServeError::Invalid(format!("image {i}: invalid base64: {e}")))?;
+                transform.load_bytes(&bytes).map_err(|e| match ServeError::from(e) {
+                    ServeError::Invalid(m) => ServeError::Invalid(format!("image {i}: {m}")),
+                    ServeError::TooLarge(m) => ServeError::TooLarge(format!("image {i}: {m}")),
+                    other => other,
+                })
+            })
+        })
+        .collect();
+    let mut out = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        out.push(t.await.map_err(|e| ServeError::Internal(e.to_string()))??);
+    }
+    Ok(out)
+}
+
+async fn embed_images(st: &Shared, images: Vec<String>, layer: isize) -> Result<Vec<Vec<f32>>, ServeError> {
+    let pixels = decode_images(st, images).await?;
+    st.engine.submit(engine::Work::Images { pixels, layer }).await
+}
+
+async fn embed_texts(st: &Shared, texts: Vec<String>) -> Result<Vec<Vec<f32>>, ServeError> {
+    if !st.has_text {
+        return Err(ServeError::Invalid(format!("{} has no text tower", st.model_name)));
+    }
+    st.engine.submit(engine::Work::Texts { texts }).await
+}
+
+async fn embed_text(State(st): State<Shared>, body: Result<Bytes, BytesRejection>) -> Result<Json<Value>, ServeError> {
+    let req: TextRequest = parse(body)?;
+    check_count(req.texts.len(), st.cfg.max_items, "texts")?;
+    let mut rows = with_timeout(&st, embed_texts(&st, req.texts)).await?;
+    if req.normalize {
+        normalize_rows(&mut rows);
+    }
+    Ok(Json(json!({"model": st.model_name, "embeddings": rows})))
+}
+
+async fn embed_image(State(st): State<Shared>, body: Result<Bytes, BytesRejection>) -> Result<Json<Value>, ServeError> {
+    let req: ImageRequest = parse(body)?;
+    check_count(req.images.len(), st.cfg.max_items, "images")?;
+    let mut rows = with_timeout(&st, embed_images(&st, req.images, req.layer)).await?;
+    if req.normalize {
+        normalize_rows(&mut rows);
+    }
+    Ok(Json(json!({"model": st.model_name, "embeddings": rows})))
+}
+
+async fn openai_embeddings(
+    State(st): State<Shared>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ServeError> {
+    let req: OpenAiRequest = parse(body)?;
+    let inputs = match req.input {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    };
+    check_count(inputs.len(), st.cfg.max_items, "inputs")?;
+    if let Some(m) = &req.model {
+        if !m.is_empty() && m != &st.model_name {
+            return Err(ServeError::Invalid(format!("this server serves `{}`, not `{m}`", st.model_name)));
+        }
+    }
+    let base64_out = match req.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return Err(ServeError::Invalid(format!("encoding_format must be `float` or `base64`, not `{other}`")))
+        }
+    };
+    let (mut img_idx, mut images, mut txt_idx, mut texts) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (i, s) in inputs.into_iter().enumerate() {
+        if s.starts_with("data:image/") {
+            img_idx.push(i);
+            images.push(s);
+        } else {
+            txt_idx.push(i);
+            texts.push(s);
+        }
+    }
+    let tokens: usize = texts.iter().map(|t| t.split_whitespace().count() + 2).sum();
+    let work = async {
+        let imgs = if images.is_empty() { Vec::new() } else { embed_images(&st, images, -1).await? };
+        let txts = if texts.is_empty() { Vec::new() } else { embed_texts(&st, texts).await? };
+        Ok::<_, ServeError>((imgs, txts))
+    };
+    let (imgs, txts) = with_timeout(&st, work).await?;
+    let mut rows: Vec<(usize, Vec<f32>)> = img_idx.into_iter().zip(imgs).chain(txt_idx.into_iter().zip(txts)).collect();
+    rows.sort_by_key(|(i, _)| *i);
+    let mut vectors: Vec<Vec<f32>> = rows.into_iter().map(|(_, r)| r).collect();
+    normalize_rows(&mut vectors);
+    if let Some(d) = req.dimensions {
+        if vectors.first().is_some_and(|v| v.len() != d) {
+            return Err(ServeError::Invalid(format!(
+                "this model gives {}-dimensional embeddings, not {d}",
+                vectors[0].len()
+            )));
+        }
+    }
+    let data: Vec<Value> = vectors
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let embedding = if base64_out {
+                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(v)
+            };
+            json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
+        .collect();
+    Ok(Json(json!({
+        "object": "list",
+        "data": data,
+        "model": st.model_name,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    })))
+}

@@ -1,0 +1,184 @@
+//! The service on 127.0.0.1 with the fixtures' tiny model: results equal the reference, batched
+//! results equal solo ones, and bad input gets a JSON 4xx.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use base64::Engine as _;
+use pe_server::{BatchConfig, ServerConfig};
+use perception_encoder::{Clip, ClipConfig, LoadOptions};
+use serde_json::{json, Value};
+
+fn fixtures() -> Option<PathBuf> {
+    let dir = match std::env::var_os("PE_FIXTURES") {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures"),
+    };
+    if dir.join("README.md").is_file() {
+        return Some(dir);
+    }
+    if std::env::var("PE_REQUIRE_FIXTURES").is_ok_and(|v| v == "1") {
+        panic!("PE_REQUIRE_FIXTURES=1 but no fixtures at {}", dir.display());
+    }
+    eprintln!("skipping: no fixtures at {}", dir.display());
+    None
+}
+
+/// Start a server for tiny-cls on a free loopback port; returns its base URL.
+fn start(dir: &std::path::Path, cfg: ServerConfig) -> String {
+    let model_cfg = ClipConfig::from_json_file(dir.join("tiny-cls.json")).unwrap();
+    let model = Clip::load(&model_cfg, dir.join("tiny-cls.pt"), &LoadOptions::default()).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            pe_server::serve_on(listener, model, cfg, std::future::pending()).await.unwrap();
+        });
+    });
+    format!("http://{}", rx.recv_timeout(Duration::from_secs(30)).unwrap())
+}
+
+fn expected(dir: &std::path::Path, name: &str) -> Vec<Vec<f32>> {
+    let bytes = std::fs::read(dir.join("tiny-cls.expected.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let t = st.tensor(name).unwrap();
+    let cols = *t.shape().last().unwrap();
+    let v: Vec<f32> = t.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+    v.chunks(cols).map(|c| c.to_vec()).collect()
+}
+
+fn rows(v: &Value) -> Vec<Vec<f32>> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect())
+        .collect()
+}
+
+fn close(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().flatten().zip(b.iter().flatten()).fold(0f32, |m, (x, y)| m.max((x - y).abs()))
+}
+
+fn post(url: &str, body: Value) -> (u16, Value) {
+    match ureq::post(url).send_json(body) {
+        Ok(r) => (r.status(), r.into_json().unwrap()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap_or(Value::Null)),
+        Err(e) => panic!("{url}: {e}"),
+    }
+}
+
+fn prompts(dir: &std::path::Path) -> Vec<String> {
+    let m: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("tiny-cls.expected.json")).unwrap()).unwrap();
+    m["prompts"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn routes_give_the_reference_numbers() {
+    let Some(dir) = fixtures() else { return };
+    let base = start(&dir, ServerConfig::default());
+    assert_eq!(ureq::get(&format!("{base}/health")).call().unwrap().status(), 200);
+    let ready: Value = ureq::get(&format!("{base}/ready")).call().unwrap().into_json().unwrap();
+    assert_eq!(ready["status"], "ready");
+    let models: Value = ureq::get(&format!("{base}/v1/models")).call().unwrap().into_json().unwrap();
+    assert_eq!(models["data"][0]["id"], "tiny-cls");
+
+    let (code, v) = post(&format!("{base}/embed/text"), json!({"texts": prompts(&dir)}));
+    assert_eq!(code, 200, "{v}");
+    assert!(close(&rows(&v["embeddings"]), &expected(&dir, "text_embed_norm")) <= 1e-5);
+
+    let b64 =
+        |f: &str| base64::engine::general_purpose::STANDARD.encode(std::fs::read(dir.join("images").join(f)).unwrap());
+    let images = json!([b64("cat.png"), format!("data:image/webp;base64,{}", b64("dog.png"))]);
+    let (code, v) = post(&format!("{base}/embed/image"), json!({"images": images, "normalize": false}));
+    assert_eq!(code, 200, "{v}");
+    assert!(close(&rows(&v["embeddings"]), &expected(&dir, "image_embed_native")) <= 1e-5 * 2.3);
+
+    // OpenAI-compatible: text and a data-URL image mixed, float and base64 encodings.
+    let input = json!([prompts(&dir)[0], format!("data:image/png;base64,{}", b64("cat.png"))]);
+    let (code, v) = post(&format!("{base}/v1/embeddings"), json!({"input": input, "model": "tiny-cls"}));
+    assert_eq!(code, 200, "{v}");
+    let got: Vec<Vec<f32>> =
+        v["data"].as_array().unwrap().iter().map(|d| rows(&json!([d["embedding"]]))[0].clone()).collect();
+    assert!(close(&got[..1], &expected(&dir, "text_embed_norm")[..1]) <= 1e-5);
+    assert!(close(&got[1..], &expected(&dir, "image_embed_norm_native")[..1]) <= 1e-5);
+    let (code, v) =
+        post(&format!("{base}/v1/embeddings"), json!({"input": prompts(&dir)[0], "encoding_format": "base64"}));
+    assert_eq!(code, 200, "{v}");
+    let bytes = base64::engine::general_purpose::STANDARD.decode(v["data"][0]["embedding"].as_str().unwrap()).unwrap();
+    let floats: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+    assert!(close(&[floats], &expected(&dir, "text_embed_norm")[..1]) <= 1e-5);
+}
+
+#[test]
+fn batched_requests_equal_solo_ones() {
+    let Some(dir) = fixtures() else { return };
+    let cfg = ServerConfig {
+        batch: BatchConfig {
+            max_batch: 16,
+            max_text_batch: 64,
+            max_wait: Duration::from_millis(50),
+            queue_capacity: 64,
+        },
+        ..ServerConfig::default()
+    };
+    let base = start(&dir, cfg);
+    let texts = prompts(&dir);
+    let solo: Vec<Vec<f32>> = texts
+        .iter()
+        .map(|t| rows(&post(&format!("{base}/embed/text"), json!({"texts": [t]})).1["embeddings"])[0].clone())
+        .collect();
+    let handles: Vec<_> = texts
+        .iter()
+        .cloned()
+        .map(|t| {
+            let url = format!("{base}/embed/text");
+            std::thread::spawn(move || rows(&post(&url, json!({"texts": [t]})).1["embeddings"])[0].clone())
+        })
+        .collect();
+    let together: Vec<Vec<f32>> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert!(close(&solo, &together) <= 1e-5, "batched and solo results differ");
+}
+
+#[test]
+fn bad_input_gets_json_4xx_and_auth_is_enforced() {
+    let Some(dir) = fixtures() else { return };
+    let base = start(&dir, ServerConfig { api_key: Some("sekrit".into()), max_items: 4, ..ServerConfig::default() });
+    let with_key = |path: &str, body: Value| -> (u16, Value) {
+        match ureq::post(&format!("{base}{path}")).set("Authorization", "Bearer sekrit").send_json(body) {
+            Ok(r) => (r.status(), r.into_json().unwrap()),
+            Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap()),
+            Err(e) => panic!("{e}"),
+        }
+    };
+    // /health needs no key; everything else does.
+    assert_eq!(ureq::get(&format!("{base}/health")).call().unwrap().status(), 200);
+    let (code, v) = post(&format!("{base}/embed/text"), json!({"texts": ["a"]}));
+    assert_eq!(code, 401);
+    assert_eq!(v["error"]["type"], "authentication_error");
+    assert_eq!(with_key("/embed/text", json!({"texts": ["a"]})).0, 200);
+
+    for (path, body, status, needle) in [
+        ("/embed/image", json!({"images": ["!!!not base64"]}), 400, "base64"),
+        (
+            "/embed/image",
+            json!({"images": [base64::engine::general_purpose::STANDARD.encode(b"not an image")]}),
+            400,
+            "image 0",
+        ),
+        ("/embed/text", json!({"texts": []}), 400, "no texts"),
+        ("/embed/text", json!({"texts": ["a"], "colour": "blue"}), 400, "unknown field"),
+        ("/embed/text", json!({"texts": ["a", "b", "c", "d", "e"]}), 413, "limit"),
+        ("/v1/embeddings", json!({"input": "a", "encoding_format": "hex"}), 400, "encoding_format"),
+        ("/v1/embeddings", json!({"input": "a", "model": "PE-Core-G14-448"}), 400, "serves"),
+    ] {
+        let (code, v) = with_key(path, body);
+        assert_eq!(code, status, "{path}: {v}");
+        let msg = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(msg.contains(needle), "{path}: {msg}");
+    }
+    let r = ureq::post(&format!("{base}/embed/text")).set("Authorization", "Bearer sekrit").send_string("{not json");
+    assert!(matches!(r, Err(ureq::Error::Status(400, _))));
+}
