@@ -11,13 +11,16 @@
 //!   `data:image/...;base64,...` strings are images; `encoding_format` `float` or `base64`.
 //! - `POST /embed/text`: `{"texts": [...], "normalize": true}`.
 //! - `POST /embed/image`: `{"images": [base64 or data URL, ...], "normalize": true, "layer": -1}`.
+//! - `POST /classify`: `{"images": [...], "labels": [...], "templates": ["a photo of a {}."],
+//!   "top_k": 5}`; class vectors are cached across requests per label set.
 
 pub mod engine;
 mod error;
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -29,7 +32,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
+use perception_encoder::candle_core::{Device, Tensor};
 use perception_encoder::preprocess::ImageTransform;
+use perception_encoder::zero_shot::{ZeroShotClassifier, DEFAULT_TEMPLATES};
 use perception_encoder::Clip;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -75,13 +80,20 @@ impl Default for ServerConfig {
     }
 }
 
+/// Class vectors kept per (labels, templates); the oldest entries go past this count.
+const CLASSIFIER_CACHE: usize = 64;
+
 struct AppState {
     engine: Engine,
     model_name: String,
     transform: ImageTransform,
     has_text: bool,
+    logit_scale: Option<f32>,
+    classifiers: Mutex<VecDeque<(ClassifierKey, Arc<ZeroShotClassifier>)>>,
     cfg: ServerConfig,
 }
+
+type ClassifierKey = (Vec<String>, Vec<String>);
 
 type Shared = Arc<AppState>;
 
@@ -92,6 +104,8 @@ pub fn router(model: Clip, cfg: ServerConfig) -> Router {
     let state = Arc::new(AppState {
         model_name: model.config().name.clone(),
         has_text: model.text().is_some(),
+        logit_scale: model.logit_scale().ok(),
+        classifiers: Mutex::new(VecDeque::new()),
         transform,
         engine: Engine::start(model, cfg.batch),
         cfg: cfg.clone(),
@@ -103,6 +117,7 @@ pub fn router(model: Clip, cfg: ServerConfig) -> Router {
         .route("/v1/embeddings", post(openai_embeddings))
         .route("/embed/text", post(embed_text))
         .route("/embed/image", post(embed_image))
+        .route("/classify", post(classify))
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,
@@ -311,6 +326,73 @@ async fn embed_image(State(st): State<Shared>, body: Result<Bytes, BytesRejectio
         normalize_rows(&mut rows);
     }
     Ok(Json(json!({"model": st.model_name, "embeddings": rows})))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClassifyRequest {
+    images: Vec<String>,
+    labels: Vec<String>,
+    #[serde(default)]
+    templates: Option<Vec<String>>,
+    #[serde(default = "default_top_k")]
+    top_k: usize,
+}
+
+fn default_top_k() -> usize {
+    5
+}
+
+/// The classifier for a label set: from the cache, or built from text embeddings computed on
+/// the model thread (and then cached).
+async fn classifier(
+    st: &Shared,
+    labels: Vec<String>,
+    templates: Vec<String>,
+) -> Result<Arc<ZeroShotClassifier>, ServeError> {
+    let key = (labels, templates);
+    if let Some(hit) =
+        st.classifiers.lock().ok().and_then(|c| c.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone()))
+    {
+        return Ok(hit);
+    }
+    let scale = st.logit_scale.ok_or_else(|| ServeError::Invalid(format!("{} has no text tower", st.model_name)))?;
+    let prompts = ZeroShotClassifier::prompts(&key.0, &key.1)?;
+    let mut rows = embed_texts(st, prompts).await?;
+    normalize_rows(&mut rows);
+    let dim = rows.first().map_or(0, Vec::len);
+    let flat: Vec<f32> = rows.into_iter().flatten().collect();
+    let emb = Tensor::from_vec(flat, (key.0.len() * key.1.len(), dim), &Device::Cpu)
+        .map_err(|e| ServeError::Internal(e.to_string()))?;
+    let c = Arc::new(ZeroShotClassifier::from_prompt_embeddings(&key.0, key.1.len(), &emb, scale)?);
+    if let Ok(mut cache) = st.classifiers.lock() {
+        if cache.len() >= CLASSIFIER_CACHE {
+            cache.pop_front();
+        }
+        cache.push_back((key, c.clone()));
+    }
+    Ok(c)
+}
+
+async fn classify(State(st): State<Shared>, body: Result<Bytes, BytesRejection>) -> Result<Json<Value>, ServeError> {
+    let req: ClassifyRequest = parse(body)?;
+    check_count(req.images.len(), st.cfg.max_items, "images")?;
+    check_count(req.labels.len(), st.cfg.max_items.max(1000), "labels")?;
+    let templates = req.templates.unwrap_or_else(|| DEFAULT_TEMPLATES.iter().map(|t| t.to_string()).collect());
+    let work = async {
+        let c = classifier(&st, req.labels, templates).await?;
+        let mut rows = embed_images(&st, req.images, -1).await?;
+        normalize_rows(&mut rows);
+        Ok::<_, ServeError>((c, rows))
+    };
+    let (c, rows) = with_timeout(&st, work).await?;
+    let dim = rows.first().map_or(0, Vec::len);
+    let n = rows.len();
+    let x = Tensor::from_vec(rows.into_iter().flatten().collect::<Vec<f32>>(), (n, dim), &Device::Cpu)
+        .map_err(|e| ServeError::Internal(e.to_string()))?;
+    let preds = c.classify(&x, req.top_k)?;
+    let results: Vec<Value> = preds.into_iter().map(|p| json!({"predictions": p})).collect();
+    Ok(Json(json!({"model": st.model_name, "results": results})))
 }
 
 async fn openai_embeddings(

@@ -182,3 +182,32 @@ fn bad_input_gets_json_4xx_and_auth_is_enforced() {
     let r = ureq::post(&format!("{base}/embed/text")).set("Authorization", "Bearer sekrit").send_string("{not json");
     assert!(matches!(r, Err(ureq::Error::Status(400, _))));
 }
+
+#[test]
+fn classify_matches_the_reference_logits() {
+    let Some(dir) = fixtures() else { return };
+    let base = start(&dir, ServerConfig::default());
+    let labels: Vec<String> = prompts(&dir)[..2].to_vec();
+    let b64 =
+        |f: &str| base64::engine::general_purpose::STANDARD.encode(std::fs::read(dir.join("images").join(f)).unwrap());
+    let body = json!({"images": [b64("cat.png"), b64("dog.png")], "labels": labels, "templates": ["{}"], "top_k": 2});
+    for _ in 0..2 {
+        // The second request is served from the class-vector cache; both must agree with the reference.
+        let (code, v) = post(&format!("{base}/classify"), body.clone());
+        assert_eq!(code, 200, "{v}");
+        let logits = expected(&dir, "logits_per_image");
+        for (r, l) in v["results"].as_array().unwrap().iter().zip(&logits) {
+            let e: Vec<f32> = l[..2].iter().map(|x| x.exp()).collect();
+            for p in r["predictions"].as_array().unwrap() {
+                let i = labels.iter().position(|x| x == p["label"].as_str().unwrap()).unwrap();
+                let want = e[i] / (e[0] + e[1]);
+                assert!((p["probability"].as_f64().unwrap() as f32 - want).abs() < 1e-5);
+            }
+        }
+    }
+    let (code, v) = post(
+        &format!("{base}/classify"),
+        json!({"images": [b64("cat.png")], "labels": ["a"], "templates": ["no slot"]}),
+    );
+    assert_eq!(code, 400, "{v}");
+}

@@ -46,13 +46,9 @@ pub struct Prediction {
 }
 
 impl ZeroShotClassifier {
-    /// Embed `labels` through `templates` (each containing `{}`), `batch` prompts at a time.
-    pub fn new<L: AsRef<str>, T: AsRef<str>>(
-        model: &Clip,
-        labels: &[L],
-        templates: &[T],
-        batch: usize,
-    ) -> Result<Self> {
+    /// Every prompt of a label set, label-major: `templates[t]` with label `l` at
+    /// `l * templates.len() + t`. Errors name an empty label or a template without `{}`.
+    pub fn prompts<L: AsRef<str>, T: AsRef<str>>(labels: &[L], templates: &[T]) -> Result<Vec<String>> {
         if labels.is_empty() {
             return Err(Error::InvalidInput("no labels to classify into".into()));
         }
@@ -65,30 +61,49 @@ impl ZeroShotClassifier {
         if let Some(l) = labels.iter().find(|l| l.as_ref().trim().is_empty()) {
             return Err(Error::InvalidInput(format!("empty label {:?}", l.as_ref())));
         }
+        Ok(labels
+            .iter()
+            .flat_map(|l| templates.iter().map(move |t| t.as_ref().replace("{}", l.as_ref().trim())))
+            .collect())
+    }
+
+    /// From the normalized text embeddings of [`ZeroShotClassifier::prompts`] `(labels *
+    /// templates, dim)`: each class vector is the mean of its prompts, renormalized.
+    pub fn from_prompt_embeddings<L: AsRef<str>>(
+        labels: &[L],
+        templates: usize,
+        prompt_embeddings: &Tensor,
+        logit_scale: f32,
+    ) -> Result<Self> {
+        let dim = prompt_embeddings.dim(1)?;
+        let per_class = prompt_embeddings.to_dtype(DType::F32)?.reshape((labels.len(), templates, dim))?.mean(1)?;
+        Ok(ZeroShotClassifier {
+            labels: labels.iter().map(|l| l.as_ref().trim().to_string()).collect(),
+            class_vectors: l2_normalize(&per_class)?,
+            logit_scale,
+        })
+    }
+
+    /// Embed `labels` through `templates` (each containing `{}`), `batch` prompts at a time.
+    pub fn new<L: AsRef<str>, T: AsRef<str>>(
+        model: &Clip,
+        labels: &[L],
+        templates: &[T],
+        batch: usize,
+    ) -> Result<Self> {
+        let prompts = Self::prompts(labels, templates)?;
         let text_cfg = model
             .text()
             .ok_or_else(|| Error::MissingPart { model: model.config().name.clone(), part: "text tower" })?
             .config();
         let tokenizer = ClipTokenizer::new(text_cfg.context_length);
-        let prompts: Vec<String> = labels
-            .iter()
-            .flat_map(|l| templates.iter().map(move |t| t.as_ref().replace("{}", l.as_ref().trim())))
-            .collect();
         let device = model.visual().device().clone();
         let mut rows = Vec::with_capacity(prompts.len());
         for chunk in prompts.chunks(batch.max(1)) {
             let ids = tokenizer.tokenize_batch(chunk, &device)?;
             rows.push(model.encode_text(&ids, true)?.to_dtype(DType::F32)?);
         }
-        let all = Tensor::cat(&rows, 0)?;
-        let dim = all.dim(1)?;
-        let per_class = all.reshape((labels.len(), templates.len(), dim))?.mean(1)?;
-        let class_vectors = l2_normalize(&per_class)?;
-        Ok(ZeroShotClassifier {
-            labels: labels.iter().map(|l| l.as_ref().trim().to_string()).collect(),
-            class_vectors,
-            logit_scale: model.logit_scale()?,
-        })
+        Self::from_prompt_embeddings(labels, templates.len(), &Tensor::cat(&rows, 0)?, model.logit_scale()?)
     }
 
     /// The labels, in class order.
