@@ -62,14 +62,29 @@ pub struct BatchConfig {
 }
 
 /// Counters the HTTP layer reports.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Stats {
     /// Jobs queued and not yet taken by the model thread.
     pub queue_depth: AtomicUsize,
-    /// Forward passes run.
+    /// Batches run (each may span several forward passes of at most the batch limit).
     pub batches: AtomicUsize,
-    /// Items (images or texts) embedded.
-    pub items: AtomicUsize,
+    /// Images embedded.
+    pub images: AtomicUsize,
+    /// Texts embedded.
+    pub texts: AtomicUsize,
+    pub(crate) batch_size: crate::metrics::Histogram,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            queue_depth: AtomicUsize::new(0),
+            batches: AtomicUsize::new(0),
+            images: AtomicUsize::new(0),
+            texts: AtomicUsize::new(0),
+            batch_size: crate::metrics::Histogram::new(&crate::metrics::BATCH_BUCKETS),
+        }
+    }
 }
 
 /// Handle to the model thread.
@@ -85,13 +100,13 @@ impl Engine {
     /// Start the model thread.
     pub fn start(model: Clip, cfg: BatchConfig) -> Engine {
         let (tx, rx) = sync_channel(cfg.queue_capacity.max(1));
-        let ready = Arc::new(AtomicBool::new(false));
+        // The model is loaded before the engine starts; the flag drops if its thread ends.
+        let ready = Arc::new(AtomicBool::new(true));
         let stats = Arc::new(Stats::default());
         let (r, s) = (ready.clone(), stats.clone());
         std::thread::Builder::new()
             .name("pe-model".into())
             .spawn(move || {
-                r.store(true, Ordering::SeqCst);
                 run(model, cfg, rx, &s);
                 r.store(false, Ordering::SeqCst);
             })
@@ -179,9 +194,12 @@ fn run(model: Clip, cfg: BatchConfig, rx: Receiver<Job>, stats: &Stats) {
 /// Run the jobs' items through the model in chunks of at most `limit` and answer each job.
 fn execute(model: &Clip, batch: Vec<Job>, limit: usize, stats: &Stats) {
     let sizes: Vec<usize> = batch.iter().map(|j| j.work.len()).collect();
+    let total: usize = sizes.iter().sum();
     let result = forward(model, &batch, limit);
     stats.batches.fetch_add(1, Ordering::Relaxed);
-    stats.items.fetch_add(sizes.iter().sum(), Ordering::Relaxed);
+    stats.batch_size.observe(total as f64);
+    let counter = if batch[0].work.key().0 { &stats.images } else { &stats.texts };
+    counter.fetch_add(total, Ordering::Relaxed);
     match result {
         Ok(rows) => {
             let mut rows = rows.into_iter();

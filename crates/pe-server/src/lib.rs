@@ -13,9 +13,12 @@
 //! - `POST /embed/image`: `{"images": [base64 or data URL, ...], "normalize": true, "layer": -1}`.
 //! - `POST /classify`: `{"images": [...], "labels": [...], "templates": ["a photo of a {}."],
 //!   "top_k": 5}`; class vectors are cached across requests per label set.
+//! - `GET /metrics`: Prometheus text (requests and latency per route, batch sizes, queue depth,
+//!   items embedded by kind).
 
 pub mod engine;
 mod error;
+mod metrics;
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -90,6 +93,7 @@ struct AppState {
     has_text: bool,
     logit_scale: Option<f32>,
     classifiers: Mutex<VecDeque<(ClassifierKey, Arc<ZeroShotClassifier>)>>,
+    requests: metrics::RequestMetrics,
     cfg: ServerConfig,
 }
 
@@ -106,6 +110,7 @@ pub fn router(model: Clip, cfg: ServerConfig) -> Router {
         has_text: model.text().is_some(),
         logit_scale: model.logit_scale().ok(),
         classifiers: Mutex::new(VecDeque::new()),
+        requests: metrics::RequestMetrics::default(),
         transform,
         engine: Engine::start(model, cfg.batch),
         cfg: cfg.clone(),
@@ -118,6 +123,7 @@ pub fn router(model: Clip, cfg: ServerConfig) -> Router {
         .route("/embed/text", post(embed_text))
         .route("/embed/image", post(embed_image))
         .route("/classify", post(classify))
+        .route("/metrics", get(metrics_text))
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,
@@ -125,6 +131,7 @@ pub fn router(model: Clip, cfg: ServerConfig) -> Router {
             )
         })
         .layer(middleware::from_fn_with_state(state.clone(), auth))
+        .layer(middleware::from_fn_with_state(state.clone(), record))
         .layer(DefaultBodyLimit::max(cfg.max_body_bytes))
         .with_state(state)
 }
@@ -165,6 +172,25 @@ async fn auth(State(st): State<Shared>, req: Request, next: Next) -> Response {
         }
     }
     next.run(req).await
+}
+
+/// Count every request and time it, by matched route.
+async fn record(State(st): State<Shared>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched".to_string(), |p| p.as_str().to_string());
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    st.requests.record(&route, resp.status().as_u16(), started.elapsed().as_secs_f64());
+    resp
+}
+
+async fn metrics_text(State(st): State<Shared>) -> Response {
+    let mut out = String::new();
+    st.requests.render(&mut out);
+    metrics::render_engine(&mut out, &st.engine.stats);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
 async fn ready(State(st): State<Shared>) -> Response {

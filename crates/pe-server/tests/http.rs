@@ -110,6 +110,21 @@ fn routes_give_the_reference_numbers() {
     let bytes = base64::engine::general_purpose::STANDARD.decode(v["data"][0]["embedding"].as_str().unwrap()).unwrap();
     let floats: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
     assert!(close(&[floats], &expected(&dir, "text_embed_norm")[..1]) <= 1e-5);
+
+    // Metrics count what was served above.
+    let text = ureq::get(&format!("{base}/metrics")).call().unwrap().into_string().unwrap();
+    let value = |line_start: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(line_start).map(|v| v.trim().parse::<f64>().unwrap()))
+            .unwrap_or_else(|| panic!("no `{line_start}` in\n{text}"))
+    };
+    assert_eq!(value("pe_requests_total{route=\"/embed/text\",status=\"200\"}"), 1.0);
+    assert_eq!(value("pe_requests_total{route=\"/v1/embeddings\",status=\"200\"}"), 2.0);
+    assert_eq!(value("pe_items_total{kind=\"image\"}"), 3.0);
+    assert_eq!(value("pe_items_total{kind=\"text\"}"), 7.0);
+    assert!(value("pe_batch_size_count{}") >= 4.0);
+    assert!(text.contains("pe_request_duration_seconds_bucket{route=\"/embed/image\",le=\"+Inf\"} 1"));
+    assert_eq!(value("pe_queue_depth"), 0.0);
 }
 
 #[test]

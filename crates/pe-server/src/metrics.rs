@@ -1,0 +1,103 @@
+//! Prometheus metrics, `pe_` prefixed: request counts and latency per route and status, batch
+//! sizes, queue depth, and items embedded by kind (`rate(pe_items_total{kind="image"}[1m])` is
+//! images per second).
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+/// Upper bounds of the latency histogram, in seconds.
+const LATENCY_BUCKETS: [f64; 12] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+/// Upper bounds of the batch-size histogram, in items.
+pub(crate) const BATCH_BUCKETS: [f64; 9] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+
+/// A fixed-bucket histogram with atomic counters.
+#[derive(Debug)]
+pub(crate) struct Histogram {
+    bounds: &'static [f64],
+    counts: Vec<AtomicU64>,
+    sum_micros: AtomicU64,
+    total: AtomicU64,
+}
+
+impl Histogram {
+    pub(crate) fn new(bounds: &'static [f64]) -> Self {
+        Histogram {
+            bounds,
+            counts: (0..bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_micros: AtomicU64::new(0),
+            total: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn observe(&self, v: f64) {
+        if let Some(i) = self.bounds.iter().position(|&b| v <= b) {
+            self.counts[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.sum_micros.fetch_add((v * 1e6) as u64, Ordering::Relaxed);
+        self.total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let mut cumulative = 0;
+        for (b, c) in self.bounds.iter().zip(&self.counts) {
+            cumulative += c.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {cumulative}");
+        }
+        let total = self.total.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {total}");
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count{{{labels}}} {total}");
+    }
+}
+
+/// Request metrics, keyed by route.
+#[derive(Debug, Default)]
+pub(crate) struct RequestMetrics {
+    counts: Mutex<BTreeMap<(String, u16), u64>>,
+    latency: Mutex<BTreeMap<String, std::sync::Arc<Histogram>>>,
+}
+
+impl RequestMetrics {
+    pub(crate) fn record(&self, route: &str, status: u16, seconds: f64) {
+        if let Ok(mut c) = self.counts.lock() {
+            *c.entry((route.to_string(), status)).or_default() += 1;
+        }
+        let h = self.latency.lock().ok().map(|mut l| {
+            l.entry(route.to_string()).or_insert_with(|| std::sync::Arc::new(Histogram::new(&LATENCY_BUCKETS))).clone()
+        });
+        if let Some(h) = h {
+            h.observe(seconds);
+        }
+    }
+
+    pub(crate) fn render(&self, out: &mut String) {
+        out.push_str("# HELP pe_requests_total HTTP requests by route and status.\n# TYPE pe_requests_total counter\n");
+        if let Ok(c) = self.counts.lock() {
+            for ((route, status), n) in c.iter() {
+                let _ = writeln!(out, "pe_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}");
+            }
+        }
+        out.push_str("# HELP pe_request_duration_seconds Request latency by route.\n# TYPE pe_request_duration_seconds histogram\n");
+        if let Ok(l) = self.latency.lock() {
+            for (route, h) in l.iter() {
+                h.render(out, "pe_request_duration_seconds", &format!("route=\"{route}\""));
+            }
+        }
+    }
+}
+
+/// Render the engine's counters.
+pub(crate) fn render_engine(out: &mut String, stats: &crate::engine::Stats) {
+    let _ = writeln!(out, "# HELP pe_queue_depth Requests waiting for the model thread.\n# TYPE pe_queue_depth gauge");
+    let _ = writeln!(out, "pe_queue_depth {}", stats.queue_depth.load(Ordering::Relaxed));
+    let _ = writeln!(out, "# HELP pe_batches_total Forward passes run.\n# TYPE pe_batches_total counter");
+    let _ = writeln!(out, "pe_batches_total {}", stats.batches.load(Ordering::Relaxed));
+    let _ = writeln!(out, "# HELP pe_items_total Items embedded, by kind.\n# TYPE pe_items_total counter");
+    let _ = writeln!(out, "pe_items_total{{kind=\"image\"}} {}", stats.images.load(Ordering::Relaxed));
+    let _ = writeln!(out, "pe_items_total{{kind=\"text\"}} {}", stats.texts.load(Ordering::Relaxed));
+    let _ = writeln!(out, "# HELP pe_batch_size Items per forward pass.\n# TYPE pe_batch_size histogram");
+    stats.batch_size.render(out, "pe_batch_size", "");
+}
