@@ -10,7 +10,10 @@
 //! - `POST /v1/embeddings`: OpenAI-compatible; `input` is a string or a list of strings, where
 //!   `data:image/...;base64,...` strings are images; `encoding_format` `float` or `base64`.
 //! - `POST /embed/text`: `{"texts": [...], "normalize": true}`.
-//! - `POST /embed/image`: `{"images": [base64 or data URL, ...], "normalize": true, "layer": -1}`.
+//! - `POST /embed/image`: `{"images": [base64 or data URL, ...], "normalize": true, "layer": -1}`,
+//!   or a multipart upload of image files (fields `normalize`, `layer`).
+//! - `POST /embed/video`: multipart upload of video files (fields `frames`, `sampling`, `normalize`).
+//! - `GET /openapi.json`: this API as an OpenAPI 3 document.
 //! - `POST /classify`: `{"images": [...], "labels": [...], "templates": ["a photo of a {}."],
 //!   "top_k": 5}`; class vectors are cached across requests per label set.
 //! - `GET /metrics`: Prometheus text (requests and latency per route, batch sizes, queue depth,
@@ -19,6 +22,7 @@
 pub mod engine;
 mod error;
 mod metrics;
+mod openapi;
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -28,7 +32,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -37,6 +41,7 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use perception_encoder::candle_core::{Device, Tensor};
 use perception_encoder::preprocess::ImageTransform;
+use perception_encoder::video::{load_clip, FrameSampling};
 use perception_encoder::zero_shot::{ZeroShotClassifier, DEFAULT_TEMPLATES};
 use perception_encoder::Clip;
 use serde::Deserialize;
@@ -122,6 +127,8 @@ pub fn router(model: Clip, cfg: ServerConfig) -> Router {
         .route("/v1/embeddings", post(openai_embeddings))
         .route("/embed/text", post(embed_text))
         .route("/embed/image", post(embed_image))
+        .route("/embed/video", post(embed_video))
+        .route("/openapi.json", get(openapi))
         .route("/classify", post(classify))
         .route("/metrics", get(metrics_text))
         .fallback(|| async {
@@ -191,6 +198,10 @@ async fn metrics_text(State(st): State<Shared>) -> Response {
     st.requests.render(&mut out);
     metrics::render_engine(&mut out, &st.engine.stats);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+async fn openapi(State(st): State<Shared>) -> Json<Value> {
+    Json(openapi::document(&st.model_name, st.cfg.api_key.is_some()))
 }
 
 async fn ready(State(st): State<Shared>) -> Response {
@@ -285,28 +296,40 @@ async fn with_timeout<T>(st: &AppState, f: impl Future<Output = Result<T, ServeE
     tokio::time::timeout(st.cfg.request_timeout, f).await.map_err(|_| ServeError::Timeout)?
 }
 
-/// Decode base64 or data-URL images and apply the transform, in parallel on the blocking pool.
-async fn decode_images(
-    st: &Shared,
-    images: Vec<String>,
-) -> Result<Vec<perception_encoder::candle_core::Tensor>, ServeError> {
+/// An image as a request carries it.
+enum ImageSource {
+    /// Base64, or a `data:image/...;base64,` URL.
+    Base64(String),
+    /// Raw file bytes from a multipart upload.
+    Raw(Bytes),
+}
+
+fn image_bytes(i: usize, src: ImageSource) -> Result<Vec<u8>, ServeError> {
+    match src {
+        ImageSource::Raw(b) => Ok(b.to_vec()),
+        ImageSource::Base64(s) => {
+            let b64 = match s.strip_prefix("data:") {
+                Some(rest) => rest.split_once(";base64,").map(|(_, data)| data.to_string()).ok_or_else(|| {
+                    ServeError::Invalid(format!("image {i}: a data URL must be base64 (`data:image/...;base64,...`)"))
+                })?,
+                None => s,
+            };
+            base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .map_err(|e| ServeError::Invalid(format!("image {i}: invalid base64: {e}")))
+        }
+    }
+}
+
+/// Decode images and apply the transform, in parallel on the blocking pool.
+async fn decode_images(st: &Shared, images: Vec<ImageSource>) -> Result<Vec<Tensor>, ServeError> {
     let tasks: Vec<_> = images
         .into_iter()
         .enumerate()
-        .map(|(i, s)| {
+        .map(|(i, src)| {
             let transform = st.transform;
             tokio::task::spawn_blocking(move || {
-                let b64 = match s.strip_prefix("data:") {
-                    Some(rest) => rest.split_once(";base64,").map(|(_, data)| data.to_string()).ok_or_else(|| {
-                        ServeError::Invalid(format!(
-                            "image {i}: a data URL must be base64 (`data:image/...;base64,...`)"
-                        ))
-                    })?,
-                    None => s,
-                };
-                let bytes = base64::engine::general_purpose::STANDARD
-                    .decode(b64.trim())
-                    .map_err(|e| ServeError::Invalid(format!("image {i}: invalid base64: {e}")))?;
+                let bytes = image_bytes(i, src)?;
                 transform.load_bytes(&bytes).map_err(|e| match ServeError::from(e) {
                     ServeError::Invalid(m) => ServeError::Invalid(format!("image {i}: {m}")),
                     ServeError::TooLarge(m) => ServeError::TooLarge(format!("image {i}: {m}")),
@@ -322,7 +345,7 @@ async fn decode_images(
     Ok(out)
 }
 
-async fn embed_images(st: &Shared, images: Vec<String>, layer: isize) -> Result<Vec<Vec<f32>>, ServeError> {
+async fn embed_images(st: &Shared, images: Vec<ImageSource>, layer: isize) -> Result<Vec<Vec<f32>>, ServeError> {
     let pixels = decode_images(st, images).await?;
     st.engine.submit(engine::Work::Images { pixels, layer }).await
 }
@@ -344,11 +367,130 @@ async fn embed_text(State(st): State<Shared>, body: Result<Bytes, BytesRejection
     Ok(Json(json!({"model": st.model_name, "embeddings": rows})))
 }
 
-async fn embed_image(State(st): State<Shared>, body: Result<Bytes, BytesRejection>) -> Result<Json<Value>, ServeError> {
-    let req: ImageRequest = parse(body)?;
-    check_count(req.images.len(), st.cfg.max_items, "images")?;
-    let mut rows = with_timeout(&st, embed_images(&st, req.images, req.layer)).await?;
-    if req.normalize {
+/// Files and text fields of a multipart upload.
+#[derive(Default)]
+struct Upload {
+    files: Vec<(String, Bytes)>,
+    fields: std::collections::HashMap<String, String>,
+}
+
+fn is_multipart(req: &Request) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"))
+}
+
+async fn read_upload(req: Request) -> Result<Upload, ServeError> {
+    let bad = |e: axum::extract::multipart::MultipartError| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ServeError::TooLarge("request body exceeds the size limit".into())
+        } else {
+            ServeError::Invalid(format!("invalid multipart body: {e}"))
+        }
+    };
+    let mut mp = Multipart::from_request(req, &())
+        .await
+        .map_err(|e| ServeError::Invalid(format!("invalid multipart body: {e}")))?;
+    let mut up = Upload::default();
+    while let Some(field) = mp.next_field().await.map_err(bad)? {
+        let name = field.name().unwrap_or_default().to_string();
+        if let Some(file) = field.file_name().map(str::to_string) {
+            up.files.push((file, field.bytes().await.map_err(bad)?));
+        } else {
+            up.fields.insert(name, field.text().await.map_err(bad)?);
+        }
+    }
+    Ok(up)
+}
+
+fn field<T: std::str::FromStr>(up: &Upload, name: &str, default: T) -> Result<T, ServeError> {
+    match up.fields.get(name) {
+        None => Ok(default),
+        Some(v) => {
+            v.trim().parse().map_err(|_| ServeError::Invalid(format!("field `{name}` has an invalid value {v:?}")))
+        }
+    }
+}
+
+fn check_fields(up: &Upload, known: &[&str]) -> Result<(), ServeError> {
+    match up.fields.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(k) => Err(ServeError::Invalid(format!("unknown field `{k}` (known: {})", known.join(", ")))),
+        None => Ok(()),
+    }
+}
+
+async fn embed_image(State(st): State<Shared>, req: Request) -> Result<Json<Value>, ServeError> {
+    let (images, normalize, layer) = if is_multipart(&req) {
+        let up = read_upload(req).await?;
+        check_fields(&up, &["normalize", "layer"])?;
+        let (normalize, layer) = (field(&up, "normalize", true)?, field(&up, "layer", -1isize)?);
+        (up.files.into_iter().map(|(_, b)| ImageSource::Raw(b)).collect::<Vec<_>>(), normalize, layer)
+    } else {
+        let req: ImageRequest = parse(Bytes::from_request(req, &()).await)?;
+        (req.images.into_iter().map(ImageSource::Base64).collect(), req.normalize, req.layer)
+    };
+    check_count(images.len(), st.cfg.max_items, "images")?;
+    let mut rows = with_timeout(&st, embed_images(&st, images, layer)).await?;
+    if normalize {
+        normalize_rows(&mut rows);
+    }
+    Ok(Json(json!({"model": st.model_name, "embeddings": rows})))
+}
+
+/// Videos as multipart uploads: `frames` (default 8) sampled by `sampling` (`benchmark` or
+/// `demo`), each frame through the image transform; the result is the mean of the raw frame
+/// embeddings, L2-normalized unless `normalize=false` (as `pe embed-video`).
+async fn embed_video(State(st): State<Shared>, req: Request) -> Result<Json<Value>, ServeError> {
+    if !is_multipart(&req) {
+        return Err(ServeError::Invalid("upload videos as multipart/form-data files".into()));
+    }
+    let up = read_upload(req).await?;
+    check_fields(&up, &["frames", "sampling", "normalize"])?;
+    let frames: usize = field(&up, "frames", 8)?;
+    if frames == 0 || frames > st.cfg.max_items {
+        return Err(ServeError::Invalid(format!("frames must be between 1 and {}", st.cfg.max_items)));
+    }
+    let rule = match up.fields.get("sampling").map(|s| s.trim()) {
+        None | Some("benchmark") => FrameSampling::Benchmark,
+        Some("demo") => FrameSampling::Demo,
+        Some(other) => {
+            return Err(ServeError::Invalid(format!("sampling must be `benchmark` or `demo`, not `{other}`")))
+        }
+    };
+    let normalize: bool = field(&up, "normalize", true)?;
+    check_count(up.files.len(), st.cfg.max_items, "videos")?;
+    let work = async {
+        let mut out = Vec::new();
+        for (i, (name, bytes)) in up.files.into_iter().enumerate() {
+            let transform = st.transform;
+            let clip = tokio::task::spawn_blocking(move || -> Result<Tensor, ServeError> {
+                let mut tmp = tempfile::NamedTempFile::new().map_err(|e| ServeError::Internal(e.to_string()))?;
+                std::io::Write::write_all(&mut tmp, &bytes).map_err(|e| ServeError::Internal(e.to_string()))?;
+                load_clip(tmp.path(), frames, rule, &transform).map_err(|e| match e {
+                    perception_encoder::Error::Video(m) => ServeError::Invalid(format!("video {i} ({name}): {m}")),
+                    other => ServeError::from(other),
+                })
+            })
+            .await
+            .map_err(|e| ServeError::Internal(e.to_string()))??;
+            let n = clip.dim(0).map_err(|e| ServeError::Internal(e.to_string()))?;
+            let pixels = (0..n)
+                .map(|f| clip.get(f))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| ServeError::Internal(e.to_string()))?;
+            let rows = st.engine.submit(engine::Work::Images { pixels, layer: -1 }).await?;
+            let dim = rows.first().map_or(0, Vec::len);
+            let mut mean = vec![0f32; dim];
+            for r in &rows {
+                mean.iter_mut().zip(r).for_each(|(m, x)| *m += x / rows.len() as f32);
+            }
+            out.push(mean);
+        }
+        Ok::<_, ServeError>(out)
+    };
+    let mut rows = with_timeout(&st, work).await?;
+    if normalize {
         normalize_rows(&mut rows);
     }
     Ok(Json(json!({"model": st.model_name, "embeddings": rows})))
@@ -407,7 +549,7 @@ async fn classify(State(st): State<Shared>, body: Result<Bytes, BytesRejection>)
     let templates = req.templates.unwrap_or_else(|| DEFAULT_TEMPLATES.iter().map(|t| t.to_string()).collect());
     let work = async {
         let c = classifier(&st, req.labels, templates).await?;
-        let mut rows = embed_images(&st, req.images, -1).await?;
+        let mut rows = embed_images(&st, req.images.into_iter().map(ImageSource::Base64).collect(), -1).await?;
         normalize_rows(&mut rows);
         Ok::<_, ServeError>((c, rows))
     };
@@ -455,7 +597,11 @@ async fn openai_embeddings(
     }
     let tokens: usize = texts.iter().map(|t| t.split_whitespace().count() + 2).sum();
     let work = async {
-        let imgs = if images.is_empty() { Vec::new() } else { embed_images(&st, images, -1).await? };
+        let imgs = if images.is_empty() {
+            Vec::new()
+        } else {
+            embed_images(&st, images.into_iter().map(ImageSource::Base64).collect(), -1).await?
+        };
         let txts = if texts.is_empty() { Vec::new() } else { embed_texts(&st, texts).await? };
         Ok::<_, ServeError>((imgs, txts))
     };

@@ -226,3 +226,93 @@ fn classify_matches_the_reference_logits() {
     );
     assert_eq!(code, 400, "{v}");
 }
+
+/// A multipart/form-data body with `files` (field "file") and text `fields`.
+fn multipart(files: &[(&str, Vec<u8>)], fields: &[(&str, &str)]) -> (String, Vec<u8>) {
+    let boundary = "pe-test-boundary-7d1b";
+    let mut body = Vec::new();
+    for (name, bytes) in files {
+        body.extend_from_slice(
+            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n")
+                .as_bytes(),
+        );
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    for (k, v) in fields {
+        body.extend_from_slice(
+            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n").as_bytes(),
+        );
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+fn send(url: &str, (ct, body): (String, Vec<u8>)) -> (u16, Value) {
+    match ureq::post(url).set("Content-Type", &ct).send_bytes(&body) {
+        Ok(r) => (r.status(), r.into_json().unwrap()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn uploads_and_openapi() {
+    let Some(dir) = fixtures() else { return };
+    let base = start(&dir, ServerConfig::default());
+    let read = |f: &str| std::fs::read(dir.join(f)).unwrap();
+
+    // Image files as multipart give the reference embeddings.
+    let (code, v) = send(
+        &format!("{base}/embed/image"),
+        multipart(
+            &[("cat.png", read("images/cat.png")), ("dog.png", read("images/dog.png"))],
+            &[("normalize", "false")],
+        ),
+    );
+    assert_eq!(code, 200, "{v}");
+    assert!(close(&rows(&v["embeddings"]), &expected(&dir, "image_embed_native")) <= 1e-5 * 2.3);
+    let (code, v) =
+        send(&format!("{base}/embed/image"), multipart(&[("a.png", read("images/cat.png"))], &[("colour", "red")]));
+    assert_eq!(code, 400, "{v}");
+
+    // A video upload equals the library's normalized mean of raw frame embeddings.
+    let (code, v) =
+        send(&format!("{base}/embed/video"), multipart(&[("dog.mp4", read("dog.mp4"))], &[("frames", "4")]));
+    assert_eq!(code, 200, "{v}");
+    let cfg = ClipConfig::from_json_file(dir.join("tiny-cls.json")).unwrap();
+    let model = Clip::load(&cfg, dir.join("tiny-cls.pt"), &LoadOptions::default()).unwrap();
+    let t = perception_encoder::preprocess::ImageTransform::for_config(&cfg.vision);
+    let clip = perception_encoder::video::load_clip(
+        dir.join("dog.mp4"),
+        4,
+        perception_encoder::video::FrameSampling::Benchmark,
+        &t,
+    )
+    .unwrap();
+    let want =
+        perception_encoder::l2_normalize(&model.encode_video(&clip.unsqueeze(0).unwrap(), false).unwrap()).unwrap();
+    let want: Vec<Vec<f32>> = want.to_vec2().unwrap();
+    assert!(close(&rows(&v["embeddings"]), &want) <= 1e-5);
+    let (code, v) = send(&format!("{base}/embed/video"), multipart(&[("x.mp4", b"not a video".to_vec())], &[]));
+    assert_eq!(code, 400, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("video 0"), "{v}");
+
+    // The OpenAPI document lists every route.
+    let doc: Value = ureq::get(&format!("{base}/openapi.json")).call().unwrap().into_json().unwrap();
+    assert_eq!(doc["openapi"], "3.0.3");
+    for path in [
+        "/health",
+        "/ready",
+        "/v1/models",
+        "/metrics",
+        "/openapi.json",
+        "/v1/embeddings",
+        "/embed/text",
+        "/embed/image",
+        "/embed/video",
+        "/classify",
+    ] {
+        assert!(doc["paths"].get(path).is_some(), "{path} missing from /openapi.json");
+    }
+}
