@@ -1,23 +1,10 @@
 //! The `pe` binary end to end on the fixtures: its embeddings equal the reference's for the
 //! same image files, and bad input gives a one-line reason and the documented exit code.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 
-fn fixtures() -> Option<PathBuf> {
-    let dir = match std::env::var_os("PE_FIXTURES") {
-        Some(d) => PathBuf::from(d),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures"),
-    };
-    if dir.join("README.md").is_file() {
-        return Some(dir);
-    }
-    if std::env::var("PE_REQUIRE_FIXTURES").is_ok_and(|v| v == "1") {
-        panic!("PE_REQUIRE_FIXTURES=1 but no fixtures at {}", dir.display());
-    }
-    eprintln!("skipping: no fixtures at {}", dir.display());
-    None
-}
+use pe_testutil::fixtures;
+use std::process::{Command, Output};
 
 fn pe(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_pe")).args(args).env_remove("PE_MODEL").output().unwrap()

@@ -1,43 +1,21 @@
 //! The service on 127.0.0.1 with the fixtures' tiny model: results equal the reference, batched
 //! results equal solo ones, and bad input gets a JSON 4xx.
 
-use std::path::PathBuf;
+mod common;
+
 use std::time::Duration;
 
 use base64::Engine as _;
 use pe_server::{BatchConfig, ServerConfig};
+use pe_testutil::fixtures;
 use perception_encoder::{Clip, ClipConfig, LoadOptions};
 use serde_json::{json, Value};
-
-fn fixtures() -> Option<PathBuf> {
-    let dir = match std::env::var_os("PE_FIXTURES") {
-        Some(d) => PathBuf::from(d),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures"),
-    };
-    if dir.join("README.md").is_file() {
-        return Some(dir);
-    }
-    if std::env::var("PE_REQUIRE_FIXTURES").is_ok_and(|v| v == "1") {
-        panic!("PE_REQUIRE_FIXTURES=1 but no fixtures at {}", dir.display());
-    }
-    eprintln!("skipping: no fixtures at {}", dir.display());
-    None
-}
 
 /// Start a server for tiny-cls on a free loopback port; returns its base URL.
 fn start(dir: &std::path::Path, cfg: ServerConfig) -> String {
     let model_cfg = ClipConfig::from_json_file(dir.join("tiny-cls.json")).unwrap();
     let model = Clip::load(&model_cfg, dir.join("tiny-cls.pt"), &LoadOptions::default()).unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            pe_server::serve_on(listener, model, cfg, std::future::pending()).await.unwrap();
-        });
-    });
-    format!("http://{}", rx.recv_timeout(Duration::from_secs(30)).unwrap())
+    common::serve(model, cfg)
 }
 
 fn expected(dir: &std::path::Path, name: &str) -> Vec<Vec<f32>> {

@@ -2,6 +2,8 @@
 //! server recovers once the burst is over. Uses a random-weight PE-Core-T16-384 so that each
 //! forward pass takes long enough for a burst to fill a one-slot queue.
 
+mod common;
+
 use std::time::Duration;
 
 use pe_server::{BatchConfig, ServerConfig};
@@ -16,16 +18,7 @@ fn overflow_gives_503_and_recovers() {
         batch: BatchConfig { max_batch: 1, max_text_batch: 1, max_wait: Duration::from_millis(0), queue_capacity: 1 },
         ..ServerConfig::default()
     };
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            pe_server::serve_on(listener, model, server_cfg, std::future::pending()).await.unwrap();
-        });
-    });
-    let url = format!("http://{}/embed/text", rx.recv_timeout(Duration::from_secs(60)).unwrap());
+    let url = format!("{}/embed/text", common::serve(model, server_cfg));
     let long = "a very long caption about a photo of a dog running on the beach at sunset with waves ".repeat(3);
     let sent = 24;
     let handles: Vec<_> = (0..sent)

@@ -3,30 +3,13 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use perception_encoder::candle_core::{DType, Device, Tensor};
 
-/// The fixtures directory (`PE_FIXTURES`, default `../shared/fixtures` from the workspace
-/// root), or `None` with a printed reason when absent and not required.
-/// With `PE_REQUIRE_FIXTURES=1` a missing directory panics.
-pub fn fixtures() -> Option<PathBuf> {
-    let dir = match std::env::var_os("PE_FIXTURES") {
-        Some(d) => PathBuf::from(d),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures"),
-    };
-    if dir.join("README.md").is_file() {
-        return Some(dir);
-    }
-    if std::env::var("PE_REQUIRE_FIXTURES").is_ok_and(|v| v == "1") {
-        panic!("PE_REQUIRE_FIXTURES=1 but no fixtures at {} (set PE_FIXTURES)", dir.display());
-    }
-    eprintln!("skipping: no fixtures at {} (set PE_FIXTURES)", dir.display());
-    None
-}
+pub use pe_testutil::fixtures;
 
 /// A fixture file that must exist when the fixtures directory does.
-pub fn fixture(dir: &std::path::Path, name: &str) -> PathBuf {
+pub fn fixture(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
     let p = dir.join(name);
     assert!(p.is_file(), "fixture {} is missing", p.display());
     p

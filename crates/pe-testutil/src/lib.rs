@@ -1,0 +1,21 @@
+//! Test support shared by the workspace's test suites.
+
+use std::path::PathBuf;
+
+/// The reference fixtures directory: `PE_FIXTURES`, default `../shared/fixtures` beside the
+/// repository. `None`, with a printed reason, when absent; with `PE_REQUIRE_FIXTURES=1` a
+/// missing directory panics instead, so CI cannot pass by skipping.
+pub fn fixtures() -> Option<PathBuf> {
+    let dir = match std::env::var_os("PE_FIXTURES") {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures"),
+    };
+    if dir.join("README.md").is_file() {
+        return Some(dir);
+    }
+    if std::env::var("PE_REQUIRE_FIXTURES").is_ok_and(|v| v == "1") {
+        panic!("PE_REQUIRE_FIXTURES=1 but no fixtures at {} (set PE_FIXTURES)", dir.display());
+    }
+    eprintln!("skipping: no fixtures at {} (set PE_FIXTURES)", dir.display());
+    None
+}
