@@ -216,7 +216,8 @@ fn execute(model: &Clip, batch: Vec<Job>, limit: usize, stats: &Stats) {
 }
 
 fn forward(model: &Clip, batch: &[Job], limit: usize) -> Result<Vec<Vec<f32>>, ServeError> {
-    let internal = |e: perception_encoder::Error| ServeError::Internal(e.to_string());
+    // Bad input is caught before queueing; what is left maps to 4xx or 500 by its kind.
+    let internal: fn(perception_encoder::Error) -> ServeError = ServeError::from;
     let mut rows = Vec::new();
     match &batch[0].work {
         Work::Images { layer, .. } => {

@@ -67,6 +67,9 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     /// Required `Authorization: Bearer` key, if any.
     pub api_key: Option<String>,
+    /// After the shutdown signal, how long in-flight requests may take before the server
+    /// stops anyway.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for ServerConfig {
@@ -84,6 +87,7 @@ impl Default for ServerConfig {
             max_items: 256,
             request_timeout: Duration::from_secs(60),
             api_key: None,
+            shutdown_grace: Duration::from_secs(30),
         }
     }
 }
@@ -96,6 +100,8 @@ struct AppState {
     model_name: String,
     transform: ImageTransform,
     has_text: bool,
+    /// Blocks of the vision tower (valid `layer` values are `-layers..layers`).
+    layers: usize,
     logit_scale: Option<f32>,
     classifiers: Mutex<VecDeque<(ClassifierKey, Arc<ZeroShotClassifier>)>>,
     requests: metrics::RequestMetrics,
@@ -113,6 +119,7 @@ pub fn router(model: Clip, cfg: ServerConfig) -> Router {
     let state = Arc::new(AppState {
         model_name: model.config().name.clone(),
         has_text: model.text().is_some(),
+        layers: model.config().vision.layers,
         logit_scale: model.logit_scale().ok(),
         classifiers: Mutex::new(VecDeque::new()),
         requests: metrics::RequestMetrics::default(),
@@ -143,15 +150,33 @@ pub fn router(model: Clip, cfg: ServerConfig) -> Router {
         .with_state(state)
 }
 
-/// Serve on `listener` until `shutdown` resolves; in-flight requests are finished first.
+/// Serve on `listener` until `shutdown` resolves. Then no new connection is accepted and the
+/// requests in flight are finished, for at most `cfg.shutdown_grace`.
 pub async fn serve_on(
     listener: tokio::net::TcpListener,
     model: Clip,
     cfg: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let grace = cfg.shutdown_grace;
     let app = router(model, cfg);
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let stopped = stop.clone();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move { stopped.notified().await });
+    let server = std::future::IntoFuture::into_future(server);
+    tokio::pin!(server);
+    tokio::select! {
+        done = &mut server => return done,
+        () = shutdown => stop.notify_one(),
+    }
+    tracing::info!("shutting down: finishing requests in flight (at most {} s)", grace.as_secs_f64());
+    match tokio::time::timeout(grace, &mut server).await {
+        Ok(done) => done,
+        Err(_) => {
+            tracing::warn!("requests still in flight after {} s; stopping anyway", grace.as_secs_f64());
+            Ok(())
+        }
+    }
 }
 
 /// Bind `cfg.addr` and serve until `shutdown` resolves.
@@ -346,6 +371,13 @@ async fn decode_images(st: &Shared, images: Vec<ImageSource>) -> Result<Vec<Tens
 }
 
 async fn embed_images(st: &Shared, images: Vec<ImageSource>, layer: isize) -> Result<Vec<Vec<f32>>, ServeError> {
+    let l = st.layers as isize;
+    if layer < -l || layer >= l {
+        return Err(ServeError::Invalid(format!(
+            "layer {layer} is out of range for a vision tower of {l} layers (use -{l}..={})",
+            l - 1
+        )));
+    }
     let pixels = decode_images(st, images).await?;
     st.engine.submit(engine::Work::Images { pixels, layer }).await
 }

@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+pub mod load;
+
 /// The reference fixtures directory: `PE_FIXTURES`, default `../shared/fixtures` beside the
 /// repository. `None`, with a printed reason, when absent; with `PE_REQUIRE_FIXTURES=1` a
 /// missing directory panics instead, so CI cannot pass by skipping.

@@ -40,6 +40,9 @@ pub struct ServeCmd {
     /// Time limit per request in seconds.
     #[arg(long, default_value_t = 60)]
     timeout_s: u64,
+    /// After SIGTERM or Ctrl-C, how long requests in flight may take before the server stops anyway.
+    #[arg(long, default_value_t = 30)]
+    shutdown_grace_s: u64,
     /// Require `Authorization: Bearer <KEY>` on every route but /health.
     #[arg(long, env = "PE_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
@@ -60,6 +63,7 @@ pub fn run(cmd: ServeCmd) -> anyhow::Result<ExitCode> {
         max_items: cmd.max_items,
         request_timeout: Duration::from_secs(cmd.timeout_s),
         api_key: cmd.api_key.filter(|k| !k.is_empty()),
+        shutdown_grace: Duration::from_secs(cmd.shutdown_grace_s),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
