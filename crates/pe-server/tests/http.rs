@@ -138,7 +138,17 @@ fn batched_requests_equal_solo_ones() {
 #[test]
 fn bad_input_gets_json_4xx_and_auth_is_enforced() {
     let Some(dir) = fixtures() else { return };
-    let base = start(&dir, ServerConfig { api_key: Some("sekrit".into()), max_items: 4, ..ServerConfig::default() });
+    let base = start(
+        &dir,
+        ServerConfig {
+            api_key: Some("sekrit".into()),
+            max_items: 4,
+            max_body_bytes: 256 << 10,
+            max_pixels: 1 << 20,
+            ..ServerConfig::default()
+        },
+    );
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
     let with_key = |path: &str, body: Value| -> (u16, Value) {
         match ureq::post(&format!("{base}{path}")).set("Authorization", "Bearer sekrit").send_json(body) {
             Ok(r) => (r.status(), r.into_json().unwrap()),
@@ -166,6 +176,10 @@ fn bad_input_gets_json_4xx_and_auth_is_enforced() {
         ("/embed/text", json!({"texts": ["a", "b", "c", "d", "e"]}), 413, "limit"),
         ("/v1/embeddings", json!({"input": "a", "encoding_format": "hex"}), 400, "encoding_format"),
         ("/v1/embeddings", json!({"input": "a", "model": "PE-Core-G14-448"}), 400, "serves"),
+        // 300 KB over a 256 KiB body limit (small enough for the client to finish writing).
+        ("/embed/image", json!({"images": ["A".repeat(300_000)]}), 413, "size limit"),
+        // A PNG header announcing 2048 x 2048 pixels is refused before decoding (limit 1 Mpx).
+        ("/embed/image", json!({"images": [b64(&png_header(2048, 2048))]}), 413, "image 0"),
     ] {
         let (code, v) = with_key(path, body);
         assert_eq!(code, status, "{path}: {v}");
@@ -174,6 +188,32 @@ fn bad_input_gets_json_4xx_and_auth_is_enforced() {
     }
     let r = ureq::post(&format!("{base}/embed/text")).set("Authorization", "Bearer sekrit").send_string("{not json");
     assert!(matches!(r, Err(ureq::Error::Status(400, _))));
+}
+
+/// The start of a PNG that announces `w` x `h` pixels: signature, IHDR for 8-bit RGB, and an
+/// empty IDAT (a decompression bomb in miniature).
+fn png_header(w: u32, h: u32) -> Vec<u8> {
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut c = !0u32;
+        for &b in bytes {
+            c ^= b as u32;
+            for _ in 0..8 {
+                c = if c & 1 == 1 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+            }
+        }
+        !c
+    }
+    let mut ihdr = b"IHDR".to_vec();
+    ihdr.extend(w.to_be_bytes());
+    ihdr.extend(h.to_be_bytes());
+    ihdr.extend([8, 2, 0, 0, 0]);
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    for chunk in [ihdr, b"IDAT".to_vec()] {
+        out.extend((chunk.len() as u32 - 4).to_be_bytes());
+        out.extend(&chunk);
+        out.extend(crc32(&chunk).to_be_bytes());
+    }
+    out
 }
 
 #[test]

@@ -49,3 +49,22 @@ fn overflow_gives_503_and_recovers() {
     assert_eq!(r.status(), 200);
     eprintln!("{sent} concurrent requests: {ok} served, {} refused with 503", busy.len());
 }
+
+#[test]
+fn a_request_over_the_time_limit_gets_504() {
+    let cfg = ClipConfig::preset("PE-Core-T16-384").unwrap();
+    let model = Clip::random(&cfg, 2, &LoadOptions::default()).unwrap();
+    let server_cfg = ServerConfig { request_timeout: Duration::from_millis(1), ..ServerConfig::default() };
+    let url = format!("{}/embed/text", common::serve(model, server_cfg));
+    let texts: Vec<String> = (0..32).map(|i| format!("caption number {i} of a long list of captions")).collect();
+    match ureq::post(&url).send_json(json!({ "texts": texts })) {
+        Err(ureq::Error::Status(504, r)) => {
+            let body: serde_json::Value = r.into_json().unwrap();
+            assert_eq!(body["error"]["type"], "timeout", "{body}");
+        }
+        other => panic!("expected 504, got {other:?}"),
+    }
+    // The server is still serving.
+    let health = url.replace("/embed/text", "/health");
+    assert_eq!(ureq::get(&health).call().unwrap().status(), 200);
+}
