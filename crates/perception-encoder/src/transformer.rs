@@ -35,27 +35,84 @@ pub(crate) fn ln(width: usize, vb: VarBuilder) -> Result<LayerNorm> {
     Ok(LayerNorm { weight: vb.get(width, "weight")?, bias: vb.get(width, "bias")? })
 }
 
-/// `y = x W^T + b` with `W^T` stored contiguous `(in, out)`, prepared once at load: GEMM
-/// kernels run at full speed on that layout, while a transposed view halves throughput at
-/// small batch sizes.
+/// How the linear layers keep their weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LinearWeights {
+    /// In the model's dtype (float32 through our kernels, other dtypes through candle).
+    Native,
+    /// bfloat16, packed for the bf16 kernels; activations stay float32 around them.
+    Bf16,
+}
+
+/// The modules' float32 view of a bfloat16 `vb` on the CPU (when the kernels are on): the
+/// linear layers keep bfloat16 weights and run the bf16 kernels, everything else (LayerNorm,
+/// softmax, GELU, residuals, embeddings) computes in float32, as PyTorch's bf16 autocast does.
+/// Other dtypes and devices build as asked.
+pub(crate) fn plan(vb: VarBuilder) -> (VarBuilder, LinearWeights) {
+    if vb.dtype() == DType::BF16 && vb.device().is_cpu() && crate::kernels::enabled() {
+        (vb.to_dtype(DType::F32), LinearWeights::Bf16)
+    } else {
+        (vb, LinearWeights::Native)
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Weight {
+    /// `W^T` contiguous `(in, out)`, prepared once at load: GEMM kernels run at full speed on
+    /// that layout, while a transposed view halves throughput at small batch sizes.
+    Dense(Tensor),
+    /// Packed bfloat16 with the bias folded in.
+    Bf16(std::sync::Arc<crate::kernels::bf16::PackedBf16>),
+}
+
+/// `y = x W^T + b`.
 #[derive(Debug, Clone)]
 pub(crate) struct Linear {
-    weight_t: Tensor,
+    weight: Weight,
     bias: Option<Tensor>,
 }
 
 impl Linear {
     /// From a PyTorch-layout weight `(out, in)` and optional bias `(out)`.
-    pub(crate) fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
-        Ok(Linear { weight_t: weight.t()?.contiguous()?, bias })
+    pub(crate) fn new(weight: Tensor, bias: Option<Tensor>, kind: LinearWeights) -> Result<Self> {
+        if kind == LinearWeights::Bf16 {
+            let (n, k) = weight.dims2()?;
+            let w: Vec<f32> = weight.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+            let b: Option<Vec<f32>> = match &bias {
+                Some(b) => Some(b.to_dtype(DType::F32)?.to_vec1()?),
+                None => None,
+            };
+            let packed = crate::kernels::bf16::PackedBf16::pack(&w, n, k, b.as_deref());
+            return Ok(Linear { weight: Weight::Bf16(std::sync::Arc::new(packed)), bias: None });
+        }
+        Ok(Linear { weight: Weight::Dense(weight.t()?.contiguous()?), bias })
     }
 
     /// Load `{prefix}.weight` `(out, in)` and `{prefix}.bias` `(out)`.
-    pub(crate) fn load(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Self> {
+    pub(crate) fn load(in_dim: usize, out_dim: usize, vb: VarBuilder, kind: LinearWeights) -> Result<Self> {
         let w = vb.get((out_dim, in_dim), "weight")?;
         let b = vb.get(out_dim, "bias")?;
-        Self::new(w, Some(b))
+        Self::new(w, Some(b), kind)
     }
+
+    fn out_dim(&self) -> candle_core::Result<usize> {
+        match &self.weight {
+            Weight::Dense(w) => w.dim(1),
+            Weight::Bf16(p) => Ok(p.out_dim()),
+        }
+    }
+}
+
+/// `f` over `x`'s float32 values, without a copy when `x` is a contiguous float32 CPU tensor.
+fn with_f32<T>(x: &Tensor, f: impl FnOnce(&[f32]) -> T) -> candle_core::Result<T> {
+    if x.dtype() == DType::F32 && x.device().is_cpu() {
+        let (storage, layout) = x.storage_and_layout();
+        if let (candle_core::Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) {
+            return Ok(f(&cpu.as_slice::<f32>()?[start..end]));
+        }
+    }
+    let v: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    Ok(f(&v))
 }
 
 impl Module for Linear {
@@ -63,10 +120,25 @@ impl Module for Linear {
         let dims = x.dims();
         let in_dim = dims[dims.len() - 1];
         let rows = x.elem_count() / in_dim.max(1);
-        let out_dim = self.weight_t.dim(1)?;
+        let out_dim = self.out_dim()?;
+        let mut out_dims = dims.to_vec();
+        *out_dims.last_mut().expect("rank >= 1") = out_dim;
+        let w = match &self.weight {
+            Weight::Bf16(p) => {
+                if in_dim != p.in_dim() {
+                    return Err(candle_core::Error::Msg(format!(
+                        "linear layer expects {} input features, got {in_dim}",
+                        p.in_dim()
+                    )));
+                }
+                let y = with_f32(x, |xs| crate::kernels::bf16::matmul(xs, rows, p))?;
+                return Tensor::from_vec(y, out_dims, x.device());
+            }
+            Weight::Dense(w) => w,
+        };
         if rows <= crate::kernels::skinny::MAX_ROWS && crate::kernels::enabled_for(x) {
             let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
-            let (w, _) = self.weight_t.storage_and_layout();
+            let (w, _) = w.storage_and_layout();
             let candle_core::Storage::Cpu(w) = &*w else {
                 return Err(candle_core::Error::Msg("weights and input are on different devices".into()));
             };
@@ -76,17 +148,13 @@ impl Module for Linear {
                 None => None,
             };
             let y = crate::kernels::skinny::matmul(&xs, rows, in_dim, w, out_dim, bias.as_deref());
-            let mut out_dims = dims.to_vec();
-            *out_dims.last_mut().expect("rank >= 1") = out_dim;
             return Tensor::from_vec(y, out_dims, x.device());
         }
-        let y = x.reshape((rows, in_dim))?.matmul(&self.weight_t)?;
+        let y = x.reshape((rows, in_dim))?.matmul(w)?;
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
         };
-        let mut out_dims = dims.to_vec();
-        *out_dims.last_mut().expect("rank >= 1") = self.weight_t.dim(1)?;
         y.reshape(out_dims)
     }
 }
@@ -99,10 +167,10 @@ pub(crate) struct Mlp {
 }
 
 impl Mlp {
-    pub(crate) fn new(width: usize, hidden: usize, vb: VarBuilder) -> Result<Self> {
+    pub(crate) fn new(width: usize, hidden: usize, vb: VarBuilder, kind: LinearWeights) -> Result<Self> {
         Ok(Mlp {
-            c_fc: Linear::load(width, hidden, vb.pp("c_fc"))?,
-            c_proj: Linear::load(hidden, width, vb.pp("c_proj"))?,
+            c_fc: Linear::load(width, hidden, vb.pp("c_fc"), kind)?,
+            c_proj: Linear::load(hidden, width, vb.pp("c_proj"), kind)?,
         })
     }
 }
@@ -135,12 +203,12 @@ pub(crate) struct SelfAttention {
 }
 
 impl SelfAttention {
-    pub(crate) fn new(width: usize, heads: usize, vb: VarBuilder) -> Result<Self> {
+    pub(crate) fn new(width: usize, heads: usize, vb: VarBuilder, kind: LinearWeights) -> Result<Self> {
         let w = vb.get((3 * width, width), "in_proj_weight")?;
         let b = vb.get(3 * width, "in_proj_bias")?;
         Ok(SelfAttention {
-            in_proj: Linear::new(w, Some(b))?,
-            out_proj: Linear::load(width, width, vb.pp("out_proj"))?,
+            in_proj: Linear::new(w, Some(b), kind)?,
+            out_proj: Linear::load(width, width, vb.pp("out_proj"), kind)?,
             heads,
         })
     }
@@ -202,16 +270,23 @@ pub(crate) struct ResidualAttentionBlock {
 }
 
 impl ResidualAttentionBlock {
-    pub(crate) fn new(width: usize, heads: usize, hidden: usize, layer_scale: bool, vb: VarBuilder) -> Result<Self> {
+    pub(crate) fn new(
+        width: usize,
+        heads: usize,
+        hidden: usize,
+        layer_scale: bool,
+        vb: VarBuilder,
+        kind: LinearWeights,
+    ) -> Result<Self> {
         let gamma = |name: &str| -> Result<Option<Tensor>> {
             Ok(if layer_scale { Some(vb.pp(name).get(width, "gamma")?) } else { None })
         };
         Ok(ResidualAttentionBlock {
             ln_1: ln(width, vb.pp("ln_1"))?,
-            attn: SelfAttention::new(width, heads, vb.pp("attn"))?,
+            attn: SelfAttention::new(width, heads, vb.pp("attn"), kind)?,
             ls_1: gamma("ls_1")?,
             ln_2: ln(width, vb.pp("ln_2"))?,
-            mlp: Mlp::new(width, hidden, vb.pp("mlp"))?,
+            mlp: Mlp::new(width, hidden, vb.pp("mlp"), kind)?,
             ls_2: gamma("ls_2")?,
         })
     }
@@ -244,10 +319,11 @@ impl Transformer {
         hidden: usize,
         layer_scale: bool,
         vb: VarBuilder,
+        kind: LinearWeights,
     ) -> Result<Self> {
         let vb = vb.pp("resblocks");
         let resblocks = (0..layers)
-            .map(|i| ResidualAttentionBlock::new(width, heads, hidden, layer_scale, vb.pp(i)))
+            .map(|i| ResidualAttentionBlock::new(width, heads, hidden, layer_scale, vb.pp(i), kind))
             .collect::<Result<_>>()?;
         Ok(Transformer { resblocks })
     }

@@ -3,12 +3,17 @@
 //! parity tests hold it to.
 
 pub(crate) mod attention;
+pub(crate) mod bf16;
 pub(crate) mod skinny;
 
 /// Whether the CPU kernels are in use for `x`: float32 on the CPU, unless `PE_KERNELS=generic`
 /// asks for candle's generic operations everywhere (for comparison and debugging).
 pub(crate) fn enabled_for(x: &candle_core::Tensor) -> bool {
+    enabled() && x.device().is_cpu() && x.dtype() == candle_core::DType::F32
+}
+
+/// False when `PE_KERNELS=generic` asks for candle's generic operations everywhere.
+pub(crate) fn enabled() -> bool {
     static GENERIC: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let generic = *GENERIC.get_or_init(|| std::env::var("PE_KERNELS").is_ok_and(|v| v.eq_ignore_ascii_case("generic")));
-    !generic && x.device().is_cpu() && x.dtype() == candle_core::DType::F32
+    !*GENERIC.get_or_init(|| std::env::var("PE_KERNELS").is_ok_and(|v| v.eq_ignore_ascii_case("generic")))
 }

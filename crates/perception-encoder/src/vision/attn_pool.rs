@@ -6,7 +6,7 @@ use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::error::Result;
-use crate::transformer::{attention, ln, LayerNorm, Linear, Mlp};
+use crate::transformer::{attention, ln, LayerNorm, Linear, LinearWeights, Mlp};
 
 #[derive(Debug, Clone)]
 pub(crate) struct AttnPool {
@@ -21,22 +21,22 @@ pub(crate) struct AttnPool {
 }
 
 impl AttnPool {
-    pub(crate) fn new(width: usize, heads: usize, vb: VarBuilder) -> Result<Self> {
+    pub(crate) fn new(width: usize, heads: usize, vb: VarBuilder, kind: LinearWeights) -> Result<Self> {
         let probe = vb.get((1, 1, width), "probe")?;
         let attn = vb.pp("attn");
         let w = attn.get((3 * width, width), "in_proj_weight")?;
         let b = attn.get(3 * width, "in_proj_bias")?;
         let part = |i: usize| -> Result<Linear> {
-            Linear::new(w.narrow(0, i * width, width)?, Some(b.narrow(0, i * width, width)?.contiguous()?))
+            Linear::new(w.narrow(0, i * width, width)?, Some(b.narrow(0, i * width, width)?.contiguous()?), kind)
         };
         Ok(AttnPool {
             probe,
             q: part(0)?,
             k: part(1)?,
             v: part(2)?,
-            out_proj: Linear::load(width, width, attn.pp("out_proj"))?,
+            out_proj: Linear::load(width, width, attn.pp("out_proj"), kind)?,
             layernorm: ln(width, vb.pp("layernorm"))?,
-            mlp: Mlp::new(width, 4 * width, vb.pp("mlp"))?,
+            mlp: Mlp::new(width, 4 * width, vb.pp("mlp"), kind)?,
             heads,
         })
     }

@@ -34,13 +34,18 @@ pub struct VisionTransformer {
     attn_pool: Option<AttnPool>,
     proj: Option<Tensor>,
     rope: Option<Rope2d>,
-    dtype: DType,
+    /// The dtype asked for (reported by [`VisionTransformer::dtype`]).
+    precision: DType,
+    /// The activations' dtype (float32 when bfloat16 runs through the CPU kernels).
+    act_dtype: DType,
     device: Device,
 }
 
 impl VisionTransformer {
     /// Build the tower from `vb`, whose prefix is the tower's (`visual` in a CLIP checkpoint).
     pub fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
+        let precision = vb.dtype();
+        let (vb, kind) = crate::transformer::plan(vb);
         let w = cfg.width;
         let p = cfg.patch_size;
         let conv1 = vb.pp("conv1").get((w, 3, p, p), "weight")?.reshape((w, 3 * p * p))?.t()?.contiguous()?;
@@ -55,10 +60,11 @@ impl VisionTransformer {
             cfg.mlp_hidden(),
             cfg.ls_init_value.is_some(),
             vb.pp("transformer"),
+            kind,
         )?;
         let ln_post = if cfg.use_ln_post { Some(ln(w, vb.pp("ln_post"))?) } else { None };
         let attn_pool = if cfg.pool_type == PoolType::Attn {
-            Some(AttnPool::new(w, cfg.attn_pooler_heads, vb.pp("attn_pool"))?)
+            Some(AttnPool::new(w, cfg.attn_pooler_heads, vb.pp("attn_pool"), kind)?)
         } else {
             None
         };
@@ -79,7 +85,8 @@ impl VisionTransformer {
             attn_pool,
             proj,
             rope,
-            dtype: vb.dtype(),
+            precision,
+            act_dtype: vb.dtype(),
             device: vb.device().clone(),
         })
     }
@@ -89,9 +96,10 @@ impl VisionTransformer {
         &self.cfg
     }
 
-    /// The compute dtype.
+    /// The dtype the model was built for. With bfloat16 on the CPU the linear layers hold
+    /// bfloat16 weights and the rest computes in float32 (see [`crate::LoadOptions`]).
     pub fn dtype(&self) -> DType {
-        self.dtype
+        self.precision
     }
 
     /// The device the weights live on.
@@ -143,7 +151,7 @@ impl VisionTransformer {
         let cls = usize::from(self.cfg.use_cls_token);
         let mut out = all[..cls * w].to_vec();
         out.extend(posemb::resample(&all[cls * w..], g, w, grid_h, grid_w));
-        let t = Tensor::from_vec(out, (1, cls + grid_h * grid_w, w), &self.device)?.to_dtype(self.dtype)?;
+        let t = Tensor::from_vec(out, (1, cls + grid_h * grid_w, w), &self.device)?.to_dtype(self.act_dtype)?;
         if let Ok(mut c) = self.posemb_cache.lock() {
             c.insert((grid_h, grid_w), t.clone());
         }
@@ -163,7 +171,7 @@ impl VisionTransformer {
     pub fn tokens_in(&self, x: &Tensor) -> Result<(Tensor, usize, usize)> {
         let (b, gh, gw) = self.check_input(x)?;
         let p = self.cfg.patch_size;
-        let x = x.to_device(&self.device)?.to_dtype(self.dtype)?;
+        let x = x.to_device(&self.device)?.to_dtype(self.act_dtype)?;
         // Strided conv with kernel = stride = patch, as a GEMM over unfolded patches; pixels
         // past the last whole patch are dropped, as the convolution does.
         let x = x.narrow(2, 0, gh * p)?.narrow(3, 0, gw * p)?;
@@ -199,7 +207,7 @@ impl VisionTransformer {
         let stop = stop_index(self.cfg.layers, layer_idx)?;
         let (tokens, gh, gw) = self.tokens_ln_pre(x)?;
         let cs = match &self.rope {
-            Some(r) => Some(r.cos_sin(gh, gw, self.dtype, &self.device)?),
+            Some(r) => Some(r.cos_sin(gh, gw, self.act_dtype, &self.device)?),
             None => None,
         };
         let rope = self.rope.as_ref().zip(cs.as_ref()).map(|(rope, t)| RopeTables {

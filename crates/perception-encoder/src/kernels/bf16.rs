@@ -1,0 +1,584 @@
+//! `y = x W^T + b` with bfloat16 weights and float32 accumulation (the `--dtype bf16` path).
+//!
+//! The weight is packed once at load: columns in panels of 32, and within a panel, for each
+//! pair of input rows `(k, k+1)`, the 32 columns' pairs `W[k, c], W[k+1, c]` side by side. That
+//! is the operand layout of both x86 bf16 instructions: AVX512-BF16's `vdpbf16ps` (16 columns
+//! per vector) and AMX's `tdpbf16ps` (a 16-pair x 16-column tile). `K` is padded to a multiple
+//! of 32 and `N` to a multiple of 32 with zeros, so the kernels never see a ragged edge there.
+//!
+//! Activations are rounded to bfloat16 (round to nearest even) as they enter the product;
+//! products are exact in float32 and summed in float32, as PyTorch's bf16 autocast does.
+//!
+//! Three implementations, chosen at run time (`PE_BF16_KERNEL=amx|avx512|portable` forces one):
+//! - AMX tiles (Sapphire Rapids and later), when the CPU has AMX-BF16 and Linux grants the
+//!   tile state to the process;
+//! - AVX512-BF16 `vdpbf16ps` (Zen 4, Cooper Lake, Sapphire Rapids);
+//! - portable: the rounded operands widened to float32 and multiplied by the `gemm` crate.
+
+use rayon::prelude::*;
+
+/// Columns per packed panel.
+const PANEL: usize = 32;
+/// `K` is padded to this (one AMX tile row of bf16).
+const K_ALIGN: usize = 32;
+
+/// A weight `(n, k)` (PyTorch's `(out, in)`) in bfloat16, packed for the kernels.
+#[derive(Debug, Clone)]
+pub(crate) struct PackedBf16 {
+    k: usize,
+    n: usize,
+    /// `k` rounded up to [`K_ALIGN`].
+    k_pad: usize,
+    /// `panels x (k_pad / 2) x 64` bf16 bit patterns.
+    data: Vec<u16>,
+    /// Bias padded to a whole panel (zeros when the layer has none).
+    bias: Vec<f32>,
+}
+
+/// Round to nearest even, as `vcvtneps2bf16` does (NaN stays NaN).
+#[inline]
+fn to_bf16(x: f32) -> u16 {
+    half::bf16::from_f32(x).to_bits()
+}
+
+#[inline]
+fn from_bf16(b: u16) -> f32 {
+    f32::from_bits((b as u32) << 16)
+}
+
+impl PackedBf16 {
+    /// Pack `w`, row-major `(n, k)`, and the optional bias `(n)`.
+    pub(crate) fn pack(w: &[f32], n: usize, k: usize, bias: Option<&[f32]>) -> Self {
+        assert_eq!(w.len(), n * k, "weight size");
+        let k_pad = k.div_ceil(K_ALIGN) * K_ALIGN;
+        let panels = n.div_ceil(PANEL);
+        let panel_len = k_pad / 2 * 2 * PANEL;
+        let mut data = vec![0u16; panels * panel_len];
+        data.par_chunks_mut(panel_len).enumerate().for_each(|(p, panel)| {
+            for c in 0..PANEL.min(n - p * PANEL) {
+                let row = &w[(p * PANEL + c) * k..(p * PANEL + c + 1) * k];
+                for (kk, &v) in row.iter().enumerate() {
+                    panel[(kk / 2) * 2 * PANEL + 2 * c + kk % 2] = to_bf16(v);
+                }
+            }
+        });
+        let mut b = vec![0f32; panels * PANEL];
+        if let Some(bias) = bias {
+            b[..n].copy_from_slice(bias);
+        }
+        PackedBf16 { k, n, k_pad, data, bias: b }
+    }
+
+    /// Input features.
+    pub(crate) fn in_dim(&self) -> usize {
+        self.k
+    }
+
+    /// Output features.
+    pub(crate) fn out_dim(&self) -> usize {
+        self.n
+    }
+
+    fn panels(&self) -> usize {
+        self.n.div_ceil(PANEL)
+    }
+
+    fn panel(&self, p: usize) -> &[u16] {
+        let len = self.k_pad * PANEL;
+        &self.data[p * len..(p + 1) * len]
+    }
+
+    /// The weight back as float32 `(k, n)` (`W^T`), bf16-rounded values.
+    fn unpack_t(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.k * self.n];
+        for p in 0..self.panels() {
+            let panel = self.panel(p);
+            for kk in 0..self.k {
+                for c in 0..PANEL.min(self.n - p * PANEL) {
+                    out[kk * self.n + p * PANEL + c] = from_bf16(panel[(kk / 2) * 2 * PANEL + 2 * c + kk % 2]);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Which implementation runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Impl {
+    Amx,
+    Avx512,
+    Portable,
+}
+
+/// The implementation for this process: the fastest the CPU (and OS) offer, unless
+/// `PE_BF16_KERNEL` names one (an unavailable choice falls back to portable).
+pub(crate) fn selected() -> Impl {
+    static SEL: std::sync::OnceLock<Impl> = std::sync::OnceLock::new();
+    *SEL.get_or_init(|| {
+        let (amx, avx512) = (amx_available(), avx512bf16_available());
+        let best = if amx {
+            Impl::Amx
+        } else if avx512 {
+            Impl::Avx512
+        } else {
+            Impl::Portable
+        };
+        let choice = match std::env::var("PE_BF16_KERNEL").map(|v| v.to_ascii_lowercase()).as_deref() {
+            Err(_) => best,
+            Ok("portable") => Impl::Portable,
+            Ok("avx512") if avx512 => Impl::Avx512,
+            Ok("amx") if amx => Impl::Amx,
+            Ok(other) => {
+                tracing::warn!("PE_BF16_KERNEL={other}: not available here (amx, avx512, portable); using {best:?}");
+                best
+            }
+        };
+        tracing::debug!("bf16 matmul kernel: {choice:?}");
+        choice
+    })
+}
+
+fn amx_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        amx::available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+fn avx512bf16_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `x` `(m, k)` float32 row-major times the packed weight: `(m, n)` float32.
+pub(crate) fn matmul(x: &[f32], m: usize, w: &PackedBf16) -> Vec<f32> {
+    matmul_with(selected(), x, m, w)
+}
+
+pub(crate) fn matmul_with(which: Impl, x: &[f32], m: usize, w: &PackedBf16) -> Vec<f32> {
+    assert_eq!(x.len(), m * w.k, "input size");
+    match which {
+        #[cfg(target_arch = "x86_64")]
+        Impl::Amx => amx::matmul(x, m, w),
+        #[cfg(target_arch = "x86_64")]
+        Impl::Avx512 => avx512::matmul(x, m, w),
+        _ => portable(x, m, w),
+    }
+}
+
+/// Rows of `x` rounded to bf16, `k_pad` wide (zero padded), `rows_pad` rows (zero rows after `m`).
+fn round_rows(x: &[f32], m: usize, k: usize, k_pad: usize, rows_pad: usize) -> Vec<u16> {
+    let mut a = vec![0u16; rows_pad * k_pad];
+    a.par_chunks_mut(k_pad).take(m).enumerate().for_each(|(i, row)| {
+        let src = &x[i * k..(i + 1) * k];
+        #[cfg(target_arch = "x86_64")]
+        if avx512bf16_available() {
+            // SAFETY: the CPU has AVX512-BF16 (checked above); lengths match.
+            unsafe { avx512::round_row(src, &mut row[..k]) };
+            return;
+        }
+        for (d, &s) in row.iter_mut().zip(src) {
+            *d = to_bf16(s);
+        }
+    });
+    a
+}
+
+/// Any CPU: the rounded operands widened to float32, one float32 GEMM.
+fn portable(x: &[f32], m: usize, w: &PackedBf16) -> Vec<f32> {
+    let (k, n) = (w.k, w.n);
+    let xr: Vec<f32> = x.iter().map(|&v| from_bf16(to_bf16(v))).collect();
+    let wt = w.unpack_t();
+    let mut y = vec![0f32; m * n];
+    for row in y.chunks_exact_mut(n) {
+        row.copy_from_slice(&w.bias[..n]);
+    }
+    // SAFETY: all three matrices are dense row-major with the extents given.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            y.as_mut_ptr(),
+            1,
+            n as isize,
+            true,
+            xr.as_ptr(),
+            1,
+            k as isize,
+            wt.as_ptr(),
+            1,
+            n as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(rayon::current_num_threads()),
+        );
+    }
+    y
+}
+
+struct SendPtr(*mut f32);
+// SAFETY: tasks write disjoint blocks of the output.
+unsafe impl Sync for SendPtr {}
+unsafe impl Send for SendPtr {}
+
+impl SendPtr {
+    fn at(&self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
+/// Split `(m rows, panels)` into tasks of `rows_per_task` rows and a few panels each, enough
+/// for every thread to have work when `m` is small.
+fn tasks(m_blocks: usize, panels: usize) -> (usize, usize) {
+    let threads = rayon::current_num_threads().max(1);
+    let mut per = 4.min(panels).max(1);
+    while per > 1 && m_blocks * panels.div_ceil(per) < 4 * threads {
+        per /= 2;
+    }
+    (per, panels.div_ceil(per))
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    /// Rows per register tile: 12 rows x 32 columns = 24 accumulators.
+    const MR: usize = 12;
+    /// Rows per task.
+    const MC: usize = 96;
+
+    #[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl")]
+    pub(super) unsafe fn round_row(src: &[f32], dst: &mut [u16]) {
+        let n = src.len();
+        let mut i = 0;
+        while i + 16 <= n {
+            let v = _mm512_cvtneps_pbh(_mm512_loadu_ps(src.as_ptr().add(i)));
+            _mm256_storeu_si256(dst.as_mut_ptr().add(i).cast(), std::mem::transmute::<__m256bh, __m256i>(v));
+            i += 16;
+        }
+        for j in i..n {
+            dst[j] = to_bf16(src[j]);
+        }
+    }
+
+    /// One register tile's operands: `R` rows of `a` (bf16, row stride `lda`), a packed panel
+    /// `b` of `kp` pairs, output rows at `c` (stride `ldc`), the panel's bias, valid columns.
+    #[derive(Clone, Copy)]
+    struct Tile {
+        a: *const u16,
+        lda: usize,
+        b: *const u16,
+        kp: usize,
+        c: *mut f32,
+        ldc: usize,
+        bias: *const f32,
+        cols: usize,
+    }
+
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn tile<const R: usize>(t: Tile) {
+        let Tile { a, lda, b, kp, c, ldc, bias, cols } = t;
+        let mut acc0 = [_mm512_setzero_ps(); R];
+        let mut acc1 = [_mm512_setzero_ps(); R];
+        for j in 0..kp {
+            let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(j * 64).cast()));
+            let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(j * 64 + 32).cast()));
+            for r in 0..R {
+                let pair = std::ptr::read_unaligned(a.add(r * lda + 2 * j).cast::<i32>());
+                let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair));
+                acc0[r] = _mm512_dpbf16_ps(acc0[r], av, b0);
+                acc1[r] = _mm512_dpbf16_ps(acc1[r], av, b1);
+            }
+        }
+        let (bias0, bias1) = (_mm512_loadu_ps(bias), _mm512_loadu_ps(bias.add(16)));
+        let m0: __mmask16 = if cols >= 16 { 0xffff } else { (1u32 << cols) as u16 - 1 };
+        let m1: __mmask16 = if cols >= 32 {
+            0xffff
+        } else if cols <= 16 {
+            0
+        } else {
+            (1u32 << (cols - 16)) as u16 - 1
+        };
+        for r in 0..R {
+            let row = c.add(r * ldc);
+            _mm512_mask_storeu_ps(row, m0, _mm512_add_ps(acc0[r], bias0));
+            _mm512_mask_storeu_ps(row.add(16), m1, _mm512_add_ps(acc1[r], bias1));
+        }
+    }
+
+    pub(super) fn matmul(x: &[f32], m: usize, w: &PackedBf16) -> Vec<f32> {
+        let (k, n, k_pad) = (w.k, w.n, w.k_pad);
+        let a = round_rows(x, m, k, k_pad, m);
+        let mut y = vec![0f32; m * n];
+        let out = SendPtr(y.as_mut_ptr());
+        let m_blocks = m.div_ceil(MC);
+        let (per, groups) = tasks(m_blocks, w.panels());
+        (0..m_blocks * groups).into_par_iter().for_each(|t| {
+            let (mb, g) = (t / groups, t % groups);
+            let rows = mb * MC..(mb * MC + MC).min(m);
+            for p in g * per..((g + 1) * per).min(w.panels()) {
+                let panel = w.panel(p);
+                let cols = PANEL.min(n - p * PANEL);
+                let mut r0 = rows.start;
+                while r0 < rows.end {
+                    let r = MR.min(rows.end - r0);
+                    let t = Tile {
+                        a: a[r0 * k_pad..].as_ptr(),
+                        lda: k_pad,
+                        b: panel.as_ptr(),
+                        kp: k_pad / 2,
+                        c: out.at(r0 * n + p * PANEL),
+                        ldc: n,
+                        bias: w.bias[p * PANEL..].as_ptr(),
+                        cols,
+                    };
+                    // SAFETY: the CPU has AVX512-BF16 (this implementation is only selected
+                    // then); `a` holds rows r0..r0+r of k_pad, the panel k_pad/2 pairs of 64,
+                    // the bias a whole panel; the output block is this task's alone and the
+                    // stores are masked to the n - p*32 valid columns.
+                    unsafe {
+                        match r {
+                            12 => tile::<12>(t),
+                            11 => tile::<11>(t),
+                            10 => tile::<10>(t),
+                            9 => tile::<9>(t),
+                            8 => tile::<8>(t),
+                            7 => tile::<7>(t),
+                            6 => tile::<6>(t),
+                            5 => tile::<5>(t),
+                            4 => tile::<4>(t),
+                            3 => tile::<3>(t),
+                            2 => tile::<2>(t),
+                            _ => tile::<1>(t),
+                        }
+                    }
+                    r0 += r;
+                }
+            }
+        });
+        y
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod amx {
+    use super::*;
+    use std::arch::asm;
+
+    /// Rows per AMX block (two 16-row tiles).
+    const MB: usize = 32;
+    /// Rows per task.
+    const MC: usize = 128;
+
+    #[repr(C, align(64))]
+    struct TileConfig {
+        palette: u8,
+        start_row: u8,
+        reserved: [u8; 14],
+        colsb: [u16; 16],
+        rows: [u8; 16],
+    }
+
+    /// Tiles 0-3: C (16 x 16 f32), 4-5: A (16 rows x 32 bf16), 6-7: B (16 pairs x 16 columns).
+    /// All are 16 rows of 64 bytes.
+    static CONFIG: TileConfig = TileConfig {
+        palette: 1,
+        start_row: 0,
+        reserved: [0; 14],
+        colsb: [64, 64, 64, 64, 64, 64, 64, 64, 0, 0, 0, 0, 0, 0, 0, 0],
+        rows: [16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0],
+    };
+
+    /// AMX-BF16 and AMX-TILE in CPUID, and the kernel lets this process use the tile data.
+    pub(super) fn available() -> bool {
+        static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *OK.get_or_init(|| {
+            let max_leaf = std::arch::x86_64::__cpuid(0).eax;
+            if max_leaf < 7 {
+                return false;
+            }
+            let l7 = std::arch::x86_64::__cpuid_count(7, 0);
+            let (amx_bf16, amx_tile) = (l7.edx & (1 << 22) != 0, l7.edx & (1 << 24) != 0);
+            amx_bf16 && amx_tile && request_permission() && std::arch::is_x86_feature_detected!("avx512bf16")
+        })
+    }
+
+    #[cfg(target_os = "linux")]
+    fn request_permission() -> bool {
+        const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+        const XFEATURE_XTILEDATA: libc::c_long = 18;
+        // SAFETY: arch_prctl with these arguments only changes which extended states this
+        // process may use; it fails cleanly where AMX is unsupported.
+        unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn request_permission() -> bool {
+        false
+    }
+
+    /// `C[32 x 32] = A[32 x k_pad] * B` for one panel, into `c` (32 x 32 f32, row stride 128 B).
+    ///
+    /// # Safety
+    /// The tile configuration must be loaded on this thread; `a` must hold 32 rows of
+    /// `k_pad` bf16 with row stride `lda` elements; `b` one packed panel of `k_pad / 2` pairs.
+    #[inline]
+    unsafe fn block(a: *const u16, lda: usize, b: *const u16, k_pad: usize, c: *mut f32) {
+        let steps = k_pad / 32;
+        asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            "2:",
+            "tileloadd tmm4, [{a0} + {lda}*1]",
+            "tileloadd tmm6, [{b} + {ldb}*1]",
+            "tileloadd tmm7, [{b} + {ldb}*1 + 64]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tileloadd tmm5, [{a1} + {lda}*1]",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            "add {a0}, 64",
+            "add {a1}, 64",
+            "add {b}, 2048",
+            "dec {steps}",
+            "jnz 2b",
+            "tilestored [{c} + {ldc}*1], tmm0",
+            "tilestored [{c} + {ldc}*1 + 64], tmm1",
+            "tilestored [{c2} + {ldc}*1], tmm2",
+            "tilestored [{c2} + {ldc}*1 + 64], tmm3",
+            a0 = inout(reg) a => _,
+            a1 = inout(reg) a.add(16 * lda) => _,
+            b = inout(reg) b => _,
+            steps = inout(reg) steps => _,
+            lda = in(reg) lda * 2,
+            ldb = in(reg) 128usize,
+            c = in(reg) c,
+            c2 = in(reg) c.add(16 * 32),
+            ldc = in(reg) 128usize,
+            options(nostack),
+        );
+    }
+
+    pub(super) fn matmul(x: &[f32], m: usize, w: &PackedBf16) -> Vec<f32> {
+        let (k, n, k_pad) = (w.k, w.n, w.k_pad);
+        // Whole 32-row blocks: the padding rows are zeros and their results are dropped.
+        let a = round_rows(x, m, k, k_pad, m.div_ceil(MB) * MB);
+        let mut y = vec![0f32; m * n];
+        let out = SendPtr(y.as_mut_ptr());
+        let m_blocks = m.div_ceil(MC);
+        let (per, groups) = tasks(m_blocks, w.panels());
+        (0..m_blocks * groups).into_par_iter().for_each(|t| {
+            let (mb, g) = (t / groups, t % groups);
+            let rows = mb * MC..(mb * MC + MC).min(m);
+            let mut c = [0f32; MB * PANEL];
+            // SAFETY: AMX is available and permitted (this implementation is only selected
+            // then); the configuration is a valid palette-1 layout.
+            unsafe { asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly)) };
+            for p in g * per..((g + 1) * per).min(w.panels()) {
+                let panel = w.panel(p);
+                let cols = PANEL.min(n - p * PANEL);
+                let bias = &w.bias[p * PANEL..(p + 1) * PANEL];
+                let mut r0 = rows.start;
+                while r0 < rows.end {
+                    // SAFETY: `a` has whole 32-row blocks of k_pad from r0; the panel holds
+                    // k_pad / 2 pairs of 64 bf16; `c` is 32 x 32.
+                    unsafe { block(a[r0 * k_pad..].as_ptr(), k_pad, panel.as_ptr(), k_pad, c.as_mut_ptr()) };
+                    for r in 0..MB.min(rows.end - r0) {
+                        // SAFETY: row r0 + r < m and columns p*32..p*32+cols < n belong to this task.
+                        let dst = unsafe { std::slice::from_raw_parts_mut(out.at((r0 + r) * n + p * PANEL), cols) };
+                        for ((d, &v), &b) in dst.iter_mut().zip(&c[r * PANEL..]).zip(bias) {
+                            *d = v + b;
+                        }
+                    }
+                    r0 += MB;
+                }
+            }
+            // SAFETY: releases this thread's tile state.
+            unsafe { asm!("tilerelease", options(nostack, nomem)) };
+        });
+        y
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(x: &[f32], m: usize, w: &[f32], n: usize, k: usize, bias: &[f32]) -> Vec<f32> {
+        let r = |v: f32| from_bf16(to_bf16(v)) as f64;
+        let mut y = vec![0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let s: f64 = (0..k).map(|kk| r(x[i * k + kk]) * r(w[j * k + kk])).sum();
+                y[i * n + j] = (s + bias[j] as f64) as f32;
+            }
+        }
+        y
+    }
+
+    fn check(which: Impl, m: usize, n: usize, k: usize) {
+        let mut seed = 0x9e37_79b9u32 ^ (m * 131 + n * 7 + k) as u32;
+        let mut rnd = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            (seed as f32 / u32::MAX as f32) * 2.0 - 1.0
+        };
+        let x: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
+        let w: Vec<f32> = (0..n * k).map(|_| rnd()).collect();
+        let bias: Vec<f32> = (0..n).map(|_| rnd()).collect();
+        let packed = PackedBf16::pack(&w, n, k, Some(&bias));
+        let got = matmul_with(which, &x, m, &packed);
+        let want = reference(&x, m, &w, n, k, &bias);
+        let err = got.iter().zip(&want).fold(0f32, |e, (a, b)| e.max((a - b).abs()));
+        // float32 sums of k exact products: error ~ k * 2^-24 * |terms|.
+        assert!(err <= 1e-5 * k as f32, "{which:?} m={m} n={n} k={k}: max error {err}");
+    }
+
+    #[test]
+    fn every_available_implementation_matches_the_rounded_reference() {
+        let mut impls = vec![Impl::Portable];
+        if avx512bf16_available() {
+            impls.push(Impl::Avx512);
+        }
+        if amx_available() {
+            impls.push(Impl::Amx);
+        }
+        eprintln!("testing {impls:?}");
+        for which in impls {
+            for (m, n, k) in [(1, 32, 32), (5, 40, 70), (33, 64, 96), (200, 96, 768), (13, 1024, 64), (130, 17, 33)] {
+                check(which, m, n, k);
+            }
+        }
+    }
+
+    #[test]
+    fn unpacking_gives_the_rounded_weight() {
+        let w: Vec<f32> = (0..6 * 5).map(|i| i as f32 * 0.3 - 4.0).collect();
+        let p = PackedBf16::pack(&w, 6, 5, None);
+        let wt = p.unpack_t();
+        for j in 0..6 {
+            for kk in 0..5 {
+                assert_eq!(wt[kk * 6 + j], from_bf16(to_bf16(w[j * 5 + kk])));
+            }
+        }
+    }
+}
