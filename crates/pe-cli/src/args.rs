@@ -21,11 +21,34 @@ pub struct ModelArgs {
     /// A checkpoint: the official .pt, or safetensors in the official or open_clip layout.
     #[arg(long, short = 'w')]
     pub weights: Option<PathBuf>,
+    /// Precision: f32 (the reference's numbers), bf16 (bfloat16 linear weights and inputs,
+    /// float32 accumulation and everything else; about half the memory, faster on CPUs with
+    /// AMX or AVX512-BF16; embeddings within cosine 0.999 of f32) or int8 (linear layers
+    /// quantized; a quarter of the weight memory; see docs/performance.md for its accuracy).
+    #[arg(long, value_enum, default_value = "f32", env = "PE_DTYPE")]
+    pub dtype: Precision,
+}
+
+/// `--dtype` of the commands that embed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Precision {
+    F32,
+    Bf16,
+    Int8,
 }
 
 impl ModelArgs {
     pub fn source(&self) -> anyhow::Result<ModelSource> {
         Ok(ModelSource::from_options(self.model.as_deref(), self.config.as_deref(), self.weights.as_deref())?)
+    }
+
+    pub fn options(&self) -> LoadOptions {
+        let dtype = match self.dtype {
+            Precision::F32 => perception_encoder::candle_core::DType::F32,
+            Precision::Bf16 => perception_encoder::candle_core::DType::BF16,
+            Precision::Int8 => perception_encoder::candle_core::DType::U8,
+        };
+        LoadOptions { dtype, ..LoadOptions::default() }
     }
 
     pub fn load(&self) -> anyhow::Result<Clip> {
@@ -36,7 +59,7 @@ impl ModelArgs {
         };
         let started = std::time::Instant::now();
         let model = source
-            .load(&LoadOptions::default(), std::io::stderr().is_terminal())
+            .load(&self.options(), std::io::stderr().is_terminal())
             .with_context(|| format!("loading model {what}"))?;
         tracing::info!("loaded {} in {:.2}s", model.config().name, started.elapsed().as_secs_f64());
         Ok(model)

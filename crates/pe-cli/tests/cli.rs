@@ -63,6 +63,22 @@ fn embed_image_matches_the_reference_from_files() {
 }
 
 #[test]
+fn embed_image_in_bf16_stays_within_cosine_0_999_of_the_reference() {
+    let Some(dir) = fixtures() else { return };
+    let (cat, dog) = (s(&dir.join("images/cat.png")), s(&dir.join("images/dog.png")));
+    let (cfg, w) = (s(&dir.join("tiny-cls.json")), s(&dir.join("tiny-cls.pt")));
+    let out = pe(&["embed-image", "--config", &cfg, "--weights", &w, "--dtype", "bf16", &cat, &dog]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let want = expected(&dir, "tiny-cls", "image_embed_norm_native");
+    for (line, want) in lines(&out).iter().zip(&want) {
+        let got = floats(&line["embedding"]);
+        let cos: f32 = got.iter().zip(want).map(|(a, b)| a * b).sum();
+        assert!(cos >= 0.999, "cosine {cos}");
+        assert!(cos < 1.0 - 1e-7, "bf16 gave the float32 result exactly: the option had no effect");
+    }
+}
+
+#[test]
 fn unreadable_files_are_skipped_and_reported() {
     let Some(dir) = fixtures() else { return };
     let tmp = tempfile::tempdir().unwrap();

@@ -112,7 +112,10 @@ pub fn run(model: &Clip, tower: Tower, batch_size: usize, iters: usize, threads:
     Ok(BenchReport {
         model: model.config().name.clone(),
         tower,
-        dtype: format!("{:?}", model.dtype()).to_lowercase(),
+        dtype: match model.dtype() {
+            DType::U8 => "int8".to_string(),
+            d => format!("{d:?}").to_lowercase(),
+        },
         batch_size,
         threads,
         iters,

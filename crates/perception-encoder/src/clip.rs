@@ -47,7 +47,22 @@ impl candle_nn::var_builder::SimpleBackend for TakeTensors {
 pub struct LoadOptions {
     /// The device the weights are placed on.
     pub device: Device,
-    /// The compute dtype; stored weights of any float type are converted to it.
+    /// The precision; stored weights of any float type are converted to it.
+    ///
+    /// - `F32`: the reference's numbers (parity within 1e-5).
+    /// - `BF16`: on the CPU, the linear layers keep bfloat16 weights and round their inputs to
+    ///   bfloat16, accumulating in float32 (AMX or AVX512-BF16 where present); LayerNorm,
+    ///   attention, GELU and residuals stay float32. Embeddings within cosine 0.999 of `F32`.
+    ///   On other devices every tensor is bfloat16.
+    /// - `U8`: int8 linear layers (CPU only): weights quantized per output channel at load,
+    ///   inputs per row on the fly, int32 sums (AMX-INT8 where present); float32 elsewhere.
+    /// - `F16`, `F64`: every tensor in that dtype through candle's generic operations.
+    ///
+    /// ```
+    /// use perception_encoder::{candle_core::DType, LoadOptions};
+    /// let fast = LoadOptions { dtype: DType::BF16, ..LoadOptions::default() };
+    /// # let _ = fast;
+    /// ```
     pub dtype: DType,
 }
 
@@ -185,7 +200,9 @@ impl Clip {
     /// A model with seeded random weights (see [`random_state_dict`]), for benchmarks and tests.
     pub fn random(cfg: &ClipConfig, seed: u64, opts: &LoadOptions) -> Result<Self> {
         cfg.validate()?;
-        let tensors = random_state_dict(cfg, seed, opts.dtype, &opts.device)?;
+        // int8 quantizes float weights at load.
+        let dtype = if opts.dtype == DType::U8 { DType::F32 } else { opts.dtype };
+        let tensors = random_state_dict(cfg, seed, dtype, &opts.device)?;
         Self::from_tensors(cfg, tensors, opts)
     }
 

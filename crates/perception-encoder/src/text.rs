@@ -24,7 +24,7 @@ pub struct TextTransformer {
 impl TextTransformer {
     /// Build the tower; `vb` is the checkpoint root (the text tower has no prefix).
     pub fn new(cfg: &TextConfig, vb: VarBuilder) -> Result<Self> {
-        let (vb, kind) = crate::transformer::plan(vb);
+        let (vb, kind) = crate::transformer::plan(vb)?;
         let w = cfg.width;
         let emb = vb.pp("token_embedding").get((cfg.vocab_size, w), "weight")?;
         Ok(TextTransformer {

@@ -42,17 +42,23 @@ pub(crate) enum LinearWeights {
     Native,
     /// bfloat16, packed for the bf16 kernels; activations stay float32 around them.
     Bf16,
+    /// int8 per output channel, activations quantized per row on the fly; float32 around them.
+    Int8,
 }
 
 /// The modules' float32 view of a bfloat16 `vb` on the CPU (when the kernels are on): the
 /// linear layers keep bfloat16 weights and run the bf16 kernels, everything else (LayerNorm,
 /// softmax, GELU, residuals, embeddings) computes in float32, as PyTorch's bf16 autocast does.
-/// Other dtypes and devices build as asked.
-pub(crate) fn plan(vb: VarBuilder) -> (VarBuilder, LinearWeights) {
-    if vb.dtype() == DType::BF16 && vb.device().is_cpu() && crate::kernels::enabled() {
-        (vb.to_dtype(DType::F32), LinearWeights::Bf16)
-    } else {
-        (vb, LinearWeights::Native)
+/// `U8` means int8 linear layers (CPU only), float32 elsewhere. Other dtypes and devices build
+/// as asked.
+pub(crate) fn plan(vb: VarBuilder) -> Result<(VarBuilder, LinearWeights)> {
+    match vb.dtype() {
+        DType::U8 if vb.device().is_cpu() => Ok((vb.to_dtype(DType::F32), LinearWeights::Int8)),
+        DType::U8 => Err(crate::Error::InvalidConfig("int8 (dtype U8) runs on the CPU only".into())),
+        DType::BF16 if vb.device().is_cpu() && crate::kernels::enabled() => {
+            Ok((vb.to_dtype(DType::F32), LinearWeights::Bf16))
+        }
+        _ => Ok((vb, LinearWeights::Native)),
     }
 }
 
@@ -63,6 +69,8 @@ enum Weight {
     Dense(Tensor),
     /// Packed bfloat16 with the bias folded in.
     Bf16(std::sync::Arc<crate::kernels::bf16::PackedBf16>),
+    /// Packed int8 with scales and the bias folded in.
+    Int8(std::sync::Arc<crate::kernels::int8::PackedI8>),
 }
 
 /// `y = x W^T + b`.
@@ -75,17 +83,21 @@ pub(crate) struct Linear {
 impl Linear {
     /// From a PyTorch-layout weight `(out, in)` and optional bias `(out)`.
     pub(crate) fn new(weight: Tensor, bias: Option<Tensor>, kind: LinearWeights) -> Result<Self> {
-        if kind == LinearWeights::Bf16 {
-            let (n, k) = weight.dims2()?;
-            let w: Vec<f32> = weight.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-            let b: Option<Vec<f32>> = match &bias {
-                Some(b) => Some(b.to_dtype(DType::F32)?.to_vec1()?),
-                None => None,
-            };
-            let packed = crate::kernels::bf16::PackedBf16::pack(&w, n, k, b.as_deref());
-            return Ok(Linear { weight: Weight::Bf16(std::sync::Arc::new(packed)), bias: None });
+        if kind == LinearWeights::Native {
+            return Ok(Linear { weight: Weight::Dense(weight.t()?.contiguous()?), bias });
         }
-        Ok(Linear { weight: Weight::Dense(weight.t()?.contiguous()?), bias })
+        let (n, k) = weight.dims2()?;
+        let w: Vec<f32> = weight.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        let b: Option<Vec<f32>> = match &bias {
+            Some(b) => Some(b.to_dtype(DType::F32)?.to_vec1()?),
+            None => None,
+        };
+        let weight = if kind == LinearWeights::Int8 {
+            Weight::Int8(std::sync::Arc::new(crate::kernels::int8::PackedI8::pack(&w, n, k, b.as_deref())))
+        } else {
+            Weight::Bf16(std::sync::Arc::new(crate::kernels::bf16::PackedBf16::pack(&w, n, k, b.as_deref())))
+        };
+        Ok(Linear { weight, bias: None })
     }
 
     /// Load `{prefix}.weight` `(out, in)` and `{prefix}.bias` `(out)`.
@@ -99,6 +111,7 @@ impl Linear {
         match &self.weight {
             Weight::Dense(w) => w.dim(1),
             Weight::Bf16(p) => Ok(p.out_dim()),
+            Weight::Int8(p) => Ok(p.out_dim()),
         }
     }
 }
@@ -132,6 +145,16 @@ impl Module for Linear {
                     )));
                 }
                 let y = with_f32(x, |xs| crate::kernels::bf16::matmul(xs, rows, p))?;
+                return Tensor::from_vec(y, out_dims, x.device());
+            }
+            Weight::Int8(p) => {
+                if in_dim != p.in_dim() {
+                    return Err(candle_core::Error::Msg(format!(
+                        "linear layer expects {} input features, got {in_dim}",
+                        p.in_dim()
+                    )));
+                }
+                let y = with_f32(x, |xs| crate::kernels::int8::matmul(xs, rows, p))?;
                 return Tensor::from_vec(y, out_dims, x.device());
             }
             Weight::Dense(w) => w,

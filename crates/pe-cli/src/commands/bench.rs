@@ -4,7 +4,6 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::bail;
 use perception_encoder::bench::{self, Tower};
 use perception_encoder::candle_core::DType;
 use perception_encoder::{Clip, ClipConfig, LoadOptions};
@@ -57,7 +56,7 @@ pub fn run(cmd: BenchCmd, threads: usize) -> anyhow::Result<ExitCode> {
     let dtype = match cmd.dtype {
         DTypeArg::F32 => DType::F32,
         DTypeArg::Bf16 => DType::BF16,
-        DTypeArg::Int8 => bail!("--dtype int8 is not implemented yet; use f32 or bf16"),
+        DTypeArg::Int8 => DType::U8,
     };
     let cfg = match (&cmd.model, &cmd.config) {
         (Some(name), _) => ClipConfig::preset(name)?,

@@ -139,6 +139,21 @@ pub(crate) fn selected() -> Impl {
     })
 }
 
+/// Linux lets this process use the AMX tile data (asked once).
+#[cfg(target_arch = "x86_64")]
+pub(super) fn amx_permitted() -> bool {
+    amx::permitted()
+}
+
+/// Load the tile layout both AMX kernels use on this thread.
+///
+/// # Safety
+/// AMX must be available and permitted.
+#[cfg(target_arch = "x86_64")]
+pub(super) unsafe fn load_tile_config() {
+    amx::load_config()
+}
+
 fn amx_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -231,20 +246,20 @@ fn portable(x: &[f32], m: usize, w: &PackedBf16) -> Vec<f32> {
     y
 }
 
-struct SendPtr(*mut f32);
+pub(super) struct SendPtr(pub(super) *mut f32);
 // SAFETY: tasks write disjoint blocks of the output.
 unsafe impl Sync for SendPtr {}
 unsafe impl Send for SendPtr {}
 
 impl SendPtr {
-    fn at(&self, offset: usize) -> *mut f32 {
+    pub(super) fn at(&self, offset: usize) -> *mut f32 {
         self.0.wrapping_add(offset)
     }
 }
 
 /// Split `(m rows, panels)` into tasks of `rows_per_task` rows and a few panels each, enough
 /// for every thread to have work when `m` is small.
-fn tasks(m_blocks: usize, panels: usize) -> (usize, usize) {
+pub(super) fn tasks(m_blocks: usize, panels: usize) -> (usize, usize) {
     let threads = rayon::current_num_threads().max(1);
     let mut per = 4.min(panels).max(1);
     while per > 1 && m_blocks * panels.div_ceil(per) < 4 * threads {
@@ -415,8 +430,19 @@ mod amx {
             }
             let l7 = std::arch::x86_64::__cpuid_count(7, 0);
             let (amx_bf16, amx_tile) = (l7.edx & (1 << 22) != 0, l7.edx & (1 << 24) != 0);
-            amx_bf16 && amx_tile && request_permission() && std::arch::is_x86_feature_detected!("avx512bf16")
+            amx_bf16 && amx_tile && permitted() && std::arch::is_x86_feature_detected!("avx512bf16")
         })
+    }
+
+    pub(super) fn permitted() -> bool {
+        static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *OK.get_or_init(request_permission)
+    }
+
+    /// # Safety
+    /// AMX must be available and permitted.
+    pub(super) unsafe fn load_config() {
+        asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly));
     }
 
     #[cfg(target_os = "linux")]
@@ -491,7 +517,7 @@ mod amx {
             let mut c = [0f32; MB * PANEL];
             // SAFETY: AMX is available and permitted (this implementation is only selected
             // then); the configuration is a valid palette-1 layout.
-            unsafe { asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly)) };
+            unsafe { load_config() };
             for p in g * per..((g + 1) * per).min(w.panels()) {
                 let panel = w.panel(p);
                 let cols = PANEL.min(n - p * PANEL);

@@ -45,7 +45,7 @@ impl VisionTransformer {
     /// Build the tower from `vb`, whose prefix is the tower's (`visual` in a CLIP checkpoint).
     pub fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
         let precision = vb.dtype();
-        let (vb, kind) = crate::transformer::plan(vb);
+        let (vb, kind) = crate::transformer::plan(vb)?;
         let w = cfg.width;
         let p = cfg.patch_size;
         let conv1 = vb.pp("conv1").get((w, 3, p, p), "weight")?.reshape((w, 3 * p * p))?.t()?.contiguous()?;

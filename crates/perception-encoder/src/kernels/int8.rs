@@ -1,0 +1,349 @@
+//! `y = x W^T + b` with int8 weights and activations (the `--dtype int8` path).
+//!
+//! Weights are quantized once at load, symmetrically per output channel
+//! (`s_j = max|W[j, :]| / 127`); activations dynamically per row (`t_i = max|x[i, :]| / 127`).
+//! Products are summed exactly in int32 and scaled back: `y[i, j] = t_i s_j sum_k qx qw + b_j`.
+//!
+//! The packed layout mirrors the bf16 one with quadruples instead of pairs: columns in panels of
+//! 32, and for each group of four input rows the 32 columns' quadruples side by side, which is
+//! AMX's `tdpbssd` tile operand. Implementations, chosen at run time
+//! (`PE_INT8_KERNEL=amx|portable` forces one): AMX-INT8 tiles where the CPU has them and Linux
+//! grants the tile state, else a portable path (the integer operands as float32 through the
+//! `gemm` crate: exact products, float32 sums).
+
+use rayon::prelude::*;
+
+const PANEL: usize = 32;
+/// `K` is padded to this (one AMX tile row of int8).
+const K_ALIGN: usize = 64;
+
+/// A weight `(n, k)` quantized to int8 per output channel and packed.
+#[derive(Debug, Clone)]
+pub(crate) struct PackedI8 {
+    k: usize,
+    n: usize,
+    k_pad: usize,
+    /// `panels x (k_pad / 4) x 128` values.
+    data: Vec<i8>,
+    /// Per-column scale, padded to a whole panel.
+    scale: Vec<f32>,
+    /// Bias, padded to a whole panel.
+    bias: Vec<f32>,
+}
+
+fn quantize(v: f32, inv_scale: f32) -> i8 {
+    (v * inv_scale).round().clamp(-127.0, 127.0) as i8
+}
+
+impl PackedI8 {
+    /// Quantize and pack `w`, row-major `(n, k)`, with the optional bias `(n)`.
+    pub(crate) fn pack(w: &[f32], n: usize, k: usize, bias: Option<&[f32]>) -> Self {
+        assert_eq!(w.len(), n * k, "weight size");
+        let k_pad = k.div_ceil(K_ALIGN) * K_ALIGN;
+        let panels = n.div_ceil(PANEL);
+        let panel_len = k_pad * PANEL;
+        let mut scale = vec![0f32; panels * PANEL];
+        for (j, s) in scale.iter_mut().take(n).enumerate() {
+            let max = w[j * k..(j + 1) * k].iter().fold(0f32, |m, v| m.max(v.abs()));
+            *s = if max > 0.0 { max / 127.0 } else { 1.0 };
+        }
+        let mut data = vec![0i8; panels * panel_len];
+        data.par_chunks_mut(panel_len).enumerate().for_each(|(p, panel)| {
+            for c in 0..PANEL.min(n - p * PANEL) {
+                let j = p * PANEL + c;
+                let inv = 1.0 / scale[j];
+                for (kk, &v) in w[j * k..(j + 1) * k].iter().enumerate() {
+                    panel[(kk / 4) * 4 * PANEL + 4 * c + kk % 4] = quantize(v, inv);
+                }
+            }
+        });
+        let mut b = vec![0f32; panels * PANEL];
+        if let Some(bias) = bias {
+            b[..n].copy_from_slice(bias);
+        }
+        PackedI8 { k, n, k_pad, data, scale, bias: b }
+    }
+
+    pub(crate) fn in_dim(&self) -> usize {
+        self.k
+    }
+
+    pub(crate) fn out_dim(&self) -> usize {
+        self.n
+    }
+
+    fn panels(&self) -> usize {
+        self.n.div_ceil(PANEL)
+    }
+
+    fn panel(&self, p: usize) -> &[i8] {
+        let len = self.k_pad * PANEL;
+        &self.data[p * len..(p + 1) * len]
+    }
+
+    /// The quantized weight as float32 `(k, n)` integers (`qW^T`).
+    fn unpack_t(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.k * self.n];
+        for p in 0..self.panels() {
+            let panel = self.panel(p);
+            for kk in 0..self.k {
+                for c in 0..PANEL.min(self.n - p * PANEL) {
+                    out[kk * self.n + p * PANEL + c] = panel[(kk / 4) * 4 * PANEL + 4 * c + kk % 4] as f32;
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Which implementation runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Impl {
+    Amx,
+    Portable,
+}
+
+pub(crate) fn selected() -> Impl {
+    static SEL: std::sync::OnceLock<Impl> = std::sync::OnceLock::new();
+    *SEL.get_or_init(|| {
+        let amx = amx_available();
+        let best = if amx { Impl::Amx } else { Impl::Portable };
+        let choice = match std::env::var("PE_INT8_KERNEL").map(|v| v.to_ascii_lowercase()).as_deref() {
+            Err(_) => best,
+            Ok("portable") => Impl::Portable,
+            Ok("amx") if amx => Impl::Amx,
+            Ok(other) => {
+                tracing::warn!("PE_INT8_KERNEL={other}: not available here (amx, portable); using {best:?}");
+                best
+            }
+        };
+        tracing::debug!("int8 matmul kernel: {choice:?}");
+        choice
+    })
+}
+
+fn amx_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *OK.get_or_init(|| {
+            if std::arch::x86_64::__cpuid(0).eax < 7 {
+                return false;
+            }
+            let l7 = std::arch::x86_64::__cpuid_count(7, 0);
+            // AMX-INT8 (EDX bit 25), AMX-TILE (bit 24), and the tile permission from Linux.
+            l7.edx & (1 << 25) != 0 && l7.edx & (1 << 24) != 0 && super::bf16::amx_permitted()
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Rows of `x` quantized per row: `(values k_pad wide, rows_pad rows; row scales)`.
+fn quantize_rows(x: &[f32], m: usize, k: usize, k_pad: usize, rows_pad: usize) -> (Vec<i8>, Vec<f32>) {
+    let mut a = vec![0i8; rows_pad * k_pad];
+    let mut scales = vec![0f32; m];
+    a.par_chunks_mut(k_pad).zip(scales.par_iter_mut()).enumerate().for_each(|(i, (row, s))| {
+        let src = &x[i * k..(i + 1) * k];
+        let max = src.iter().fold(0f32, |m, v| m.max(v.abs()));
+        *s = if max > 0.0 { max / 127.0 } else { 1.0 };
+        let inv = 1.0 / *s;
+        for (d, &v) in row.iter_mut().zip(src) {
+            *d = quantize(v, inv);
+        }
+    });
+    (a, scales)
+}
+
+/// `x` `(m, k)` float32 row-major times the quantized weight: `(m, n)` float32.
+pub(crate) fn matmul(x: &[f32], m: usize, w: &PackedI8) -> Vec<f32> {
+    matmul_with(selected(), x, m, w)
+}
+
+pub(crate) fn matmul_with(which: Impl, x: &[f32], m: usize, w: &PackedI8) -> Vec<f32> {
+    assert_eq!(x.len(), m * w.k, "input size");
+    match which {
+        #[cfg(target_arch = "x86_64")]
+        Impl::Amx => amx::matmul(x, m, w),
+        _ => portable(x, m, w),
+    }
+}
+
+fn portable(x: &[f32], m: usize, w: &PackedI8) -> Vec<f32> {
+    let (k, n) = (w.k, w.n);
+    let (qa, sx) = quantize_rows(x, m, k, k, m);
+    let a: Vec<f32> = qa.iter().map(|&v| v as f32).collect();
+    let wt = w.unpack_t();
+    let mut y = vec![0f32; m * n];
+    // SAFETY: dense row-major matrices with the extents given.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            y.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            1,
+            k as isize,
+            wt.as_ptr(),
+            1,
+            n as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(rayon::current_num_threads()),
+        );
+    }
+    for (i, row) in y.chunks_exact_mut(n).enumerate() {
+        for (j, v) in row.iter_mut().enumerate() {
+            *v = *v * sx[i] * w.scale[j] + w.bias[j];
+        }
+    }
+    y
+}
+
+#[cfg(target_arch = "x86_64")]
+mod amx {
+    use super::*;
+    use std::arch::asm;
+
+    const MB: usize = 32;
+    const MC: usize = 128;
+
+    /// `C[32 x 32] (i32) = A[32 x k_pad] * B` for one panel.
+    ///
+    /// # Safety
+    /// The tile configuration must be loaded on this thread; `a` must hold 32 rows of `k_pad`
+    /// int8 with row stride `lda`; `b` one packed panel.
+    #[inline]
+    unsafe fn block(a: *const i8, lda: usize, b: *const i8, k_pad: usize, c: *mut i32) {
+        let steps = k_pad / 64;
+        asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            "2:",
+            "tileloadd tmm4, [{a0} + {lda}*1]",
+            "tileloadd tmm6, [{b} + {ldb}*1]",
+            "tileloadd tmm7, [{b} + {ldb}*1 + 64]",
+            "tdpbssd tmm0, tmm4, tmm6",
+            "tileloadd tmm5, [{a1} + {lda}*1]",
+            "tdpbssd tmm1, tmm4, tmm7",
+            "tdpbssd tmm2, tmm5, tmm6",
+            "tdpbssd tmm3, tmm5, tmm7",
+            "add {a0}, 64",
+            "add {a1}, 64",
+            "add {b}, 2048",
+            "dec {steps}",
+            "jnz 2b",
+            "tilestored [{c} + {ldc}*1], tmm0",
+            "tilestored [{c} + {ldc}*1 + 64], tmm1",
+            "tilestored [{c2} + {ldc}*1], tmm2",
+            "tilestored [{c2} + {ldc}*1 + 64], tmm3",
+            a0 = inout(reg) a => _,
+            a1 = inout(reg) a.add(16 * lda) => _,
+            b = inout(reg) b => _,
+            steps = inout(reg) steps => _,
+            lda = in(reg) lda,
+            ldb = in(reg) 128usize,
+            c = in(reg) c,
+            c2 = in(reg) c.add(16 * 32),
+            ldc = in(reg) 128usize,
+            options(nostack),
+        );
+    }
+
+    pub(super) fn matmul(x: &[f32], m: usize, w: &PackedI8) -> Vec<f32> {
+        let (k, n, k_pad) = (w.k, w.n, w.k_pad);
+        let (a, sx) = quantize_rows(x, m, k, k_pad, m.div_ceil(MB) * MB);
+        let mut y = vec![0f32; m * n];
+        let out = super::super::bf16::SendPtr(y.as_mut_ptr());
+        let m_blocks = m.div_ceil(MC);
+        let (per, groups) = super::super::bf16::tasks(m_blocks, w.panels());
+        (0..m_blocks * groups).into_par_iter().for_each(|t| {
+            let (mb, g) = (t / groups, t % groups);
+            let rows = mb * MC..(mb * MC + MC).min(m);
+            let mut c = [0i32; MB * PANEL];
+            // SAFETY: AMX is available and permitted (only selected then).
+            unsafe { super::super::bf16::load_tile_config() };
+            for p in g * per..((g + 1) * per).min(w.panels()) {
+                let panel = w.panel(p);
+                let cols = PANEL.min(n - p * PANEL);
+                let (scale, bias) = (&w.scale[p * PANEL..(p + 1) * PANEL], &w.bias[p * PANEL..(p + 1) * PANEL]);
+                let mut r0 = rows.start;
+                while r0 < rows.end {
+                    // SAFETY: whole 32-row blocks of k_pad from r0; a full panel; c is 32 x 32.
+                    unsafe { block(a[r0 * k_pad..].as_ptr(), k_pad, panel.as_ptr(), k_pad, c.as_mut_ptr()) };
+                    for r in 0..MB.min(rows.end - r0) {
+                        let sr = sx[r0 + r];
+                        // SAFETY: row r0 + r < m and these columns belong to this task.
+                        let dst = unsafe { std::slice::from_raw_parts_mut(out.at((r0 + r) * n + p * PANEL), cols) };
+                        for (((d, &v), &s), &b) in dst.iter_mut().zip(&c[r * PANEL..]).zip(scale).zip(bias) {
+                            *d = v as f32 * sr * s + b;
+                        }
+                    }
+                    r0 += MB;
+                }
+            }
+            // SAFETY: releases this thread's tile state.
+            unsafe { asm!("tilerelease", options(nostack, nomem)) };
+        });
+        y
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_available_implementation_matches_the_integer_reference() {
+        let mut impls = vec![Impl::Portable];
+        if amx_available() {
+            impls.push(Impl::Amx);
+        }
+        eprintln!("testing {impls:?}");
+        for which in impls {
+            for (m, n, k) in [(1, 32, 64), (5, 40, 70), (33, 64, 130), (200, 96, 768), (13, 1024, 64)] {
+                let mut seed = 0x2545_f491u32 ^ (m * 31 + n * 17 + k) as u32;
+                let mut rnd = || {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 17;
+                    seed ^= seed << 5;
+                    (seed as f32 / u32::MAX as f32) * 2.0 - 1.0
+                };
+                let x: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
+                let w: Vec<f32> = (0..n * k).map(|_| rnd()).collect();
+                let bias: Vec<f32> = (0..n).map(|_| rnd()).collect();
+                let packed = PackedI8::pack(&w, n, k, Some(&bias));
+                let got = matmul_with(which, &x, m, &packed);
+                // The same quantization, summed exactly in integers.
+                let (qa, sx) = quantize_rows(&x, m, k, k, m);
+                let mut worst = 0f32;
+                let mut exact_err = 0f32;
+                for i in 0..m {
+                    for j in 0..n {
+                        let inv = 1.0 / packed.scale[j];
+                        let dot: i64 =
+                            (0..k).map(|kk| qa[i * k + kk] as i64 * quantize(w[j * k + kk], inv) as i64).sum();
+                        let want = dot as f32 * sx[i] * packed.scale[j] + bias[j];
+                        exact_err = exact_err.max((got[i * n + j] - want).abs());
+                        let float: f32 = (0..k).map(|kk| x[i * k + kk] * w[j * k + kk]).sum::<f32>() + bias[j];
+                        worst = worst.max((got[i * n + j] - float).abs());
+                    }
+                }
+                assert!(exact_err <= 1e-4 * (k as f32).sqrt(), "{which:?} {m}x{n}x{k}: {exact_err}");
+                // And int8 stays near the float product (|x|, |w| <= 1).
+                assert!(worst <= 0.02 * (k as f32).sqrt(), "{which:?} {m}x{n}x{k}: {worst}");
+            }
+        }
+    }
+}
