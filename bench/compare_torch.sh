@@ -35,7 +35,10 @@ for round in $(seq "$ROUNDS"); do
       if [ "$tower" = image ]; then
         "$VENV/bin/python" bench/torch_bench.py --tower image --batch-size "$b" --threads "$THREADS" --iters "$ITERS" --bf16 >> "$OUT"
         "$PE" bench --model PE-Core-B16-224 --tower image --batch-size "$b" --threads "$THREADS" --iters "$ITERS" --dtype bf16 --json \
-          | sed 's/^{/{"impl":"pe",/' >> "$OUT" || true
+          | sed 's/^{/{"impl":"pe",/' >> "$OUT"
+        "$VENV/bin/python" bench/torch_bench.py --tower image --batch-size "$b" --threads "$THREADS" --iters "$ITERS" --int8 >> "$OUT" || true
+        "$PE" bench --model PE-Core-B16-224 --tower image --batch-size "$b" --threads "$THREADS" --iters "$ITERS" --dtype int8 --json \
+          | sed 's/^{/{"impl":"pe",/' >> "$OUT"
       fi
     done
   done

@@ -29,12 +29,15 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    p.add_argument("--int8", action="store_true", help="dynamic int8 quantization of nn.Linear layers")
     a = p.parse_args()
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     t0 = time.perf_counter()
     model = open_clip.create_model(a.model, pretrained=None).eval()
+    if a.int8:
+        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     load_s = time.perf_counter() - t0
     if a.tower == "image":
         size = model.visual.image_size
@@ -61,7 +64,7 @@ def main():
         "impl": "pytorch",
         "model": a.model,
         "tower": a.tower,
-        "dtype": "bf16-autocast" if a.bf16 else "f32",
+        "dtype": "bf16-autocast" if a.bf16 else ("int8" if a.int8 else "f32"),
         "batch_size": a.batch_size,
         "threads": a.threads,
         "iters": a.iters,

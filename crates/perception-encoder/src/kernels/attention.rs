@@ -101,11 +101,10 @@ pub(crate) fn attention(qkv: &[f32], s: Shape, causal: bool) -> Vec<f32> {
                 let live = if causal { i + 1 } else { n };
                 let (row, masked) = row.split_at_mut(live);
                 let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-                let mut sum = 0f32;
                 for x in row.iter_mut() {
-                    *x = (*x - max).exp();
-                    sum += *x;
+                    *x = super::math::exp(*x - max);
                 }
+                let sum: f32 = row.iter().sum();
                 let inv = 1.0 / sum;
                 for x in row.iter_mut() {
                     *x *= inv;
