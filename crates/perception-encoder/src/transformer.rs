@@ -84,7 +84,14 @@ impl Linear {
     /// From a PyTorch-layout weight `(out, in)` and optional bias `(out)`.
     pub(crate) fn new(weight: Tensor, bias: Option<Tensor>, kind: LinearWeights) -> Result<Self> {
         if kind == LinearWeights::Native {
-            return Ok(Linear { weight: Weight::Dense(weight.t()?.contiguous()?), bias });
+            let (n, k) = weight.dims2()?;
+            let weight_t = if weight.dtype() == DType::F32 && weight.device().is_cpu() {
+                let w = with_f32(&weight, |w| crate::kernels::transpose(w, n, k))?;
+                Tensor::from_vec(w, (k, n), weight.device())?
+            } else {
+                weight.t()?.contiguous()?
+            };
+            return Ok(Linear { weight: Weight::Dense(weight_t), bias });
         }
         let (n, k) = weight.dims2()?;
         let w: Vec<f32> = weight.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;

@@ -63,8 +63,8 @@ pub(crate) fn attention(qkv: &[f32], s: Shape, causal: bool) -> Vec<f32> {
     let w = s.width();
     let (n, d) = (s.seq, s.head_dim);
     let scale = 1.0 / (d as f32).sqrt();
-    let mut out = vec![0f32; s.batch * n * w];
-    let out_ptr = SendPtr(out.as_mut_ptr());
+    let mut out = super::uninit_f32(s.batch * n * w);
+    let out_ptr = SendPtr(out.as_mut_ptr().cast());
     (0..s.batch * s.heads).into_par_iter().for_each_init(
         || vec![0f32; n * n],
         |scores, task| {
@@ -138,5 +138,7 @@ pub(crate) fn attention(qkv: &[f32], s: Shape, causal: bool) -> Vec<f32> {
             }
         },
     );
-    out
+    // SAFETY: the (batch, head) tasks write every column of every row (the GEMMs do not read
+    // their destination: `read_dst` is false).
+    unsafe { super::assume_init(out) }
 }

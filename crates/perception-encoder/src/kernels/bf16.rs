@@ -322,14 +322,7 @@ mod avx512 {
             }
         }
         let (bias0, bias1) = (_mm512_loadu_ps(bias), _mm512_loadu_ps(bias.add(16)));
-        let m0: __mmask16 = if cols >= 16 { 0xffff } else { (1u32 << cols) as u16 - 1 };
-        let m1: __mmask16 = if cols >= 32 {
-            0xffff
-        } else if cols <= 16 {
-            0
-        } else {
-            (1u32 << (cols - 16)) as u16 - 1
-        };
+        let (m0, m1) = crate::kernels::panel_masks(cols);
         for r in 0..R {
             let row = c.add(r * ldc);
             _mm512_mask_storeu_ps(row, m0, _mm512_add_ps(acc0[r], bias0));
@@ -340,8 +333,8 @@ mod avx512 {
     pub(super) fn matmul(x: &[f32], m: usize, w: &PackedBf16) -> Vec<f32> {
         let (k, n, k_pad) = (w.k, w.n, w.k_pad);
         let a = round_rows(x, m, k, k_pad, m);
-        let mut y = vec![0f32; m * n];
-        let out = SendPtr(y.as_mut_ptr());
+        let mut y = crate::kernels::uninit_f32(m * n);
+        let out = SendPtr(y.as_mut_ptr().cast());
         let m_blocks = m.div_ceil(MC);
         let (per, groups) = tasks(m_blocks, w.panels());
         (0..m_blocks * groups).into_par_iter().for_each(|t| {
@@ -387,7 +380,8 @@ mod avx512 {
                 }
             }
         });
-        y
+        // SAFETY: the tiles' masked stores cover every row and column.
+        unsafe { crate::kernels::assume_init(y) }
     }
 }
 
@@ -507,8 +501,8 @@ mod amx {
         let (k, n, k_pad) = (w.k, w.n, w.k_pad);
         // Whole 32-row blocks: the padding rows are zeros and their results are dropped.
         let a = round_rows(x, m, k, k_pad, m.div_ceil(MB) * MB);
-        let mut y = vec![0f32; m * n];
-        let out = SendPtr(y.as_mut_ptr());
+        let mut y = crate::kernels::uninit_f32(m * n);
+        let out = SendPtr(y.as_mut_ptr().cast());
         let m_blocks = m.div_ceil(MC);
         let (per, groups) = tasks(m_blocks, w.panels());
         (0..m_blocks * groups).into_par_iter().for_each(|t| {
@@ -521,18 +515,21 @@ mod amx {
             for p in g * per..((g + 1) * per).min(w.panels()) {
                 let panel = w.panel(p);
                 let cols = PANEL.min(n - p * PANEL);
-                let bias = &w.bias[p * PANEL..(p + 1) * PANEL];
                 let mut r0 = rows.start;
                 while r0 < rows.end {
                     // SAFETY: `a` has whole 32-row blocks of k_pad from r0; the panel holds
-                    // k_pad / 2 pairs of 64 bf16; `c` is 32 x 32.
-                    unsafe { block(a[r0 * k_pad..].as_ptr(), k_pad, panel.as_ptr(), k_pad, c.as_mut_ptr()) };
-                    for r in 0..MB.min(rows.end - r0) {
-                        // SAFETY: row r0 + r < m and columns p*32..p*32+cols < n belong to this task.
-                        let dst = unsafe { std::slice::from_raw_parts_mut(out.at((r0 + r) * n + p * PANEL), cols) };
-                        for ((d, &v), &b) in dst.iter_mut().zip(&c[r * PANEL..]).zip(bias) {
-                            *d = v + b;
-                        }
+                    // k_pad / 2 pairs of 64 bf16; `c` is 32 x 32; the stores cover rows
+                    // r0.. (< m) and the panel's valid columns, all this task's own.
+                    unsafe {
+                        block(a[r0 * k_pad..].as_ptr(), k_pad, panel.as_ptr(), k_pad, c.as_mut_ptr());
+                        store_block(
+                            &c,
+                            MB.min(rows.end - r0),
+                            cols,
+                            w.bias[p * PANEL..].as_ptr(),
+                            out.at(r0 * n + p * PANEL),
+                            n,
+                        );
                     }
                     r0 += MB;
                 }
@@ -540,7 +537,33 @@ mod amx {
             // SAFETY: releases this thread's tile state.
             unsafe { asm!("tilerelease", options(nostack, nomem)) };
         });
-        y
+        // SAFETY: the tasks cover every row and column.
+        unsafe { crate::kernels::assume_init(y) }
+    }
+
+    /// `out[r, c] = block[r, c] + bias[c]` for the valid rows and columns of a 32 x 32 block.
+    ///
+    /// # Safety
+    /// AVX-512F; `bias` holds 32 values; `out` has `rows` rows of stride `ldo` with `cols`
+    /// writable columns each.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn store_block(
+        c: &[f32; MB * PANEL],
+        rows: usize,
+        cols: usize,
+        bias: *const f32,
+        out: *mut f32,
+        ldo: usize,
+    ) {
+        use std::arch::x86_64::*;
+        let (m0, m1) = crate::kernels::panel_masks(cols);
+        let (b0, b1) = (_mm512_loadu_ps(bias), _mm512_loadu_ps(bias.add(16)));
+        for r in 0..rows {
+            let src = c.as_ptr().add(r * PANEL);
+            let dst = out.add(r * ldo);
+            _mm512_mask_storeu_ps(dst, m0, _mm512_add_ps(_mm512_loadu_ps(src), b0));
+            _mm512_mask_storeu_ps(dst.add(16), m1, _mm512_add_ps(_mm512_loadu_ps(src.add(16)), b1));
+        }
     }
 }
 

@@ -264,8 +264,8 @@ mod amx {
     pub(super) fn matmul(x: &[f32], m: usize, w: &PackedI8) -> Vec<f32> {
         let (k, n, k_pad) = (w.k, w.n, w.k_pad);
         let (a, sx) = quantize_rows(x, m, k, k_pad, m.div_ceil(MB) * MB);
-        let mut y = vec![0f32; m * n];
-        let out = super::super::bf16::SendPtr(y.as_mut_ptr());
+        let mut y = crate::kernels::uninit_f32(m * n);
+        let out = super::super::bf16::SendPtr(y.as_mut_ptr().cast());
         let m_blocks = m.div_ceil(MC);
         let (per, groups) = super::super::bf16::tasks(m_blocks, w.panels());
         (0..m_blocks * groups).into_par_iter().for_each(|t| {
@@ -277,18 +277,22 @@ mod amx {
             for p in g * per..((g + 1) * per).min(w.panels()) {
                 let panel = w.panel(p);
                 let cols = PANEL.min(n - p * PANEL);
-                let (scale, bias) = (&w.scale[p * PANEL..(p + 1) * PANEL], &w.bias[p * PANEL..(p + 1) * PANEL]);
                 let mut r0 = rows.start;
                 while r0 < rows.end {
-                    // SAFETY: whole 32-row blocks of k_pad from r0; a full panel; c is 32 x 32.
-                    unsafe { block(a[r0 * k_pad..].as_ptr(), k_pad, panel.as_ptr(), k_pad, c.as_mut_ptr()) };
-                    for r in 0..MB.min(rows.end - r0) {
-                        let sr = sx[r0 + r];
-                        // SAFETY: row r0 + r < m and these columns belong to this task.
-                        let dst = unsafe { std::slice::from_raw_parts_mut(out.at((r0 + r) * n + p * PANEL), cols) };
-                        for (((d, &v), &s), &b) in dst.iter_mut().zip(&c[r * PANEL..]).zip(scale).zip(bias) {
-                            *d = v as f32 * sr * s + b;
-                        }
+                    let rows_here = MB.min(rows.end - r0);
+                    // SAFETY: whole 32-row blocks of k_pad from r0; a full panel; c is 32 x 32;
+                    // the stores cover rows r0.. (< m) and this panel's valid columns.
+                    unsafe {
+                        block(a[r0 * k_pad..].as_ptr(), k_pad, panel.as_ptr(), k_pad, c.as_mut_ptr());
+                        store_block(
+                            &c,
+                            &sx[r0..r0 + rows_here],
+                            cols,
+                            w.scale[p * PANEL..].as_ptr(),
+                            w.bias[p * PANEL..].as_ptr(),
+                            out.at(r0 * n + p * PANEL),
+                            n,
+                        );
                     }
                     r0 += MB;
                 }
@@ -296,7 +300,39 @@ mod amx {
             // SAFETY: releases this thread's tile state.
             unsafe { asm!("tilerelease", options(nostack, nomem)) };
         });
-        y
+        // SAFETY: the tasks cover every row and column.
+        unsafe { crate::kernels::assume_init(y) }
+    }
+
+    /// `out[r, c] = block[r, c] * row_scale[r] * scale[c] + bias[c]` for the valid rows and
+    /// columns of a 32 x 32 int32 block.
+    ///
+    /// # Safety
+    /// AVX-512F; `scale` and `bias` hold 32 values; `out` has `row_scale.len()` rows of stride
+    /// `ldo` with `cols` writable columns each.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn store_block(
+        c: &[i32; MB * PANEL],
+        row_scale: &[f32],
+        cols: usize,
+        scale: *const f32,
+        bias: *const f32,
+        out: *mut f32,
+        ldo: usize,
+    ) {
+        use std::arch::x86_64::*;
+        let (m0, m1) = crate::kernels::panel_masks(cols);
+        let (s0, s1) = (_mm512_loadu_ps(scale), _mm512_loadu_ps(scale.add(16)));
+        let (b0, b1) = (_mm512_loadu_ps(bias), _mm512_loadu_ps(bias.add(16)));
+        for (r, &sr) in row_scale.iter().enumerate() {
+            let src = c.as_ptr().add(r * PANEL);
+            let dst = out.add(r * ldo);
+            let sr = _mm512_set1_ps(sr);
+            let v0 = _mm512_cvtepi32_ps(_mm512_loadu_si512(src.cast()));
+            let v1 = _mm512_cvtepi32_ps(_mm512_loadu_si512(src.add(16).cast()));
+            _mm512_mask_storeu_ps(dst, m0, _mm512_fmadd_ps(v0, _mm512_mul_ps(sr, s0), b0));
+            _mm512_mask_storeu_ps(dst.add(16), m1, _mm512_fmadd_ps(v1, _mm512_mul_ps(sr, s1), b1));
+        }
     }
 }
 
