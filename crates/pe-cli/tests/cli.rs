@@ -310,6 +310,12 @@ fn bench_reports_the_documented_fields() {
         assert_eq!((v["batch_size"].as_u64(), v["threads"].as_u64()), (Some(3), Some(1)));
         assert!(v["items_per_s"].as_f64().unwrap() > 0.0 && v["peak_rss_mb"].as_f64().unwrap() > 1.0);
     }
-    let out = pe(&["bench", "--config", &s(&dir.join("tiny-nocls.json")), "--dtype", "int8"]);
+    for dtype in ["bf16", "int8"] {
+        let cfg = s(&dir.join("tiny-nocls.json"));
+        let out = pe(&["bench", "--config", &cfg, "--dtype", dtype, "--iters", "1", "--json"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(lines(&out)[0]["dtype"], dtype);
+    }
+    let out = pe(&["bench", "--config", &s(&dir.join("tiny-nocls.json")), "--dtype", "fp4"]);
     assert_eq!(out.status.code(), Some(2));
 }
