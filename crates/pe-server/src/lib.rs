@@ -144,6 +144,7 @@ pub fn router(model: Clip, cfg: ServerConfig) -> Router {
                 Json(json!({"error": {"message": "no such route", "type": "not_found", "code": 404}})),
             )
         })
+        .layer(middleware::from_fn_with_state(state.clone(), declared_size))
         .layer(middleware::from_fn_with_state(state.clone(), auth))
         .layer(middleware::from_fn_with_state(state.clone(), record))
         .layer(DefaultBodyLimit::max(cfg.max_body_bytes))
@@ -202,6 +203,26 @@ async fn auth(State(st): State<Shared>, req: Request, next: Next) -> Response {
                 return ServeError::Unauthorized.into_response();
             }
         }
+    }
+    next.run(req).await
+}
+
+/// Refuse a body whose declared `Content-Length` is over the limit before reading any of it (a
+/// client that sent `Expect: 100-continue` then never uploads it). Bodies without a length are
+/// still cut off at the limit while being read.
+async fn declared_size(State(st): State<Shared>, req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > st.cfg.max_body_bytes as u64) {
+        return ServeError::TooLarge(format!(
+            "request body of {} bytes exceeds the size limit of {} bytes",
+            declared.unwrap_or_default(),
+            st.cfg.max_body_bytes
+        ))
+        .into_response();
     }
     next.run(req).await
 }

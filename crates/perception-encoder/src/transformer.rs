@@ -15,10 +15,20 @@ pub(crate) const LN_EPS: f64 = 1e-5;
 pub(crate) struct LayerNorm {
     weight: Tensor,
     bias: Tensor,
+    /// Weight and bias as float32 vectors for the CPU kernel (empty for other dtypes).
+    weight_f32: Vec<f32>,
+    bias_f32: Vec<f32>,
 }
 
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let dim = x.dims().last().copied().unwrap_or(0);
+        if crate::kernels::enabled_for(x) && self.weight_f32.len() == dim && dim > 0 {
+            let y = with_f32(x, |xs| {
+                crate::kernels::math::layer_norm(xs, dim, &self.weight_f32, &self.bias_f32, LN_EPS as f32)
+            })?;
+            return Tensor::from_vec(y, x.dims(), x.device());
+        }
         if matches!(x.dtype(), DType::F32 | DType::F16 | DType::BF16) {
             return candle_nn::ops::layer_norm(&x.contiguous()?, &self.weight, &self.bias, LN_EPS as f32);
         }
@@ -32,7 +42,13 @@ impl Module for LayerNorm {
 }
 
 pub(crate) fn ln(width: usize, vb: VarBuilder) -> Result<LayerNorm> {
-    Ok(LayerNorm { weight: vb.get(width, "weight")?, bias: vb.get(width, "bias")? })
+    let (weight, bias) = (vb.get(width, "weight")?, vb.get(width, "bias")?);
+    let (weight_f32, bias_f32) = if weight.dtype() == DType::F32 && weight.device().is_cpu() {
+        (weight.to_vec1()?, bias.to_vec1()?)
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    Ok(LayerNorm { weight, bias, weight_f32, bias_f32 })
 }
 
 /// How the linear layers keep their weights.
@@ -353,17 +369,46 @@ impl ResidualAttentionBlock {
     }
 
     pub(crate) fn forward(&self, x: &Tensor, rope: Option<RopeTables>, causal: bool) -> Result<Tensor> {
-        let mut h = self.attn.forward(&self.ln_1.forward(x)?, rope, causal)?;
-        if let Some(g) = &self.ls_1 {
-            h = h.broadcast_mul(g)?;
-        }
-        let x = (x + h)?;
-        let mut h = self.mlp.forward(&self.ln_2.forward(&x)?)?;
-        if let Some(g) = &self.ls_2 {
-            h = h.broadcast_mul(g)?;
-        }
-        Ok((x + h)?)
+        let h = self.attn.forward(&self.ln_1.forward(x)?, rope, causal)?;
+        let x = residual(x, &h, self.ls_1.as_ref())?;
+        let h = self.mlp.forward(&self.ln_2.forward(&x)?)?;
+        residual(&x, &h, self.ls_2.as_ref())
     }
+}
+
+/// `x + h * gamma` (layer scale when present), in one pass on the CPU kernels' path.
+fn residual(x: &Tensor, h: &Tensor, gamma: Option<&Tensor>) -> Result<Tensor> {
+    let w = x.dims().last().copied().unwrap_or(1).max(1);
+    let g: Option<Vec<f32>> = match gamma {
+        Some(g) => Some(g.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?),
+        None => None,
+    };
+    let fused = crate::kernels::enabled_for(x)
+        && crate::kernels::enabled_for(h)
+        && x.dims() == h.dims()
+        && g.as_ref().is_none_or(|g| g.len() == w);
+    if !fused {
+        let h = match gamma {
+            Some(g) => h.broadcast_mul(g)?,
+            None => h.clone(),
+        };
+        return Ok((x + h)?);
+    }
+    let y = with_f32(x, |xs| {
+        with_f32(h, |hs| {
+            let mut out: Vec<f32> = Vec::with_capacity(xs.len());
+            match &g {
+                Some(g) => out.extend(
+                    xs.chunks_exact(w)
+                        .zip(hs.chunks_exact(w))
+                        .flat_map(|(xr, hr)| xr.iter().zip(hr).zip(g).map(|((a, b), c)| a + b * c)),
+                ),
+                None => out.extend(xs.iter().zip(hs).map(|(a, b)| a + b)),
+            }
+            out
+        })
+    })??;
+    Ok(Tensor::from_vec(y, x.dims(), x.device())?)
 }
 
 /// A stack of blocks (`transformer.resblocks`).
