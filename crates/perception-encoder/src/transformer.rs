@@ -394,20 +394,7 @@ fn residual(x: &Tensor, h: &Tensor, gamma: Option<&Tensor>) -> Result<Tensor> {
         };
         return Ok((x + h)?);
     }
-    let y = with_f32(x, |xs| {
-        with_f32(h, |hs| {
-            let mut out: Vec<f32> = Vec::with_capacity(xs.len());
-            match &g {
-                Some(g) => out.extend(
-                    xs.chunks_exact(w)
-                        .zip(hs.chunks_exact(w))
-                        .flat_map(|(xr, hr)| xr.iter().zip(hr).zip(g).map(|((a, b), c)| a + b * c)),
-                ),
-                None => out.extend(xs.iter().zip(hs).map(|(a, b)| a + b)),
-            }
-            out
-        })
-    })??;
+    let y = with_f32(x, |xs| with_f32(h, |hs| crate::kernels::math::add_scaled(xs, hs, g.as_deref())))??;
     Ok(Tensor::from_vec(y, x.dims(), x.device())?)
 }
 

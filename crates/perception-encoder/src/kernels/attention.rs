@@ -97,20 +97,7 @@ pub(crate) fn attention(qkv: &[f32], s: Shape, causal: bool) -> Vec<f32> {
                     gemm::Parallelism::None,
                 );
             }
-            for (i, row) in scores.chunks_exact_mut(n).enumerate() {
-                let live = if causal { i + 1 } else { n };
-                let (row, masked) = row.split_at_mut(live);
-                let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-                for x in row.iter_mut() {
-                    *x = super::math::exp(*x - max);
-                }
-                let sum: f32 = row.iter().sum();
-                let inv = 1.0 / sum;
-                for x in row.iter_mut() {
-                    *x *= inv;
-                }
-                masked.fill(0.0);
-            }
+            super::math::softmax_rows(scores, n, causal);
             let o = out_ptr.at(b * n * w + h * d);
             // SAFETY: this task alone writes columns h*d..(h+1)*d of batch b's rows.
             unsafe {

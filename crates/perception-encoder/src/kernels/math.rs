@@ -42,13 +42,66 @@ pub(crate) fn erf(x: f32) -> f32 {
     p / q
 }
 
+/// The widest vector unit this CPU has, asked once. The crate is built for baseline x86-64
+/// (SSE2), so the element-wise loops below are compiled again inside `target_feature`
+/// wrappers and picked at run time.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Simd {
+    Avx512,
+    Avx2,
+    Baseline,
+}
+
+fn simd() -> Simd {
+    static S: std::sync::OnceLock<Simd> = std::sync::OnceLock::new();
+    *S.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
+                return Simd::Avx512;
+            }
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                return Simd::Avx2;
+            }
+        }
+        Simd::Baseline
+    })
+}
+
+/// Run `f` compiled for the best available vector unit (`f` must be `#[inline(always)]`).
+macro_rules! dispatch {
+    ($f:ident($($arg:expr),*)) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx512f,avx2,fma")]
+            unsafe fn wide<'a>(f: impl FnOnce() + 'a) { f() }
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn mid<'a>(f: impl FnOnce() + 'a) { f() }
+            match simd() {
+                // SAFETY: the CPU has the features (checked at run time).
+                Simd::Avx512 => unsafe { wide(|| $f($($arg),*)) },
+                Simd::Avx2 => unsafe { mid(|| $f($($arg),*)) },
+                Simd::Baseline => $f($($arg),*),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = simd();
+            $f($($arg),*)
+        }
+    }};
+}
+
+#[inline(always)]
+fn gelu_chunk(chunk: &mut [f32]) {
+    for v in chunk {
+        *v = 0.5 * *v * (1.0 + erf(*v * std::f32::consts::FRAC_1_SQRT_2));
+    }
+}
+
 /// GELU with the exact (erf) form, `0.5 x (1 + erf(x / sqrt 2))`, in place.
 pub(crate) fn gelu_in_place(xs: &mut [f32]) {
-    xs.par_chunks_mut(16 * 1024).for_each(|chunk| {
-        for v in chunk {
-            *v = 0.5 * *v * (1.0 + erf(*v * std::f32::consts::FRAC_1_SQRT_2));
-        }
-    });
+    xs.par_chunks_mut(16 * 1024).for_each(|chunk| dispatch!(gelu_chunk(chunk)));
 }
 
 /// Sum of a slice with 16 independent partial sums (vectorizes; a single running sum does not).
@@ -65,20 +118,87 @@ fn sum16(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     acc.iter().sum::<f32>() + tail.iter().map(|&v| f(v)).sum::<f32>()
 }
 
+#[inline(always)]
+fn layer_norm_rows(
+    out: &mut [std::mem::MaybeUninit<f32>],
+    x: &[f32],
+    dim: usize,
+    weight: &[f32],
+    bias: &[f32],
+    eps: f32,
+) {
+    for (o, row) in out.chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
+        let mean = sum16(row, |v| v) / dim as f32;
+        let var = sum16(row, |v| (v - mean) * (v - mean)) / dim as f32;
+        let inv = 1.0 / (var + eps).sqrt();
+        for (((o, &v), &w), &b) in o.iter_mut().zip(row).zip(weight).zip(bias) {
+            o.write((v - mean) * inv * w + b);
+        }
+    }
+}
+
+#[inline(always)]
+fn max16(xs: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 16];
+    let chunks = xs.chunks_exact(16);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a = if v > *a { v } else { *a };
+        }
+    }
+    acc.iter().chain(tail).fold(f32::NEG_INFINITY, |m, &v| m.max(v))
+}
+
+#[inline(always)]
+fn softmax_rows_impl(scores: &mut [f32], n: usize, causal: bool) {
+    for (i, row) in scores.chunks_exact_mut(n).enumerate() {
+        let live = if causal { i + 1 } else { n };
+        let (row, masked) = row.split_at_mut(live);
+        let max = max16(row);
+        for x in row.iter_mut() {
+            *x = exp(*x - max);
+        }
+        let inv = 1.0 / sum16(row, |v| v);
+        for x in row.iter_mut() {
+            *x *= inv;
+        }
+        masked.fill(0.0);
+    }
+}
+
+/// Softmax of each row of `scores` (`n` columns); with `causal`, row `i` keeps columns `0..=i`
+/// and the rest become 0.
+pub(crate) fn softmax_rows(scores: &mut [f32], n: usize, causal: bool) {
+    dispatch!(softmax_rows_impl(scores, n, causal))
+}
+
+#[inline(always)]
+fn add_scaled_impl(x: &[f32], h: &[f32], gamma: Option<&[f32]>, out: &mut Vec<f32>) {
+    match gamma {
+        Some(g) => {
+            for (xr, hr) in x.chunks_exact(g.len()).zip(h.chunks_exact(g.len())) {
+                out.extend(xr.iter().zip(hr).zip(g).map(|((a, b), c)| a + b * c));
+            }
+        }
+        None => out.extend(x.iter().zip(h).map(|(a, b)| a + b)),
+    }
+}
+
+/// `x + h * gamma` (gamma per column of rows `gamma.len()` wide), or `x + h`.
+pub(crate) fn add_scaled(x: &[f32], h: &[f32], gamma: Option<&[f32]>) -> Vec<f32> {
+    let mut out = Vec::with_capacity(x.len());
+    dispatch!(add_scaled_impl(x, h, gamma, &mut out));
+    out
+}
+
 /// LayerNorm over rows of `dim`: two passes (mean, then the mean of squared deviations), which
 /// is also more accurate than `E[x^2] - mean^2`.
 pub(crate) fn layer_norm(x: &[f32], dim: usize, weight: &[f32], bias: &[f32], eps: f32) -> Vec<f32> {
     let mut out = super::uninit_f32(x.len());
-    out.par_chunks_mut(16 * dim).zip(x.par_chunks(16 * dim)).for_each(|(out, x)| {
-        for (o, row) in out.chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
-            let mean = sum16(row, |v| v) / dim as f32;
-            let var = sum16(row, |v| (v - mean) * (v - mean)) / dim as f32;
-            let inv = 1.0 / (var + eps).sqrt();
-            for (((o, &v), &w), &b) in o.iter_mut().zip(row).zip(weight).zip(bias) {
-                o.write((v - mean) * inv * w + b);
-            }
-        }
-    });
+    out.par_chunks_mut(16 * dim)
+        .zip(x.par_chunks(16 * dim))
+        .for_each(|(out, x)| dispatch!(layer_norm_rows(out, x, dim, weight, bias, eps)));
     // SAFETY: every row was written.
     unsafe { super::assume_init(out) }
 }
