@@ -8,6 +8,8 @@
 
 use rayon::prelude::*;
 
+use super::SendPtr;
+
 /// Geometry of one attention call.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Shape {
@@ -42,19 +44,6 @@ pub(crate) fn rope_in_place(qkv: &mut [f32], s: Shape, cos: &[f32], sin: &[f32],
             }
         }
     });
-}
-
-struct SendPtr(*mut f32);
-// SAFETY: every task writes a disjoint set of elements (its own head's columns of its own
-// batch rows), so sharing the base pointer across threads never aliases a write.
-unsafe impl Sync for SendPtr {}
-unsafe impl Send for SendPtr {}
-
-impl SendPtr {
-    // A method, so closures capture the wrapper (which is Sync) rather than its raw field.
-    fn at(&self, offset: usize) -> *mut f32 {
-        self.0.wrapping_add(offset)
-    }
 }
 
 /// Softmax attention with scale `head_dim^-0.5`; `causal` masks keys after each query.

@@ -17,6 +17,8 @@
 
 use rayon::prelude::*;
 
+use super::SendPtr;
+
 /// Columns per packed panel.
 const PANEL: usize = 32;
 /// `K` is padded to this (one AMX tile row of bf16).
@@ -145,14 +147,8 @@ pub(super) fn amx_permitted() -> bool {
     amx::permitted()
 }
 
-/// Load the tile layout both AMX kernels use on this thread.
-///
-/// # Safety
-/// AMX must be available and permitted.
 #[cfg(target_arch = "x86_64")]
-pub(super) unsafe fn load_tile_config() {
-    amx::load_config()
-}
+pub(super) use amx::{finish_task as amx_finish_task, start_task as amx_start_task};
 
 fn amx_available() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -246,26 +242,34 @@ fn portable(x: &[f32], m: usize, w: &PackedBf16) -> Vec<f32> {
     y
 }
 
-pub(super) struct SendPtr(pub(super) *mut f32);
-// SAFETY: tasks write disjoint blocks of the output.
-unsafe impl Sync for SendPtr {}
-unsafe impl Send for SendPtr {}
-
-impl SendPtr {
-    pub(super) fn at(&self, offset: usize) -> *mut f32 {
-        self.0.wrapping_add(offset)
-    }
-}
-
-/// Split `(m rows, panels)` into tasks of `rows_per_task` rows and a few panels each, enough
-/// for every thread to have work when `m` is small.
-pub(super) fn tasks(m_blocks: usize, panels: usize) -> (usize, usize) {
+/// Run `body(state, rows, panel)` over every (block of `mc` rows, panel) of an `m`-row product
+/// with `panels` panels, in parallel. Tasks take a block of rows and a few panels each (fewer
+/// when `m` is small, so that every thread has work); each task creates its own `state` with
+/// `start` and hands it to `finish` at the end (AMX loads and releases its tile state there).
+pub(super) fn par_blocks<S>(
+    m: usize,
+    mc: usize,
+    panels: usize,
+    start: impl Fn() -> S + Sync,
+    body: impl Fn(&mut S, std::ops::Range<usize>, usize) + Sync,
+    finish: impl Fn(S) + Sync,
+) {
+    let m_blocks = m.div_ceil(mc);
     let threads = rayon::current_num_threads().max(1);
     let mut per = 4.min(panels).max(1);
     while per > 1 && m_blocks * panels.div_ceil(per) < 4 * threads {
         per /= 2;
     }
-    (per, panels.div_ceil(per))
+    let groups = panels.div_ceil(per);
+    (0..m_blocks * groups).into_par_iter().for_each(|t| {
+        let (mb, g) = (t / groups, t % groups);
+        let rows = mb * mc..(mb * mc + mc).min(m);
+        let mut state = start();
+        for p in g * per..((g + 1) * per).min(panels) {
+            body(&mut state, rows.clone(), p);
+        }
+        finish(state);
+    });
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -335,51 +339,46 @@ mod avx512 {
         let a = round_rows(x, m, k, k_pad, m);
         let mut y = crate::kernels::uninit_f32(m * n);
         let out = SendPtr(y.as_mut_ptr().cast());
-        let m_blocks = m.div_ceil(MC);
-        let (per, groups) = tasks(m_blocks, w.panels());
-        (0..m_blocks * groups).into_par_iter().for_each(|t| {
-            let (mb, g) = (t / groups, t % groups);
-            let rows = mb * MC..(mb * MC + MC).min(m);
-            for p in g * per..((g + 1) * per).min(w.panels()) {
-                let panel = w.panel(p);
-                let cols = PANEL.min(n - p * PANEL);
-                let mut r0 = rows.start;
-                while r0 < rows.end {
-                    let r = MR.min(rows.end - r0);
-                    let t = Tile {
-                        a: a[r0 * k_pad..].as_ptr(),
-                        lda: k_pad,
-                        b: panel.as_ptr(),
-                        kp: k_pad / 2,
-                        c: out.at(r0 * n + p * PANEL),
-                        ldc: n,
-                        bias: w.bias[p * PANEL..].as_ptr(),
-                        cols,
-                    };
-                    // SAFETY: the CPU has AVX512-BF16 (this implementation is only selected
-                    // then); `a` holds rows r0..r0+r of k_pad, the panel k_pad/2 pairs of 64,
-                    // the bias a whole panel; the output block is this task's alone and the
-                    // stores are masked to the n - p*32 valid columns.
-                    unsafe {
-                        match r {
-                            12 => tile::<12>(t),
-                            11 => tile::<11>(t),
-                            10 => tile::<10>(t),
-                            9 => tile::<9>(t),
-                            8 => tile::<8>(t),
-                            7 => tile::<7>(t),
-                            6 => tile::<6>(t),
-                            5 => tile::<5>(t),
-                            4 => tile::<4>(t),
-                            3 => tile::<3>(t),
-                            2 => tile::<2>(t),
-                            _ => tile::<1>(t),
-                        }
+        let body = |_: &mut (), rows: std::ops::Range<usize>, p: usize| {
+            let panel = w.panel(p);
+            let cols = PANEL.min(n - p * PANEL);
+            let mut r0 = rows.start;
+            while r0 < rows.end {
+                let r = MR.min(rows.end - r0);
+                let t = Tile {
+                    a: a[r0 * k_pad..].as_ptr(),
+                    lda: k_pad,
+                    b: panel.as_ptr(),
+                    kp: k_pad / 2,
+                    c: out.at(r0 * n + p * PANEL),
+                    ldc: n,
+                    bias: w.bias[p * PANEL..].as_ptr(),
+                    cols,
+                };
+                // SAFETY: the CPU has AVX512-BF16 (this implementation is only selected then);
+                // `a` holds rows r0..r0+r of k_pad, the panel k_pad/2 pairs of 64, the bias a
+                // whole panel; the output block is this task's alone and the stores are masked
+                // to the n - p*32 valid columns.
+                unsafe {
+                    match r {
+                        12 => tile::<12>(t),
+                        11 => tile::<11>(t),
+                        10 => tile::<10>(t),
+                        9 => tile::<9>(t),
+                        8 => tile::<8>(t),
+                        7 => tile::<7>(t),
+                        6 => tile::<6>(t),
+                        5 => tile::<5>(t),
+                        4 => tile::<4>(t),
+                        3 => tile::<3>(t),
+                        2 => tile::<2>(t),
+                        _ => tile::<1>(t),
                     }
-                    r0 += r;
                 }
+                r0 += r;
             }
-        });
+        };
+        par_blocks(m, MC, w.panels(), || (), body, |_| ());
         // SAFETY: the tiles' masked stores cover every row and column.
         unsafe { crate::kernels::assume_init(y) }
     }
@@ -437,6 +436,19 @@ mod amx {
     /// AMX must be available and permitted.
     pub(super) unsafe fn load_config() {
         asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly));
+    }
+
+    /// A task's start: the tile configuration loaded, and a zeroed 32 x 32 result block.
+    pub(in crate::kernels) fn start_task<T: Default + Copy>() -> [T; MB * PANEL] {
+        // SAFETY: the AMX kernels are only selected when AMX is available and permitted.
+        unsafe { load_config() };
+        [T::default(); MB * PANEL]
+    }
+
+    /// A task's end: its tile state released.
+    pub(in crate::kernels) fn finish_task<T>(_: T) {
+        // SAFETY: releases this thread's tile state (loaded by `start_task`).
+        unsafe { asm!("tilerelease", options(nostack, nomem)) };
     }
 
     #[cfg(target_os = "linux")]
@@ -503,40 +515,30 @@ mod amx {
         let a = round_rows(x, m, k, k_pad, m.div_ceil(MB) * MB);
         let mut y = crate::kernels::uninit_f32(m * n);
         let out = SendPtr(y.as_mut_ptr().cast());
-        let m_blocks = m.div_ceil(MC);
-        let (per, groups) = tasks(m_blocks, w.panels());
-        (0..m_blocks * groups).into_par_iter().for_each(|t| {
-            let (mb, g) = (t / groups, t % groups);
-            let rows = mb * MC..(mb * MC + MC).min(m);
-            let mut c = [0f32; MB * PANEL];
-            // SAFETY: AMX is available and permitted (this implementation is only selected
-            // then); the configuration is a valid palette-1 layout.
-            unsafe { load_config() };
-            for p in g * per..((g + 1) * per).min(w.panels()) {
-                let panel = w.panel(p);
-                let cols = PANEL.min(n - p * PANEL);
-                let mut r0 = rows.start;
-                while r0 < rows.end {
-                    // SAFETY: `a` has whole 32-row blocks of k_pad from r0; the panel holds
-                    // k_pad / 2 pairs of 64 bf16; `c` is 32 x 32; the stores cover rows
-                    // r0.. (< m) and the panel's valid columns, all this task's own.
-                    unsafe {
-                        block(a[r0 * k_pad..].as_ptr(), k_pad, panel.as_ptr(), k_pad, c.as_mut_ptr());
-                        store_block(
-                            &c,
-                            MB.min(rows.end - r0),
-                            cols,
-                            w.bias[p * PANEL..].as_ptr(),
-                            out.at(r0 * n + p * PANEL),
-                            n,
-                        );
-                    }
-                    r0 += MB;
+        let body = |c: &mut [f32; MB * PANEL], rows: std::ops::Range<usize>, p: usize| {
+            let panel = w.panel(p);
+            let cols = PANEL.min(n - p * PANEL);
+            let mut r0 = rows.start;
+            while r0 < rows.end {
+                // SAFETY: the tile configuration is loaded (`start`); `a` has whole 32-row
+                // blocks of k_pad from r0; the panel holds k_pad / 2 pairs of 64 bf16; `c` is
+                // 32 x 32; the stores cover rows r0.. (< m) and the panel's valid columns, all
+                // this task's own.
+                unsafe {
+                    block(a[r0 * k_pad..].as_ptr(), k_pad, panel.as_ptr(), k_pad, c.as_mut_ptr());
+                    store_block(
+                        c,
+                        MB.min(rows.end - r0),
+                        cols,
+                        w.bias[p * PANEL..].as_ptr(),
+                        out.at(r0 * n + p * PANEL),
+                        n,
+                    );
                 }
+                r0 += MB;
             }
-            // SAFETY: releases this thread's tile state.
-            unsafe { asm!("tilerelease", options(nostack, nomem)) };
-        });
+        };
+        par_blocks(m, MC, w.panels(), start_task, body, finish_task);
         // SAFETY: the tasks cover every row and column.
         unsafe { crate::kernels::assume_init(y) }
     }

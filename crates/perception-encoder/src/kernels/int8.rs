@@ -265,41 +265,33 @@ mod amx {
         let (k, n, k_pad) = (w.k, w.n, w.k_pad);
         let (a, sx) = quantize_rows(x, m, k, k_pad, m.div_ceil(MB) * MB);
         let mut y = crate::kernels::uninit_f32(m * n);
-        let out = super::super::bf16::SendPtr(y.as_mut_ptr().cast());
-        let m_blocks = m.div_ceil(MC);
-        let (per, groups) = super::super::bf16::tasks(m_blocks, w.panels());
-        (0..m_blocks * groups).into_par_iter().for_each(|t| {
-            let (mb, g) = (t / groups, t % groups);
-            let rows = mb * MC..(mb * MC + MC).min(m);
-            let mut c = [0i32; MB * PANEL];
-            // SAFETY: AMX is available and permitted (only selected then).
-            unsafe { super::super::bf16::load_tile_config() };
-            for p in g * per..((g + 1) * per).min(w.panels()) {
-                let panel = w.panel(p);
-                let cols = PANEL.min(n - p * PANEL);
-                let mut r0 = rows.start;
-                while r0 < rows.end {
-                    let rows_here = MB.min(rows.end - r0);
-                    // SAFETY: whole 32-row blocks of k_pad from r0; a full panel; c is 32 x 32;
-                    // the stores cover rows r0.. (< m) and this panel's valid columns.
-                    unsafe {
-                        block(a[r0 * k_pad..].as_ptr(), k_pad, panel.as_ptr(), k_pad, c.as_mut_ptr());
-                        store_block(
-                            &c,
-                            &sx[r0..r0 + rows_here],
-                            cols,
-                            w.scale[p * PANEL..].as_ptr(),
-                            w.bias[p * PANEL..].as_ptr(),
-                            out.at(r0 * n + p * PANEL),
-                            n,
-                        );
-                    }
-                    r0 += MB;
+        let out = super::super::SendPtr(y.as_mut_ptr().cast());
+        let body = |c: &mut [i32; MB * PANEL], rows: std::ops::Range<usize>, p: usize| {
+            let panel = w.panel(p);
+            let cols = PANEL.min(n - p * PANEL);
+            let mut r0 = rows.start;
+            while r0 < rows.end {
+                let rows_here = MB.min(rows.end - r0);
+                // SAFETY: the tile configuration is loaded (`start`); whole 32-row blocks of
+                // k_pad from r0; a full panel; c is 32 x 32; the stores cover rows r0.. (< m)
+                // and this panel's valid columns.
+                unsafe {
+                    block(a[r0 * k_pad..].as_ptr(), k_pad, panel.as_ptr(), k_pad, c.as_mut_ptr());
+                    store_block(
+                        c,
+                        &sx[r0..r0 + rows_here],
+                        cols,
+                        w.scale[p * PANEL..].as_ptr(),
+                        w.bias[p * PANEL..].as_ptr(),
+                        out.at(r0 * n + p * PANEL),
+                        n,
+                    );
                 }
+                r0 += MB;
             }
-            // SAFETY: releases this thread's tile state.
-            unsafe { asm!("tilerelease", options(nostack, nomem)) };
-        });
+        };
+        use super::super::bf16::{amx_finish_task, amx_start_task, par_blocks};
+        par_blocks(m, MC, w.panels(), amx_start_task, body, amx_finish_task);
         // SAFETY: the tasks cover every row and column.
         unsafe { crate::kernels::assume_init(y) }
     }

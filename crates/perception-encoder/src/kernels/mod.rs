@@ -20,6 +20,20 @@ pub(crate) fn enabled() -> bool {
     !*GENERIC.get_or_init(|| std::env::var("PE_KERNELS").is_ok_and(|v| v.eq_ignore_ascii_case("generic")))
 }
 
+/// An output pointer shared by parallel tasks. Every kernel using it gives each task a
+/// disjoint set of elements to write (its own rows, columns or heads), so no write aliases.
+pub(crate) struct SendPtr(pub(crate) *mut f32);
+// SAFETY: see above: tasks never write the same element.
+unsafe impl Sync for SendPtr {}
+unsafe impl Send for SendPtr {}
+
+impl SendPtr {
+    // A method, so closures capture the wrapper (which is Sync) rather than its raw field.
+    pub(crate) fn at(&self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
 /// An output buffer the kernel overwrites completely: skipping the zero fill saves a pass over
 /// tens of MB per layer.
 pub(crate) fn uninit_f32(len: usize) -> Vec<std::mem::MaybeUninit<f32>> {
