@@ -4,6 +4,16 @@ use std::path::PathBuf;
 
 pub mod load;
 
+/// Every image file in the fixtures' `images/` directory.
+pub const FIXTURE_IMAGES: &[&str] = &[
+    "cat.png",
+    "dog.png",
+    "synthetic_card.png",
+    "ocrbench_centre.jpg",
+    "Rock-climbing-Canada-1920x1147.jpg",
+    "selfie_cathedral_peak.jpg",
+];
+
 /// The reference fixtures directory: `PE_FIXTURES`, default `../shared/fixtures` beside the
 /// repository. `None`, with a printed reason, when absent; with `PE_REQUIRE_FIXTURES=1` a
 /// missing directory panics instead, so CI cannot pass by skipping.

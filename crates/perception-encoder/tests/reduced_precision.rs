@@ -5,7 +5,7 @@
 //! [`MIN_COSINE_INT8`].
 
 use candle_core::{DType, Device, Tensor};
-use pe_testutil::fixtures;
+use pe_testutil::{fixtures, FIXTURE_IMAGES as IMAGES};
 use perception_encoder::candle_core;
 use perception_encoder::preprocess::ImageTransform;
 use perception_encoder::tokenizer::ClipTokenizer;
@@ -15,15 +15,6 @@ use perception_encoder::{Clip, ClipConfig, LoadOptions};
 const MIN_COSINE: f32 = 0.999;
 /// int8 with per-channel weights and per-row activations.
 const MIN_COSINE_INT8: f32 = 0.998;
-
-const IMAGES: &[&str] = &[
-    "cat.png",
-    "dog.png",
-    "synthetic_card.png",
-    "ocrbench_centre.jpg",
-    "Rock-climbing-Canada-1920x1147.jpg",
-    "selfie_cathedral_peak.jpg",
-];
 
 fn opts(dtype: DType) -> LoadOptions {
     LoadOptions { dtype, ..LoadOptions::default() }

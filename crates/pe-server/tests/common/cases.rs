@@ -13,14 +13,7 @@ use perception_encoder::Clip;
 use serde_json::json;
 
 /// The fixture images a client would send, as files.
-pub const IMAGES: &[&str] = &[
-    "cat.png",
-    "dog.png",
-    "synthetic_card.png",
-    "ocrbench_centre.jpg",
-    "Rock-climbing-Canada-1920x1147.jpg",
-    "selfie_cathedral_peak.jpg",
-];
+pub use pe_testutil::FIXTURE_IMAGES as IMAGES;
 
 fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
