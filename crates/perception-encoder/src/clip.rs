@@ -164,10 +164,15 @@ impl Clip {
     /// Build from a [`VarBuilder`] in the official layout.
     pub fn new(cfg: &ClipConfig, vb: VarBuilder) -> Result<Self> {
         cfg.validate()?;
-        let visual = VisionTransformer::new(&cfg.vision, vb.pp("visual"))?;
-        let (text, logit_scale) = match &cfg.text {
-            Some(t) => (Some(TextTransformer::new(t, vb.clone())?), Some(vb.get((), "logit_scale")?)),
-            None => (None, None),
+        // The towers are independent, so they load side by side.
+        let (visual, text) = rayon::join(
+            || VisionTransformer::new(&cfg.vision, vb.pp("visual")),
+            || cfg.text.as_ref().map(|t| TextTransformer::new(t, vb.clone())).transpose(),
+        );
+        let (visual, text) = (visual?, text?);
+        let logit_scale = match &text {
+            Some(_) => Some(vb.get((), "logit_scale")?),
+            None => None,
         };
         Ok(Clip { cfg: cfg.clone(), visual, text, logit_scale })
     }

@@ -46,13 +46,13 @@ pub(crate) fn erf(x: f32) -> f32 {
 /// (SSE2), so the element-wise loops below are compiled again inside `target_feature`
 /// wrappers and picked at run time.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Simd {
+pub(crate) enum Simd {
     Avx512,
     Avx2,
     Baseline,
 }
 
-fn simd() -> Simd {
+pub(crate) fn simd() -> Simd {
     static S: std::sync::OnceLock<Simd> = std::sync::OnceLock::new();
     *S.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
@@ -74,23 +74,24 @@ macro_rules! dispatch {
         #[cfg(target_arch = "x86_64")]
         {
             #[target_feature(enable = "avx512f,avx2,fma")]
-            unsafe fn wide<'a>(f: impl FnOnce() + 'a) { f() }
+            unsafe fn wide<'a, R>(f: impl FnOnce() -> R + 'a) -> R { f() }
             #[target_feature(enable = "avx2,fma")]
-            unsafe fn mid<'a>(f: impl FnOnce() + 'a) { f() }
-            match simd() {
+            unsafe fn mid<'a, R>(f: impl FnOnce() -> R + 'a) -> R { f() }
+            match $crate::kernels::math::simd() {
                 // SAFETY: the CPU has the features (checked at run time).
-                Simd::Avx512 => unsafe { wide(|| $f($($arg),*)) },
-                Simd::Avx2 => unsafe { mid(|| $f($($arg),*)) },
-                Simd::Baseline => $f($($arg),*),
+                $crate::kernels::math::Simd::Avx512 => unsafe { wide(|| $f($($arg),*)) },
+                $crate::kernels::math::Simd::Avx2 => unsafe { mid(|| $f($($arg),*)) },
+                $crate::kernels::math::Simd::Baseline => $f($($arg),*),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
-            let _ = simd();
+            let _ = $crate::kernels::math::simd();
             $f($($arg),*)
         }
     }};
 }
+pub(crate) use dispatch;
 
 #[inline(always)]
 fn gelu_chunk(chunk: &mut [f32]) {
