@@ -6,10 +6,11 @@
 //!
 //! The packed layout mirrors the bf16 one with quadruples instead of pairs: columns in panels of
 //! 32, and for each group of four input rows the 32 columns' quadruples side by side, which is
-//! AMX's `tdpbssd` tile operand. Implementations, chosen at run time
-//! (`PE_INT8_KERNEL=amx|portable` forces one): AMX-INT8 tiles where the CPU has them and Linux
-//! grants the tile state, else a portable path (the integer operands as float32 through the
-//! `gemm` crate: exact products, float32 sums).
+//! AMX's `tdpbssd` tile operand and, 16 columns at a time, AVX512-VNNI's `vpdpbusd` operand.
+//! Implementations, chosen at run time (`PE_INT8_KERNEL=amx|vnni|portable` forces one):
+//! AMX-INT8 tiles where the CPU has them and Linux grants the tile state; AVX512-VNNI (Ice Lake,
+//! Zen 4 and later); else a portable path (the integer operands as float32 through the `gemm`
+//! crate: exact products, float32 sums). AMX and VNNI give bit-identical integer sums.
 
 use rayon::prelude::*;
 
@@ -29,6 +30,9 @@ pub(crate) struct PackedI8 {
     scale: Vec<f32>,
     /// Bias, padded to a whole panel.
     bias: Vec<f32>,
+    /// `128 * sum_k qW[j, k]` per column, padded to a whole panel: `vpdpbusd` multiplies
+    /// unsigned by signed bytes, so activations go in shifted by 128 and this takes it back out.
+    shift_comp: Vec<i32>,
 }
 
 /// `v / scale` rounded to the nearest integer (ties to even, as PyTorch's quantizers do) in
@@ -67,7 +71,13 @@ impl PackedI8 {
         if let Some(bias) = bias {
             b[..n].copy_from_slice(bias);
         }
-        PackedI8 { k, n, k_pad, data, scale, bias: b }
+        let mut shift_comp = vec![0i32; panels * PANEL];
+        for (p, panel) in data.chunks_exact(panel_len).enumerate() {
+            for (i, &q) in panel.iter().enumerate() {
+                shift_comp[p * PANEL + (i / 4) % PANEL] += 128 * q as i32;
+            }
+        }
+        PackedI8 { k, n, k_pad, data, scale, bias: b, shift_comp }
     }
 
     pub(crate) fn in_dim(&self) -> usize {
@@ -103,29 +113,48 @@ impl PackedI8 {
 }
 
 /// Which implementation runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Impl {
     Amx,
+    Vnni,
     Portable,
 }
 
 pub(crate) fn selected() -> Impl {
     static SEL: std::sync::OnceLock<Impl> = std::sync::OnceLock::new();
     *SEL.get_or_init(|| {
-        let amx = amx_available();
-        let best = if amx { Impl::Amx } else { Impl::Portable };
+        let (amx, vnni) = (amx_available(), vnni_available());
+        let best = if amx {
+            Impl::Amx
+        } else if vnni {
+            Impl::Vnni
+        } else {
+            Impl::Portable
+        };
         let choice = match std::env::var("PE_INT8_KERNEL").map(|v| v.to_ascii_lowercase()).as_deref() {
             Err(_) => best,
             Ok("portable") => Impl::Portable,
             Ok("amx") if amx => Impl::Amx,
+            Ok("vnni") if vnni => Impl::Vnni,
             Ok(other) => {
-                tracing::warn!("PE_INT8_KERNEL={other}: not available here (amx, portable); using {best:?}");
+                tracing::warn!("PE_INT8_KERNEL={other}: not available here (amx, vnni, portable); using {best:?}");
                 best
             }
         };
         tracing::debug!("int8 matmul kernel: {choice:?}");
         choice
     })
+}
+
+fn vnni_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 fn amx_available() -> bool {
@@ -179,6 +208,8 @@ pub(crate) fn matmul_with(which: Impl, x: &[f32], m: usize, w: &PackedI8) -> Vec
     match which {
         #[cfg(target_arch = "x86_64")]
         Impl::Amx => amx::matmul(x, m, w),
+        #[cfg(target_arch = "x86_64")]
+        Impl::Vnni => vnni::matmul(x, m, w),
         _ => portable(x, m, w),
     }
 }
@@ -219,6 +250,117 @@ fn portable(x: &[f32], m: usize, w: &PackedI8) -> Vec<f32> {
         }
     }
     y
+}
+
+#[cfg(target_arch = "x86_64")]
+mod vnni {
+    use super::*;
+    use crate::kernels::SendPtr;
+    use std::arch::x86_64::*;
+
+    /// Rows per register tile: 12 rows x 32 columns = 24 int32 accumulators.
+    const MR: usize = 12;
+    /// Rows per task.
+    const MC: usize = 96;
+
+    /// One register tile's operands: `R` rows of shifted activations `a` (u8, row stride
+    /// `lda`), a packed panel `b` of `groups` quadruples, output rows at `c` (stride `ldc`),
+    /// the panel's per-column data, the rows' scales, valid columns.
+    #[derive(Clone, Copy)]
+    struct Tile<'a> {
+        a: *const u8,
+        lda: usize,
+        b: *const i8,
+        groups: usize,
+        c: *mut f32,
+        ldc: usize,
+        w: &'a PackedI8,
+        panel: usize,
+        row_scale: &'a [f32],
+        cols: usize,
+    }
+
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    unsafe fn tile<const R: usize>(t: Tile) {
+        let Tile { a, lda, b, groups, c, ldc, w, panel, row_scale, cols } = t;
+        let mut acc0 = [_mm512_setzero_si512(); R];
+        let mut acc1 = [_mm512_setzero_si512(); R];
+        for g in 0..groups {
+            let b0 = _mm512_loadu_si512(b.add(g * 128).cast());
+            let b1 = _mm512_loadu_si512(b.add(g * 128 + 64).cast());
+            for r in 0..R {
+                let quad = std::ptr::read_unaligned(a.add(r * lda + 4 * g).cast::<i32>());
+                let av = _mm512_set1_epi32(quad);
+                acc0[r] = _mm512_dpbusd_epi32(acc0[r], av, b0);
+                acc1[r] = _mm512_dpbusd_epi32(acc1[r], av, b1);
+            }
+        }
+        let j = panel * PANEL;
+        let (s0, s1) = (_mm512_loadu_ps(w.scale.as_ptr().add(j)), _mm512_loadu_ps(w.scale.as_ptr().add(j + 16)));
+        let (b0, b1) = (_mm512_loadu_ps(w.bias.as_ptr().add(j)), _mm512_loadu_ps(w.bias.as_ptr().add(j + 16)));
+        let comp = w.shift_comp.as_ptr().add(j);
+        let (z0, z1) = (_mm512_loadu_si512(comp.cast()), _mm512_loadu_si512(comp.add(16).cast()));
+        let (m0, m1) = crate::kernels::panel_masks(cols);
+        for r in 0..R {
+            let row = c.add(r * ldc);
+            let sr = _mm512_set1_ps(row_scale[r]);
+            let v0 = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc0[r], z0));
+            let v1 = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc1[r], z1));
+            _mm512_mask_storeu_ps(row, m0, _mm512_fmadd_ps(v0, _mm512_mul_ps(sr, s0), b0));
+            _mm512_mask_storeu_ps(row.add(16), m1, _mm512_fmadd_ps(v1, _mm512_mul_ps(sr, s1), b1));
+        }
+    }
+
+    pub(super) fn matmul(x: &[f32], m: usize, w: &PackedI8) -> Vec<f32> {
+        let (k, n, k_pad) = (w.k, w.n, w.k_pad);
+        let (a, sx) = quantize_rows(x, m, k, k_pad, m);
+        // Shifted to unsigned (a + 128), the operand type `vpdpbusd` takes on its left.
+        let a: Vec<u8> = a.into_iter().map(|v| (v as u8) ^ 0x80).collect();
+        let mut y = crate::kernels::uninit_f32(m * n);
+        let out = SendPtr(y.as_mut_ptr().cast());
+        let body = |_: &mut (), rows: std::ops::Range<usize>, p: usize| {
+            let mut r0 = rows.start;
+            while r0 < rows.end {
+                let r = MR.min(rows.end - r0);
+                let t = Tile {
+                    a: a[r0 * k_pad..].as_ptr(),
+                    lda: k_pad,
+                    b: w.panel(p).as_ptr(),
+                    groups: k_pad / 4,
+                    c: out.at(r0 * n + p * PANEL),
+                    ldc: n,
+                    w,
+                    panel: p,
+                    row_scale: &sx[r0..r0 + r],
+                    cols: PANEL.min(n - p * PANEL),
+                };
+                // SAFETY: the CPU has AVX512-VNNI (this implementation is only selected then);
+                // `a` holds rows r0..r0+r of k_pad bytes, the panel k_pad/4 groups of 128, the
+                // per-column vectors a whole panel; the output block is this task's alone and
+                // the stores are masked to the panel's valid columns.
+                unsafe {
+                    match r {
+                        12 => tile::<12>(t),
+                        11 => tile::<11>(t),
+                        10 => tile::<10>(t),
+                        9 => tile::<9>(t),
+                        8 => tile::<8>(t),
+                        7 => tile::<7>(t),
+                        6 => tile::<6>(t),
+                        5 => tile::<5>(t),
+                        4 => tile::<4>(t),
+                        3 => tile::<3>(t),
+                        2 => tile::<2>(t),
+                        _ => tile::<1>(t),
+                    }
+                }
+                r0 += r;
+            }
+        };
+        super::super::bf16::par_blocks(m, MC, w.panels(), || (), body, |_| ());
+        // SAFETY: the tiles' masked stores cover every row and column.
+        unsafe { crate::kernels::assume_init(y) }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -350,7 +492,11 @@ mod tests {
         if amx_available() {
             impls.push(Impl::Amx);
         }
+        if vnni_available() {
+            impls.push(Impl::Vnni);
+        }
         eprintln!("testing {impls:?}");
+        let mut by_impl = std::collections::HashMap::new();
         for which in impls {
             for (m, n, k) in [(1, 32, 64), (5, 40, 70), (33, 64, 130), (200, 96, 768), (13, 1024, 64)] {
                 let mut seed = 0x2545_f491u32 ^ (m * 31 + n * 17 + k) as u32;
@@ -365,6 +511,7 @@ mod tests {
                 let bias: Vec<f32> = (0..n).map(|_| rnd()).collect();
                 let packed = PackedI8::pack(&w, n, k, Some(&bias));
                 let got = matmul_with(which, &x, m, &packed);
+                by_impl.insert((which, m, n, k), got.clone());
                 // The same quantization, summed exactly in integers.
                 let (qa, sx) = quantize_rows(&x, m, k, k, m);
                 let mut worst = 0f32;
@@ -383,6 +530,14 @@ mod tests {
                 assert!(exact_err <= 1e-4 * (k as f32).sqrt(), "{which:?} {m}x{n}x{k}: {exact_err}");
                 // And int8 stays near the float product (|x|, |w| <= 1).
                 assert!(worst <= 0.02 * (k as f32).sqrt(), "{which:?} {m}x{n}x{k}: {worst}");
+            }
+        }
+        // AMX and VNNI sum the same integers exactly and share the epilogue's arithmetic.
+        for ((which, m, n, k), got) in &by_impl {
+            if *which == Impl::Vnni {
+                if let Some(amx) = by_impl.get(&(Impl::Amx, *m, *n, *k)) {
+                    assert_eq!(got, amx, "VNNI and AMX differ at {m}x{n}x{k}");
+                }
             }
         }
     }
