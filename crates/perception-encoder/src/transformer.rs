@@ -230,6 +230,19 @@ impl Module for Linear {
             let y = crate::kernels::skinny::matmul(&xs, rows, in_dim, w, out_dim, bias.as_deref());
             return Tensor::from_vec(y, out_dims, x.device());
         }
+        if crate::kernels::enabled_for(x) && in_dim > 0 {
+            let (w, _) = w.storage_and_layout();
+            let candle_core::Storage::Cpu(w) = &*w else {
+                return Err(candle_core::Error::Msg("weights and input are on different devices".into()));
+            };
+            let w = w.as_slice::<f32>()?;
+            let bias = match &self.bias {
+                Some(b) => Some(b.to_vec1::<f32>()?),
+                None => None,
+            };
+            let y = with_f32(x, |xs| crate::kernels::dense_matmul(xs, rows, in_dim, w, out_dim, bias.as_deref()))?;
+            return Tensor::from_vec(y, out_dims, x.device());
+        }
         let y = x.reshape((rows, in_dim))?.matmul(w)?;
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,

@@ -50,6 +50,55 @@ pub(crate) unsafe fn assume_init(v: Vec<std::mem::MaybeUninit<f32>>) -> Vec<f32>
     Vec::from_raw_parts(v.as_mut_ptr().cast::<f32>(), v.len(), v.capacity())
 }
 
+/// `x (m, k) * w (k, n) + bias` through the `gemm` crate, the bias written into the output
+/// first and accumulated onto: one pass over the output instead of candle's zero fill, product
+/// and broadcast add.
+pub(crate) fn dense_matmul(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, bias: Option<&[f32]>) -> Vec<f32> {
+    assert_eq!((x.len(), w.len()), (m * k, k * n), "dense_matmul operand sizes");
+    let mut y = uninit_f32(m * n);
+    match bias {
+        Some(b) => {
+            for row in y.chunks_exact_mut(n) {
+                for (d, &v) in row.iter_mut().zip(b) {
+                    d.write(v);
+                }
+            }
+        }
+        None => {
+            for d in y.iter_mut() {
+                d.write(0.0);
+            }
+        }
+    }
+    // SAFETY: every element was written above.
+    let mut y = unsafe { assume_init(y) };
+    // SAFETY: dense row-major matrices with the extents checked above.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            y.as_mut_ptr(),
+            1,
+            n as isize,
+            true,
+            x.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            1,
+            n as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(rayon::current_num_threads()),
+        );
+    }
+    y
+}
+
 /// AVX-512 store masks for the valid columns of a 32-column panel: `(0..16, 16..32)`.
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn panel_masks(cols: usize) -> (u16, u16) {
