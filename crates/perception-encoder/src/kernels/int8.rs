@@ -42,7 +42,9 @@ pub(crate) struct PackedI8 {
 fn quantize(v: f32, inv_scale: f32) -> i8 {
     const ROUND: f32 = 12_582_912.0;
     let x = (v * inv_scale).clamp(-127.0, 127.0);
-    ((x + ROUND) - ROUND) as i8
+    // The rounded integer sits in the low mantissa bits of x + ROUND; reading it there keeps
+    // the loop vectorized (a float-to-int `as` is a saturating conversion done per element).
+    (x + ROUND).to_bits().wrapping_sub(ROUND.to_bits()) as i8
 }
 
 impl PackedI8 {
