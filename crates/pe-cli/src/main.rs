@@ -47,20 +47,8 @@ enum Command {
     Serve(commands::serve::ServeCmd),
 }
 
-/// Keep freed activation buffers in the heap for reuse. By default glibc returns large blocks
-/// to the kernel on free, so every layer's output (tens of MB) is page-faulted and zeroed
-/// again: 5-10% of a forward pass. Peak memory is unchanged (it is set by the largest step).
-fn keep_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator thresholds; called before any threads start.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
-    }
-}
-
 fn main() -> ExitCode {
-    keep_freed_memory();
+    perception_encoder::bench::keep_freed_memory();
     let cli = Cli::parse();
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| cli.log.clone());
     tracing_subscriber::fmt()

@@ -72,6 +72,7 @@ fn parse() -> Args {
 }
 
 fn main() {
+    perception_encoder::bench::keep_freed_memory();
     let a = parse();
     let Some(dir) = pe_testutil::fixtures() else {
         eprintln!("the load benchmark needs the fixture images");

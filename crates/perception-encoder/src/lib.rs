@@ -38,6 +38,8 @@ pub mod zero_shot;
 
 mod clip;
 mod kernels;
+#[doc(hidden)]
+pub use kernels::bench as kernel_bench;
 mod transformer;
 
 pub use clip::{Clip, ClipOutput, LoadOptions, ModelSource};

@@ -141,6 +141,15 @@ pub(crate) fn selected() -> Impl {
     })
 }
 
+/// Whether `which` can run on this CPU.
+pub(crate) fn available(which: Impl) -> bool {
+    match which {
+        Impl::Amx => amx_available(),
+        Impl::Avx512 => avx512bf16_available(),
+        Impl::Portable => true,
+    }
+}
+
 /// Linux lets this process use the AMX tile data (asked once).
 #[cfg(target_arch = "x86_64")]
 pub(super) fn amx_permitted() -> bool {

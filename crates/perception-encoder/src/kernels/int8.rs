@@ -148,6 +148,15 @@ pub(crate) fn selected() -> Impl {
     })
 }
 
+/// Whether `which` can run on this CPU.
+pub(crate) fn available(which: Impl) -> bool {
+    match which {
+        Impl::Amx => amx_available(),
+        Impl::Vnni => vnni_available(),
+        Impl::Portable => true,
+    }
+}
+
 fn vnni_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {

@@ -191,6 +191,75 @@ unsafe fn transpose_tile16(src: *const f32, src_stride: usize, dst: *mut f32, ds
     }
 }
 
+/// Entry points for `benches/kernels.rs`, which times each matmul implementation on PE's
+/// shapes; not part of the public API.
+#[doc(hidden)]
+pub mod bench {
+    /// A weight `(n, k)` prepared for one kernel family.
+    pub struct Prepared(Inner);
+
+    enum Inner {
+        F32(Vec<f32>),
+        Bf16(super::bf16::PackedBf16),
+        Int8(super::int8::PackedI8),
+    }
+
+    /// The implementations this CPU offers for `dtype` (`f32`, `bf16`, `int8`).
+    pub fn implementations(dtype: &str) -> Vec<&'static str> {
+        use super::{bf16, int8};
+        match dtype {
+            "bf16" => [("amx", bf16::Impl::Amx), ("avx512", bf16::Impl::Avx512), ("portable", bf16::Impl::Portable)]
+                .into_iter()
+                .filter(|(_, i)| bf16::available(*i))
+                .map(|(n, _)| n)
+                .collect(),
+            "int8" => [("amx", int8::Impl::Amx), ("vnni", int8::Impl::Vnni), ("portable", int8::Impl::Portable)]
+                .into_iter()
+                .filter(|(_, i)| int8::available(*i))
+                .map(|(n, _)| n)
+                .collect(),
+            _ => vec!["gemm"],
+        }
+    }
+
+    /// Prepare `w` `(n, k)` as the load path does for `dtype`.
+    pub fn prepare(dtype: &str, w: &[f32], n: usize, k: usize, bias: &[f32]) -> Prepared {
+        match dtype {
+            "bf16" => Prepared(Inner::Bf16(super::bf16::PackedBf16::pack(w, n, k, Some(bias)))),
+            "int8" => Prepared(Inner::Int8(super::int8::PackedI8::pack(w, n, k, Some(bias)))),
+            _ => Prepared(Inner::F32(super::transpose(w, n, k))),
+        }
+    }
+
+    /// `x (m, k) W^T + b` with the named implementation (one of [`implementations`]).
+    pub fn matmul(w: &Prepared, which: &str, x: &[f32], m: usize, bias: &[f32]) -> Vec<f32> {
+        use super::{bf16, int8};
+        match &w.0 {
+            Inner::F32(wt) => super::dense_matmul(x, m, x.len() / m.max(1), wt, bias.len(), Some(bias)),
+            Inner::Bf16(p) => bf16::matmul_with(
+                match which {
+                    "amx" => bf16::Impl::Amx,
+                    "avx512" => bf16::Impl::Avx512,
+                    _ => bf16::Impl::Portable,
+                },
+                x,
+                m,
+                p,
+            ),
+            Inner::Int8(p) => int8::matmul_with(
+                match which {
+                    "amx" => int8::Impl::Amx,
+                    "vnni" => int8::Impl::Vnni,
+                    _ => int8::Impl::Portable,
+                },
+                x,
+                m,
+                p,
+            ),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

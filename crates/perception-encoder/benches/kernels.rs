@@ -1,0 +1,62 @@
+//! The linear-layer kernels on PE-Core-B16's shapes, every implementation this CPU offers:
+//! `cargo bench -p perception-encoder --bench kernels [-- --threads T --iters N --rows M,...]`.
+//! Prints GFLOP/s (2 m n k per product) per dtype, implementation and shape.
+
+use perception_encoder::kernel_bench::{implementations, matmul, prepare};
+use std::time::Instant;
+
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+}
+
+fn main() {
+    // As `pe` does: reused output buffers, not fresh page faults in every timed call.
+    perception_encoder::bench::keep_freed_memory();
+    let threads =
+        arg("--threads").and_then(|v| v.parse().ok()).unwrap_or_else(perception_encoder::bench::default_threads);
+    let threads = perception_encoder::bench::set_threads(threads);
+    let iters: usize = arg("--iters").and_then(|v| v.parse().ok()).unwrap_or(5);
+    // One B16 image is 197 tokens; a batch of 8 is 1576.
+    let rows: Vec<usize> =
+        arg("--rows").map(|v| v.split(',').filter_map(|r| r.parse().ok()).collect()).unwrap_or_else(|| vec![197, 1576]);
+    // (n, k): attention qkv, out_proj, mlp c_fc, mlp c_proj.
+    let shapes = [(2304, 768), (768, 768), (3072, 768), (768, 3072)];
+    println!("threads {threads}, {iters} timed runs each (best shown)");
+    println!("{:<6} {:<9} {:>6} {:>6} {:>6} {:>9}", "dtype", "impl", "m", "n", "k", "GFLOP/s");
+    let mut seed = 0x2545_f491u32;
+    let mut rnd = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        (seed as f32 / u32::MAX as f32) * 2.0 - 1.0
+    };
+    let dtypes: Vec<String> = arg("--dtypes")
+        .map(|v| v.split(',').map(String::from).collect())
+        .unwrap_or_else(|| vec!["f32".into(), "bf16".into(), "int8".into()]);
+    for dtype in dtypes.iter().map(String::as_str) {
+        for &(n, k) in &shapes {
+            let w: Vec<f32> = (0..n * k).map(|_| rnd() * 0.05).collect();
+            let bias: Vec<f32> = (0..n).map(|_| rnd()).collect();
+            let prepared = prepare(dtype, &w, n, k, &bias);
+            for &m in &rows {
+                let x: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
+                let only = arg("--impls");
+                for which in implementations(dtype)
+                    .into_iter()
+                    .filter(|w| only.as_deref().is_none_or(|o| o.split(',').any(|x| x == *w)))
+                {
+                    std::hint::black_box(matmul(&prepared, which, &x, m, &bias));
+                    let mut best = f64::MAX;
+                    for _ in 0..iters {
+                        let t = Instant::now();
+                        std::hint::black_box(matmul(&prepared, which, &x, m, &bias));
+                        best = best.min(t.elapsed().as_secs_f64());
+                    }
+                    let gflops = 2.0 * (m * n * k) as f64 / best / 1e9;
+                    println!("{dtype:<6} {which:<9} {m:>6} {n:>6} {k:>6} {gflops:>9.1}");
+                }
+            }
+        }
+    }
+}
