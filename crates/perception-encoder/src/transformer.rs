@@ -270,6 +270,18 @@ impl Mlp {
 
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if let (Weight::Bf16(fc), Weight::Bf16(proj)) = (&self.c_fc.weight, &self.c_proj.weight) {
+            let in_dim = x.dims().last().copied().unwrap_or(0);
+            if in_dim != fc.in_dim() {
+                return Err(candle_core::Error::Msg(format!(
+                    "MLP expects {} input features, got {in_dim}",
+                    fc.in_dim()
+                )));
+            }
+            let rows = x.elem_count() / in_dim.max(1);
+            let y = with_f32(x, |xs| crate::kernels::bf16::mlp(xs, rows, fc, proj))?;
+            return Tensor::from_vec(y, self.c_proj.out_shape(x)?, x.device());
+        }
         self.c_proj.forward(&self.c_fc.forward_gelu(x)?)
     }
 }

@@ -197,6 +197,25 @@ pub(crate) fn matmul_with(which: Impl, x: &[f32], m: usize, w: &PackedBf16) -> V
     }
 }
 
+/// `gelu(x W1^T + b1) W2^T + b2`, an MLP whose hidden activations are rounded to bf16 as the
+/// second product takes them. On AMX the first product's epilogue applies the GELU and writes
+/// the bf16 operand of the second directly; the float32 hidden layer (the largest activation
+/// of a block) is never stored. Elsewhere: the two products with GELU in place between them.
+/// Both give the same numbers.
+pub(crate) fn mlp(x: &[f32], m: usize, fc: &PackedBf16, proj: &PackedBf16) -> Vec<f32> {
+    assert_eq!(fc.n, proj.k, "MLP hidden sizes");
+    #[cfg(target_arch = "x86_64")]
+    if selected() == Impl::Amx && fc.n.is_multiple_of(PANEL) {
+        assert_eq!(x.len(), m * fc.k, "input size");
+        let a = round_rows(x, m, fc.k, fc.k_pad, m.div_ceil(amx::MB) * amx::MB);
+        let h = amx::matmul_gelu_rows(&a, m, fc);
+        return amx::matmul_rows(&h, m, proj);
+    }
+    let mut h = matmul(x, m, fc);
+    super::math::gelu_in_place(&mut h);
+    matmul(&h, m, proj)
+}
+
 /// Rows of `x` rounded to bf16, `k_pad` wide (zero padded), `rows_pad` rows (zero rows after `m`).
 fn round_rows(x: &[f32], m: usize, k: usize, k_pad: usize, rows_pad: usize) -> Vec<u16> {
     let mut a = vec![0u16; rows_pad * k_pad];
@@ -399,7 +418,7 @@ mod amx {
     use std::arch::asm;
 
     /// Rows per AMX block (two 16-row tiles).
-    const MB: usize = 32;
+    pub(super) const MB: usize = 32;
     /// Rows per task.
     const MC: usize = 128;
 
@@ -519,37 +538,103 @@ mod amx {
     }
 
     pub(super) fn matmul(x: &[f32], m: usize, w: &PackedBf16) -> Vec<f32> {
-        let (k, n, k_pad) = (w.k, w.n, w.k_pad);
         // Whole 32-row blocks: the padding rows are zeros and their results are dropped.
-        let a = round_rows(x, m, k, k_pad, m.div_ceil(MB) * MB);
-        let mut y = crate::kernels::uninit_f32(m * n);
-        let out = SendPtr(y.as_mut_ptr().cast());
+        let a = round_rows(x, m, w.k, w.k_pad, m.div_ceil(MB) * MB);
+        matmul_rows(&a, m, w)
+    }
+
+    /// Every 32 x 32 block of `a W^T` for rows `0..m` of `a` (bf16, `k_pad` wide, whole
+    /// 32-row blocks), handed to `store(block, first row, rows, panel)`.
+    fn for_each_block(
+        a: &[u16],
+        m: usize,
+        w: &PackedBf16,
+        store: impl Fn(&[f32; MB * PANEL], usize, usize, usize) + Sync,
+    ) {
+        let k_pad = w.k_pad;
+        assert!(a.len() >= m.div_ceil(MB) * MB * k_pad, "A operand rows");
         let body = |c: &mut [f32; MB * PANEL], rows: std::ops::Range<usize>, p: usize| {
             let panel = w.panel(p);
-            let cols = PANEL.min(n - p * PANEL);
             let mut r0 = rows.start;
             while r0 < rows.end {
                 // SAFETY: the tile configuration is loaded (`start`); `a` has whole 32-row
-                // blocks of k_pad from r0; the panel holds k_pad / 2 pairs of 64 bf16; `c` is
-                // 32 x 32; the stores cover rows r0.. (< m) and the panel's valid columns, all
-                // this task's own.
-                unsafe {
-                    block(a[r0 * k_pad..].as_ptr(), k_pad, panel.as_ptr(), k_pad, c.as_mut_ptr());
-                    store_block(
-                        c,
-                        MB.min(rows.end - r0),
-                        cols,
-                        w.bias[p * PANEL..].as_ptr(),
-                        out.at(r0 * n + p * PANEL),
-                        n,
-                    );
-                }
+                // blocks of k_pad from r0 (asserted above); the panel holds k_pad / 2 pairs of
+                // 64 bf16; `c` is 32 x 32.
+                unsafe { block(a[r0 * k_pad..].as_ptr(), k_pad, panel.as_ptr(), k_pad, c.as_mut_ptr()) };
+                store(c, r0, MB.min(rows.end - r0), p);
                 r0 += MB;
             }
         };
         par_blocks(m, MC, w.panels(), start_task, body, finish_task);
-        // SAFETY: the tasks cover every row and column.
+    }
+
+    /// `a W^T + b` for rows `0..m` of the rounded operand `a` (see [`for_each_block`]).
+    pub(super) fn matmul_rows(a: &[u16], m: usize, w: &PackedBf16) -> Vec<f32> {
+        let n = w.n;
+        let mut y = crate::kernels::uninit_f32(m * n);
+        let out = SendPtr(y.as_mut_ptr().cast());
+        for_each_block(a, m, w, |c, r0, rows, p| {
+            // SAFETY: the stores cover rows r0..r0+rows (< m) and the panel's valid columns,
+            // a block no other task writes.
+            unsafe {
+                store_block(
+                    c,
+                    rows,
+                    PANEL.min(n - p * PANEL),
+                    w.bias[p * PANEL..].as_ptr(),
+                    out.at(r0 * n + p * PANEL),
+                    n,
+                )
+            };
+        });
+        // SAFETY: the blocks cover every row and column.
         unsafe { crate::kernels::assume_init(y) }
+    }
+
+    /// `gelu(a W^T + b)` rounded to bf16, laid out as the A operand of the next product: `n`
+    /// wide (a multiple of 32, checked by the caller), whole 32-row blocks with zero rows
+    /// after `m`.
+    pub(super) fn matmul_gelu_rows(a: &[u16], m: usize, w: &PackedBf16) -> Vec<u16> {
+        let n = w.n;
+        let rows_pad = m.div_ceil(MB) * MB;
+        let mut h = vec![0u16; rows_pad * n];
+        let out = SendPtr(h.as_mut_ptr().cast());
+        for_each_block(a, m, w, |c, r0, rows, p| {
+            // SAFETY: rows r0..r0+rows (< m), the panel's 32 columns (n is a multiple of 32):
+            // a block no other task writes.
+            unsafe {
+                store_block_gelu(
+                    c,
+                    rows,
+                    w.bias[p * PANEL..].as_ptr(),
+                    out.at(0).cast::<u16>().add(r0 * n + p * PANEL),
+                    n,
+                )
+            };
+        });
+        h
+    }
+
+    /// `out[r, c] = bf16(gelu(block[r, c] + bias[c]))` for `rows` rows and all 32 columns.
+    ///
+    /// # Safety
+    /// AVX-512F/BF16/BW/VL; `bias` holds 32 values; `out` has `rows` rows of stride `ldo` with
+    /// 32 writable values each.
+    #[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl,avx2,fma")]
+    unsafe fn store_block_gelu(c: &[f32; MB * PANEL], rows: usize, bias: *const f32, out: *mut u16, ldo: usize) {
+        use std::arch::x86_64::*;
+        let bias = std::slice::from_raw_parts(bias, PANEL);
+        let mut v = [0f32; PANEL];
+        for r in 0..rows {
+            for ((d, &s), &b) in v.iter_mut().zip(&c[r * PANEL..(r + 1) * PANEL]).zip(bias) {
+                *d = crate::kernels::math::gelu(s + b);
+            }
+            let lo = _mm512_cvtneps_pbh(_mm512_loadu_ps(v.as_ptr()));
+            let hi = _mm512_cvtneps_pbh(_mm512_loadu_ps(v.as_ptr().add(16)));
+            let dst = out.add(r * ldo);
+            _mm256_storeu_si256(dst.cast(), std::mem::transmute::<__m256bh, __m256i>(lo));
+            _mm256_storeu_si256(dst.add(16).cast(), std::mem::transmute::<__m256bh, __m256i>(hi));
+        }
     }
 
     /// `out[r, c] = block[r, c] + bias[c]` for the valid rows and columns of a 32 x 32 block.
@@ -627,6 +712,30 @@ mod tests {
             for (m, n, k) in [(1, 32, 32), (5, 40, 70), (33, 64, 96), (200, 96, 768), (13, 1024, 64), (130, 17, 33)] {
                 check(which, m, n, k);
             }
+        }
+    }
+
+    #[test]
+    fn the_fused_mlp_equals_the_two_products_with_gelu_between() {
+        let mut seed = 0x1234_5678u32;
+        let mut rnd = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            (seed as f32 / u32::MAX as f32) * 2.0 - 1.0
+        };
+        for (m, width, hidden) in [(1, 40, 64), (37, 96, 128), (70, 64, 256)] {
+            let x: Vec<f32> = (0..m * width).map(|_| rnd()).collect();
+            let w1: Vec<f32> = (0..hidden * width).map(|_| rnd()).collect();
+            let b1: Vec<f32> = (0..hidden).map(|_| rnd()).collect();
+            let w2: Vec<f32> = (0..width * hidden).map(|_| rnd() * 0.1).collect();
+            let b2: Vec<f32> = (0..width).map(|_| rnd()).collect();
+            let (fc, proj) =
+                (PackedBf16::pack(&w1, hidden, width, Some(&b1)), PackedBf16::pack(&w2, width, hidden, Some(&b2)));
+            let mut h = matmul(&x, m, &fc);
+            crate::kernels::math::gelu_in_place(&mut h);
+            let want = matmul(&h, m, &proj);
+            assert_eq!(mlp(&x, m, &fc, &proj), want, "m={m} width={width} hidden={hidden} ({:?})", selected());
         }
     }
 

@@ -96,10 +96,16 @@ macro_rules! dispatch {
 }
 pub(crate) use dispatch;
 
+/// `0.5 x (1 + erf(x / sqrt 2))`.
+#[inline(always)]
+pub(crate) fn gelu(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
 #[inline(always)]
 fn gelu_chunk(chunk: &mut [f32]) {
     for v in chunk {
-        *v = 0.5 * *v * (1.0 + erf(*v * std::f32::consts::FRAC_1_SQRT_2));
+        *v = gelu(*v);
     }
 }
 
