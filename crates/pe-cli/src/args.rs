@@ -21,8 +21,8 @@ pub struct ModelArgs {
     /// A checkpoint: the official .pt, or safetensors in the official or open_clip layout.
     #[arg(long, short = 'w')]
     pub weights: Option<PathBuf>,
-    /// Precision: f32 (the reference's numbers), bf16 (bfloat16 linear weights and inputs,
-    /// float32 accumulation and everything else; about half the memory, faster on CPUs with
+    /// Precision: f32 (the reference's numbers), bf16 (bfloat16 matmul operands, float32
+    /// accumulation, LayerNorm, softmax and GELU; about half the memory, faster on CPUs with
     /// AMX or AVX512-BF16; embeddings within cosine 0.999 of f32) or int8 (linear layers
     /// quantized; a quarter of the weight memory; see docs/performance.md for its accuracy).
     #[arg(long, value_enum, default_value = "f32", env = "PE_DTYPE")]

@@ -51,8 +51,9 @@ pub struct LoadOptions {
     ///
     /// - `F32`: the reference's numbers (parity within 1e-5).
     /// - `BF16`: on the CPU, the linear layers keep bfloat16 weights and round their inputs to
-    ///   bfloat16, accumulating in float32 (AMX or AVX512-BF16 where present); LayerNorm,
-    ///   attention, GELU and residuals stay float32. Embeddings within cosine 0.999 of `F32`.
+    ///   bfloat16, accumulating in float32 (AMX or AVX512-BF16 where present); with AMX the
+    ///   attention products take bfloat16 operands too (as PyTorch's autocast does). LayerNorm,
+    ///   softmax, GELU and residuals stay float32. Embeddings within cosine 0.999 of `F32`.
     ///   On other devices every tensor is bfloat16.
     /// - `U8`: int8 linear layers (CPU only): weights quantized per output channel at load,
     ///   inputs per row on the fly, int32 sums (AMX-INT8 where present); float32 elsewhere.

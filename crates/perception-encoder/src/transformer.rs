@@ -63,8 +63,9 @@ pub(crate) enum LinearWeights {
 }
 
 /// The modules' float32 view of a bfloat16 `vb` on the CPU (when the kernels are on): the
-/// linear layers keep bfloat16 weights and run the bf16 kernels, everything else (LayerNorm,
-/// softmax, GELU, residuals, embeddings) computes in float32, as PyTorch's bf16 autocast does.
+/// linear layers keep bfloat16 weights and run the bf16 kernels (with AMX, so do the attention
+/// products), everything else (LayerNorm, softmax, GELU, residuals, embeddings) computes in
+/// float32, as PyTorch's bf16 autocast does.
 /// `U8` means int8 linear layers (CPU only), float32 elsewhere. Other dtypes and devices build
 /// as asked.
 pub(crate) fn plan(vb: VarBuilder) -> Result<(VarBuilder, LinearWeights)> {
@@ -329,7 +330,11 @@ impl SelfAttention {
             if let Some(t) = rope {
                 crate::kernels::attention::rope_in_place(&mut buf, shape, t.cos_f32, t.sin_f32, t.rope.rot_dim());
             }
-            let out = crate::kernels::attention::attention(&buf, shape, causal);
+            let bf16 = matches!(self.in_proj.weight, Weight::Bf16(_));
+            let out = match bf16.then(|| crate::kernels::attention::attention_bf16(&buf, shape, causal)).flatten() {
+                Some(out) => out,
+                None => crate::kernels::attention::attention(&buf, shape, causal),
+            };
             Tensor::from_vec(out, (b, n, w), x.device())?
         } else {
             let qkv = qkv.reshape((b, n, 3, self.heads, hd))?.permute((2, 0, 3, 1, 4))?;

@@ -118,3 +118,113 @@ pub(crate) fn attention(qkv: &[f32], s: Shape, causal: bool) -> Vec<f32> {
     // their destination: `read_dst` is false).
     unsafe { super::assume_init(out) }
 }
+
+/// [`attention`] with bfloat16 operands on AMX tiles (the `--dtype bf16` path, as PyTorch's
+/// autocast runs attention in bf16): `None` where that kernel is not in use (no AMX, or a head
+/// dim that is not a multiple of 32), for the caller to take the float32 path.
+pub(crate) fn attention_bf16(qkv: &[f32], s: Shape, causal: bool) -> Option<Vec<f32>> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if !super::bf16::amx_attention(s.head_dim) {
+            return None;
+        }
+        let w = s.width();
+        let (n, d) = (s.seq, s.head_dim);
+        assert_eq!(qkv.len(), s.batch * n * 3 * w, "packed qkv size");
+        let mut out = super::uninit_f32(s.batch * n * w);
+        let out_ptr = SendPtr(out.as_mut_ptr().cast());
+        (0..s.batch * s.heads).into_par_iter().for_each_init(
+            super::bf16::AttentionScratch::default,
+            |scratch, task| {
+                let (b, h) = (task / s.heads, task % s.heads);
+                let base = b * n * 3 * w + h * d;
+                let (q, k, v) = (&qkv[base..], &qkv[base + w..], &qkv[base + 2 * w..]);
+                // SAFETY: AMX is selected (checked above); q, k, v hold n rows of d at stride 3w
+                // (the last ends at base + (n-1)*3w + 2w + d <= qkv.len()); this task alone writes
+                // columns h*d..(h+1)*d of batch b's n rows of `out`.
+                unsafe {
+                    let head = super::bf16::Head { q, k, v, rs: 3 * w, n, d, causal };
+                    super::bf16::amx_attention_head(head, out_ptr.at(b * n * w + h * d), w, scratch)
+                };
+            },
+        );
+        // SAFETY: the (batch, head) tasks write every column of every row.
+        Some(unsafe { super::assume_init(out) })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (qkv, s, causal);
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Attention with the bf16 path's roundings (q * scale, k, softmax output, v), in f64.
+    fn rounded_reference(qkv: &[f32], s: Shape, causal: bool) -> Vec<f32> {
+        let r = |x: f32| crate::kernels::bf16::from_bf16(crate::kernels::bf16::to_bf16(x)) as f64;
+        let (n, d, w) = (s.seq, s.head_dim, s.width());
+        let scale = 1.0 / (d as f32).sqrt();
+        let mut out = vec![0f32; s.batch * n * w];
+        for b in 0..s.batch {
+            for h in 0..s.heads {
+                let at = |part: usize, t: usize, j: usize| qkv[b * n * 3 * w + t * 3 * w + part * w + h * d + j];
+                for i in 0..n {
+                    let live = if causal { i + 1 } else { n };
+                    let scores: Vec<f64> =
+                        (0..live).map(|t| (0..d).map(|j| r(at(0, i, j) * scale) * r(at(1, t, j))).sum()).collect();
+                    let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let e: Vec<f64> = scores.iter().map(|x| (x - max).exp()).collect();
+                    let sum: f64 = e.iter().sum();
+                    for j in 0..d {
+                        let o: f64 = (0..live).map(|t| r((e[t] / sum) as f32) * r(at(2, t, j))).sum();
+                        out[b * n * w + i * w + h * d + j] = o as f32;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn bf16_attention_matches_the_rounded_reference() {
+        let shapes = [
+            Shape { batch: 2, seq: 37, heads: 2, head_dim: 64 },
+            Shape { batch: 1, seq: 70, heads: 3, head_dim: 32 },
+            Shape { batch: 1, seq: 5, heads: 1, head_dim: 96 },
+        ];
+        let mut seed = 0x51ed_270bu32;
+        for s in shapes {
+            let qkv: Vec<f32> = (0..s.batch * s.seq * 3 * s.width())
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 17;
+                    seed ^= seed << 5;
+                    (seed as f32 / u32::MAX as f32) * 4.0 - 2.0
+                })
+                .collect();
+            for causal in [false, true] {
+                let Some(got) = attention_bf16(&qkv, s, causal) else {
+                    eprintln!("no AMX bf16 here: the bf16 attention kernel is not used, nothing to test");
+                    return;
+                };
+                let want = rounded_reference(&qkv, s, causal);
+                let (mut worst, mut total) = (0f32, 0f32);
+                for (a, b) in got.iter().zip(&want) {
+                    worst = worst.max((a - b).abs());
+                    total += (a - b).abs();
+                }
+                let mean = total / got.len() as f32;
+                // The same roundings, so only float32 summation order and the softmax's exp
+                // differ (~1e-7 here); a probability rounded the other way would move an
+                // output by ~2^-9 |v|, a layout mistake by O(1).
+                assert!(worst <= 1e-3 && mean <= 1e-5, "{s:?} causal {causal}: worst {worst}, mean {mean}");
+                let f32_path = attention(&qkv, s, causal);
+                let drift = got.iter().zip(&f32_path).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                assert!(drift <= 5e-2, "{s:?} causal {causal}: {drift} from float32 attention");
+            }
+        }
+    }
+}

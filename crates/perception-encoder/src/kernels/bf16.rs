@@ -39,12 +39,12 @@ pub(crate) struct PackedBf16 {
 
 /// Round to nearest even, as `vcvtneps2bf16` does (NaN stays NaN).
 #[inline]
-fn to_bf16(x: f32) -> u16 {
+pub(crate) fn to_bf16(x: f32) -> u16 {
     half::bf16::from_f32(x).to_bits()
 }
 
 #[inline]
-fn from_bf16(b: u16) -> f32 {
+pub(crate) fn from_bf16(b: u16) -> f32 {
     f32::from_bits((b as u32) << 16)
 }
 
@@ -216,6 +216,15 @@ pub(crate) fn mlp(x: &[f32], m: usize, fc: &PackedBf16, proj: &PackedBf16) -> Ve
     matmul(&h, m, proj)
 }
 
+/// Whether [`attention_head`](amx::attention_head) runs here for heads of `head_dim`: the AMX
+/// kernel is the one selected, and the head is whole tiles deep.
+pub(crate) fn amx_attention(head_dim: usize) -> bool {
+    selected() == Impl::Amx && head_dim.is_multiple_of(PANEL) && head_dim > 0
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(in crate::kernels) use amx::{attention_head as amx_attention_head, AttentionScratch, Head};
+
 /// Rows of `x` rounded to bf16, `k_pad` wide (zero padded), `rows_pad` rows (zero rows after `m`).
 fn round_rows(x: &[f32], m: usize, k: usize, k_pad: usize, rows_pad: usize) -> Vec<u16> {
     let mut a = vec![0u16; rows_pad * k_pad];
@@ -321,6 +330,32 @@ mod avx512 {
         }
         for j in i..n {
             dst[j] = to_bf16(src[j]);
+        }
+    }
+
+    /// Softmax of `s` (its values are overwritten), rounded to bf16 into `dst`: the final
+    /// scaling and the rounding in one pass.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F/BF16 (and AVX2/FMA); `dst` is as long as `s`.
+    #[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl,avx2,fma")]
+    pub(super) unsafe fn softmax_to_bf16(s: &mut [f32], dst: &mut [u16]) {
+        use crate::kernels::math::{exp, max16, sum16};
+        let max = max16(s);
+        for x in s.iter_mut() {
+            *x = exp(*x - max);
+        }
+        let inv_sum = 1.0 / sum16(s, |v| v);
+        let inv = _mm512_set1_ps(inv_sum);
+        let n = s.len();
+        let mut i = 0;
+        while i + 16 <= n {
+            let v = _mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_loadu_ps(s.as_ptr().add(i)), inv));
+            _mm256_storeu_si256(dst.as_mut_ptr().add(i).cast(), std::mem::transmute::<__m256bh, __m256i>(v));
+            i += 16;
+        }
+        for j in i..n {
+            dst[j] = to_bf16(s[j] * inv_sum);
         }
     }
 
@@ -500,6 +535,15 @@ mod amx {
     /// `k_pad` bf16 with row stride `lda` elements; `b` one packed panel of `k_pad / 2` pairs.
     #[inline]
     unsafe fn block(a: *const u16, lda: usize, b: *const u16, k_pad: usize, c: *mut f32) {
+        block_ldc(a, lda, b, k_pad, c, PANEL)
+    }
+
+    /// [`block`] with the result's row stride `ldc` (in f32) chosen by the caller.
+    ///
+    /// # Safety
+    /// As [`block`], with `c` holding 32 rows of stride `ldc` and 32 writable values each.
+    #[inline]
+    unsafe fn block_ldc(a: *const u16, lda: usize, b: *const u16, k_pad: usize, c: *mut f32, ldc: usize) {
         let steps = k_pad / 32;
         asm!(
             "tilezero tmm0",
@@ -531,10 +575,154 @@ mod amx {
             lda = in(reg) lda * 2,
             ldb = in(reg) 128usize,
             c = in(reg) c,
-            c2 = in(reg) c.add(16 * 32),
-            ldc = in(reg) 128usize,
+            c2 = in(reg) c.add(16 * ldc),
+            ldc = in(reg) ldc * 4,
             options(nostack),
         );
+    }
+
+    /// One (image, head) of attention: `q`, `k`, `v` are `n` rows of `d` (a multiple of 32)
+    /// with row stride `rs`.
+    pub(in crate::kernels) struct Head<'a> {
+        pub q: &'a [f32],
+        pub k: &'a [f32],
+        pub v: &'a [f32],
+        pub rs: usize,
+        pub n: usize,
+        pub d: usize,
+        pub causal: bool,
+    }
+
+    /// Softmax attention for one head on AMX: `S = bf16(q * scale) bf16(k)^T` and
+    /// `O = bf16(softmax(S)) bf16(v)`, float32 sums, the softmax in float32. `out` gets `n`
+    /// rows of `d` with stride `ldo`. `scratch` is reused between calls.
+    ///
+    /// # Safety
+    /// AMX and AVX512-BF16 available and permitted; the slices hold what [`Head`] describes;
+    /// `out` is writable for those rows and columns and no other thread writes them.
+    pub(in crate::kernels) unsafe fn attention_head(
+        head: Head,
+        out: *mut f32,
+        ldo: usize,
+        scratch: &mut AttentionScratch,
+    ) {
+        let Head { q, k, v, rs, n, d, causal } = head;
+        let np = n.div_ceil(MB) * MB;
+        let scale = 1.0 / (d as f32).sqrt();
+        scratch.resize(np, d);
+        let AttentionScratch { qa, kb, vb, scores, pa, row, qs, c } = scratch;
+        // Padding rows and keys are never cleared: results for padding rows are dropped and
+        // padding keys' scores are never read. Only v's padding keys meet real (zero)
+        // probabilities, so they must be finite: they are zeroed below.
+        for r in 0..n {
+            for (t, &x) in qs.iter_mut().zip(&q[r * rs..r * rs + d]) {
+                *t = x * scale;
+            }
+            super::avx512::round_row(qs, &mut qa[r * d..(r + 1) * d]);
+        }
+        // k rounded into rows of d / 2 bf16 pairs (as u32), then each 16 keys x 16 pairs block
+        // transposed into the packed B layout: panel of 32 keys, for each pair of dims the
+        // 32 keys side by side.
+        let kr = &mut row[d..];
+        for key in 0..n {
+            super::avx512::round_row(
+                &k[key * rs..key * rs + d],
+                std::slice::from_raw_parts_mut(kr.as_mut_ptr().add(key * d).cast(), d),
+            );
+        }
+        let (kr32, kb32) = (kr.as_ptr().cast::<u32>(), kb.as_mut_ptr().cast::<u32>());
+        for key0 in (0..np).step_by(16) {
+            for kp0 in (0..d / 2).step_by(16) {
+                // Source: keys key0.., pairs kp0.. (stride d / 2); destination: panel
+                // key0 / 32, rows kp0.. of 32 keys, columns key0 % 32.. .
+                crate::kernels::transpose_tile16_bits(
+                    kr32.add(key0 * d / 2 + kp0),
+                    d / 2,
+                    kb32.add((key0 / PANEL) * (d / 2) * PANEL + kp0 * PANEL + key0 % PANEL),
+                    PANEL,
+                );
+            }
+        }
+        // v as the packed B operand of P v: panels of 32 dims, for each pair of keys the 32
+        // dims' pairs side by side (one u32 each).
+        let vb32 = vb.as_mut_ptr().cast::<u32>();
+        let (vr0, vr1) = row.split_at_mut(d);
+        for kp in 0..np / 2 {
+            let (k0, k1) = (2 * kp, 2 * kp + 1);
+            let round_or_zero = |key: usize, dst: &mut [u16]| {
+                if key < n {
+                    super::avx512::round_row(&v[key * rs..key * rs + d], &mut dst[..d]);
+                } else {
+                    dst[..d].fill(0);
+                }
+            };
+            round_or_zero(k0, vr0);
+            round_or_zero(k1, vr1);
+            for j in 0..d {
+                *vb32.add((j / PANEL) * (np / 2) * PANEL + kp * PANEL + j % PANEL) =
+                    vr0[j] as u32 | (vr1[j] as u32) << 16;
+            }
+        }
+        load_config();
+        for rb in 0..np / MB {
+            // Causal: key panels wholly after the block's last query are masked anyway.
+            let panels = if causal { (rb * MB + MB).min(np) / PANEL } else { np / PANEL };
+            for p in 0..panels {
+                block_ldc(
+                    qa[rb * MB * d..].as_ptr(),
+                    d,
+                    kb[p * d * PANEL..].as_ptr(),
+                    d,
+                    scores[rb * MB * np + p * PANEL..].as_mut_ptr(),
+                    np,
+                );
+            }
+        }
+        for r in 0..n {
+            let live = if causal { r + 1 } else { n };
+            super::avx512::softmax_to_bf16(&mut scores[r * np..r * np + live], &mut pa[r * np..r * np + live]);
+            pa[r * np + live..(r + 1) * np].fill(0);
+        }
+        for rb in 0..np / MB {
+            for p in 0..d / PANEL {
+                block(pa[rb * MB * np..].as_ptr(), np, vb[p * np * PANEL..].as_ptr(), np, c.as_mut_ptr());
+                for r in 0..MB.min(n.saturating_sub(rb * MB)) {
+                    let dst = out.add((rb * MB + r) * ldo + p * PANEL);
+                    std::ptr::copy_nonoverlapping(c[r * PANEL..].as_ptr(), dst, PANEL);
+                }
+            }
+        }
+        asm!("tilerelease", options(nostack, nomem));
+    }
+
+    /// Buffers of [`attention_head`], kept per worker thread.
+    #[derive(Default)]
+    pub(in crate::kernels) struct AttentionScratch {
+        qa: Vec<u16>,
+        kb: Vec<u16>,
+        vb: Vec<u16>,
+        scores: Vec<f32>,
+        pa: Vec<u16>,
+        row: Vec<u16>,
+        qs: Vec<f32>,
+        c: Vec<f32>,
+    }
+
+    impl AttentionScratch {
+        /// Sized for `np` (padded) tokens of `d` dims. Contents are left from the last call
+        /// (new space is zero): every value read is written first, or finite and multiplied
+        /// by zero (see [`attention_head`]).
+        fn resize(&mut self, np: usize, d: usize) {
+            self.qa.resize(np * d, 0);
+            self.kb.resize(np * d, 0);
+            self.vb.resize(np * d, 0);
+            self.pa.resize(np * np, 0);
+            // Two rows of d, then k rounded (np rows of d).
+            self.row.resize(2 * d + np * d, 0);
+            self.scores.resize(np * np, 0.0);
+            self.qs.resize(d, 0.0);
+            self.c.resize(MB * PANEL, 0.0);
+        }
     }
 
     pub(super) fn matmul(x: &[f32], m: usize, w: &PackedBf16) -> Vec<f32> {

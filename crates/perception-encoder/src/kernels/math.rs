@@ -116,7 +116,7 @@ pub(crate) fn gelu_in_place(xs: &mut [f32]) {
 
 /// Sum of a slice with 16 independent partial sums (vectorizes; a single running sum does not).
 #[inline(always)]
-fn sum16(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+pub(crate) fn sum16(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     let mut acc = [0f32; 16];
     let chunks = xs.chunks_exact(16);
     let tail = chunks.remainder();
@@ -148,7 +148,7 @@ fn layer_norm_rows(
 }
 
 #[inline(always)]
-fn max16(xs: &[f32]) -> f32 {
+pub(crate) fn max16(xs: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; 16];
     let chunks = xs.chunks_exact(16);
     let tail = chunks.remainder();

@@ -149,6 +149,17 @@ fn transpose_with(src: &[f32], rows: usize, cols: usize, avx512: bool) -> Vec<f3
     unsafe { assume_init(dst) }
 }
 
+/// [`transpose_tile16`] on 32-bit patterns (pairs of bf16): the shuffles move bits unchanged.
+///
+/// # Safety
+/// AVX-512F; `src` holds 16 rows of 16 values at stride `src_stride`, `dst` 16 writable rows
+/// of 16 at stride `dst_stride`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub(crate) unsafe fn transpose_tile16_bits(src: *const u32, src_stride: usize, dst: *mut u32, dst_stride: usize) {
+    transpose_tile16(src.cast(), src_stride, dst.cast(), dst_stride)
+}
+
 /// A 16 x 16 float32 tile from `src` (row stride `src_stride`) to `dst` transposed (row stride
 /// `dst_stride`): three rounds of unpack/shuffle, the usual in-register transpose.
 #[cfg(target_arch = "x86_64")]
