@@ -322,32 +322,50 @@ impl SelfAttention {
     /// `rope` rotates q and k with the given `(cos, sin)` tables; `causal` masks later keys.
     pub(crate) fn forward(&self, x: &Tensor, rope: Option<RopeTables>, causal: bool) -> Result<Tensor> {
         let (b, n, w) = x.dims3()?;
-        let hd = w / self.heads;
-        let qkv = self.in_proj.forward(x)?;
-        let o = if crate::kernels::enabled_for(&qkv) {
-            let shape = crate::kernels::attention::Shape { batch: b, seq: n, heads: self.heads, head_dim: hd };
-            let mut buf: Vec<f32> = qkv.flatten_all()?.to_vec1()?;
-            if let Some(t) = rope {
-                crate::kernels::attention::rope_in_place(&mut buf, shape, t.cos_f32, t.sin_f32, t.rope.rot_dim());
+        let shape = crate::kernels::attention::Shape { batch: b, seq: n, heads: self.heads, head_dim: w / self.heads };
+        // Packed weights hand their product over as a vector: no tensor, no copy out of it.
+        let o = match self.in_proj.forward_packed(x)? {
+            Some(qkv) => self.attend(qkv, shape, rope, causal, x)?,
+            None => {
+                let qkv = self.in_proj.forward(x)?;
+                if crate::kernels::enabled_for(&qkv) {
+                    self.attend(qkv.flatten_all()?.to_vec1()?, shape, rope, causal, x)?
+                } else {
+                    let qkv = qkv.reshape((b, n, 3, self.heads, shape.head_dim))?.permute((2, 0, 3, 1, 4))?;
+                    let (mut q, mut k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
+                    if let Some(t) = rope {
+                        q = t.rope.apply(&q.contiguous()?, t.cos, t.sin)?;
+                        k = t.rope.apply(&k.contiguous()?, t.cos, t.sin)?;
+                    }
+                    let mask = if causal { Some(causal_mask(n, x)?) } else { None };
+                    let o = attention(&q, &k, &v, mask.as_ref())?;
+                    o.transpose(1, 2)?.reshape((b, n, w))?
+                }
             }
-            let bf16 = matches!(self.in_proj.weight, Weight::Bf16(_));
-            let out = match bf16.then(|| crate::kernels::attention::attention_bf16(&buf, shape, causal)).flatten() {
-                Some(out) => out,
-                None => crate::kernels::attention::attention(&buf, shape, causal),
-            };
-            Tensor::from_vec(out, (b, n, w), x.device())?
-        } else {
-            let qkv = qkv.reshape((b, n, 3, self.heads, hd))?.permute((2, 0, 3, 1, 4))?;
-            let (mut q, mut k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
-            if let Some(t) = rope {
-                q = t.rope.apply(&q.contiguous()?, t.cos, t.sin)?;
-                k = t.rope.apply(&k.contiguous()?, t.cos, t.sin)?;
-            }
-            let mask = if causal { Some(causal_mask(n, x)?) } else { None };
-            let o = attention(&q, &k, &v, mask.as_ref())?;
-            o.transpose(1, 2)?.reshape((b, n, w))?
         };
         Ok(self.out_proj.forward(&o)?)
+    }
+
+    /// The CPU kernels over the packed `qkv` product: RoPE in place, then attention (bf16 on
+    /// AMX for bf16 layers), heads merged into `(batch, seq, width)`.
+    fn attend(
+        &self,
+        mut qkv: Vec<f32>,
+        shape: crate::kernels::attention::Shape,
+        rope: Option<RopeTables>,
+        causal: bool,
+        like: &Tensor,
+    ) -> Result<Tensor> {
+        use crate::kernels::attention;
+        if let Some(t) = rope {
+            attention::rope_in_place(&mut qkv, shape, t.cos_f32, t.sin_f32, t.rope.rot_dim());
+        }
+        let bf16 = matches!(self.in_proj.weight, Weight::Bf16(_));
+        let out = match bf16.then(|| attention::attention_bf16(&qkv, shape, causal)).flatten() {
+            Some(out) => out,
+            None => attention::attention(&qkv, shape, causal),
+        };
+        Ok(Tensor::from_vec(out, (shape.batch, shape.seq, shape.heads * shape.head_dim), like.device())?)
     }
 }
 
