@@ -33,17 +33,23 @@ pub(crate) fn rope_in_place(qkv: &mut [f32], s: Shape, cos: &[f32], sin: &[f32],
     qkv.par_chunks_mut(3 * w).enumerate().for_each(|(row, token)| {
         let pos = row % s.seq;
         let (c, sn) = (&cos[pos * rot_dim..(pos + 1) * rot_dim], &sin[pos * rot_dim..(pos + 1) * rot_dim]);
-        for part in 0..2 {
-            for h in 0..s.heads {
-                let x = &mut token[part * w + h * s.head_dim..part * w + h * s.head_dim + rot_dim];
-                for i in (0..rot_dim).step_by(2) {
-                    let (a, b) = (x[i], x[i + 1]);
-                    x[i] = a * c[i] - b * sn[i];
-                    x[i + 1] = b * c[i + 1] + a * sn[i + 1];
-                }
+        super::math::dispatch!(rope_token(token, s, w, c, sn, rot_dim));
+    });
+}
+
+#[inline(always)]
+fn rope_token(token: &mut [f32], s: Shape, w: usize, c: &[f32], sn: &[f32], rot_dim: usize) {
+    for part in 0..2 {
+        for h in 0..s.heads {
+            let x = &mut token[part * w + h * s.head_dim..part * w + h * s.head_dim + rot_dim];
+            // Pairs as 2-element chunks, so the compiler vectorizes them (with a lane swap).
+            for ((x, c), sn) in x.chunks_exact_mut(2).zip(c.chunks_exact(2)).zip(sn.chunks_exact(2)) {
+                let (a, b) = (x[0], x[1]);
+                x[0] = a * c[0] - b * sn[0];
+                x[1] = b * c[1] + a * sn[1];
             }
         }
-    });
+    }
 }
 
 /// Softmax attention with scale `head_dim^-0.5`; `causal` masks keys after each query.
