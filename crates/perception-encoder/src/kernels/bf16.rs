@@ -1,13 +1,13 @@
 //! `y = x W^T + b` with bfloat16 weights and float32 accumulation (the `--dtype bf16` path).
 //!
-//! The weight is packed once at load: columns in panels of 32, and within a panel, for each
-//! pair of input rows `(k, k+1)`, the 32 columns' pairs `W[k, c], W[k+1, c]` side by side. That
-//! is the operand layout of both x86 bf16 instructions: AVX512-BF16's `vdpbf16ps` (16 columns
-//! per vector) and AMX's `tdpbf16ps` (a 16-pair x 16-column tile). `K` is padded to a multiple
-//! of 32 and `N` to a multiple of 32 with zeros, so the kernels never see a ragged edge there.
+//! The weight is packed once at load ([`super::panels`]): columns in panels of 32, and within a
+//! panel, for each pair of input rows `(k, k+1)`, the 32 columns' pairs side by side, the
+//! operand layout of both AVX512-BF16's `vdpbf16ps` and AMX's `tdpbf16ps`.
 //!
 //! Activations are rounded to bfloat16 (round to nearest even) as they enter the product;
-//! products are exact in float32 and summed in float32, as PyTorch's bf16 autocast does.
+//! products are exact in float32 and summed in float32, as PyTorch's bf16 autocast does. On AMX
+//! two more paths keep bf16 operands: the MLP ([`mlp`]: GELU and rounding in the first
+//! product's epilogue) and attention ([`amx::attention_head`]: `q k^T` and `P v`).
 //!
 //! Three implementations, chosen at run time (`PE_BF16_KERNEL=amx|avx512|portable` forces one):
 //! - AMX tiles (Sapphire Rapids and later), when the CPU has AMX-BF16 and Linux grants the
@@ -19,22 +19,25 @@ use rayon::prelude::*;
 
 use super::SendPtr;
 
-/// Columns per packed panel.
-const PANEL: usize = 32;
+use super::panels::{per_column, Panels, PANEL};
+
 /// `K` is padded to this (one AMX tile row of bf16).
 const K_ALIGN: usize = 32;
 
-/// A weight `(n, k)` (PyTorch's `(out, in)`) in bfloat16, packed for the kernels.
+/// A weight `(n, k)` (PyTorch's `(out, in)`) in bfloat16, packed for the kernels (pairs of
+/// input rows; see [`super::panels`]).
 #[derive(Debug, Clone)]
 pub(crate) struct PackedBf16 {
-    k: usize,
-    n: usize,
-    /// `k` rounded up to [`K_ALIGN`].
-    k_pad: usize,
-    /// `panels x (k_pad / 2) x 64` bf16 bit patterns.
-    data: Vec<u16>,
+    w: Panels<u16>,
     /// Bias padded to a whole panel (zeros when the layer has none).
     bias: Vec<f32>,
+}
+
+impl std::ops::Deref for PackedBf16 {
+    type Target = Panels<u16>;
+    fn deref(&self) -> &Panels<u16> {
+        &self.w
+    }
 }
 
 /// Round to nearest even, as `vcvtneps2bf16` does (NaN stays NaN).
@@ -51,24 +54,7 @@ pub(crate) fn from_bf16(b: u16) -> f32 {
 impl PackedBf16 {
     /// Pack `w`, row-major `(n, k)`, and the optional bias `(n)`.
     pub(crate) fn pack(w: &[f32], n: usize, k: usize, bias: Option<&[f32]>) -> Self {
-        assert_eq!(w.len(), n * k, "weight size");
-        let k_pad = k.div_ceil(K_ALIGN) * K_ALIGN;
-        let panels = n.div_ceil(PANEL);
-        let panel_len = k_pad / 2 * 2 * PANEL;
-        let mut data = vec![0u16; panels * panel_len];
-        data.par_chunks_mut(panel_len).enumerate().for_each(|(p, panel)| {
-            for c in 0..PANEL.min(n - p * PANEL) {
-                let row = &w[(p * PANEL + c) * k..(p * PANEL + c + 1) * k];
-                for (kk, &v) in row.iter().enumerate() {
-                    panel[(kk / 2) * 2 * PANEL + 2 * c + kk % 2] = to_bf16(v);
-                }
-            }
-        });
-        let mut b = vec![0f32; panels * PANEL];
-        if let Some(bias) = bias {
-            b[..n].copy_from_slice(bias);
-        }
-        PackedBf16 { k, n, k_pad, data, bias: b }
+        PackedBf16 { w: Panels::pack::<2>(w, n, k, K_ALIGN, |_, v| to_bf16(v)), bias: per_column(bias, n) }
     }
 
     /// Input features.
@@ -81,27 +67,9 @@ impl PackedBf16 {
         self.n
     }
 
-    fn panels(&self) -> usize {
-        self.n.div_ceil(PANEL)
-    }
-
-    fn panel(&self, p: usize) -> &[u16] {
-        let len = self.k_pad * PANEL;
-        &self.data[p * len..(p + 1) * len]
-    }
-
     /// The weight back as float32 `(k, n)` (`W^T`), bf16-rounded values.
     fn unpack_t(&self) -> Vec<f32> {
-        let mut out = vec![0f32; self.k * self.n];
-        for p in 0..self.panels() {
-            let panel = self.panel(p);
-            for kk in 0..self.k {
-                for c in 0..PANEL.min(self.n - p * PANEL) {
-                    out[kk * self.n + p * PANEL + c] = from_bf16(panel[(kk / 2) * 2 * PANEL + 2 * c + kk % 2]);
-                }
-            }
-        }
-        out
+        self.w.unpack_t(from_bf16)
     }
 }
 

@@ -14,18 +14,16 @@
 
 use rayon::prelude::*;
 
-const PANEL: usize = 32;
+use super::panels::{per_column, Panels, PANEL};
+
 /// `K` is padded to this (one AMX tile row of int8).
 const K_ALIGN: usize = 64;
 
-/// A weight `(n, k)` quantized to int8 per output channel and packed.
+/// A weight `(n, k)` quantized to int8 per output channel and packed (quadruples of input rows;
+/// see [`super::panels`]).
 #[derive(Debug, Clone)]
 pub(crate) struct PackedI8 {
-    k: usize,
-    n: usize,
-    k_pad: usize,
-    /// `panels x (k_pad / 4) x 128` values.
-    data: Vec<i8>,
+    w: Panels<i8>,
     /// Per-column scale, padded to a whole panel.
     scale: Vec<f32>,
     /// Bias, padded to a whole panel.
@@ -33,6 +31,13 @@ pub(crate) struct PackedI8 {
     /// `128 * sum_k qW[j, k]` per column, padded to a whole panel: `vpdpbusd` multiplies
     /// unsigned by signed bytes, so activations go in shifted by 128 and this takes it back out.
     shift_comp: Vec<i32>,
+}
+
+impl std::ops::Deref for PackedI8 {
+    type Target = Panels<i8>;
+    fn deref(&self) -> &Panels<i8> {
+        &self.w
+    }
 }
 
 /// `v / scale` rounded to the nearest integer (ties to even, as PyTorch's quantizers do) in
@@ -51,35 +56,18 @@ impl PackedI8 {
     /// Quantize and pack `w`, row-major `(n, k)`, with the optional bias `(n)`.
     pub(crate) fn pack(w: &[f32], n: usize, k: usize, bias: Option<&[f32]>) -> Self {
         assert_eq!(w.len(), n * k, "weight size");
-        let k_pad = k.div_ceil(K_ALIGN) * K_ALIGN;
-        let panels = n.div_ceil(PANEL);
-        let panel_len = k_pad * PANEL;
-        let mut scale = vec![0f32; panels * PANEL];
+        let mut scale = per_column(None, n);
         for (j, s) in scale.iter_mut().take(n).enumerate() {
             let max = w[j * k..(j + 1) * k].iter().fold(0f32, |m, v| m.max(v.abs()));
             *s = if max > 0.0 { max / 127.0 } else { 1.0 };
         }
-        let mut data = vec![0i8; panels * panel_len];
-        data.par_chunks_mut(panel_len).enumerate().for_each(|(p, panel)| {
-            for c in 0..PANEL.min(n - p * PANEL) {
-                let j = p * PANEL + c;
-                let inv = 1.0 / scale[j];
-                for (kk, &v) in w[j * k..(j + 1) * k].iter().enumerate() {
-                    panel[(kk / 4) * 4 * PANEL + 4 * c + kk % 4] = quantize(v, inv);
-                }
-            }
-        });
-        let mut b = vec![0f32; panels * PANEL];
-        if let Some(bias) = bias {
-            b[..n].copy_from_slice(bias);
+        let inv: Vec<f32> = scale.iter().map(|s| 1.0 / s).collect();
+        let packed = Panels::pack::<4>(w, n, k, K_ALIGN, |j, v| quantize(v, inv[j]));
+        let mut shift_comp = vec![0i32; scale.len()];
+        for (j, s) in shift_comp.iter_mut().take(n).enumerate() {
+            *s = 128 * w[j * k..(j + 1) * k].iter().map(|&v| quantize(v, inv[j]) as i32).sum::<i32>();
         }
-        let mut shift_comp = vec![0i32; panels * PANEL];
-        for (p, panel) in data.chunks_exact(panel_len).enumerate() {
-            for (i, &q) in panel.iter().enumerate() {
-                shift_comp[p * PANEL + (i / 4) % PANEL] += 128 * q as i32;
-            }
-        }
-        PackedI8 { k, n, k_pad, data, scale, bias: b, shift_comp }
+        PackedI8 { w: packed, scale, bias: per_column(bias, n), shift_comp }
     }
 
     pub(crate) fn in_dim(&self) -> usize {
@@ -90,27 +78,9 @@ impl PackedI8 {
         self.n
     }
 
-    fn panels(&self) -> usize {
-        self.n.div_ceil(PANEL)
-    }
-
-    fn panel(&self, p: usize) -> &[i8] {
-        let len = self.k_pad * PANEL;
-        &self.data[p * len..(p + 1) * len]
-    }
-
     /// The quantized weight as float32 `(k, n)` integers (`qW^T`).
     fn unpack_t(&self) -> Vec<f32> {
-        let mut out = vec![0f32; self.k * self.n];
-        for p in 0..self.panels() {
-            let panel = self.panel(p);
-            for kk in 0..self.k {
-                for c in 0..PANEL.min(self.n - p * PANEL) {
-                    out[kk * self.n + p * PANEL + c] = panel[(kk / 4) * 4 * PANEL + 4 * c + kk % 4] as f32;
-                }
-            }
-        }
-        out
+        self.w.unpack_t(|q| q as f32)
     }
 }
 

@@ -6,6 +6,7 @@ pub(crate) mod attention;
 pub(crate) mod bf16;
 pub(crate) mod int8;
 pub(crate) mod math;
+pub(crate) mod panels;
 pub(crate) mod skinny;
 
 /// Whether the CPU kernels are in use for `x`: float32 on the CPU, unless `PE_KERNELS=generic`
