@@ -129,9 +129,25 @@ impl Linear {
 
     /// Load `{prefix}.weight` `(out, in)` and `{prefix}.bias` `(out)`.
     pub(crate) fn load(in_dim: usize, out_dim: usize, vb: VarBuilder, kind: LinearWeights) -> Result<Self> {
-        let w = vb.get((out_dim, in_dim), "weight")?;
-        let b = vb.get(out_dim, "bias")?;
-        Self::new(w, Some(b), kind)
+        Self::load_named(in_dim, out_dim, &vb, "weight", "bias", kind)
+    }
+
+    /// Load the weight `weight` `(out, in)` and the bias `bias` `(out)` of `vb`. Float32
+    /// weights come straight in the `(in, out)` layout when the source can read them so.
+    pub(crate) fn load_named(
+        in_dim: usize,
+        out_dim: usize,
+        vb: &VarBuilder,
+        weight: &str,
+        bias: &str,
+        kind: LinearWeights,
+    ) -> Result<Self> {
+        let b = vb.get(out_dim, bias)?;
+        let transposed = format!("{weight}{}", crate::weights::TRANSPOSED);
+        if kind == LinearWeights::Native && vb.contains_tensor(&transposed) {
+            return Ok(Linear { weight: Weight::Dense(vb.get((in_dim, out_dim), &transposed)?), bias: Some(b) });
+        }
+        Self::new(vb.get((out_dim, in_dim), weight)?, Some(b), kind)
     }
 
     fn out_dim(&self) -> candle_core::Result<usize> {
@@ -310,10 +326,8 @@ pub(crate) struct SelfAttention {
 
 impl SelfAttention {
     pub(crate) fn new(width: usize, heads: usize, vb: VarBuilder, kind: LinearWeights) -> Result<Self> {
-        let w = vb.get((3 * width, width), "in_proj_weight")?;
-        let b = vb.get(3 * width, "in_proj_bias")?;
         Ok(SelfAttention {
-            in_proj: Linear::new(w, Some(b), kind)?,
+            in_proj: Linear::load_named(width, 3 * width, &vb, "in_proj_weight", "in_proj_bias", kind)?,
             out_proj: Linear::load(width, width, vb.pp("out_proj"), kind)?,
             heads,
         })

@@ -95,6 +95,24 @@ impl RawTensor {
             && self.numel_limit.checked_mul(self.dtype.size()).is_some_and(|bytes| bytes <= self.blob.len())
     }
 
+    /// The values in place when they are contiguous little-endian float32 at an aligned address
+    /// (then no copy is needed to read them).
+    fn f32_in_place<'a>(&'a self, mmap: &'a [u8]) -> Option<&'a [f32]> {
+        let contiguous = self
+            .stride
+            .iter()
+            .rev()
+            .zip(self.shape.iter().rev())
+            .try_fold(1usize, |expect, (&s, &d)| (d == 1 || s == expect).then(|| expect * d));
+        if self.dtype != StorageDType::F32 || contiguous.is_none() || cfg!(target_endian = "big") {
+            return None;
+        }
+        let raw = &self.blob.bytes(mmap)[self.offset * 4..(self.offset + self.numel()) * 4];
+        // SAFETY: the alignment is checked; any bit pattern is a valid f32.
+        let (head, values, _) = unsafe { raw.align_to::<f32>() };
+        head.is_empty().then_some(values)
+    }
+
     fn read_f32(&self, mmap: &[u8]) -> Vec<f32> {
         let bytes = self.blob.bytes(mmap);
         let size = self.dtype.size();
@@ -234,6 +252,22 @@ impl Entry {
                 out
             }
             Entry::RowConcat(parts) => parts.iter().flat_map(|p| p.read_f32(mmap)).collect(),
+        }
+    }
+
+    /// A 2-D entry's values transposed (`(c, r)` for an `(r, c)` entry), straight from the file
+    /// where the stored layout allows it.
+    fn read_f32_transposed(&self, mmap: &[u8]) -> Vec<f32> {
+        let shape = self.shape();
+        let (r, c) = (shape[0], shape[1]);
+        match self {
+            Entry::Raw(t) => match t.f32_in_place(mmap) {
+                Some(values) => crate::kernels::transpose(values, r, c),
+                None => crate::kernels::transpose(&t.read_f32(mmap), r, c),
+            },
+            // Stored transposed already: its own values are the answer.
+            Entry::Transposed(t) => t.read_f32(mmap),
+            _ => crate::kernels::transpose(&self.read_f32(mmap), r, c),
         }
     }
 }
@@ -381,6 +415,25 @@ impl Checkpoint {
         Ok(t.to_device(device)?)
     }
 
+    /// A 2-D tensor's transpose, as float32 on the CPU: linear layers keep `W^T`, and reading
+    /// it transposed from the file saves a copy of every weight matrix at load.
+    fn tensor_transposed(&self, key: &str) -> Result<Tensor> {
+        let entry = self
+            .entries
+            .get(key)
+            .ok_or_else(|| Error::MissingTensors { path: self.path.clone(), keys: vec![key.to_string()] })?;
+        if let Some(problem) = entry.problem() {
+            return Err(Error::bad_checkpoint(&self.path, format!("tensor `{key}`: {problem}")));
+        }
+        let shape = entry.shape();
+        if shape.len() != 2 {
+            return Err(Error::bad_checkpoint(&self.path, format!("tensor `{key}`: expected 2-D, found {shape:?}")));
+        }
+        let data = entry.read_f32_transposed(&self.mmap);
+        self.release(entry);
+        Ok(Tensor::from_vec(data, (shape[1], shape[0]), &Device::Cpu)?)
+    }
+
     fn release(&self, entry: &Entry) {
         for part in entry.parts() {
             if let Blob::Mapped { start, len } = part.blob {
@@ -451,6 +504,10 @@ pub(crate) fn with_shape(t: Tensor, s: &Shape, name: &str) -> candle_core::Resul
 
 struct Backend(Checkpoint);
 
+/// A checkpoint [`VarBuilder`] also answers `"{key}@T"`: the 2-D tensor `key` transposed,
+/// read that way from the file (other backends do not, and callers fall back to `key`).
+pub(crate) const TRANSPOSED: &str = "@T";
+
 impl candle_nn::var_builder::SimpleBackend for Backend {
     fn get(
         &self,
@@ -464,14 +521,22 @@ impl candle_nn::var_builder::SimpleBackend for Backend {
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        self.0.tensor(name, dtype, dev).map_err(|e| match e {
+        let t = match name.strip_suffix(TRANSPOSED) {
+            Some(key) if dtype == DType::F32 && dev.is_cpu() => self.0.tensor_transposed(key),
+            Some(key) => self.0.tensor(key, dtype, dev).and_then(|t| Ok(t.t()?.contiguous()?)),
+            None => self.0.tensor(name, dtype, dev),
+        };
+        t.map_err(|e| match e {
             Error::Tensor(t) => t,
             other => candle_core::Error::Msg(other.to_string()),
         })
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        self.0.entries.contains_key(name)
+        match name.strip_suffix(TRANSPOSED) {
+            Some(key) => self.0.entries.get(key).is_some_and(|e| e.shape().len() == 2),
+            None => self.0.entries.contains_key(name),
+        }
     }
 }
 
@@ -507,4 +572,35 @@ fn read_safetensors(path: &Path, mmap: &Mmap) -> Result<Vec<(String, RawTensor)>
         out.push((name, RawTensor { dtype, shape, stride, offset: 0, numel_limit, blob }));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transposed_reads_equal_the_transpose_of_plain_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.safetensors");
+        let (r, c) = (37, 70);
+        let values: Vec<f32> = (0..r * c).map(|i| i as f32 * 0.25 - 100.0).collect();
+        let mut tensors = std::collections::HashMap::new();
+        tensors.insert("a.weight".to_string(), Tensor::from_vec(values.clone(), (r, c), &Device::Cpu).unwrap());
+        tensors.insert(
+            "b.weight".to_string(),
+            Tensor::from_vec(values.clone(), (r, c), &Device::Cpu).unwrap().to_dtype(DType::BF16).unwrap(),
+        );
+        tensors.insert("bias".to_string(), Tensor::from_vec(vec![1f32; 3], 3, &Device::Cpu).unwrap());
+        candle_core::safetensors::save(&tensors, &path).unwrap();
+        let vb = Checkpoint::open(&path).unwrap().into_var_builder(DType::F32, &Device::Cpu);
+        for key in ["a.weight", "b.weight"] {
+            let name = format!("{key}{TRANSPOSED}");
+            assert!(vb.contains_tensor(&name));
+            let got: Vec<Vec<f32>> = vb.get((c, r), &name).unwrap().to_vec2().unwrap();
+            let want: Vec<Vec<f32>> = vb.get((r, c), key).unwrap().t().unwrap().to_vec2().unwrap();
+            assert_eq!(got, want, "{key}");
+        }
+        // Only 2-D tensors have a transposed form.
+        assert!(!vb.contains_tensor(&format!("bias{TRANSPOSED}")));
+    }
 }
