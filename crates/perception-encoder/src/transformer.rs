@@ -233,20 +233,6 @@ impl Module for Linear {
         let rows = x.elem_count() / in_dim.max(1);
         let out_dim = w.dim(1)?;
         let out_dims = self.out_shape(x)?;
-        if rows <= crate::kernels::skinny::MAX_ROWS && crate::kernels::enabled_for(x) {
-            let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
-            let (w, _) = w.storage_and_layout();
-            let candle_core::Storage::Cpu(w) = &*w else {
-                return Err(candle_core::Error::Msg("weights and input are on different devices".into()));
-            };
-            let w = w.as_slice::<f32>()?;
-            let bias = match &self.bias {
-                Some(b) => Some(b.to_vec1::<f32>()?),
-                None => None,
-            };
-            let y = crate::kernels::skinny::matmul(&xs, rows, in_dim, w, out_dim, bias.as_deref());
-            return Tensor::from_vec(y, out_dims, x.device());
-        }
         if crate::kernels::enabled_for(x) && in_dim > 0 {
             let (w, _) = w.storage_and_layout();
             let candle_core::Storage::Cpu(w) = &*w else {
@@ -257,7 +243,13 @@ impl Module for Linear {
                 Some(b) => Some(b.to_vec1::<f32>()?),
                 None => None,
             };
-            let y = with_f32(x, |xs| crate::kernels::dense_matmul(xs, rows, in_dim, w, out_dim, bias.as_deref()))?;
+            let y = with_f32(x, |xs| {
+                if rows <= crate::kernels::skinny::MAX_ROWS {
+                    crate::kernels::skinny::matmul(xs, rows, in_dim, w, out_dim, bias.as_deref())
+                } else {
+                    crate::kernels::dense_matmul(xs, rows, in_dim, w, out_dim, bias.as_deref())
+                }
+            })?;
             return Tensor::from_vec(y, out_dims, x.device());
         }
         let y = x.reshape((rows, in_dim))?.matmul(w)?;

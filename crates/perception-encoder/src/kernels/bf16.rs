@@ -81,41 +81,24 @@ pub(crate) enum Impl {
     Portable,
 }
 
+/// Every implementation, fastest first, with whether it runs here.
+pub(crate) fn candidates() -> [super::Candidate<Impl>; 3] {
+    [
+        ("amx", Impl::Amx, amx_available()),
+        ("avx512", Impl::Avx512, avx512bf16_available()),
+        ("portable", Impl::Portable, true),
+    ]
+}
+
 /// The implementation for this process: the fastest the CPU (and OS) offer, unless
-/// `PE_BF16_KERNEL` names one (an unavailable choice falls back to portable).
+/// `PE_BF16_KERNEL` names another available one.
 pub(crate) fn selected() -> Impl {
     static SEL: std::sync::OnceLock<Impl> = std::sync::OnceLock::new();
     *SEL.get_or_init(|| {
-        let (amx, avx512) = (amx_available(), avx512bf16_available());
-        let best = if amx {
-            Impl::Amx
-        } else if avx512 {
-            Impl::Avx512
-        } else {
-            Impl::Portable
-        };
-        let choice = match std::env::var("PE_BF16_KERNEL").map(|v| v.to_ascii_lowercase()).as_deref() {
-            Err(_) => best,
-            Ok("portable") => Impl::Portable,
-            Ok("avx512") if avx512 => Impl::Avx512,
-            Ok("amx") if amx => Impl::Amx,
-            Ok(other) => {
-                tracing::warn!("PE_BF16_KERNEL={other}: not available here (amx, avx512, portable); using {best:?}");
-                best
-            }
-        };
+        let choice = super::choose("PE_BF16_KERNEL", &candidates());
         tracing::debug!("bf16 matmul kernel: {choice:?}");
         choice
     })
-}
-
-/// Whether `which` can run on this CPU.
-pub(crate) fn available(which: Impl) -> bool {
-    match which {
-        Impl::Amx => amx_available(),
-        Impl::Avx512 => avx512bf16_available(),
-        Impl::Portable => true,
-    }
 }
 
 /// Linux lets this process use the AMX tile data (asked once).
@@ -213,38 +196,8 @@ fn round_rows(x: &[f32], m: usize, k: usize, k_pad: usize, rows_pad: usize) -> V
 
 /// Any CPU: the rounded operands widened to float32, one float32 GEMM.
 fn portable(x: &[f32], m: usize, w: &PackedBf16) -> Vec<f32> {
-    let (k, n) = (w.k, w.n);
     let xr: Vec<f32> = x.iter().map(|&v| from_bf16(to_bf16(v))).collect();
-    let wt = w.unpack_t();
-    let mut y = vec![0f32; m * n];
-    for row in y.chunks_exact_mut(n) {
-        row.copy_from_slice(&w.bias[..n]);
-    }
-    // SAFETY: all three matrices are dense row-major with the extents given.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            y.as_mut_ptr(),
-            1,
-            n as isize,
-            true,
-            xr.as_ptr(),
-            1,
-            k as isize,
-            wt.as_ptr(),
-            1,
-            n as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::Rayon(rayon::current_num_threads()),
-        );
-    }
-    y
+    super::dense_matmul(&xr, m, w.k, &w.unpack_t(), w.n, Some(&w.bias[..w.n]))
 }
 
 /// Run `body(state, rows, panel)` over every (block of `mc` rows, panel) of an `m`-row product
@@ -390,22 +343,7 @@ mod avx512 {
                 // `a` holds rows r0..r0+r of k_pad, the panel k_pad/2 pairs of 64, the bias a
                 // whole panel; the output block is this task's alone and the stores are masked
                 // to the n - p*32 valid columns.
-                unsafe {
-                    match r {
-                        12 => tile::<12>(t),
-                        11 => tile::<11>(t),
-                        10 => tile::<10>(t),
-                        9 => tile::<9>(t),
-                        8 => tile::<8>(t),
-                        7 => tile::<7>(t),
-                        6 => tile::<6>(t),
-                        5 => tile::<5>(t),
-                        4 => tile::<4>(t),
-                        3 => tile::<3>(t),
-                        2 => tile::<2>(t),
-                        _ => tile::<1>(t),
-                    }
-                }
+                unsafe { crate::kernels::rows_1_to_12!(r, tile, t) }
                 r0 += r;
             }
         };

@@ -92,39 +92,20 @@ pub(crate) enum Impl {
     Portable,
 }
 
+/// Every implementation, fastest first, with whether it runs here.
+pub(crate) fn candidates() -> [super::Candidate<Impl>; 3] {
+    [("amx", Impl::Amx, amx_available()), ("vnni", Impl::Vnni, vnni_available()), ("portable", Impl::Portable, true)]
+}
+
+/// The implementation for this process: the fastest the CPU offers, unless `PE_INT8_KERNEL`
+/// names another available one.
 pub(crate) fn selected() -> Impl {
     static SEL: std::sync::OnceLock<Impl> = std::sync::OnceLock::new();
     *SEL.get_or_init(|| {
-        let (amx, vnni) = (amx_available(), vnni_available());
-        let best = if amx {
-            Impl::Amx
-        } else if vnni {
-            Impl::Vnni
-        } else {
-            Impl::Portable
-        };
-        let choice = match std::env::var("PE_INT8_KERNEL").map(|v| v.to_ascii_lowercase()).as_deref() {
-            Err(_) => best,
-            Ok("portable") => Impl::Portable,
-            Ok("amx") if amx => Impl::Amx,
-            Ok("vnni") if vnni => Impl::Vnni,
-            Ok(other) => {
-                tracing::warn!("PE_INT8_KERNEL={other}: not available here (amx, vnni, portable); using {best:?}");
-                best
-            }
-        };
+        let choice = super::choose("PE_INT8_KERNEL", &candidates());
         tracing::debug!("int8 matmul kernel: {choice:?}");
         choice
     })
-}
-
-/// Whether `which` can run on this CPU.
-pub(crate) fn available(which: Impl) -> bool {
-    match which {
-        Impl::Amx => amx_available(),
-        Impl::Vnni => vnni_available(),
-        Impl::Portable => true,
-    }
 }
 
 fn vnni_available() -> bool {
@@ -199,32 +180,7 @@ fn portable(x: &[f32], m: usize, w: &PackedI8) -> Vec<f32> {
     let (k, n) = (w.k, w.n);
     let (qa, sx) = quantize_rows(x, m, k, k, m);
     let a: Vec<f32> = qa.iter().map(|&v| v as f32).collect();
-    let wt = w.unpack_t();
-    let mut y = vec![0f32; m * n];
-    // SAFETY: dense row-major matrices with the extents given.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            y.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            a.as_ptr(),
-            1,
-            k as isize,
-            wt.as_ptr(),
-            1,
-            n as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::Rayon(rayon::current_num_threads()),
-        );
-    }
+    let mut y = super::dense_matmul(&a, m, k, &w.unpack_t(), n, None);
     for (i, row) in y.chunks_exact_mut(n).enumerate() {
         for (j, v) in row.iter_mut().enumerate() {
             *v = *v * sx[i] * w.scale[j] + w.bias[j];
@@ -319,22 +275,7 @@ mod vnni {
                 // `a` holds rows r0..r0+r of k_pad bytes, the panel k_pad/4 groups of 128, the
                 // per-column vectors a whole panel; the output block is this task's alone and
                 // the stores are masked to the panel's valid columns.
-                unsafe {
-                    match r {
-                        12 => tile::<12>(t),
-                        11 => tile::<11>(t),
-                        10 => tile::<10>(t),
-                        9 => tile::<9>(t),
-                        8 => tile::<8>(t),
-                        7 => tile::<7>(t),
-                        6 => tile::<6>(t),
-                        5 => tile::<5>(t),
-                        4 => tile::<4>(t),
-                        3 => tile::<3>(t),
-                        2 => tile::<2>(t),
-                        _ => tile::<1>(t),
-                    }
-                }
+                unsafe { crate::kernels::rows_1_to_12!(r, tile, t) }
                 r0 += r;
             }
         };

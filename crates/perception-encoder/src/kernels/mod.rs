@@ -21,6 +21,50 @@ pub(crate) fn enabled() -> bool {
     !*GENERIC.get_or_init(|| std::env::var("PE_KERNELS").is_ok_and(|v| v.eq_ignore_ascii_case("generic")))
 }
 
+/// `$tile::<R>($t)` with `R = $rows` (1 to 12): the register-tile kernels are compiled once per
+/// row count so their accumulators stay in registers.
+macro_rules! rows_1_to_12 {
+    ($rows:expr, $tile:ident, $t:expr) => {
+        match $rows {
+            12 => $tile::<12>($t),
+            11 => $tile::<11>($t),
+            10 => $tile::<10>($t),
+            9 => $tile::<9>($t),
+            8 => $tile::<8>($t),
+            7 => $tile::<7>($t),
+            6 => $tile::<6>($t),
+            5 => $tile::<5>($t),
+            4 => $tile::<4>($t),
+            3 => $tile::<3>($t),
+            2 => $tile::<2>($t),
+            _ => $tile::<1>($t),
+        }
+    };
+}
+pub(crate) use rows_1_to_12;
+
+/// One implementation of a kernel family: its name (as `PE_*_KERNEL` spells it), its tag, and
+/// whether this CPU (and OS) can run it.
+pub(crate) type Candidate<T> = (&'static str, T, bool);
+
+/// The first available of `candidates` (fastest first; the last, portable, always is), unless
+/// the environment variable `var` names another available one (an unavailable or unknown name
+/// is a warning, and the default stands).
+pub(crate) fn choose<T: Copy + std::fmt::Debug>(var: &str, candidates: &[Candidate<T>]) -> T {
+    let best = candidates.iter().find(|c| c.2).or(candidates.last()).map(|c| c.1).expect("at least one candidate");
+    let Ok(name) = std::env::var(var).map(|v| v.to_ascii_lowercase()) else {
+        return best;
+    };
+    match candidates.iter().find(|c| c.0 == name && c.2) {
+        Some(c) => c.1,
+        None => {
+            let names: Vec<&str> = candidates.iter().filter(|c| c.2).map(|c| c.0).collect();
+            tracing::warn!("{var}={name}: not available here ({}); using {best:?}", names.join(", "));
+            best
+        }
+    }
+}
+
 /// An output pointer shared by parallel tasks. Every kernel using it gives each task a
 /// disjoint set of elements to write (its own rows, columns or heads), so no write aliases.
 pub(crate) struct SendPtr(pub(crate) *mut f32);
@@ -218,18 +262,10 @@ pub mod bench {
 
     /// The implementations this CPU offers for `dtype` (`f32`, `bf16`, `int8`).
     pub fn implementations(dtype: &str) -> Vec<&'static str> {
-        use super::{bf16, int8};
+        let available = |c: &[(&'static str, bool)]| c.iter().filter(|c| c.1).map(|c| c.0).collect();
         match dtype {
-            "bf16" => [("amx", bf16::Impl::Amx), ("avx512", bf16::Impl::Avx512), ("portable", bf16::Impl::Portable)]
-                .into_iter()
-                .filter(|(_, i)| bf16::available(*i))
-                .map(|(n, _)| n)
-                .collect(),
-            "int8" => [("amx", int8::Impl::Amx), ("vnni", int8::Impl::Vnni), ("portable", int8::Impl::Portable)]
-                .into_iter()
-                .filter(|(_, i)| int8::available(*i))
-                .map(|(n, _)| n)
-                .collect(),
+            "bf16" => available(&super::bf16::candidates().map(|(n, _, ok)| (n, ok))),
+            "int8" => available(&super::int8::candidates().map(|(n, _, ok)| (n, ok))),
             _ => vec!["gemm"],
         }
     }
@@ -248,26 +284,14 @@ pub mod bench {
         use super::{bf16, int8};
         match &w.0 {
             Inner::F32(wt) => super::dense_matmul(x, m, x.len() / m.max(1), wt, bias.len(), Some(bias)),
-            Inner::Bf16(p) => bf16::matmul_with(
-                match which {
-                    "amx" => bf16::Impl::Amx,
-                    "avx512" => bf16::Impl::Avx512,
-                    _ => bf16::Impl::Portable,
-                },
-                x,
-                m,
-                p,
-            ),
-            Inner::Int8(p) => int8::matmul_with(
-                match which {
-                    "amx" => int8::Impl::Amx,
-                    "vnni" => int8::Impl::Vnni,
-                    _ => int8::Impl::Portable,
-                },
-                x,
-                m,
-                p,
-            ),
+            Inner::Bf16(p) => {
+                let which = bf16::candidates().into_iter().find(|c| c.0 == which).map_or(bf16::Impl::Portable, |c| c.1);
+                bf16::matmul_with(which, x, m, p)
+            }
+            Inner::Int8(p) => {
+                let which = int8::candidates().into_iter().find(|c| c.0 == which).map_or(int8::Impl::Portable, |c| c.1);
+                int8::matmul_with(which, x, m, p)
+            }
         }
     }
 }

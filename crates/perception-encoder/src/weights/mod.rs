@@ -399,15 +399,21 @@ impl Checkpoint {
         Ok(unexpected)
     }
 
-    /// Load one tensor by official key, converted to `dtype`, and release its pages.
-    pub fn tensor(&self, key: &str, dtype: DType, device: &Device) -> Result<Tensor> {
+    /// The entry of `key`, if it is there and readable.
+    fn readable(&self, key: &str) -> Result<&Entry> {
         let entry = self
             .entries
             .get(key)
             .ok_or_else(|| Error::MissingTensors { path: self.path.clone(), keys: vec![key.to_string()] })?;
-        if let Some(problem) = entry.problem() {
-            return Err(Error::bad_checkpoint(&self.path, format!("tensor `{key}`: {problem}")));
+        match entry.problem() {
+            Some(problem) => Err(Error::bad_checkpoint(&self.path, format!("tensor `{key}`: {problem}"))),
+            None => Ok(entry),
         }
+    }
+
+    /// Load one tensor by official key, converted to `dtype`, and release its pages.
+    pub fn tensor(&self, key: &str, dtype: DType, device: &Device) -> Result<Tensor> {
+        let entry = self.readable(key)?;
         let data = entry.read_f32(&self.mmap);
         self.release(entry);
         let t = Tensor::from_vec(data, entry.shape(), &Device::Cpu)?;
@@ -418,13 +424,7 @@ impl Checkpoint {
     /// A 2-D tensor's transpose, as float32 on the CPU: linear layers keep `W^T`, and reading
     /// it transposed from the file saves a copy of every weight matrix at load.
     fn tensor_transposed(&self, key: &str) -> Result<Tensor> {
-        let entry = self
-            .entries
-            .get(key)
-            .ok_or_else(|| Error::MissingTensors { path: self.path.clone(), keys: vec![key.to_string()] })?;
-        if let Some(problem) = entry.problem() {
-            return Err(Error::bad_checkpoint(&self.path, format!("tensor `{key}`: {problem}")));
-        }
+        let entry = self.readable(key)?;
         let shape = entry.shape();
         if shape.len() != 2 {
             return Err(Error::bad_checkpoint(&self.path, format!("tensor `{key}`: expected 2-D, found {shape:?}")));
