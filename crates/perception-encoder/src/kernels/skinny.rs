@@ -71,29 +71,10 @@ unsafe fn body_avx2(p: &Problem, j0: usize, out: &mut [f32]) {
     body::<true>(p, j0, out)
 }
 
-#[derive(Clone, Copy)]
-enum Isa {
-    Avx512,
-    Avx2,
-    Plain,
-}
-
-fn isa() -> Isa {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
-            return Isa::Avx512;
-        }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            return Isa::Avx2;
-        }
-    }
-    Isa::Plain
-}
-
 /// `x (m, k) @ w (k, n) + bias (n)`, row-major, returned as `(m, n)`.
 pub(crate) fn matmul(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, bias: Option<&[f32]>) -> Vec<f32> {
-    let isa = isa();
+    // The same run-time choice (cached once) as the element-wise kernels.
+    let simd = super::math::simd();
     let p = Problem { x, m, k, w, n, bias };
     let blocks: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(BLOCK))
         .into_par_iter()
@@ -101,12 +82,12 @@ pub(crate) fn matmul(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, bias: O
             let j0 = blk * BLOCK;
             let width = BLOCK.min(n - j0);
             let mut out = vec![0f32; m * width];
-            match isa {
-                // SAFETY: the feature was detected at run time just above.
+            match simd {
+                // SAFETY: `simd()` detected the feature at run time.
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 => unsafe { body_avx512(&p, j0, &mut out) },
+                super::math::Simd::Avx512 => unsafe { body_avx512(&p, j0, &mut out) },
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 => unsafe { body_avx2(&p, j0, &mut out) },
+                super::math::Simd::Avx2 => unsafe { body_avx2(&p, j0, &mut out) },
                 _ => body::<false>(&p, j0, &mut out),
             }
             (j0, out)
