@@ -230,6 +230,37 @@ pub(super) fn par_blocks<S>(
     });
 }
 
+/// The `(m, n)` float32 output of a register-tile kernel: every (block of `mc` rows, panel)
+/// in parallel ([`par_blocks`]), cut into tiles of at most `mr` rows; `tile(r0, rows, panel,
+/// out)` writes that tile's rows of the panel's columns through `out`.
+///
+/// # Safety
+/// `tile` must write every value of rows `r0..r0 + rows` in the panel's valid columns (the
+/// result is read as initialized).
+#[cfg(target_arch = "x86_64")]
+pub(super) unsafe fn by_register_tiles(
+    m: usize,
+    n: usize,
+    mc: usize,
+    mr: usize,
+    panels: usize,
+    tile: impl Fn(usize, usize, usize, &SendPtr) + Sync,
+) -> Vec<f32> {
+    let mut y = super::uninit_f32(m * n);
+    let out = SendPtr(y.as_mut_ptr().cast());
+    let body = |_: &mut (), rows: std::ops::Range<usize>, p: usize| {
+        let mut r0 = rows.start;
+        while r0 < rows.end {
+            let r = mr.min(rows.end - r0);
+            tile(r0, r, p, &out);
+            r0 += r;
+        }
+    };
+    par_blocks(m, mc, panels, || (), body, |_| ());
+    // SAFETY: the caller's tiles cover every row and column.
+    super::assume_init(y)
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::*;
@@ -321,35 +352,25 @@ mod avx512 {
     pub(super) fn matmul(x: &[f32], m: usize, w: &PackedBf16) -> Vec<f32> {
         let (k, n, k_pad) = (w.k, w.n, w.k_pad);
         let a = round_rows(x, m, k, k_pad, m);
-        let mut y = crate::kernels::uninit_f32(m * n);
-        let out = SendPtr(y.as_mut_ptr().cast());
-        let body = |_: &mut (), rows: std::ops::Range<usize>, p: usize| {
-            let panel = w.panel(p);
-            let cols = PANEL.min(n - p * PANEL);
-            let mut r0 = rows.start;
-            while r0 < rows.end {
-                let r = MR.min(rows.end - r0);
-                let t = Tile {
-                    a: a[r0 * k_pad..].as_ptr(),
-                    lda: k_pad,
-                    b: panel.as_ptr(),
-                    kp: k_pad / 2,
-                    c: out.at(r0 * n + p * PANEL),
-                    ldc: n,
-                    bias: w.bias[p * PANEL..].as_ptr(),
-                    cols,
-                };
-                // SAFETY: the CPU has AVX512-BF16 (this implementation is only selected then);
-                // `a` holds rows r0..r0+r of k_pad, the panel k_pad/2 pairs of 64, the bias a
-                // whole panel; the output block is this task's alone and the stores are masked
-                // to the n - p*32 valid columns.
-                unsafe { crate::kernels::rows_1_to_12!(r, tile, t) }
-                r0 += r;
-            }
+        let tile_at = |r0: usize, r: usize, p: usize, out: &SendPtr| {
+            let t = Tile {
+                a: a[r0 * k_pad..].as_ptr(),
+                lda: k_pad,
+                b: w.panel(p).as_ptr(),
+                kp: k_pad / 2,
+                c: out.at(r0 * n + p * PANEL),
+                ldc: n,
+                bias: w.bias[p * PANEL..].as_ptr(),
+                cols: PANEL.min(n - p * PANEL),
+            };
+            // SAFETY: the CPU has AVX512-BF16 (this implementation is only selected then);
+            // `a` holds rows r0..r0+r of k_pad, the panel k_pad/2 pairs of 64, the bias a
+            // whole panel; the output block is this task's alone and the stores are masked
+            // to the n - p*32 valid columns.
+            unsafe { crate::kernels::rows_1_to_12!(r, tile, t) }
         };
-        par_blocks(m, MC, w.panels(), || (), body, |_| ());
-        // SAFETY: the tiles' masked stores cover every row and column.
-        unsafe { crate::kernels::assume_init(y) }
+        // SAFETY: each tile's masked stores write its rows of the panel's valid columns.
+        unsafe { super::by_register_tiles(m, n, MC, MR, w.panels(), tile_at) }
     }
 }
 

@@ -253,35 +253,27 @@ mod vnni {
         let (a, sx) = quantize_rows(x, m, k, k_pad, m);
         // Shifted to unsigned (a + 128), the operand type `vpdpbusd` takes on its left.
         let a: Vec<u8> = a.into_iter().map(|v| (v as u8) ^ 0x80).collect();
-        let mut y = crate::kernels::uninit_f32(m * n);
-        let out = SendPtr(y.as_mut_ptr().cast());
-        let body = |_: &mut (), rows: std::ops::Range<usize>, p: usize| {
-            let mut r0 = rows.start;
-            while r0 < rows.end {
-                let r = MR.min(rows.end - r0);
-                let t = Tile {
-                    a: a[r0 * k_pad..].as_ptr(),
-                    lda: k_pad,
-                    b: w.panel(p).as_ptr(),
-                    groups: k_pad / 4,
-                    c: out.at(r0 * n + p * PANEL),
-                    ldc: n,
-                    w,
-                    panel: p,
-                    row_scale: &sx[r0..r0 + r],
-                    cols: PANEL.min(n - p * PANEL),
-                };
-                // SAFETY: the CPU has AVX512-VNNI (this implementation is only selected then);
-                // `a` holds rows r0..r0+r of k_pad bytes, the panel k_pad/4 groups of 128, the
-                // per-column vectors a whole panel; the output block is this task's alone and
-                // the stores are masked to the panel's valid columns.
-                unsafe { crate::kernels::rows_1_to_12!(r, tile, t) }
-                r0 += r;
-            }
+        let tile_at = |r0: usize, r: usize, p: usize, out: &SendPtr| {
+            let t = Tile {
+                a: a[r0 * k_pad..].as_ptr(),
+                lda: k_pad,
+                b: w.panel(p).as_ptr(),
+                groups: k_pad / 4,
+                c: out.at(r0 * n + p * PANEL),
+                ldc: n,
+                w,
+                panel: p,
+                row_scale: &sx[r0..r0 + r],
+                cols: PANEL.min(n - p * PANEL),
+            };
+            // SAFETY: the CPU has AVX512-VNNI (this implementation is only selected then);
+            // `a` holds rows r0..r0+r of k_pad bytes, the panel k_pad/4 groups of 128, the
+            // per-column vectors a whole panel; the output block is this task's alone and
+            // the stores are masked to the panel's valid columns.
+            unsafe { crate::kernels::rows_1_to_12!(r, tile, t) }
         };
-        super::super::bf16::par_blocks(m, MC, w.panels(), || (), body, |_| ());
-        // SAFETY: the tiles' masked stores cover every row and column.
-        unsafe { crate::kernels::assume_init(y) }
+        // SAFETY: each tile's masked stores write its rows of the panel's valid columns.
+        unsafe { super::super::bf16::by_register_tiles(m, n, MC, MR, w.panels(), tile_at) }
     }
 }
 
