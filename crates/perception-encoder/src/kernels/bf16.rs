@@ -486,6 +486,7 @@ mod amx {
             "tdpbf16ps tmm1, tmm4, tmm7",
             "tdpbf16ps tmm2, tmm5, tmm6",
             "tdpbf16ps tmm3, tmm5, tmm7",
+            crate::kernels::amx_prefetch_b!(),
             "add {a0}, 64",
             "add {a1}, 64",
             "add {b}, 2048",

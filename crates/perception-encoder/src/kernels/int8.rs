@@ -307,6 +307,7 @@ mod amx {
             "tdpbssd tmm1, tmm4, tmm7",
             "tdpbssd tmm2, tmm5, tmm6",
             "tdpbssd tmm3, tmm5, tmm7",
+            crate::kernels::amx_prefetch_b!(),
             "add {a0}, 64",
             "add {a1}, 64",
             "add {b}, 2048",
