@@ -58,7 +58,7 @@ pub(crate) fn attention(qkv: &[f32], s: Shape, causal: bool) -> Vec<f32> {
     let w = s.width();
     let (n, d) = (s.seq, s.head_dim);
     let scale = 1.0 / (d as f32).sqrt();
-    let mut out = super::uninit_f32(s.batch * n * w);
+    let mut out = super::uninit::<f32>(s.batch * n * w);
     let out_ptr = SendPtr(out.as_mut_ptr().cast());
     (0..s.batch * s.heads).into_par_iter().for_each_init(
         || vec![0f32; n * n],
@@ -137,7 +137,7 @@ pub(crate) fn attention_bf16(qkv: &[f32], s: Shape, causal: bool) -> Option<Vec<
         let w = s.width();
         let (n, d) = (s.seq, s.head_dim);
         assert_eq!(qkv.len(), s.batch * n * 3 * w, "packed qkv size");
-        let mut out = super::uninit_f32(s.batch * n * w);
+        let mut out = super::uninit::<f32>(s.batch * n * w);
         let out_ptr = SendPtr(out.as_mut_ptr().cast());
         (0..s.batch * s.heads).into_par_iter().for_each_init(
             super::bf16::AttentionScratch::default,

@@ -178,20 +178,29 @@ pub(in crate::kernels) use amx::{attention_head as amx_attention_head, Attention
 
 /// Rows of `x` rounded to bf16, `k_pad` wide (zero padded), `rows_pad` rows (zero rows after `m`).
 fn round_rows(x: &[f32], m: usize, k: usize, k_pad: usize, rows_pad: usize) -> Vec<u16> {
-    let mut a = vec![0u16; rows_pad * k_pad];
-    a.par_chunks_mut(k_pad).take(m).enumerate().for_each(|(i, row)| {
-        let src = &x[i * k..(i + 1) * k];
-        #[cfg(target_arch = "x86_64")]
-        if avx512bf16_available() {
-            // SAFETY: the CPU has AVX512-BF16 (checked above); lengths match.
-            unsafe { avx512::round_row(src, &mut row[..k]) };
+    // Written in place without a zero fill first: a pass over megabytes per product saved.
+    let mut a = super::uninit::<u16>(rows_pad * k_pad);
+    a.par_chunks_mut(k_pad).enumerate().for_each(|(i, row)| {
+        let zero = std::mem::MaybeUninit::new(0);
+        if i >= m {
+            row.fill(zero);
             return;
         }
-        for (d, &s) in row.iter_mut().zip(src) {
-            *d = to_bf16(s);
+        row[k..].fill(zero);
+        let (src, dst) = (&x[i * k..(i + 1) * k], row.as_mut_ptr().cast::<u16>());
+        #[cfg(target_arch = "x86_64")]
+        if avx512bf16_available() {
+            // SAFETY: the CPU has AVX512-BF16 (checked above); `dst` has room for k values.
+            unsafe { avx512::round_row(src, dst) };
+            return;
+        }
+        for (j, &v) in src.iter().enumerate() {
+            // SAFETY: j < k <= the row's length.
+            unsafe { dst.add(j).write(to_bf16(v)) };
         }
     });
-    a
+    // SAFETY: every row was written in full above.
+    unsafe { super::assume_init(a) }
 }
 
 /// Any CPU: the rounded operands widened to float32, one float32 GEMM.
@@ -246,7 +255,7 @@ pub(super) unsafe fn by_register_tiles(
     panels: usize,
     tile: impl Fn(usize, usize, usize, &SendPtr) + Sync,
 ) -> Vec<f32> {
-    let mut y = super::uninit_f32(m * n);
+    let mut y = super::uninit::<f32>(m * n);
     let out = SendPtr(y.as_mut_ptr().cast());
     let body = |_: &mut (), rows: std::ops::Range<usize>, p: usize| {
         let mut r0 = rows.start;
@@ -271,17 +280,21 @@ mod avx512 {
     /// Rows per task.
     const MC: usize = 96;
 
+    /// `src` rounded to bf16 into `dst` (`src.len()` values; `dst` need not be initialized).
+    ///
+    /// # Safety
+    /// The CPU has AVX512-BF16; `dst` is valid for `src.len()` writes.
     #[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl")]
-    pub(super) unsafe fn round_row(src: &[f32], dst: &mut [u16]) {
+    pub(super) unsafe fn round_row(src: &[f32], dst: *mut u16) {
         let n = src.len();
         let mut i = 0;
         while i + 16 <= n {
             let v = _mm512_cvtneps_pbh(_mm512_loadu_ps(src.as_ptr().add(i)));
-            _mm256_storeu_si256(dst.as_mut_ptr().add(i).cast(), std::mem::transmute::<__m256bh, __m256i>(v));
+            _mm256_storeu_si256(dst.add(i).cast(), std::mem::transmute::<__m256bh, __m256i>(v));
             i += 16;
         }
-        for j in i..n {
-            dst[j] = to_bf16(src[j]);
+        for (j, &v) in src.iter().enumerate().skip(i) {
+            dst.add(j).write(to_bf16(v));
         }
     }
 
@@ -546,17 +559,14 @@ mod amx {
             for (t, &x) in qs.iter_mut().zip(&q[r * rs..r * rs + d]) {
                 *t = x * scale;
             }
-            super::avx512::round_row(qs, &mut qa[r * d..(r + 1) * d]);
+            super::avx512::round_row(qs, qa[r * d..(r + 1) * d].as_mut_ptr());
         }
         // k rounded into rows of d / 2 bf16 pairs (as u32), then each 16 keys x 16 pairs block
         // transposed into the packed B layout: panel of 32 keys, for each pair of dims the
         // 32 keys side by side.
         let kr = &mut row[d..];
         for key in 0..n {
-            super::avx512::round_row(
-                &k[key * rs..key * rs + d],
-                std::slice::from_raw_parts_mut(kr.as_mut_ptr().add(key * d).cast(), d),
-            );
+            super::avx512::round_row(&k[key * rs..key * rs + d], kr[key * d..].as_mut_ptr().cast());
         }
         let (kr32, kb32) = (kr.as_ptr().cast::<u32>(), kb.as_mut_ptr().cast::<u32>());
         for key0 in (0..np).step_by(16) {
@@ -579,7 +589,7 @@ mod amx {
             let (k0, k1) = (2 * kp, 2 * kp + 1);
             let round_or_zero = |key: usize, dst: &mut [u16]| {
                 if key < n {
-                    super::avx512::round_row(&v[key * rs..key * rs + d], &mut dst[..d]);
+                    super::avx512::round_row(&v[key * rs..key * rs + d], dst[..d].as_mut_ptr());
                 } else {
                     dst[..d].fill(0);
                 }
@@ -687,7 +697,7 @@ mod amx {
     /// `a W^T + b` for rows `0..m` of the rounded operand `a` (see [`for_each_block`]).
     pub(super) fn matmul_rows(a: &[u16], m: usize, w: &PackedBf16) -> Vec<f32> {
         let n = w.n;
-        let mut y = crate::kernels::uninit_f32(m * n);
+        let mut y = crate::kernels::uninit::<f32>(m * n);
         let out = SendPtr(y.as_mut_ptr().cast());
         for_each_block(a, m, w, |c, r0, rows, p| {
             // SAFETY: the stores cover rows r0..r0+rows (< m) and the panel's valid columns,
@@ -713,7 +723,8 @@ mod amx {
     pub(super) fn matmul_gelu_rows(a: &[u16], m: usize, w: &PackedBf16) -> Vec<u16> {
         let n = w.n;
         let rows_pad = m.div_ceil(MB) * MB;
-        let mut h = vec![0u16; rows_pad * n];
+        let mut h = crate::kernels::uninit::<u16>(rows_pad * n);
+        h[m * n..].fill(std::mem::MaybeUninit::new(0));
         let out = SendPtr(h.as_mut_ptr().cast());
         for_each_block(a, m, w, |c, r0, rows, p| {
             // SAFETY: rows r0..r0+rows (< m), the panel's 32 columns (n is a multiple of 32):
@@ -728,7 +739,8 @@ mod amx {
                 )
             };
         });
-        h
+        // SAFETY: the blocks cover every column of rows 0..m; the rest was zeroed above.
+        unsafe { crate::kernels::assume_init(h) }
     }
 
     /// `out[r, c] = bf16(gelu(block[r, c] + bias[c]))` for `rows` rows and all 32 columns.

@@ -333,7 +333,7 @@ mod amx {
     pub(super) fn matmul(x: &[f32], m: usize, w: &PackedI8) -> Vec<f32> {
         let (k, n, k_pad) = (w.k, w.n, w.k_pad);
         let (a, sx) = quantize_rows(x, m, k, k_pad, m.div_ceil(MB) * MB);
-        let mut y = crate::kernels::uninit_f32(m * n);
+        let mut y = crate::kernels::uninit::<f32>(m * n);
         let out = super::super::SendPtr(y.as_mut_ptr().cast());
         let body = |c: &mut [i32; MB * PANEL], rows: std::ops::Range<usize>, p: usize| {
             let panel = w.panel(p);

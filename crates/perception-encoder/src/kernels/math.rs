@@ -205,7 +205,7 @@ pub(crate) fn add_scaled(x: &[f32], h: &[f32], gamma: Option<&[f32]>) -> Vec<f32
 /// LayerNorm over rows of `dim`: two passes (mean, then the mean of squared deviations), which
 /// is also more accurate than `E[x^2] - mean^2`.
 pub(crate) fn layer_norm(x: &[f32], dim: usize, weight: &[f32], bias: &[f32], eps: f32) -> Vec<f32> {
-    let mut out = super::uninit_f32(x.len());
+    let mut out = super::uninit::<f32>(x.len());
     out.par_chunks_mut(16 * dim)
         .zip(x.par_chunks(16 * dim))
         .for_each(|(out, x)| dispatch!(layer_norm_rows(out, x, dim, weight, bias, eps)));

@@ -124,7 +124,7 @@ impl SendPtr {
 
 /// An output buffer the kernel overwrites completely: skipping the zero fill saves a pass over
 /// tens of MB per layer.
-pub(crate) fn uninit_f32(len: usize) -> Vec<std::mem::MaybeUninit<f32>> {
+pub(crate) fn uninit<T>(len: usize) -> Vec<std::mem::MaybeUninit<T>> {
     let mut v = Vec::with_capacity(len);
     // SAFETY: MaybeUninit needs no initialization.
     unsafe { v.set_len(len) };
@@ -133,9 +133,9 @@ pub(crate) fn uninit_f32(len: usize) -> Vec<std::mem::MaybeUninit<f32>> {
 
 /// # Safety
 /// Every element of `v` must have been written.
-pub(crate) unsafe fn assume_init(v: Vec<std::mem::MaybeUninit<f32>>) -> Vec<f32> {
+pub(crate) unsafe fn assume_init<T>(v: Vec<std::mem::MaybeUninit<T>>) -> Vec<T> {
     let mut v = std::mem::ManuallyDrop::new(v);
-    Vec::from_raw_parts(v.as_mut_ptr().cast::<f32>(), v.len(), v.capacity())
+    Vec::from_raw_parts(v.as_mut_ptr().cast::<T>(), v.len(), v.capacity())
 }
 
 /// `x (m, k) * w (k, n) + bias` through the `gemm` crate, the bias written into the output
@@ -143,7 +143,7 @@ pub(crate) unsafe fn assume_init(v: Vec<std::mem::MaybeUninit<f32>>) -> Vec<f32>
 /// and broadcast add.
 pub(crate) fn dense_matmul(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, bias: Option<&[f32]>) -> Vec<f32> {
     assert_eq!((x.len(), w.len()), (m * k, k * n), "dense_matmul operand sizes");
-    let mut y = uninit_f32(m * n);
+    let mut y = uninit::<f32>(m * n);
     match bias {
         Some(b) => {
             for row in y.chunks_exact_mut(n) {
@@ -210,7 +210,7 @@ fn transpose_with(src: &[f32], rows: usize, cols: usize, avx512: bool) -> Vec<f3
     use rayon::prelude::*;
     const B: usize = 16;
     assert_eq!(src.len(), rows * cols, "transpose: {} values for a {rows} x {cols} matrix", src.len());
-    let mut dst = uninit_f32(rows * cols);
+    let mut dst = uninit::<f32>(rows * cols);
     dst.par_chunks_mut(B * rows).enumerate().for_each(|(band, out)| {
         let c0 = band * B;
         let width = out.len() / rows.max(1);

@@ -141,7 +141,7 @@ impl RawTensor {
             let raw = &bytes[self.offset * size..(self.offset + n) * size];
             match self.dtype {
                 StorageDType::F32 if cfg!(target_endian = "little") => {
-                    let mut out = crate::kernels::uninit_f32(n);
+                    let mut out = crate::kernels::uninit::<f32>(n);
                     // The source may be unaligned (safetensors headers have any length), so
                     // copy bytes.
                     // SAFETY: `out` owns exactly `raw.len()` bytes, all written here, and any
