@@ -48,6 +48,16 @@ pub struct BenchReport {
     pub peak_rss_mb: f64,
 }
 
+/// The vector unit of the element-wise and skinny kernels in this process: `"avx512"`,
+/// `"avx2"` or `"baseline"` (see `PE_SIMD` in docs/performance.md).
+pub fn simd_level() -> &'static str {
+    match crate::kernels::math::simd() {
+        crate::kernels::math::Simd::Avx512 => "avx512",
+        crate::kernels::math::Simd::Avx2 => "avx2",
+        crate::kernels::math::Simd::Baseline => "baseline",
+    }
+}
+
 /// The process's peak resident set size in MiB (`VmHWM`), or NaN where unavailable.
 pub fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")

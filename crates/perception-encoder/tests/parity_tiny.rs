@@ -166,3 +166,46 @@ fn generic_path_in_f64() {
     check_model_in(&dir, "tiny-cls", "tiny-cls.safetensors", DType::F64);
     check_model_in(&dir, "tiny-nocls", "tiny-nocls.safetensors", DType::F64);
 }
+
+/// `PE_SIMD` in a child process (it is read once per process).
+const SIMD_CHILD: &str = "PE_PARITY_SIMD_CHILD";
+
+/// The parity tests again with the kernels an older CPU would run: `PE_SIMD=avx2` (no AVX-512,
+/// so no AVX512-BF16, VNNI or AMX either) and `PE_SIMD=baseline` (SSE2), each in a child process
+/// of this test binary. The fixtures' requirement (`PE_REQUIRE_FIXTURES`) passes to the children.
+#[test]
+fn parity_holds_with_the_kernels_of_older_cpus() {
+    if std::env::var_os(SIMD_CHILD).is_some() || fixtures().is_none() {
+        return;
+    }
+    for level in ["avx2", "baseline"] {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["tiny_", "reports_simd_level", "--nocapture", "--test-threads", "2"])
+            .env("PE_SIMD", level)
+            .env(SIMD_CHILD, "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "PE_SIMD={level}: parity failed\n{stdout}\n{stderr}");
+        let ran = stdout.lines().find(|l| l.starts_with("test result:")).unwrap_or_default();
+        assert!(
+            ran.contains(" 7 passed"),
+            "PE_SIMD={level}: expected the six tiny_ tests and the level check, got {ran:?}"
+        );
+        // A CPU without AVX2 falls back to baseline (with a warning); then that is what ran.
+        let used = stdout.lines().find_map(|l| l.strip_prefix("SIMD_LEVEL ")).unwrap_or_default();
+        #[cfg(target_arch = "x86_64")]
+        if level == "baseline" || std::arch::is_x86_feature_detected!("avx2") {
+            assert_eq!(used, level, "PE_SIMD={level} was not applied");
+        }
+        eprintln!("PE_SIMD={level}: {ran} (kernels: {used})");
+    }
+}
+
+#[test]
+fn reports_simd_level() {
+    if std::env::var_os(SIMD_CHILD).is_some() {
+        println!("SIMD_LEVEL {}", perception_encoder::bench::simd_level());
+    }
+}

@@ -124,7 +124,8 @@ fn amx_available() -> bool {
 fn avx512bf16_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bf16")
+        // `PE_SIMD` below avx512 stands for a CPU without AVX-512, so without its extensions.
+        super::math::simd() == super::math::Simd::Avx512 && std::arch::is_x86_feature_detected!("avx512bf16")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -426,7 +427,7 @@ mod amx {
             }
             let l7 = std::arch::x86_64::__cpuid_count(7, 0);
             let (amx_bf16, amx_tile) = (l7.edx & (1 << 22) != 0, l7.edx & (1 << 24) != 0);
-            amx_bf16 && amx_tile && permitted() && std::arch::is_x86_feature_detected!("avx512bf16")
+            amx_bf16 && amx_tile && permitted() && super::avx512bf16_available()
         })
     }
 

@@ -111,7 +111,8 @@ pub(crate) fn selected() -> Impl {
 fn vnni_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni")
+        // `PE_SIMD` below avx512 stands for a CPU without AVX-512, so without VNNI-512.
+        super::math::simd() == super::math::Simd::Avx512 && is_x86_feature_detected!("avx512vnni")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -128,8 +129,12 @@ fn amx_available() -> bool {
                 return false;
             }
             let l7 = std::arch::x86_64::__cpuid_count(7, 0);
-            // AMX-INT8 (EDX bit 25), AMX-TILE (bit 24), and the tile permission from Linux.
-            l7.edx & (1 << 25) != 0 && l7.edx & (1 << 24) != 0 && super::bf16::amx_permitted()
+            // AMX-INT8 (EDX bit 25), AMX-TILE (bit 24), the tile permission from Linux, and
+            // AVX-512 for the epilogues (not when `PE_SIMD` stands for an older CPU).
+            l7.edx & (1 << 25) != 0
+                && l7.edx & (1 << 24) != 0
+                && super::bf16::amx_permitted()
+                && super::math::simd() == super::math::Simd::Avx512
         })
     }
     #[cfg(not(target_arch = "x86_64"))]

@@ -48,26 +48,30 @@ pub(crate) fn erf(x: f32) -> f32 {
 /// The widest vector unit this CPU has, asked once. The crate is built for baseline x86-64
 /// (SSE2), so the element-wise loops below are compiled again inside `target_feature`
 /// wrappers and picked at run time.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Simd {
     Avx512,
     Avx2,
     Baseline,
 }
 
+/// The vector unit the element-wise kernels use: the widest this CPU has, unless `PE_SIMD`
+/// (`avx512`, `avx2`, `baseline`) names a narrower one, so that the code paths of older CPUs
+/// can be run, and tested, on a newer one. Asked once per process.
 pub(crate) fn simd() -> Simd {
     static S: std::sync::OnceLock<Simd> = std::sync::OnceLock::new();
     *S.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
-                return Simd::Avx512;
-            }
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                return Simd::Avx2;
-            }
-        }
-        Simd::Baseline
+        let (avx512, avx2) = {
+            let fma = is_x86_feature_detected!("fma");
+            (is_x86_feature_detected!("avx512f") && fma, is_x86_feature_detected!("avx2") && fma)
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let (avx512, avx2) = (false, false);
+        super::choose(
+            "PE_SIMD",
+            &[("avx512", Simd::Avx512, avx512), ("avx2", Simd::Avx2, avx2), ("baseline", Simd::Baseline, true)],
+        )
     })
 }
 

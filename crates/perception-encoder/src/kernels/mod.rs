@@ -199,11 +199,7 @@ pub(crate) fn panel_masks(cols: usize) -> (u16, u16) {
 /// loop's bandwidth, which was a third of the time to load a float32 model); elsewhere, and at
 /// ragged edges, element by element.
 pub(crate) fn transpose(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    #[cfg(target_arch = "x86_64")]
-    let avx512 = is_x86_feature_detected!("avx512f");
-    #[cfg(not(target_arch = "x86_64"))]
-    let avx512 = false;
-    transpose_with(src, rows, cols, avx512)
+    transpose_with(src, rows, cols, math::simd() == math::Simd::Avx512)
 }
 
 fn transpose_with(src: &[f32], rows: usize, cols: usize, avx512: bool) -> Vec<f32> {

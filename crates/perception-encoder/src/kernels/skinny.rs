@@ -144,7 +144,19 @@ unsafe fn body_avx2(p: &Problem, j0: usize, out: &mut [f32]) {
 /// `x (m, k) @ w (k, n) + bias (n)`, row-major, returned as `(m, n)`.
 pub(crate) fn matmul(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, bias: Option<&[f32]>) -> Vec<f32> {
     // The same run-time choice (cached once) as the element-wise kernels.
-    let simd = super::math::simd();
+    matmul_with(super::math::simd(), x, m, k, w, n, bias)
+}
+
+/// [`matmul`] with the vector unit chosen by the caller (it must be available).
+fn matmul_with(
+    simd: super::math::Simd,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[f32],
+    n: usize,
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
     let p = Problem { x, m, k, w, n, bias };
     let blocks: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(BLOCK))
         .into_par_iter()
@@ -176,21 +188,39 @@ pub(crate) fn matmul(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, bias: O
 #[cfg(test)]
 mod tests {
     #[test]
-    fn matches_a_naive_product() {
-        for (m, k, n) in [(3, 37, 600), (1, 64, 40), (10, 33, 517), (16, 20, 300), (17, 9, 70)] {
-            check(m, k, n);
+    fn every_available_vector_unit_matches_a_naive_product() {
+        use crate::kernels::math::Simd;
+        let mut levels = vec![Simd::Baseline];
+        #[cfg(target_arch = "x86_64")]
+        {
+            let fma = std::arch::is_x86_feature_detected!("fma");
+            if std::arch::is_x86_feature_detected!("avx2") && fma {
+                levels.push(Simd::Avx2);
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") && fma {
+                levels.push(Simd::Avx512);
+            }
+        }
+        for simd in levels {
+            for (m, k, n) in [(3, 37, 600), (1, 64, 40), (10, 33, 517), (16, 20, 300), (17, 9, 70)] {
+                check(simd, m, k, n);
+            }
         }
     }
 
-    fn check(m: usize, k: usize, n: usize) {
+    fn check(simd: crate::kernels::math::Simd, m: usize, k: usize, n: usize) {
         let x: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0).collect();
         let w: Vec<f32> = (0..k * n).map(|i| ((i * 5 % 11) as f32 - 5.0) / 7.0).collect();
         let b: Vec<f32> = (0..n).map(|j| j as f32 / 100.0).collect();
-        let y = super::matmul(&x, m, k, &w, n, Some(&b));
+        let y = super::matmul_with(simd, &x, m, k, &w, n, Some(&b));
         for i in 0..m {
             for j in 0..n {
                 let want: f64 = b[j] as f64 + (0..k).map(|kk| x[i * k + kk] as f64 * w[kk * n + j] as f64).sum::<f64>();
-                assert!((y[i * n + j] as f64 - want).abs() < 1e-4, "m={m} ({i},{j}): {} vs {want}", y[i * n + j]);
+                assert!(
+                    (y[i * n + j] as f64 - want).abs() < 1e-4,
+                    "{simd:?} m={m} ({i},{j}): {} vs {want}",
+                    y[i * n + j]
+                );
             }
         }
     }
