@@ -65,80 +65,160 @@ fn body<const FMA: bool>(p: &Problem, j0: usize, out: &mut [f32]) {
     }
 }
 
-/// Weight rows per pass of [`rows_avx512`].
+/// Weight rows per pass of the register-blocked bodies.
 const ROWS_PER_PASS: usize = 4;
 
-/// The AVX-512 body for `M` rows: [`ROWS_PER_PASS`] weight rows per pass over the block, and
-/// for each 16-column chunk the `M` rows' sums held in registers across them. The simple loop
-/// ([`body`]) loads and stores every partial sum once per weight row; that traffic, not the
-/// weight stream, bounded it (a 10-row text: 8 GB/s of weights against 13 GB/s here, in a
-/// microbenchmark on 1024 x 4096 weights). Same operations in the same order as [`body`], so
-/// the same results.
-///
-/// # Safety
-/// The CPU has AVX-512F and FMA; `p.m == M`; `out` holds `M` rows of the block's width.
+/// A register-blocked body for `M` rows, `$lanes` columns per vector: [`ROWS_PER_PASS`] weight
+/// rows per pass over the block, and for each chunk of columns the `M` rows' sums held in
+/// registers across them. The simple loop ([`body`]) loads and stores every partial sum once
+/// per weight row; that traffic, not the weight stream, bounded it (a 10-row text: 8 GB/s of
+/// weights against 13 GB/s here, in a microbenchmark on 1024 x 4096 weights). Same operations
+/// in the same order as [`body`], so the same results. `$v` is a module with the vector type
+/// `V`, `LANES`, and `zero`, `load`/`store` of the first `n` lanes, `fma(a, w, acc)`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,fma")]
-unsafe fn rows_avx512<const M: usize>(p: &Problem, j0: usize, out: &mut [f32]) {
-    use std::arch::x86_64::*;
-    let Problem { x, k, w, n, .. } = *p;
-    debug_assert_eq!(p.m, M);
-    let width = out.len() / M;
-    start_rows(p, j0, out);
-    let (o, wp) = (out.as_mut_ptr(), w.as_ptr());
-    let mut kk = 0;
-    while kk < k {
-        let rows = ROWS_PER_PASS.min(k - kk);
-        for ahead in kk + PREFETCH_ROWS..(kk + PREFETCH_ROWS + rows).min(k) {
-            let at = wp.add(ahead * n + j0);
-            for line in (0..width).step_by(16) {
-                _mm_prefetch::<_MM_HINT_T0>(at.add(line).cast::<i8>());
-            }
-        }
-        let mut c = 0;
-        while c < width {
-            let mask: __mmask16 = if width - c >= 16 { 0xffff } else { (1u16 << (width - c)) - 1 };
-            let mut acc = [_mm512_setzero_ps(); M];
-            for (i, a) in acc.iter_mut().enumerate() {
-                *a = _mm512_maskz_loadu_ps(mask, o.add(i * width + c));
-            }
-            for q in kk..kk + rows {
-                let wv = _mm512_maskz_loadu_ps(mask, wp.add(q * n + j0 + c));
-                for (i, a) in acc.iter_mut().enumerate() {
-                    *a = _mm512_fmadd_ps(_mm512_set1_ps(*x.get_unchecked(i * k + q)), wv, *a);
+macro_rules! rows_kernel {
+    ($name:ident, $feature:literal, $v:ident) => {
+        /// # Safety
+        /// The CPU has the features; `p.m == M`; `out` holds `M` rows of the block's width.
+        #[target_feature(enable = $feature)]
+        unsafe fn $name<const M: usize>(p: &Problem, j0: usize, out: &mut [f32]) {
+            use std::arch::x86_64::*;
+            let Problem { x, k, w, n, .. } = *p;
+            debug_assert_eq!(p.m, M);
+            let width = out.len() / M;
+            start_rows(p, j0, out);
+            let (o, wp) = (out.as_mut_ptr(), w.as_ptr());
+            let mut kk = 0;
+            while kk < k {
+                let rows = ROWS_PER_PASS.min(k - kk);
+                for ahead in kk + PREFETCH_ROWS..(kk + PREFETCH_ROWS + rows).min(k) {
+                    let at = wp.add(ahead * n + j0);
+                    for line in (0..width).step_by(16) {
+                        _mm_prefetch::<_MM_HINT_T0>(at.add(line).cast::<i8>());
+                    }
                 }
+                let mut c = 0;
+                while c < width {
+                    let lanes = (width - c).min($v::LANES);
+                    let mut acc = [$v::zero(); M];
+                    for (i, a) in acc.iter_mut().enumerate() {
+                        *a = $v::load(o.add(i * width + c), lanes);
+                    }
+                    for q in kk..kk + rows {
+                        let wv = $v::load(wp.add(q * n + j0 + c), lanes);
+                        for (i, a) in acc.iter_mut().enumerate() {
+                            *a = $v::fma(*x.get_unchecked(i * k + q), wv, *a);
+                        }
+                    }
+                    for (i, a) in acc.iter().enumerate() {
+                        $v::store(o.add(i * width + c), *a, lanes);
+                    }
+                    c += $v::LANES;
+                }
+                kk += rows;
             }
-            for (i, a) in acc.iter().enumerate() {
-                _mm512_mask_storeu_ps(o.add(i * width + c), mask, *a);
-            }
-            c += 16;
         }
-        kk += rows;
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+mod v512 {
+    use std::arch::x86_64::*;
+    pub type V = __m512;
+    pub const LANES: usize = 16;
+    #[inline(always)]
+    fn mask(n: usize) -> __mmask16 {
+        if n >= 16 {
+            0xffff
+        } else {
+            (1u16 << n) - 1
+        }
+    }
+    #[inline(always)]
+    pub unsafe fn zero() -> V {
+        _mm512_setzero_ps()
+    }
+    #[inline(always)]
+    pub unsafe fn load(p: *const f32, n: usize) -> V {
+        _mm512_maskz_loadu_ps(mask(n), p)
+    }
+    #[inline(always)]
+    pub unsafe fn store(p: *mut f32, v: V, n: usize) {
+        _mm512_mask_storeu_ps(p, mask(n), v)
+    }
+    #[inline(always)]
+    pub unsafe fn fma(a: f32, w: V, acc: V) -> V {
+        _mm512_fmadd_ps(_mm512_set1_ps(a), w, acc)
     }
 }
 
-/// [`rows_avx512`] for `p.m` rows (1 to [`MAX_ROWS`]); [`body`] beyond.
-///
+#[cfg(target_arch = "x86_64")]
+mod v256 {
+    use std::arch::x86_64::*;
+    pub type V = __m256;
+    pub const LANES: usize = 8;
+    #[inline(always)]
+    unsafe fn mask(n: usize) -> __m256i {
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))
+    }
+    #[inline(always)]
+    pub unsafe fn zero() -> V {
+        _mm256_setzero_ps()
+    }
+    #[inline(always)]
+    pub unsafe fn load(p: *const f32, n: usize) -> V {
+        if n >= 8 {
+            _mm256_loadu_ps(p)
+        } else {
+            _mm256_maskload_ps(p, mask(n))
+        }
+    }
+    #[inline(always)]
+    pub unsafe fn store(p: *mut f32, v: V, n: usize) {
+        if n >= 8 {
+            _mm256_storeu_ps(p, v)
+        } else {
+            _mm256_maskstore_ps(p, mask(n), v)
+        }
+    }
+    #[inline(always)]
+    pub unsafe fn fma(a: f32, w: V, acc: V) -> V {
+        _mm256_fmadd_ps(_mm256_set1_ps(a), w, acc)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+rows_kernel!(rows_avx512, "avx512f,fma", v512);
+#[cfg(target_arch = "x86_64")]
+rows_kernel!(rows_avx2, "avx2,fma", v256);
+
+/// `$rows::<M>` for `p.m` rows, `1..=$max` (as many as the vector registers hold with the
+/// weight and the broadcast); [`body`] beyond.
+#[cfg(target_arch = "x86_64")]
+macro_rules! by_rows {
+    ($rows:ident, $p:expr, $j0:expr, $out:expr, $($m:literal)*) => {
+        match $p.m {
+            $($m => $rows::<$m>($p, $j0, $out),)*
+            _ => body::<true>($p, $j0, $out),
+        }
+    };
+}
+
 /// # Safety
 /// The CPU has AVX-512F and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 unsafe fn body_avx512(p: &Problem, j0: usize, out: &mut [f32]) {
-    macro_rules! by_rows {
-        ($($m:literal)*) => {
-            match p.m {
-                $($m => rows_avx512::<$m>(p, j0, out),)*
-                _ => body::<true>(p, j0, out),
-            }
-        };
-    }
-    by_rows!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16)
+    by_rows!(rows_avx512, p, j0, out, 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16)
 }
 
+/// # Safety
+/// The CPU has AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn body_avx2(p: &Problem, j0: usize, out: &mut [f32]) {
-    body::<true>(p, j0, out)
+    // 16 ymm registers: up to 14 rows of sums, the weight and the broadcast.
+    by_rows!(rows_avx2, p, j0, out, 1 2 3 4 5 6 7 8 9 10 11 12 13 14)
 }
 
 /// `x (m, k) @ w (k, n) + bias (n)`, row-major, returned as `(m, n)`.
@@ -202,7 +282,9 @@ mod tests {
             }
         }
         for simd in levels {
-            for (m, k, n) in [(3, 37, 600), (1, 64, 40), (10, 33, 517), (16, 20, 300), (17, 9, 70)] {
+            for (m, k, n) in
+                [(3, 37, 600), (1, 64, 40), (10, 33, 517), (14, 11, 263), (15, 8, 30), (16, 20, 300), (17, 9, 70)]
+            {
                 check(simd, m, k, n);
             }
         }
