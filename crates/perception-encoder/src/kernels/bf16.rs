@@ -306,23 +306,56 @@ mod avx512 {
     /// The CPU has AVX-512F/BF16 (and AVX2/FMA); `dst` is as long as `s`.
     #[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl,avx2,fma")]
     pub(super) unsafe fn softmax_to_bf16(s: &mut [f32], dst: &mut [u16]) {
-        use crate::kernels::math::{exp, max16, sum16};
-        let max = max16(s);
-        for x in s.iter_mut() {
-            *x = exp(*x - max);
-        }
-        let inv_sum = 1.0 / sum16(s, |v| v);
-        let inv = _mm512_set1_ps(inv_sum);
+        // Whole vectors with a masked last one: rows are 197 or 257 long, and a scalar tail of
+        // `exp` and bf16 rounding cost as much as the vectors before it.
         let n = s.len();
-        let mut i = 0;
-        while i + 16 <= n {
-            let v = _mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_loadu_ps(s.as_ptr().add(i)), inv));
-            _mm256_storeu_si256(dst.as_mut_ptr().add(i).cast(), std::mem::transmute::<__m256bh, __m256i>(v));
-            i += 16;
+        assert_eq!(dst.len(), n, "softmax_to_bf16 lengths");
+        let (p, d) = (s.as_mut_ptr(), dst.as_mut_ptr());
+        let mask = |i: usize| -> __mmask16 {
+            if n - i >= 16 {
+                0xffff
+            } else {
+                (1u16 << (n - i)) - 1
+            }
+        };
+        let neg_inf = _mm512_set1_ps(f32::NEG_INFINITY);
+        let mut max = neg_inf;
+        for i in (0..n).step_by(16) {
+            max = _mm512_max_ps(max, _mm512_mask_loadu_ps(neg_inf, mask(i), p.add(i)));
         }
-        for j in i..n {
-            dst[j] = to_bf16(s[j] * inv_sum);
+        let max = _mm512_set1_ps(_mm512_reduce_max_ps(max));
+        let mut sum = _mm512_setzero_ps();
+        for i in (0..n).step_by(16) {
+            let k = mask(i);
+            let e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, p.add(i)), max));
+            _mm512_mask_storeu_ps(p.add(i), k, e);
+            sum = _mm512_mask_add_ps(sum, k, sum, e);
         }
+        let inv = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(sum));
+        for i in (0..n).step_by(16) {
+            let k = mask(i);
+            let v = _mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_maskz_loadu_ps(k, p.add(i)), inv));
+            _mm256_mask_storeu_epi16(d.add(i).cast(), k, std::mem::transmute::<__m256bh, __m256i>(v));
+        }
+    }
+
+    /// [`crate::kernels::math::exp`] on 16 lanes with fused multiply-adds (so within a few
+    /// ulp of it, not bit-identical).
+    #[inline]
+    #[target_feature(enable = "avx512f,fma")]
+    unsafe fn exp16(x: __m512) -> __m512 {
+        const ROUND: f32 = 12_582_912.0;
+        let x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0)), _mm512_set1_ps(88.0));
+        let shifted = _mm512_fmadd_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E), _mm512_set1_ps(ROUND));
+        let n = _mm512_sub_ps(shifted, _mm512_set1_ps(ROUND));
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_145_75), x);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428_606_8e-6), r);
+        let mut e = _mm512_set1_ps(1.0 / 5040.0);
+        for c in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+            e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(c));
+        }
+        let bits = _mm512_sub_epi32(_mm512_castps_si512(shifted), _mm512_set1_epi32(ROUND.to_bits() as i32 - 127));
+        _mm512_mul_ps(_mm512_castsi512_ps(_mm512_slli_epi32::<23>(bits)), e)
     }
 
     /// One register tile's operands: `R` rows of `a` (bf16, row stride `lda`), a packed panel
@@ -865,6 +898,33 @@ mod tests {
             crate::kernels::math::gelu_in_place(&mut h);
             let want = matmul(&h, m, &proj);
             assert_eq!(mlp(&x, m, &fc, &proj), want, "m={m} width={width} hidden={hidden} ({:?})", selected());
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn softmax_to_bf16_matches_the_f64_softmax_at_every_length() {
+        if !avx512bf16_available() {
+            eprintln!("skipped: no AVX512-BF16 here");
+            return;
+        }
+        for n in [1, 5, 16, 17, 31, 197, 257] {
+            let s0: Vec<f32> = (0..n).map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.7).collect();
+            let max = s0.iter().cloned().fold(f64::NEG_INFINITY, |m, v| m.max(v as f64));
+            let e: Vec<f64> = s0.iter().map(|&v| (v as f64 - max).exp()).collect();
+            let total: f64 = e.iter().sum();
+            let (mut s, mut got) = (s0.clone(), vec![0u16; n]);
+            // SAFETY: the CPU has AVX512-BF16 (checked above); the lengths match.
+            unsafe { avx512::softmax_to_bf16(&mut s, &mut got) };
+            for (i, (&g, &e)) in got.iter().zip(&e).enumerate() {
+                let want = e / total;
+                // One bf16 rounding of a value within a few float32 ulp of the true one.
+                assert!(
+                    (from_bf16(g) as f64 - want).abs() <= want * 2f64.powi(-8) + 1e-30,
+                    "n={n} [{i}]: {} vs {want}",
+                    from_bf16(g)
+                );
+            }
         }
     }
 
