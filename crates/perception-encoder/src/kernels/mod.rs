@@ -45,7 +45,7 @@ pub(crate) use rows_1_to_12;
 
 /// The AMX loops' prefetch of their packed B operand (`{b}`, 2 KB per k-step) two steps ahead:
 /// 32 `prefetcht0`, one per cache line. Weight panels stream from L2/L3, and a tile load that
-/// misses L1 leaves the tile unit idle; prefetched, B16's products ran 10-17% faster.
+/// misses L1 leaves the tile unit idle; prefetched, B16's products ran 7-17% faster.
 macro_rules! amx_prefetch_b {
     () => {
         concat!(
