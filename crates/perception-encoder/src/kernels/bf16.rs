@@ -240,33 +240,63 @@ pub(super) fn par_blocks<S>(
     });
 }
 
-/// The `(m, n)` float32 output of a register-tile kernel: every (block of `mc` rows, panel)
-/// in parallel ([`par_blocks`]), cut into tiles of at most `mr` rows; `tile(r0, rows, panel,
-/// out)` writes that tile's rows of the panel's columns through `out`.
+/// Where one register tile of a panel product reads and writes: `rows` rows (from `r0`) of the
+/// A operand at `a` (row stride `lda` elements, the padded `k`), panel `panel` of the packed
+/// weight at `b`, its output rows at `c` (stride `ldc`), of which `cols` columns are valid.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+pub(super) struct TileOperands<A, B> {
+    pub a: *const A,
+    pub lda: usize,
+    pub b: *const B,
+    pub c: *mut f32,
+    pub ldc: usize,
+    pub cols: usize,
+    pub r0: usize,
+    pub rows: usize,
+    pub panel: usize,
+}
+
+/// The `(m, n)` float32 output of a register-tile kernel over `a` (`m` rows of `w.k_pad`) and
+/// the packed `w`: every (block of `mc` rows, panel) in parallel ([`par_blocks`]), cut into
+/// tiles of at most `mr` rows, each handed to `tile`, which writes its rows of the panel's
+/// valid columns.
 ///
 /// # Safety
-/// `tile` must write every value of rows `r0..r0 + rows` in the panel's valid columns (the
-/// result is read as initialized).
+/// `tile` must write every value of its rows in the panel's valid columns (the result is read
+/// as initialized), and only those.
 #[cfg(target_arch = "x86_64")]
-pub(super) unsafe fn by_register_tiles(
+pub(super) unsafe fn by_register_tiles<A: Sync, B: Copy + Default + Send + Sync>(
+    a: &[A],
     m: usize,
-    n: usize,
+    w: &Panels<B>,
     mc: usize,
     mr: usize,
-    panels: usize,
-    tile: impl Fn(usize, usize, usize, &SendPtr) + Sync,
+    tile: impl Fn(TileOperands<A, B>) + Sync,
 ) -> Vec<f32> {
+    let (n, lda) = (w.n, w.k_pad);
+    assert!(a.len() >= m * lda, "A operand rows");
     let mut y = super::uninit::<f32>(m * n);
     let out = SendPtr(y.as_mut_ptr().cast());
-    let body = |_: &mut (), rows: std::ops::Range<usize>, p: usize| {
+    let body = |_: &mut (), rows: std::ops::Range<usize>, panel: usize| {
         let mut r0 = rows.start;
         while r0 < rows.end {
             let r = mr.min(rows.end - r0);
-            tile(r0, r, p, &out);
+            tile(TileOperands {
+                a: a[r0 * lda..].as_ptr(),
+                lda,
+                b: w.panel(panel).as_ptr(),
+                c: out.at(r0 * n + panel * PANEL),
+                ldc: n,
+                cols: PANEL.min(n - panel * PANEL),
+                r0,
+                rows: r,
+                panel,
+            });
             r0 += r;
         }
     };
-    par_blocks(m, mc, panels, || (), body, |_| ());
+    par_blocks(m, mc, w.panels(), || (), body, |_| ());
     // SAFETY: the caller's tiles cover every row and column.
     super::assume_init(y)
 }
@@ -358,23 +388,17 @@ mod avx512 {
         _mm512_mul_ps(_mm512_castsi512_ps(_mm512_slli_epi32::<23>(bits)), e)
     }
 
-    /// One register tile's operands: `R` rows of `a` (bf16, row stride `lda`), a packed panel
-    /// `b` of `kp` pairs, output rows at `c` (stride `ldc`), the panel's bias, valid columns.
+    /// One register tile: its operands (bf16 rows, a panel of pairs) and the panel's bias.
     #[derive(Clone, Copy)]
     struct Tile {
-        a: *const u16,
-        lda: usize,
-        b: *const u16,
-        kp: usize,
-        c: *mut f32,
-        ldc: usize,
+        op: TileOperands<u16, u16>,
         bias: *const f32,
-        cols: usize,
     }
 
     #[target_feature(enable = "avx512f,avx512bf16")]
     unsafe fn tile<const R: usize>(t: Tile) {
-        let Tile { a, lda, b, kp, c, ldc, bias, cols } = t;
+        let Tile { op: TileOperands { a, lda, b, c, ldc, cols, .. }, bias } = t;
+        let kp = lda / 2;
         let mut acc0 = [_mm512_setzero_ps(); R];
         let mut acc1 = [_mm512_setzero_ps(); R];
         for j in 0..kp {
@@ -397,27 +421,16 @@ mod avx512 {
     }
 
     pub(super) fn matmul(x: &[f32], m: usize, w: &PackedBf16) -> Vec<f32> {
-        let (k, n, k_pad) = (w.k, w.n, w.k_pad);
-        let a = round_rows(x, m, k, k_pad, m);
-        let tile_at = |r0: usize, r: usize, p: usize, out: &SendPtr| {
-            let t = Tile {
-                a: a[r0 * k_pad..].as_ptr(),
-                lda: k_pad,
-                b: w.panel(p).as_ptr(),
-                kp: k_pad / 2,
-                c: out.at(r0 * n + p * PANEL),
-                ldc: n,
-                bias: w.bias[p * PANEL..].as_ptr(),
-                cols: PANEL.min(n - p * PANEL),
-            };
+        let a = round_rows(x, m, w.k, w.k_pad, m);
+        let tile_at = |op: TileOperands<u16, u16>| {
+            let t = Tile { op, bias: w.bias[op.panel * PANEL..].as_ptr() };
             // SAFETY: the CPU has AVX512-BF16 (this implementation is only selected then);
-            // `a` holds rows r0..r0+r of k_pad, the panel k_pad/2 pairs of 64, the bias a
-            // whole panel; the output block is this task's alone and the stores are masked
-            // to the n - p*32 valid columns.
-            unsafe { crate::kernels::rows_1_to_12!(r, tile, t) }
+            // the operands hold the tile's rows of k_pad and the panel's k_pad/2 pairs of 64,
+            // the bias a whole panel; the output block is this task's alone and the stores
+            // are masked to the panel's valid columns.
+            unsafe { crate::kernels::rows_1_to_12!(op.rows, tile, t) }
         };
-        // SAFETY: each tile's masked stores write its rows of the panel's valid columns.
-        unsafe { super::by_register_tiles(m, n, MC, MR, w.panels(), tile_at) }
+        unsafe { super::by_register_tiles(&a, m, w, MC, MR, tile_at) }
     }
 }
 

@@ -197,7 +197,7 @@ fn portable(x: &[f32], m: usize, w: &PackedI8) -> Vec<f32> {
 #[cfg(target_arch = "x86_64")]
 mod vnni {
     use super::*;
-    use crate::kernels::SendPtr;
+    use crate::kernels::bf16::{by_register_tiles, TileOperands};
     use std::arch::x86_64::*;
 
     /// Rows per register tile: 12 rows x 32 columns = 24 int32 accumulators.
@@ -205,26 +205,19 @@ mod vnni {
     /// Rows per task.
     const MC: usize = 96;
 
-    /// One register tile's operands: `R` rows of shifted activations `a` (u8, row stride
-    /// `lda`), a packed panel `b` of `groups` quadruples, output rows at `c` (stride `ldc`),
-    /// the panel's per-column data, the rows' scales, valid columns.
+    /// One register tile: its operands (shifted activations as u8, a panel of quadruples),
+    /// the weight's per-column data and the rows' scales.
     #[derive(Clone, Copy)]
     struct Tile<'a> {
-        a: *const u8,
-        lda: usize,
-        b: *const i8,
-        groups: usize,
-        c: *mut f32,
-        ldc: usize,
+        op: TileOperands<u8, i8>,
         w: &'a PackedI8,
-        panel: usize,
         row_scale: &'a [f32],
-        cols: usize,
     }
 
     #[target_feature(enable = "avx512f,avx512vnni")]
     unsafe fn tile<const R: usize>(t: Tile) {
-        let Tile { a, lda, b, groups, c, ldc, w, panel, row_scale, cols } = t;
+        let Tile { op: TileOperands { a, lda, b, c, ldc, cols, panel, .. }, w, row_scale } = t;
+        let groups = lda / 4;
         let mut acc0 = [_mm512_setzero_si512(); R];
         let mut acc1 = [_mm512_setzero_si512(); R];
         for g in 0..groups {
@@ -254,31 +247,18 @@ mod vnni {
     }
 
     pub(super) fn matmul(x: &[f32], m: usize, w: &PackedI8) -> Vec<f32> {
-        let (k, n, k_pad) = (w.k, w.n, w.k_pad);
-        let (a, sx) = quantize_rows(x, m, k, k_pad, m);
+        let (a, sx) = quantize_rows(x, m, w.k, w.k_pad, m);
         // Shifted to unsigned (a + 128), the operand type `vpdpbusd` takes on its left.
         let a: Vec<u8> = a.into_iter().map(|v| (v as u8) ^ 0x80).collect();
-        let tile_at = |r0: usize, r: usize, p: usize, out: &SendPtr| {
-            let t = Tile {
-                a: a[r0 * k_pad..].as_ptr(),
-                lda: k_pad,
-                b: w.panel(p).as_ptr(),
-                groups: k_pad / 4,
-                c: out.at(r0 * n + p * PANEL),
-                ldc: n,
-                w,
-                panel: p,
-                row_scale: &sx[r0..r0 + r],
-                cols: PANEL.min(n - p * PANEL),
-            };
+        let tile_at = |op: TileOperands<u8, i8>| {
+            let t = Tile { op, w, row_scale: &sx[op.r0..op.r0 + op.rows] };
             // SAFETY: the CPU has AVX512-VNNI (this implementation is only selected then);
-            // `a` holds rows r0..r0+r of k_pad bytes, the panel k_pad/4 groups of 128, the
-            // per-column vectors a whole panel; the output block is this task's alone and
-            // the stores are masked to the panel's valid columns.
-            unsafe { crate::kernels::rows_1_to_12!(r, tile, t) }
+            // the operands hold the tile's rows of k_pad bytes and the panel's k_pad/4 groups
+            // of 128, the per-column vectors a whole panel; the output block is this task's
+            // alone and the stores are masked to the panel's valid columns.
+            unsafe { crate::kernels::rows_1_to_12!(op.rows, tile, t) }
         };
-        // SAFETY: each tile's masked stores write its rows of the panel's valid columns.
-        unsafe { super::super::bf16::by_register_tiles(m, n, MC, MR, w.panels(), tile_at) }
+        unsafe { by_register_tiles(&a, m, w, MC, MR, tile_at) }
     }
 }
 
