@@ -16,8 +16,8 @@
 //! - `GET /openapi.json`: this API as an OpenAPI 3 document.
 //! - `POST /classify`: `{"images": [...], "labels": [...], "templates": ["a photo of a {}."],
 //!   "top_k": 5}`; class vectors are cached across requests per label set.
-//! - `GET /metrics`: Prometheus text (requests and latency per route, batch sizes, queue depth,
-//!   items embedded by kind).
+//! - `GET /metrics`: Prometheus text (requests in flight, answered and their latency per route,
+//!   batch sizes, queue depth, items embedded by kind).
 
 pub mod engine;
 mod error;
@@ -227,14 +227,16 @@ async fn declared_size(State(st): State<Shared>, req: Request, next: Next) -> Re
     next.run(req).await
 }
 
-/// Count every request and time it, by matched route.
+/// Count every request, while in flight and once answered, and time it, by matched route.
 async fn record(State(st): State<Shared>, req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<axum::extract::MatchedPath>()
         .map_or("unmatched".to_string(), |p| p.as_str().to_string());
     let started = std::time::Instant::now();
+    let in_flight = st.requests.start(&route);
     let resp = next.run(req).await;
+    drop(in_flight);
     st.requests.record(&route, resp.status().as_u16(), started.elapsed().as_secs_f64());
     resp
 }

@@ -1,5 +1,5 @@
-//! Prometheus metrics, `pe_` prefixed: request counts and latency per route and status, batch
-//! sizes, queue depth, and items embedded by kind (`rate(pe_items_total{kind="image"}[1m])` is
+//! Prometheus metrics, `pe_` prefixed: request counts and latency per route and status, requests
+//! in flight per route, batch sizes, queue depth, and items embedded by kind (`rate(pe_items_total{kind="image"}[1m])` is
 //! images per second).
 
 use std::collections::BTreeMap;
@@ -57,10 +57,20 @@ impl Histogram {
 #[derive(Debug, Default)]
 pub(crate) struct RequestMetrics {
     counts: Mutex<BTreeMap<(String, u16), u64>>,
+    in_flight: Mutex<BTreeMap<String, u64>>,
     latency: Mutex<BTreeMap<String, std::sync::Arc<Histogram>>>,
 }
 
 impl RequestMetrics {
+    /// Count a request on `route` as in flight until the returned guard is dropped (also when
+    /// the client goes away and its handler is cancelled).
+    pub(crate) fn start<'a>(&'a self, route: &str) -> InFlight<'a> {
+        if let Ok(mut m) = self.in_flight.lock() {
+            *m.entry(route.to_string()).or_default() += 1;
+        }
+        InFlight { metrics: self, route: route.to_string() }
+    }
+
     pub(crate) fn record(&self, route: &str, status: u16, seconds: f64) {
         if let Ok(mut c) = self.counts.lock() {
             *c.entry((route.to_string(), status)).or_default() += 1;
@@ -80,10 +90,32 @@ impl RequestMetrics {
                 let _ = writeln!(out, "pe_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}");
             }
         }
+        out.push_str("# HELP pe_requests_in_flight HTTP requests being answered, by route.\n# TYPE pe_requests_in_flight gauge\n");
+        if let Ok(m) = self.in_flight.lock() {
+            for (route, n) in m.iter() {
+                let _ = writeln!(out, "pe_requests_in_flight{{route=\"{route}\"}} {n}");
+            }
+        }
         out.push_str("# HELP pe_request_duration_seconds Request latency by route.\n# TYPE pe_request_duration_seconds histogram\n");
         if let Ok(l) = self.latency.lock() {
             for (route, h) in l.iter() {
                 h.render(out, "pe_request_duration_seconds", &format!("route=\"{route}\""));
+            }
+        }
+    }
+}
+
+/// A request counted in [`RequestMetrics`]' in-flight gauge.
+pub(crate) struct InFlight<'a> {
+    metrics: &'a RequestMetrics,
+    route: String,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.metrics.in_flight.lock() {
+            if let Some(n) = m.get_mut(&self.route) {
+                *n = n.saturating_sub(1);
             }
         }
     }

@@ -103,6 +103,9 @@ fn routes_give_the_reference_numbers() {
     assert!(value("pe_batch_size_count{}") >= 4.0);
     assert!(text.contains("pe_request_duration_seconds_bucket{route=\"/embed/image\",le=\"+Inf\"} 1"));
     assert_eq!(value("pe_queue_depth"), 0.0);
+    // Answered requests leave the in-flight gauge; this /metrics request is still in it.
+    assert_eq!(value("pe_requests_in_flight{route=\"/embed/text\"}"), 0.0);
+    assert_eq!(value("pe_requests_in_flight{route=\"/metrics\"}"), 1.0);
 }
 
 #[test]

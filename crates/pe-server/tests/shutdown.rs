@@ -11,14 +11,24 @@ use pe_server::{BatchConfig, ServerConfig};
 use perception_encoder::{Clip, ClipConfig, LoadOptions};
 use serde_json::{json, Value};
 
-fn queue_depth(base: &str) -> usize {
+/// The server's count of `name` (a metric line's text before the value), 0 when absent.
+fn metric(text: &str, name: &str) -> usize {
+    text.lines().filter_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<usize>().ok()).sum()
+}
+
+/// (`/embed/text` requests the server has received, requests queued for the model).
+fn received_and_queued(base: &str) -> (usize, usize) {
     let text = ureq::get(&format!("{base}/metrics")).call().unwrap().into_string().unwrap();
-    text.lines().find_map(|l| l.strip_prefix("pe_queue_depth ")).unwrap().trim().parse().unwrap()
+    let route = "{route=\"/embed/text\"";
+    let answered = metric(&text, &format!("pe_requests_total{route},status=\"200\"}}"));
+    let in_flight = metric(&text, &format!("pe_requests_in_flight{route}}}"));
+    (answered + in_flight, metric(&text, "pe_queue_depth"))
 }
 
 #[test]
 fn in_flight_requests_finish_and_then_the_server_stops() {
-    // A random T16 at 384 px with one text per forward pass: slow enough to keep a queue.
+    // A random T16 at 384 px with one text per forward pass and several texts per request: slow
+    // enough to keep a queue while the last client connects.
     let cfg = ClipConfig::preset("PE-Core-T16-384").unwrap();
     let model = Clip::random(&cfg, 3, &LoadOptions::default()).unwrap();
     let server_cfg = ServerConfig {
@@ -28,27 +38,35 @@ fn in_flight_requests_finish_and_then_the_server_stops() {
     let server = common::serve_until(model, server_cfg);
     let base = server.url.clone();
     let long = "a very long caption about a photo of a dog running on the beach at sunset with waves ".repeat(3);
-    let n = 6;
+    let (n, texts_per_request) = (6, 8);
     let clients: Vec<_> = (0..n)
         .map(|i| {
-            let (url, text) = (format!("{base}/embed/text"), format!("{i} {long}"));
+            let url = format!("{base}/embed/text");
+            let texts: Vec<String> = (0..texts_per_request).map(|j| format!("{i} {j} {long}")).collect();
             std::thread::spawn(move || -> (u16, Value) {
-                let r = ureq::post(&url).send_json(json!({"texts": [text]})).unwrap();
+                let r = ureq::post(&url).send_json(json!({"texts": texts})).unwrap();
                 (r.status(), r.into_json().unwrap())
             })
         })
         .collect();
-    // Wait until some of them are queued behind the model, then signal.
+    // Wait until every client's request has reached the server (one still connecting when the
+    // signal comes is refused, rightly) and some are queued behind the model, then signal.
     let t = Instant::now();
-    while queue_depth(&base) < 2 {
-        assert!(t.elapsed() < Duration::from_secs(60), "requests never queued");
+    loop {
+        let (received, queued) = received_and_queued(&base);
+        if received == n && queued >= 2 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "{received} of {n} requests received, {queued} queued");
         std::thread::sleep(Duration::from_millis(5));
     }
     server.stop.send(()).unwrap();
     for c in clients {
         let (status, body) = c.join().unwrap();
         assert_eq!(status, 200);
-        assert_eq!(body["embeddings"][0].as_array().unwrap().len(), 512, "{body}");
+        let embeddings = body["embeddings"].as_array().unwrap();
+        assert_eq!(embeddings.len(), texts_per_request, "{body}");
+        assert!(embeddings.iter().all(|e| e.as_array().unwrap().len() == 512), "{body}");
     }
     server.done.join().unwrap().unwrap();
     let after = ureq::get(&format!("{base}/health")).timeout(Duration::from_secs(5)).call();
