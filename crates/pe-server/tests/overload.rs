@@ -1,6 +1,7 @@
 //! A full queue answers 503 with Retry-After, every request gets exactly one response, and the
-//! server recovers once the burst is over. Uses a random-weight PE-Core-T16-384 so that each
-//! forward pass takes long enough for a burst to fill a one-slot queue.
+//! server recovers once the burst is over. Uses a random-weight PE-Core-T16-384 and several
+//! texts per request, one per forward pass, so that each request holds the model long enough for
+//! a burst to fill a one-slot queue even when the clients' threads start slowly.
 
 mod common;
 
@@ -23,8 +24,8 @@ fn overflow_gives_503_and_recovers() {
     let sent = 24;
     let handles: Vec<_> = (0..sent)
         .map(|_| {
-            let (url, text) = (url.clone(), long.clone());
-            std::thread::spawn(move || match ureq::post(&url).send_json(json!({"texts": [text]})) {
+            let (url, texts) = (url.clone(), vec![long.clone(); 4]);
+            std::thread::spawn(move || match ureq::post(&url).send_json(json!({ "texts": texts })) {
                 Ok(r) => (r.status(), None),
                 Err(ureq::Error::Status(code, r)) => {
                     let retry = r.header("retry-after").map(str::to_string);
