@@ -42,13 +42,23 @@ fn sigterm_finishes_the_request_in_flight_then_exits_cleanly() {
     )
     .unwrap();
     conn.write_all(&body[..10]).unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    // The server has read the headers (its handler waits for the body) before the signal.
+    let in_flight = "pe_requests_in_flight{route=\"/embed/text\"} 1";
+    let t = Instant::now();
+    while !ureq::get(&format!("http://{addr}/metrics")).call().unwrap().into_string().unwrap().contains(in_flight) {
+        assert!(t.elapsed() < Duration::from_secs(20), "the request never reached the server");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 
     let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(killed.success());
-    std::thread::sleep(Duration::from_millis(300));
+    // The listener closes soon after the signal, however busy this machine is.
+    let t = Instant::now();
+    while TcpStream::connect(&addr).is_ok() {
+        assert!(t.elapsed() < Duration::from_secs(20), "still accepting connections after SIGTERM");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     assert!(child.try_wait().unwrap().is_none(), "pe serve exited with a request in flight");
-    assert!(TcpStream::connect(&addr).is_err(), "still accepting connections after SIGTERM");
 
     conn.write_all(&body[10..]).unwrap();
     let mut response = String::new();
