@@ -90,12 +90,8 @@ fn routes_give_the_reference_numbers() {
     assert!(close(&[floats], &expected(&dir, "text_embed_norm")[..1]) <= 1e-5);
 
     // Metrics count what was served above.
-    let text = ureq::get(&format!("{base}/metrics")).call().unwrap().into_string().unwrap();
-    let value = |line_start: &str| -> f64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(line_start).map(|v| v.trim().parse::<f64>().unwrap()))
-            .unwrap_or_else(|| panic!("no `{line_start}` in\n{text}"))
-    };
+    let text = common::metrics(&base);
+    let value = |name: &str| common::metric(&text, name).unwrap_or_else(|| panic!("no `{name}` in\n{text}"));
     assert_eq!(value("pe_requests_total{route=\"/embed/text\",status=\"200\"}"), 1.0);
     assert_eq!(value("pe_requests_total{route=\"/v1/embeddings\",status=\"200\"}"), 2.0);
     assert_eq!(value("pe_items_total{kind=\"image\"}"), 3.0);

@@ -63,13 +63,12 @@ fn mixed_load_loses_nothing_and_every_answer_is_right() {
     );
 
     // The server counted exactly the requests sent.
-    let metrics = ureq::get(&format!("{base}/metrics")).call().unwrap().into_string().unwrap();
+    let metrics = common::metrics(&base);
     let counted: f64 = metrics
         .lines()
         .filter(|l| l.starts_with("pe_requests_total{"))
         .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
         .sum();
     assert_eq!(counted as usize, n, "{metrics}");
-    let queue = metrics.lines().find_map(|l| l.strip_prefix("pe_queue_depth ")).unwrap();
-    assert_eq!(queue.trim(), "0");
+    assert_eq!(common::metric(&metrics, "pe_queue_depth"), Some(0.0), "{metrics}");
 }

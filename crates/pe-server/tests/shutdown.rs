@@ -11,18 +11,15 @@ use pe_server::{BatchConfig, ServerConfig};
 use perception_encoder::{Clip, ClipConfig, LoadOptions};
 use serde_json::{json, Value};
 
-/// The server's count of `name` (a metric line's text before the value), 0 when absent.
-fn metric(text: &str, name: &str) -> usize {
-    text.lines().filter_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<usize>().ok()).sum()
-}
-
 /// (`/embed/text` requests the server has received, requests queued for the model).
 fn received_and_queued(base: &str) -> (usize, usize) {
-    let text = ureq::get(&format!("{base}/metrics")).call().unwrap().into_string().unwrap();
+    let text = common::metrics(base);
+    // A series not yet printed counts 0.
+    let count = |name: &str| common::metric(&text, name).unwrap_or(0.0) as usize;
     let route = "{route=\"/embed/text\"";
-    let answered = metric(&text, &format!("pe_requests_total{route},status=\"200\"}}"));
-    let in_flight = metric(&text, &format!("pe_requests_in_flight{route}}}"));
-    (answered + in_flight, metric(&text, "pe_queue_depth"))
+    let answered = count(&format!("pe_requests_total{route},status=\"200\"}}"));
+    let in_flight = count(&format!("pe_requests_in_flight{route}}}"));
+    (answered + in_flight, count("pe_queue_depth"))
 }
 
 #[test]

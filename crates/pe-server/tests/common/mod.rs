@@ -44,5 +44,17 @@ pub fn serve_until(model: Clip, cfg: ServerConfig) -> Running {
     Running { url, stop, done }
 }
 
+/// The server's `/metrics` text.
+#[allow(dead_code)]
+pub fn metrics(base: &str) -> String {
+    ureq::get(&format!("{base}/metrics")).call().unwrap().into_string().unwrap()
+}
+
+/// The value of the series `name` (metric name and labels, as printed) in `/metrics` text.
+#[allow(dead_code)]
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 #[allow(dead_code)]
 pub mod cases;
