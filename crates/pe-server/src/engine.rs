@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use perception_encoder::candle_core::{DType, Tensor};
-use perception_encoder::tokenizer::ClipTokenizer;
 use perception_encoder::Clip;
 use tokio::sync::oneshot;
 
@@ -21,15 +20,15 @@ use crate::error::ServeError;
 pub(crate) enum Work {
     /// Preprocessed images `(3, S, S)` each, embedded from blocks up to `layer`.
     Images { pixels: Vec<Tensor>, layer: isize },
-    /// Raw texts, tokenized on the model thread.
-    Texts { texts: Vec<String> },
+    /// Token id rows of `context_length` each (tokenized off the model thread).
+    Texts { ids: Vec<Vec<u32>> },
 }
 
 impl Work {
     fn len(&self) -> usize {
         match self {
             Work::Images { pixels, .. } => pixels.len(),
-            Work::Texts { texts } => texts.len(),
+            Work::Texts { ids } => ids.len(),
         }
     }
     /// Jobs with equal keys can share a forward pass.
@@ -218,6 +217,8 @@ fn execute(model: &Clip, batch: Vec<Job>, limit: usize, stats: &Stats) {
 fn forward(model: &Clip, batch: &[Job], limit: usize) -> Result<Vec<Vec<f32>>, ServeError> {
     // Bad input is caught before queueing; what is left maps to 4xx or 500 by its kind.
     let internal: fn(perception_encoder::Error) -> ServeError = ServeError::from;
+    let abandoned = || batch.iter().all(|j| j.reply.is_closed());
+    let gone = || ServeError::Unavailable("every caller of this batch has gone".into());
     let mut rows = Vec::new();
     match &batch[0].work {
         Work::Images { layer, .. } => {
@@ -229,23 +230,33 @@ fn forward(model: &Clip, batch: &[Job], limit: usize) -> Result<Vec<Vec<f32>>, S
                 })
                 .collect();
             for chunk in all.chunks(limit) {
+                if abandoned() {
+                    return Err(gone());
+                }
                 let x = Tensor::stack(chunk, 0).map_err(|e| internal(e.into()))?;
                 let y = model.encode_image_at(&x, *layer, false).map_err(internal)?;
                 rows.extend(y.to_dtype(DType::F32).and_then(|t| t.to_vec2::<f32>()).map_err(|e| internal(e.into()))?);
             }
         }
         Work::Texts { .. } => {
-            let text = model.text().ok_or_else(|| ServeError::Invalid("this model has no text tower".into()))?;
-            let tokenizer = ClipTokenizer::new(text.config().context_length);
-            let all: Vec<&String> = batch
+            if model.text().is_none() {
+                return Err(ServeError::Invalid("this model has no text tower".into()));
+            }
+            let all: Vec<&Vec<u32>> = batch
                 .iter()
                 .flat_map(|j| match &j.work {
-                    Work::Texts { texts } => texts.iter().collect::<Vec<_>>(),
+                    Work::Texts { ids } => ids.iter().collect::<Vec<_>>(),
                     Work::Images { .. } => Vec::new(),
                 })
                 .collect();
             for chunk in all.chunks(limit) {
-                let ids = tokenizer.tokenize_batch(chunk, model.visual().device()).map_err(internal)?;
+                if abandoned() {
+                    return Err(gone());
+                }
+                let width = chunk[0].len();
+                let flat: Vec<u32> = chunk.iter().flat_map(|r| r.iter().copied()).collect();
+                let ids = Tensor::from_vec(flat, (chunk.len(), width), model.visual().device())
+                    .map_err(|e| internal(e.into()))?;
                 let y = model.encode_text(&ids, false).map_err(internal)?;
                 rows.extend(y.to_dtype(DType::F32).and_then(|t| t.to_vec2::<f32>()).map_err(|e| internal(e.into()))?);
             }

@@ -11,17 +11,18 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine as _;
 use perception_encoder::candle_core::{Device, Tensor};
-use perception_encoder::video::{load_clip, FrameSampling};
+use perception_encoder::video::FrameSampling;
 use perception_encoder::zero_shot::{ZeroShotClassifier, DEFAULT_TEMPLATES};
 use serde_json::{json, Value};
 
 use crate::requests::*;
-use crate::{engine, metrics, openapi, AppState, ServeError, Shared, CLASSIFIER_CACHE};
+use crate::{decode, engine, metrics, openapi, AppState, ServeError, Shared, CLASSIFIER_CACHE};
 
 pub(crate) async fn metrics_text(State(st): State<Shared>) -> Response {
     let mut out = String::new();
     st.requests.render(&mut out);
     metrics::render_engine(&mut out, &st.engine.stats);
+    metrics::render_decode(&mut out, &st.decode_budget);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
@@ -62,30 +63,6 @@ async fn with_timeout<T>(st: &AppState, f: impl Future<Output = Result<T, ServeE
     tokio::time::timeout(st.cfg.request_timeout, f).await.map_err(|_| ServeError::Timeout)?
 }
 
-/// Decode images and apply the transform, in parallel on the blocking pool.
-async fn decode_images(st: &Shared, images: Vec<ImageSource>) -> Result<Vec<Tensor>, ServeError> {
-    let tasks: Vec<_> = images
-        .into_iter()
-        .enumerate()
-        .map(|(i, src)| {
-            let transform = st.transform;
-            tokio::task::spawn_blocking(move || {
-                let bytes = image_bytes(i, src)?;
-                transform.load_bytes(&bytes).map_err(|e| match ServeError::from(e) {
-                    ServeError::Invalid(m) => ServeError::Invalid(format!("image {i}: {m}")),
-                    ServeError::TooLarge(m) => ServeError::TooLarge(format!("image {i}: {m}")),
-                    other => other,
-                })
-            })
-        })
-        .collect();
-    let mut out = Vec::with_capacity(tasks.len());
-    for t in tasks {
-        out.push(t.await.map_err(|e| ServeError::Internal(e.to_string()))??);
-    }
-    Ok(out)
-}
-
 async fn embed_images(st: &Shared, images: Vec<ImageSource>, layer: isize) -> Result<Vec<Vec<f32>>, ServeError> {
     let l = st.layers as isize;
     if layer < -l || layer >= l {
@@ -94,7 +71,7 @@ async fn embed_images(st: &Shared, images: Vec<ImageSource>, layer: isize) -> Re
             l - 1
         )));
     }
-    let pixels = decode_images(st, images).await?;
+    let pixels = decode::decode_images(&st.decode_budget, st.transform, images).await?;
     st.engine.submit(engine::Work::Images { pixels, layer }).await
 }
 
@@ -102,7 +79,12 @@ async fn embed_texts(st: &Shared, texts: Vec<String>) -> Result<Vec<Vec<f32>>, S
     if !st.has_text {
         return Err(ServeError::Invalid(format!("{} has no text tower", st.model_name)));
     }
-    st.engine.submit(engine::Work::Texts { texts }).await
+    // BPE is CPU work: it runs on the blocking pool, not on the model thread.
+    let tokenizer = st.tokenizer;
+    let ids = tokio::task::spawn_blocking(move || texts.iter().map(|t| tokenizer.tokenize(t)).collect::<Vec<_>>())
+        .await
+        .map_err(|e| ServeError::Internal(e.to_string()))?;
+    st.engine.submit(engine::Work::Texts { ids }).await
 }
 
 pub(crate) async fn embed_text(
@@ -161,17 +143,16 @@ pub(crate) async fn embed_video(State(st): State<Shared>, req: Request) -> Resul
     let work = async {
         let mut out = Vec::new();
         for (i, (name, bytes)) in up.files.into_iter().enumerate() {
-            let transform = st.transform;
-            let clip = tokio::task::spawn_blocking(move || -> Result<Tensor, ServeError> {
-                let mut tmp = tempfile::NamedTempFile::new().map_err(|e| ServeError::Internal(e.to_string()))?;
-                std::io::Write::write_all(&mut tmp, &bytes).map_err(|e| ServeError::Internal(e.to_string()))?;
-                load_clip(tmp.path(), frames, rule, &transform).map_err(|e| match e {
-                    perception_encoder::Error::Video(m) => ServeError::Invalid(format!("video {i} ({name}): {m}")),
-                    other => ServeError::from(other),
-                })
+            let tmp = tokio::task::spawn_blocking(move || -> std::io::Result<tempfile::NamedTempFile> {
+                let mut tmp = tempfile::NamedTempFile::new()?;
+                std::io::Write::write_all(&mut tmp, &bytes)?;
+                Ok(tmp)
             })
             .await
-            .map_err(|e| ServeError::Internal(e.to_string()))??;
+            .map_err(|e| ServeError::Internal(e.to_string()))?
+            .map_err(|e| ServeError::Internal(format!("cannot store the upload: {}", e.kind())))?;
+            let what = format!("video {i} ({name})");
+            let clip = decode::decode_video(&st.decode_budget, st.transform, tmp.path(), &what, frames, rule).await?;
             let n = clip.dim(0).map_err(|e| ServeError::Internal(e.to_string()))?;
             let pixels = (0..n)
                 .map(|f| clip.get(f))
@@ -233,6 +214,16 @@ pub(crate) async fn classify(
     check_count(req.images.len(), st.cfg.max_items, "images")?;
     check_count(req.labels.len(), st.cfg.max_items.max(1000), "labels")?;
     let templates = req.templates.unwrap_or_else(|| DEFAULT_TEMPLATES.iter().map(|t| t.to_string()).collect());
+    check_count(templates.len(), st.cfg.max_items, "templates")?;
+    let prompts = req.labels.len() * templates.len();
+    if prompts > st.cfg.max_prompts {
+        return Err(ServeError::TooLarge(format!(
+            "{} labels x {} templates = {prompts} prompts to embed; the limit is {} (`--max-prompts`)",
+            req.labels.len(),
+            templates.len(),
+            st.cfg.max_prompts
+        )));
+    }
     let work = async {
         let c = classifier(&st, req.labels, templates).await?;
         let mut rows = embed_images(&st, req.images.into_iter().map(ImageSource::Base64).collect(), -1).await?;

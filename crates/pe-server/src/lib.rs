@@ -19,6 +19,7 @@
 //! - `GET /metrics`: Prometheus text (requests in flight, answered and their latency per route,
 //!   batch sizes, queue depth, items embedded by kind).
 
+mod decode;
 pub mod engine;
 mod error;
 mod handlers;
@@ -39,6 +40,7 @@ use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use perception_encoder::preprocess::ImageTransform;
+use perception_encoder::tokenizer::ClipTokenizer;
 use perception_encoder::zero_shot::ZeroShotClassifier;
 use perception_encoder::Clip;
 use serde_json::json;
@@ -62,8 +64,17 @@ pub struct ServerConfig {
     pub max_pixels: u64,
     /// Items (images or texts) accepted in one request.
     pub max_items: usize,
-    /// Time limit of one request.
+    /// Time limit of one request, from its headers to its answer (reading the body included).
     pub request_timeout: Duration,
+    /// How long a connection may take to send a request's headers (also the keep-alive idle
+    /// limit between requests).
+    pub header_timeout: Duration,
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// Memory that image and video decoding may hold at once, in bytes.
+    pub decode_budget_bytes: u64,
+    /// Labels x templates that one `/classify` request may ask to embed.
+    pub max_prompts: usize,
     /// Required `Authorization: Bearer` key, if any.
     pub api_key: Option<String>,
     /// After the shutdown signal, how long in-flight requests may take before the server
@@ -85,6 +96,10 @@ impl Default for ServerConfig {
             max_pixels: perception_encoder::preprocess::DEFAULT_MAX_PIXELS,
             max_items: 256,
             request_timeout: Duration::from_secs(60),
+            header_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+            decode_budget_bytes: 1 << 30,
+            max_prompts: 10_000,
             api_key: None,
             shutdown_grace: Duration::from_secs(30),
         }
@@ -99,11 +114,14 @@ pub(crate) struct AppState {
     pub(crate) model_name: String,
     pub(crate) transform: ImageTransform,
     pub(crate) has_text: bool,
+    /// The text tower's tokenizer (its context length).
+    pub(crate) tokenizer: ClipTokenizer,
     /// Blocks of the vision tower (valid `layer` values are `-layers..layers`).
     pub(crate) layers: usize,
     pub(crate) logit_scale: Option<f32>,
     pub(crate) classifiers: Mutex<VecDeque<(ClassifierKey, Arc<ZeroShotClassifier>)>>,
     pub(crate) requests: metrics::RequestMetrics,
+    pub(crate) decode_budget: Arc<decode::DecodeBudget>,
     pub(crate) cfg: ServerConfig,
 }
 
@@ -118,10 +136,12 @@ pub fn router(model: Clip, cfg: ServerConfig) -> Router {
     let state = Arc::new(AppState {
         model_name: model.config().name.clone(),
         has_text: model.text().is_some(),
+        tokenizer: ClipTokenizer::new(model.text().map_or(2, |t| t.config().context_length)),
         layers: model.config().vision.layers,
         logit_scale: model.logit_scale().ok(),
         classifiers: Mutex::new(VecDeque::new()),
         requests: metrics::RequestMetrics::default(),
+        decode_budget: Arc::new(decode::DecodeBudget::new(cfg.decode_budget_bytes)),
         transform,
         engine: Engine::start(model, cfg.batch),
         cfg: cfg.clone(),
@@ -143,6 +163,13 @@ pub fn router(model: Clip, cfg: ServerConfig) -> Router {
                 Json(json!({"error": {"message": "no such route", "type": "not_found", "code": 404}})),
             )
         })
+        .method_not_allowed_fallback(|method: axum::http::Method| async move {
+            let message = format!("method {method} is not allowed on this route");
+            (
+                StatusCode::METHOD_NOT_ALLOWED,
+                Json(json!({"error": {"message": message, "type": "method_not_allowed", "code": 405}})),
+            )
+        })
         .layer(from_fn_with_state(state.clone(), declared_size))
         .layer(from_fn_with_state(state.clone(), auth))
         .layer(from_fn_with_state(state.clone(), record))
@@ -152,31 +179,58 @@ pub fn router(model: Clip, cfg: ServerConfig) -> Router {
 
 /// Serve on `listener` until `shutdown` resolves. Then no new connection is accepted and the
 /// requests in flight are finished, for at most `cfg.shutdown_grace`.
+///
+/// Each connection must send a request's headers within `cfg.header_timeout` (idle keep-alive
+/// connections are closed after it too) and the whole request is answered within
+/// `cfg.request_timeout`, so slow or stalled clients cannot hold connections; at most
+/// `cfg.max_connections` are served at once.
 pub async fn serve_on(
     listener: tokio::net::TcpListener,
     model: Clip,
     cfg: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
     let grace = cfg.shutdown_grace;
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(cfg.header_timeout);
+    let slots = Arc::new(tokio::sync::Semaphore::new(cfg.max_connections.max(1)));
     let app = router(model, cfg);
-    let stop = Arc::new(tokio::sync::Notify::new());
-    let stopped = stop.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move { stopped.notified().await });
-    let server = std::future::IntoFuture::into_future(server);
-    tokio::pin!(server);
-    tokio::select! {
-        done = &mut server => return done,
-        () = shutdown => stop.notify_one(),
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            s = slots.clone().acquire_owned() => s.map_err(std::io::Error::other)?,
+            () = &mut shutdown => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!("connection ended: {e}");
+            }
+            drop(slot);
+        });
     }
+    drop(listener);
     tracing::info!("shutting down: finishing requests in flight (at most {} s)", grace.as_secs_f64());
-    match tokio::time::timeout(grace, &mut server).await {
-        Ok(done) => done,
-        Err(_) => {
-            tracing::warn!("requests still in flight after {} s; stopping anyway", grace.as_secs_f64());
-            Ok(())
-        }
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!("requests still in flight after {} s; stopping anyway", grace.as_secs_f64());
     }
+    Ok(())
 }
 
 /// Bind `cfg.addr` and serve until `shutdown` resolves.

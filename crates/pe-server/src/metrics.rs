@@ -133,3 +133,19 @@ pub(crate) fn render_engine(out: &mut String, stats: &crate::engine::Stats) {
     let _ = writeln!(out, "# HELP pe_batch_size Items per forward pass.\n# TYPE pe_batch_size histogram");
     stats.batch_size.render(out, "pe_batch_size", "");
 }
+
+/// Render the decode budget: its size, what running decodes hold, and the most held at once.
+pub(crate) fn render_decode(out: &mut String, budget: &crate::decode::DecodeBudget) {
+    let _ = writeln!(out, "# HELP pe_decode_budget_bytes Memory image and video decoding may hold at once.\n# TYPE pe_decode_budget_bytes gauge");
+    let _ = writeln!(out, "pe_decode_budget_bytes {}", budget.total_bytes());
+    let _ = writeln!(
+        out,
+        "# HELP pe_decode_bytes_in_use Memory reserved by decodes running now.\n# TYPE pe_decode_bytes_in_use gauge"
+    );
+    let _ = writeln!(out, "pe_decode_bytes_in_use {}", budget.in_use.load(Ordering::Relaxed));
+    let _ = writeln!(
+        out,
+        "# HELP pe_decode_bytes_peak Most memory reserved by decodes at once.\n# TYPE pe_decode_bytes_peak gauge"
+    );
+    let _ = writeln!(out, "pe_decode_bytes_peak {}", budget.peak.load(Ordering::Relaxed));
+}

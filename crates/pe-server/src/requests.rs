@@ -86,8 +86,10 @@ pub(crate) fn image_bytes(i: usize, src: ImageSource) -> Result<Vec<u8>, ServeEr
                 })?,
                 None => s,
             };
+            // MIME-style base64 wraps lines; whitespace anywhere is not data.
+            let compact: String = b64.chars().filter(|c| !c.is_ascii_whitespace()).collect();
             base64::engine::general_purpose::STANDARD
-                .decode(b64.trim())
+                .decode(compact)
                 .map_err(|e| ServeError::Invalid(format!("image {i}: invalid base64: {e}")))
         }
     }

@@ -153,6 +153,16 @@ pub fn keep_freed_memory() {
     }
 }
 
+/// Hand freed heap memory back to the kernel (after a spike such as a very large image, since
+/// [`keep_freed_memory`] otherwise keeps the heap at its peak). No effect off glibc.
+pub fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns unused heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Use `n` worker threads for the tensor kernels and the rayon pool (call before any work).
 /// Returns the thread count in effect.
 pub fn set_threads(n: usize) -> usize {

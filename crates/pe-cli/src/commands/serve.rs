@@ -37,9 +37,21 @@ pub struct ServeCmd {
     /// Largest image in pixels.
     #[arg(long, default_value_t = perception_encoder::preprocess::DEFAULT_MAX_PIXELS)]
     max_pixels: u64,
-    /// Time limit per request in seconds.
+    /// Time limit per request in seconds, from its headers to its answer.
     #[arg(long, default_value_t = 60)]
     timeout_s: u64,
+    /// Seconds a connection may take to send a request's headers (and may stay idle between requests).
+    #[arg(long, default_value_t = 10)]
+    header_timeout_s: u64,
+    /// Connections served at once.
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
+    /// Memory image and video decoding may hold at once, in MiB; an input needing more gets 413.
+    #[arg(long, default_value_t = 1024)]
+    decode_budget_mb: u64,
+    /// Labels x templates one /classify request may ask to embed.
+    #[arg(long, default_value_t = 10_000)]
+    max_prompts: usize,
     /// After SIGTERM or Ctrl-C, how long requests in flight may take before the server stops anyway.
     #[arg(long, default_value_t = 30)]
     shutdown_grace_s: u64,
@@ -62,6 +74,10 @@ pub fn run(cmd: ServeCmd) -> anyhow::Result<ExitCode> {
         max_pixels: cmd.max_pixels,
         max_items: cmd.max_items,
         request_timeout: Duration::from_secs(cmd.timeout_s),
+        header_timeout: Duration::from_secs(cmd.header_timeout_s.max(1)),
+        max_connections: cmd.max_connections,
+        decode_budget_bytes: cmd.decode_budget_mb.saturating_mul(1 << 20),
+        max_prompts: cmd.max_prompts,
         api_key: cmd.api_key.filter(|k| !k.is_empty()),
         shutdown_grace: Duration::from_secs(cmd.shutdown_grace_s),
     };

@@ -84,6 +84,36 @@ fn pillow_resample(bytes: &[u8], format: ImageFormat) -> Resample {
     }
 }
 
+/// What an encoded image's header says, read without decoding the pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageInfo {
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// Bytes decoding and transforming it holds at its peak (the decoded image, one 8-bit copy
+    /// of it, and the resize's working rows), so a caller can budget memory before decoding.
+    pub decode_bytes: u64,
+}
+
+/// Read an image's header: its size and the memory decoding it needs. Refuses unknown formats
+/// and images above `max_pixels`, like [`decode`], without allocating for the pixels.
+pub fn probe(bytes: &[u8], max_pixels: u64) -> Result<ImageInfo> {
+    use image::ImageDecoder;
+    let reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| Error::ImageDecode(format!("cannot read the image: {e}")))?;
+    let format = reader.format().ok_or_else(|| {
+        Error::ImageDecode("unrecognized image format (PNG, JPEG, WebP, GIF, BMP and TIFF are supported)".into())
+    })?;
+    let decoder = reader.into_decoder().map_err(|e| Error::ImageDecode(format!("{format:?}: {e}")))?;
+    let (width, height) = decoder.dimensions();
+    check_size(width, height, max_pixels)?;
+    let pixels = width as u64 * height as u64;
+    let decode_bytes = decoder.total_bytes().saturating_add(pixels.saturating_mul(4));
+    Ok(ImageInfo { width, height, decode_bytes })
+}
+
 /// Decode an image from memory, refusing images larger than `max_pixels` before decoding them.
 pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<DecodedImage> {
     let reader = ImageReader::new(Cursor::new(bytes))
@@ -204,20 +234,23 @@ impl ImageTransform {
         if s == 0 {
             return Err(Error::InvalidInput("the transform size must be positive".into()));
         }
-        let mut px = img.pixels.clone();
-        let has_alpha = px.channels == 2 || px.channels == 4;
+        let has_alpha = img.pixels.channels == 2 || img.pixels.channels == 4;
         let nearest = img.resample == Resample::Nearest;
-        if has_alpha && !nearest {
+        // Only premultiplication needs a copy of the full-size image.
+        let premultiplied = (has_alpha && !nearest).then(|| {
+            let mut px = img.pixels.clone();
             premultiply(&mut px);
-        }
-        let (w, h) = (px.width, px.height);
+            px
+        });
+        let src = premultiplied.as_ref().unwrap_or(&img.pixels);
+        let (w, h) = (src.width, src.height);
         let (tw, th) = match self.mode {
             ResizeMode::Squash => (s, s),
             // torchvision: the short side becomes `size`, the long one int(size * long / short).
             ResizeMode::CenterCrop if w <= h => (s, (s as f64 * h as f64 / w as f64) as usize),
             ResizeMode::CenterCrop => ((s as f64 * w as f64 / h as f64) as usize, s),
         };
-        px = if nearest { resize::resize_nearest(&px, tw, th) } else { resize::resize_bilinear(&px, tw, th) };
+        let mut px = if nearest { resize::resize_nearest(src, tw, th) } else { resize::resize_bilinear(src, tw, th) };
         if has_alpha && !nearest {
             unpremultiply(&mut px);
         }

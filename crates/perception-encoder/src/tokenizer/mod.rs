@@ -28,6 +28,9 @@ fn bpe() -> &'static instant_clip_tokenizer::Tokenizer {
     BPE.get_or_init(instant_clip_tokenizer::Tokenizer::new)
 }
 
+/// Longest space-free piece of cleaned text that [`ClipTokenizer::tokenize`] runs BPE on.
+pub const MAX_PIECE_BYTES: usize = 2048;
+
 /// The PE text tokenizer for one context length (32, or 72 for G/14).
 ///
 /// ```
@@ -77,10 +80,29 @@ impl ClipTokenizer {
 
     /// One row: `[SOT] + encode(text) + [EOT]`, truncated to the context length with the end
     /// token forced into the last slot, then right-padded with 0.
+    ///
+    /// Linear in the text's length: BPE stops once the row is full (no pre-tokenizer match
+    /// spans a space, so the cleaned text is encoded space-separated piece by piece), and a
+    /// piece longer than [`MAX_PIECE_BYTES`] is cut there before BPE, whose merge loop is
+    /// quadratic in a word's length. The reference encodes such a piece whole; the first
+    /// tokens of a word that long are the same in practice, as merges act on neighbours.
     pub fn tokenize(&self, text: &str) -> Vec<u32> {
-        let mut row = Vec::with_capacity(self.context_length);
+        let mut row = Vec::with_capacity(self.context_length + 1);
         row.push(SOT);
-        row.extend(self.encode(text));
+        let cleaned = clean(text);
+        let mut tokens = Vec::new();
+        for piece in cleaned.split(' ').filter(|p| !p.is_empty()) {
+            if row.len() > self.context_length {
+                break;
+            }
+            let mut end = piece.len().min(MAX_PIECE_BYTES);
+            while !piece.is_char_boundary(end) {
+                end -= 1;
+            }
+            tokens.clear();
+            bpe().encode(&piece[..end], &mut tokens);
+            row.extend(tokens.iter().map(|t| u32::from(t.to_u16())));
+        }
         row.push(EOT);
         if row.len() > self.context_length {
             row.truncate(self.context_length);
