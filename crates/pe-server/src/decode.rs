@@ -172,7 +172,8 @@ fn video_error(e: perception_encoder::Error, tmp: &Path, what: &str) -> ServeErr
     let hide = |m: String| m.replace(&tmp.display().to_string(), what);
     match e {
         perception_encoder::Error::Video(m) | perception_encoder::Error::InvalidInput(m) => {
-            ServeError::Invalid(format!("{what}: {}", hide(m)))
+            let m = hide(m);
+            ServeError::Invalid(if m.contains(what) { m } else { format!("{what}: {m}") })
         }
         perception_encoder::Error::ImageTooLarge { .. } => ServeError::TooLarge(format!("{what}: {e}")),
         other => match ServeError::from(other) {

@@ -75,6 +75,17 @@ fn tool(name: &str) -> Command {
     Command::new(std::env::var_os(var).unwrap_or_else(|| name.into()))
 }
 
+/// The error for a file FFmpeg recognized as a format outside [`CONTAINERS`].
+fn refused_container(stderr: &str) -> Option<Error> {
+    let line = stderr.lines().find(|l| l.contains("not on whitelist"))?;
+    // FFmpeg names the demuxer in brackets: `[hls @ 0x...] Format not on whitelist`.
+    let format = line.trim_start().strip_prefix('[').and_then(|l| l.split_whitespace().next()).unwrap_or("unknown");
+    Some(Error::Video(format!(
+        "not a self-contained video file (FFmpeg recognized the format `{format}`; playlists, concat lists and \
+         image sequences name other files and are refused)"
+    )))
+}
+
 /// Input options that keep FFmpeg to the file itself, then the file as a `file:` URL (so a
 /// name starting with `-` or containing `proto:` is still just a path).
 fn restricted_input(cmd: &mut Command, path: &Path) {
@@ -93,6 +104,9 @@ fn run(mut cmd: Command, what: &str) -> Result<Vec<u8>> {
     })?;
     if !out.status.success() {
         let msg = String::from_utf8_lossy(&out.stderr);
+        if let Some(refused) = refused_container(&msg) {
+            return Err(refused);
+        }
         let msg = msg.lines().last().unwrap_or("").trim();
         return Err(Error::Video(format!("`{what}` failed: {msg}")));
     }
@@ -202,6 +216,9 @@ fn for_each_frame(
     }
     if got != wanted.len() {
         let msg = String::from_utf8_lossy(&out.stderr);
+        if let Some(refused) = refused_container(&msg) {
+            return Err(refused);
+        }
         return Err(Error::Video(format!(
             "{}: decoded {} of {} frames ({})",
             path.display(),
