@@ -92,7 +92,11 @@ fn transparent_pixels_do_not_bleed() {
     for x in 0..8 {
         data.extend_from_slice(if x < 4 { &[255, 255, 255, 0] } else { &[0, 0, 0, 255] });
     }
-    let img = DecodedImage { pixels: Pixels { width: 8, height: 1, channels: 4, data }, resample: Resample::Bilinear };
+    let img = DecodedImage {
+        pixels: Pixels { width: 8, height: 1, channels: 4, data },
+        resample: Resample::Bilinear,
+        cmyk: false,
+    };
     let out = ImageTransform::new(4).resize_rgb8(&img).unwrap();
     // Every visible pixel is black after unpremultiplying.
     assert!(out.data.iter().all(|&v| v == 0), "{:?}", out.data);

@@ -48,8 +48,11 @@ fn resize_is_pillow_exact_on_pillow_decoded_pixels() {
         let Some(px) = decoded.get(&format!("decoded/{image}")) else { continue };
         let (h, w, _) = px.dims3().unwrap();
         let data: Vec<u8> = px.flatten_all().unwrap().to_vec1().unwrap();
-        let img =
-            DecodedImage { pixels: Pixels { width: w, height: h, channels: 3, data }, resample: Resample::Bilinear };
+        let img = DecodedImage {
+            pixels: Pixels { width: w, height: h, channels: 3, data },
+            resample: Resample::Bilinear,
+            cmyk: false,
+        };
         let ours = ImageTransform::new(size).with_mode(mode).apply(&img).unwrap();
         assert_eq!(max_step_diff(&ours_steps(&ours), &steps(&expected[&key])), 0, "{key}");
         checked += 1;
@@ -67,10 +70,8 @@ fn whole_transform_from_files() {
         let ours = ImageTransform::new(size).with_mode(mode).load_path(&path).unwrap();
         assert_eq!(ours.dims(), &[3, size, size]);
         let d = max_step_diff(&ours_steps(&ours), &steps(&expected[&key]));
-        // PNG and WebP decode exactly as Pillow does; JPEG decoders round differently from
-        // libjpeg-turbo by up to 2 steps on these files.
-        let bound = if image.ends_with(".jpg") { 2 } else { 0 };
-        assert!(d <= bound, "{key}: {d} 8-bit steps from the reference");
+        // PNG, WebP and JPEG (libjpeg-turbo, as Pillow) decode exactly as the reference does.
+        assert_eq!(d, 0, "{key}: {d} 8-bit steps from the reference");
         report.push(format!("{key}: {d}"));
     }
     eprintln!("max 8-bit step difference per tensor:\n{}", report.join("\n"));
@@ -107,8 +108,7 @@ fn decoders_against_pillow() {
                 }
             }
         }
-        let bound = if image.ends_with(".jpg") { 2 } else { 0 };
-        assert!(worst <= bound, "{name}: decoded pixels differ from Pillow's by {worst}");
+        assert_eq!(worst, 0, "{name}: decoded pixels differ from Pillow's by {worst}");
         eprintln!("{name}: max difference from Pillow's decode {worst}");
     }
 }
@@ -144,6 +144,7 @@ fn alpha_and_palette_follow_pillow() {
     let img = DecodedImage {
         pixels: Pixels { width: 2, height: 1, channels: 4, data: vec![255, 0, 0, 0, 0, 0, 255, 255] },
         resample: Resample::Bilinear,
+        cmyk: false,
     };
     let rgb = ImageTransform::new(1).resize_rgb8(&img).unwrap();
     // premultiplied mean: (0,0,0,0) and (0,0,255,255) -> (0,0,128,128) -> unpremultiplied (0,0,255)
@@ -152,6 +153,7 @@ fn alpha_and_palette_follow_pillow() {
     let img = DecodedImage {
         pixels: Pixels { width: 2, height: 1, channels: 3, data: vec![0, 0, 0, 200, 200, 200] },
         resample: Resample::Nearest,
+        cmyk: false,
     };
     let rgb = ImageTransform::new(1).resize_rgb8(&img).unwrap();
     assert_eq!(rgb.data, vec![200, 200, 200]);

@@ -6,12 +6,14 @@
 //! As in Pillow, the resize runs on the image as opened, before the RGB conversion: images with
 //! alpha are resized premultiplied, palette and 1-bit images with NEAREST (Pillow's rule).
 //!
+//! JPEG goes through libjpeg-turbo with Pillow's settings ([`jpeg`]), so its pixels are
+//! Pillow's; CMYK JPEGs are resized in CMYK and then converted with Pillow's formula.
+//!
 //! Deliberate differences from the reference, each documented where it happens:
 //! - 16-bit grayscale keeps its high byte; Pillow clips 16-bit values to 255 when converting
 //!   `I;16` to RGB, which turns almost every such image white.
-//! - CMYK JPEGs are converted to RGB by the decoder before resizing (Pillow resizes in CMYK).
-//! - Decoders differ from libjpeg-turbo / libwebp by a few 8-bit steps on some pixels.
 
+mod jpeg;
 pub mod resize;
 
 use std::io::Cursor;
@@ -54,6 +56,15 @@ pub struct DecodedImage {
     pub pixels: Pixels,
     /// The resampling Pillow would apply to it.
     pub resample: Resample,
+    /// Four channels are C, M, Y, K (Pillow's mode `CMYK`, from JPEG) rather than RGBA.
+    pub cmyk: bool,
+}
+
+impl DecodedImage {
+    /// Pillow's `convert("RGB")` of the image as decoded, at full size.
+    pub fn to_rgb8(&self) -> Pixels {
+        to_rgb(self.pixels.clone(), self.cmyk)
+    }
 }
 
 /// Read the image header only and refuse images above `max_pixels`.
@@ -106,6 +117,13 @@ pub fn probe(bytes: &[u8], max_pixels: u64) -> Result<ImageInfo> {
     let format = reader.format().ok_or_else(|| {
         Error::ImageDecode("unrecognized image format (PNG, JPEG, WebP, GIF, BMP and TIFF are supported)".into())
     })?;
+    if format == ImageFormat::Jpeg {
+        let (width, height, components) = jpeg::header(bytes)?;
+        check_size(width, height, max_pixels)?;
+        let per_pixel = components.max(3) as u64 + 4 + jpeg::WORKING_BYTES_PER_PIXEL;
+        let decode_bytes = (width as u64 * height as u64).saturating_mul(per_pixel);
+        return Ok(ImageInfo { width, height, decode_bytes });
+    }
     let decoder = reader.into_decoder().map_err(|e| Error::ImageDecode(format!("{format:?}: {e}")))?;
     let (width, height) = decoder.dimensions();
     check_size(width, height, max_pixels)?;
@@ -127,6 +145,12 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<DecodedImage> {
         return Err(Error::ImageDecode(
             "the JPEG file is truncated (no end-of-image marker after its scan data)".into(),
         ));
+    }
+    if format == ImageFormat::Jpeg {
+        let (w, h, _) = jpeg::header(bytes)?;
+        check_size(w, h, max_pixels)?;
+        let j = jpeg::decode(bytes)?;
+        return Ok(DecodedImage { pixels: j.pixels, resample: Resample::Bilinear, cmyk: j.cmyk });
     }
     let (w, h) = reader.into_dimensions().map_err(|e| Error::ImageDecode(format!("{format:?}: {e}")))?;
     check_size(w, h, max_pixels)?;
@@ -152,7 +176,7 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<DecodedImage> {
         c if c.has_alpha() => (4, DynamicImage::into_rgba8(img).into_raw()),
         _ => (3, img.into_rgb8().into_raw()),
     };
-    Ok(DecodedImage { pixels: Pixels { width, height, channels, data }, resample })
+    Ok(DecodedImage { pixels: Pixels { width, height, channels, data }, resample, cmyk: false })
 }
 
 /// Whether an end-of-image marker follows the first start-of-scan. Inside entropy-coded data
@@ -196,7 +220,7 @@ fn unpremultiply(p: &mut Pixels) {
 ///
 /// ```
 /// use perception_encoder::preprocess::{ImageTransform, Pixels, DecodedImage, Resample};
-/// let img = DecodedImage { pixels: Pixels { width: 4, height: 2, channels: 3, data: vec![255; 24] }, resample: Resample::Bilinear };
+/// let img = DecodedImage { pixels: Pixels { width: 4, height: 2, channels: 3, data: vec![255; 24] }, resample: Resample::Bilinear, cmyk: false };
 /// let t = ImageTransform::new(2).apply(&img).unwrap();
 /// assert_eq!(t.dims(), &[3, 2, 2]);
 /// assert_eq!(t.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![1.0; 12]);
@@ -234,7 +258,7 @@ impl ImageTransform {
         if s == 0 {
             return Err(Error::InvalidInput("the transform size must be positive".into()));
         }
-        let has_alpha = img.pixels.channels == 2 || img.pixels.channels == 4;
+        let has_alpha = !img.cmyk && (img.pixels.channels == 2 || img.pixels.channels == 4);
         let nearest = img.resample == Resample::Nearest;
         // Only premultiplication needs a copy of the full-size image.
         let premultiplied = (has_alpha && !nearest).then(|| {
@@ -260,7 +284,7 @@ impl ImageTransform {
             let left = ((tw - s) as f64 / 2.0).round_ties_even() as usize;
             px = resize::crop(&px, left, top, s, s);
         }
-        Ok(to_rgb(px))
+        Ok(to_rgb(px, img.cmyk))
     }
 
     /// The model input `(3, size, size)`, float32, `(k / 255 - 0.5) / 0.5`.
@@ -292,9 +316,10 @@ impl ImageTransform {
     }
 }
 
-/// Pillow's `convert("RGB")`: gray is replicated, alpha is dropped.
-fn to_rgb(p: Pixels) -> Pixels {
+/// Pillow's `convert("RGB")`: gray is replicated, alpha is dropped, CMYK by Pillow's formula.
+fn to_rgb(p: Pixels, cmyk: bool) -> Pixels {
     let data = match p.channels {
+        4 if cmyk => jpeg::cmyk_to_rgb(&p),
         3 => p.data,
         1 => p.data.iter().flat_map(|&v| [v, v, v]).collect(),
         2 => p.data.chunks_exact(2).flat_map(|c| [c[0], c[0], c[0]]).collect(),
