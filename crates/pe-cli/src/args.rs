@@ -96,35 +96,67 @@ impl ImageArgs {
 const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "webp", "gif", "bmp", "tif", "tiff"];
 
 /// Expand files and directories (recursively, in sorted order) into a list of files.
+///
+/// Links are followed, but each directory is walked once: a link back to an ancestor (`a -> .`,
+/// `sub/up -> ..`) or to a directory already walked is skipped with a warning, so a walk never
+/// loops or repeats files. Entries that are not regular files (FIFOs, sockets, devices) are
+/// skipped with a warning, since reading one could block forever.
 pub fn collect_files(inputs: &[PathBuf], extensions: &[&str]) -> anyhow::Result<Vec<PathBuf>> {
-    fn walk(dir: &std::path::Path, extensions: &[&str], out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-            .with_context(|| format!("reading directory {}", dir.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .collect();
-        entries.sort();
-        for p in entries {
-            if p.is_dir() {
-                walk(&p, extensions, out)?;
-            } else if p
-                .extension()
-                .and_then(|e| e.to_str())
-                .is_some_and(|e| extensions.iter().any(|x| x.eq_ignore_ascii_case(e)))
-            {
-                out.push(p);
-            }
-        }
-        Ok(())
-    }
+    let wanted = |p: &std::path::Path| {
+        p.extension().and_then(|e| e.to_str()).is_some_and(|e| extensions.iter().any(|x| x.eq_ignore_ascii_case(e)))
+    };
+    let mut walked = std::collections::HashSet::new();
     let mut out = Vec::new();
     for input in inputs {
-        if input.is_dir() {
-            walk(input, extensions, &mut out)?;
-        } else {
+        if !input.is_dir() {
             out.push(input.clone());
+            continue;
+        }
+        let mut it = walkdir::WalkDir::new(input).follow_links(true).sort_by_file_name().into_iter();
+        while let Some(entry) = it.next() {
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) if e.depth() == 0 => {
+                    return Err(anyhow::anyhow!("reading directory {}: {e}", input.display()));
+                }
+                Err(e) => {
+                    let path = e.path().map_or_else(String::new, |p| p.display().to_string());
+                    if e.loop_ancestor().is_some() {
+                        tracing::warn!("skipping {path}: a link back to a directory being walked");
+                    } else {
+                        tracing::warn!("skipping {path}: {e}");
+                    }
+                    continue;
+                }
+            };
+            let kind = entry.file_type();
+            if kind.is_dir() {
+                if !walked.insert(dir_identity(&entry)) {
+                    tracing::warn!("skipping {}: a directory already walked (through a link)", entry.path().display());
+                    it.skip_current_dir();
+                }
+            } else if wanted(entry.path()) {
+                if kind.is_file() {
+                    out.push(entry.into_path());
+                } else {
+                    tracing::warn!("skipping {}: not a regular file", entry.path().display());
+                }
+            }
         }
     }
     Ok(out)
+}
+
+/// What makes a directory the same one under another name.
+fn dir_identity(entry: &walkdir::DirEntry) -> (u64, u64, PathBuf) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(m) = entry.metadata() {
+            return (m.dev(), m.ino(), PathBuf::new());
+        }
+    }
+    (0, 0, std::fs::canonicalize(entry.path()).unwrap_or_else(|_| entry.path().to_path_buf()))
 }
 
 pub fn collect_images(inputs: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {

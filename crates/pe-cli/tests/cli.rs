@@ -319,3 +319,32 @@ fn bench_reports_the_documented_fields() {
     let out = pe(&["bench", "--config", &s(&dir.join("tiny-nocls.json")), "--dtype", "fp4"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// Links back up the tree and FIFOs named like images: each file is embedded once, the walk
+/// ends, and a FIFO is skipped (or, named explicitly, refused with exit 1) instead of blocking.
+#[cfg(unix)]
+#[test]
+fn directory_walks_follow_each_link_once_and_skip_fifos() {
+    let Some(dir) = fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    std::fs::create_dir(root.join("sub")).unwrap();
+    std::fs::copy(dir.join("images/cat.png"), root.join("cat.png")).unwrap();
+    std::fs::copy(dir.join("images/dog.png"), root.join("sub/dog.png")).unwrap();
+    std::os::unix::fs::symlink(".", root.join("loop")).unwrap();
+    std::os::unix::fs::symlink("..", root.join("sub/up")).unwrap();
+    std::os::unix::fs::symlink("sub", root.join("again")).unwrap();
+    let fifo = root.join("pipe.png");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let (cfg, w) = (s(&dir.join("tiny-cls.json")), s(&dir.join("tiny-cls.pt")));
+    let out = pe(&["embed-image", "--config", &cfg, "--weights", &w, &s(root)]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let paths: Vec<String> = lines(&out).iter().map(|l| l["path"].as_str().unwrap().to_string()).collect();
+    // `again -> sub` is walked first (sorted), so sub/ itself is the repeat that is skipped.
+    assert_eq!(paths, [s(&root.join("again/dog.png")), s(&root.join("cat.png"))], "{err}");
+    assert!(err.contains("pipe.png: not a regular file"), "{err}");
+    let out = pe(&["embed-image", "--config", &cfg, "--weights", &w, &s(&fifo)]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a regular file"));
+}

@@ -308,6 +308,12 @@ impl ImageTransform {
     /// Read a file, decode it and apply the transform; errors name the file.
     pub fn load_path(&self, path: impl AsRef<Path>) -> Result<Tensor> {
         let path = path.as_ref();
+        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        if !meta.is_file() {
+            // Reading a FIFO or a device could block forever or never end.
+            let e = std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file");
+            return Err(Error::io(path, e));
+        }
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         self.load_bytes(&bytes).map_err(|e| match e {
             Error::ImageDecode(m) => Error::ImageDecode(format!("{}: {m}", path.display())),

@@ -61,6 +61,10 @@ pub(crate) enum Value {
         numel: usize,
     },
     Tensor(PickledTensor),
+    /// A storage of integers or booleans (`position_ids`, `num_batches_tracked`): never a weight.
+    IntegerStorage(&'static str),
+    /// A tensor over an integer storage; state dicts carry such buffers, which are not weights.
+    IntegerTensor(&'static str),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +73,7 @@ pub(crate) enum Global {
     RebuildTensorV2,
     RebuildParameter,
     Storage(StorageDType),
+    IntegerStorage(&'static str),
 }
 
 fn resolve_global(module: &str, name: &str) -> Result<Global, String> {
@@ -80,10 +85,16 @@ fn resolve_global(module: &str, name: &str) -> Result<Global, String> {
         ("torch", "HalfStorage") => Global::Storage(StorageDType::F16),
         ("torch", "BFloat16Storage") => Global::Storage(StorageDType::BF16),
         ("torch", "DoubleStorage") => Global::Storage(StorageDType::F64),
+        ("torch", "LongStorage") => Global::IntegerStorage("int64"),
+        ("torch", "IntStorage") => Global::IntegerStorage("int32"),
+        ("torch", "ShortStorage") => Global::IntegerStorage("int16"),
+        ("torch", "CharStorage") => Global::IntegerStorage("int8"),
+        ("torch", "ByteStorage") => Global::IntegerStorage("uint8"),
+        ("torch", "BoolStorage") => Global::IntegerStorage("bool"),
         _ => {
             return Err(format!(
                 "the pickle refers to `{module}.{name}`, which a weights-only state dict never contains \
-                 (only tensors of float32/float16/bfloat16/float64 storages, dicts, lists and plain values are read)"
+                 (only tensors, dicts, lists and plain values are read)"
             ))
         }
     })
@@ -200,6 +211,7 @@ fn call(func: Global, args: Value) -> Result<Value, String> {
             }
             let (dtype, key, numel) = match &args[0] {
                 Value::Storage { dtype, key, numel } => (*dtype, key.clone(), *numel),
+                Value::IntegerStorage(kind) => return Ok(Value::IntegerTensor(kind)),
                 other => return Err(format!("_rebuild_tensor_v2 on a non-storage: {other:?}")),
             };
             let offset = as_usize(&args[1], "storage offset")?;
@@ -211,10 +223,10 @@ fn call(func: Global, args: Value) -> Result<Value, String> {
             Ok(Value::Tensor(PickledTensor { storage_key: key, dtype, storage_numel: numel, offset, shape, stride }))
         }
         Global::RebuildParameter => match args.into_iter().next() {
-            Some(t @ Value::Tensor(_)) => Ok(t),
+            Some(t @ (Value::Tensor(_) | Value::IntegerTensor(_))) => Ok(t),
             _ => Err("_rebuild_parameter without a tensor".into()),
         },
-        Global::Storage(_) => Err("a storage class cannot be called".into()),
+        Global::Storage(_) | Global::IntegerStorage(_) => Err("a storage class cannot be called".into()),
     }
 }
 
@@ -231,6 +243,9 @@ fn persistent_load(pid: Value) -> Result<Value, String> {
                 other => return Err(format!("storage key {other:?}")),
             };
             Ok(Value::Storage { dtype: *dtype, key, numel: as_usize(numel, "storage size")? })
+        }
+        [Value::Str(tag), Value::Global(Global::IntegerStorage(kind)), ..] if tag == "storage" => {
+            Ok(Value::IntegerStorage(kind))
         }
         _ => Err(format!("unsupported persistent id {parts:?}")),
     }
@@ -493,6 +508,14 @@ mod tests {
                 let _ = unpickle(&m);
             }
         }
+    }
+
+    #[test]
+    fn integer_buffers_are_recognized_not_refused() {
+        // The sample state dict with its tensor over a LongStorage (like `position_ids`).
+        let long: &[u8] = b"\x80\x02ccollections\nOrderedDict\nq\x00)Rq\x01X\x01\x00\x00\x00wq\x02ctorch._utils\n_rebuild_tensor_v2\nq\x03((X\x07\x00\x00\x00storageq\x04ctorch\nLongStorage\nq\x05X\x01\x00\x00\x000q\x06X\x03\x00\x00\x00cpuq\x07K\x06tq\x08QK\x00K\x02K\x03\x86q\tK\x03K\x01\x86q\n\x89h\x00)Rq\x0btq\x0cRq\rsh\x00)Rq\x0eb.";
+        let v = unpickle(long).unwrap();
+        assert!(matches!(v, Value::Dict(ref d) if matches!(d[0].1, Value::IntegerTensor("int64"))), "{v:?}");
     }
 
     #[test]

@@ -63,6 +63,10 @@ pub(crate) fn read(path: &Path, mmap: &Mmap) -> Result<Vec<(String, RawTensor)>>
         };
         let t = match v {
             Value::Tensor(t) => t,
+            Value::IntegerTensor(kind) => {
+                tracing::debug!(key, kind, "ignoring an integer buffer of the state dict (not a weight)");
+                continue;
+            }
             // Non-tensor entries (e.g. a step counter) are not weights.
             other => {
                 tracing::debug!(key, value = ?other, "ignoring a non-tensor entry of the state dict");
@@ -124,7 +128,7 @@ fn kind(v: &Value) -> &'static str {
         Value::List(_) => "a list",
         Value::Dict(_) => "a dict",
         Value::Global(_) => "a class",
-        Value::Storage { .. } => "a storage",
-        Value::Tensor(_) => "a tensor",
+        Value::Storage { .. } | Value::IntegerStorage(_) => "a storage",
+        Value::Tensor(_) | Value::IntegerTensor(_) => "a tensor",
     }
 }
