@@ -72,3 +72,23 @@ fn video_errors_are_clear() {
     let err = load_clip(fixture(&dir, "dog.mp4"), 0, FrameSampling::Benchmark, &t).unwrap_err().to_string();
     assert!(err.contains("frame"), "{err}");
 }
+
+/// More frames than FFmpeg's select expression can name: every frame is streamed and the wanted
+/// ones kept, giving the same frames as the selecting path where both apply.
+#[test]
+fn more_than_a_hundred_frames() {
+    let Some(dir) = fixtures() else { return };
+    let path = fixture(&dir, "dog.mp4");
+    let t = ImageTransform::new(16);
+    let many = load_clip(&path, 120, FrameSampling::Benchmark, &t).unwrap();
+    let few = load_clip(&path, 2, FrameSampling::Benchmark, &t).unwrap();
+    assert_eq!(many.dims(), &[120, 3, 16, 16]);
+    // Both rules start at frame 0 and end at the last frame.
+    for (m, f) in [(0, 0), (119, 1)] {
+        let a: Vec<f32> = many.get(m).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let b: Vec<f32> = few.get(f).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(a, b, "frame {m} of 120 differs from frame {f} of 2");
+    }
+    let distinct = frame_indices(probe(&path).unwrap().frames, 120, FrameSampling::Benchmark);
+    assert!(distinct.windows(2).filter(|w| w[0] != w[1]).count() > 64, "the streaming path was not exercised");
+}
