@@ -302,3 +302,107 @@ fn convert_to_openclip_matches_the_reexport_and_round_trips() {
     let (ours, expected) = native_embedding(&model, &dir, "tiny-cls");
     assert!(common::diff(&ours, &expected).0 < 0.1);
 }
+
+/// Repack a `.pt` archive under another root folder, 64-byte aligned like `torch.save`, with
+/// optional extra entries (name under the root, bytes, deflated).
+fn repack(src: &Path, dst: &Path, root: &str, extra: &[(&str, Vec<u8>)]) {
+    let mut zin = zip::ZipArchive::new(std::fs::File::open(src).unwrap()).unwrap();
+    let mut zout = zip::ZipWriter::new(std::fs::File::create(dst).unwrap());
+    let stored =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored).with_alignment(64);
+    for i in 0..zin.len() {
+        let mut f = zin.by_index(i).unwrap();
+        let name = f.name().unwrap().to_string();
+        let rel = name.split_once('/').unwrap().1.to_string();
+        let mut buf = Vec::new();
+        f.read_to_end(&mut buf).unwrap();
+        zout.start_file(format!("{root}/{rel}"), stored).unwrap();
+        zout.write_all(&buf).unwrap();
+    }
+    let deflated = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+    for (rel, bytes) in extra {
+        zout.start_file(format!("{root}/{rel}"), deflated).unwrap();
+        zout.write_all(bytes).unwrap();
+    }
+    zout.finish().unwrap();
+}
+
+#[test]
+fn archive_layouts_torch_writes_are_read() {
+    let Some(dir) = fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let c = cfg(&dir, "tiny-cls");
+    let reference = Clip::load(&c, fixture(&dir, "tiny-cls.pt"), &LoadOptions::default()).unwrap();
+    let (want, _) = native_embedding(&reference, &dir, "tiny-cls");
+    // Root folders of every length around the one that broke the zip crate's offset detection.
+    for len in [1, 20, 21, 22, 40] {
+        let p = tmp.path().join(format!("root{len}.pt"));
+        repack(&fixture(&dir, "tiny-cls.pt"), &p, &"r".repeat(len), &[]);
+        let model = Clip::load(&c, &p, &LoadOptions::default())
+            .unwrap_or_else(|e| panic!("root folder of {len} characters: {e}"));
+        let (got, _) = native_embedding(&model, &dir, "tiny-cls");
+        assert_close(&format!("root folder of {len}"), &got, &want);
+    }
+    // An unused compressed entry is never inflated: here its data is corrupt (CRC mismatch), so
+    // an eager reader fails; the checkpoint still loads.
+    let noise: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let p = tmp.path().join("extra.pt");
+    repack(&fixture(&dir, "tiny-cls.pt"), &p, "archive", &[("data/unused", noise)]);
+    let mut bytes = std::fs::read(&p).unwrap();
+    let name = b"archive/data/unused";
+    // The local header comes first; its compressed data follows the name (no extra field).
+    let at = bytes.windows(name.len()).position(|w| w == name).unwrap() + name.len();
+    bytes[at + 2000] ^= 0xFF;
+    std::fs::write(&p, &bytes).unwrap();
+    Clip::load(&c, &p, &LoadOptions::default()).expect("an unused corrupt entry stopped the load");
+}
+
+/// A minimal `.pt` holding one tensor `logit_scale` with the given size and stride pickled
+/// as written (LONG1 integers) over a storage of 4 float32 elements.
+fn view_pt(path: &Path, shape: &[u64], stride: &[u64]) {
+    let long = |v: u64| {
+        let mut b = vec![0x8a, 8];
+        b.extend_from_slice(&v.to_le_bytes());
+        b
+    };
+    let tuple = |xs: &[u64]| {
+        let mut b = vec![b'('];
+        xs.iter().for_each(|&x| b.extend(long(x)));
+        b.push(b't');
+        b
+    };
+    let mut p = b"\x80\x02}X\x0b\x00\x00\x00logit_scalectorch._utils\n_rebuild_tensor_v2\n(".to_vec();
+    p.extend_from_slice(
+        b"(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x04tQ",
+    );
+    p.extend_from_slice(b"K\x00");
+    p.extend(tuple(shape));
+    p.extend(tuple(stride));
+    p.extend_from_slice(b"\x89)tRs.");
+    let mut zout = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+    let stored = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    zout.start_file("archive/data.pkl", stored).unwrap();
+    zout.write_all(&p).unwrap();
+    zout.start_file("archive/data/0", stored).unwrap();
+    zout.write_all(&[0u8; 16]).unwrap();
+    zout.finish().unwrap();
+}
+
+#[test]
+fn absurd_views_are_refused_before_allocating() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("view.pt");
+    view_pt(&p, &[2, 2], &[2, 1]);
+    let t = Checkpoint::open(&p).unwrap().tensor("logit_scale", DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(t.dims(), &[2, 2], "the well-formed view reads");
+    // A stride-0 view claiming 2^40 elements (4 TB as float32), and strides whose bounds sum
+    // wraps around 2^64.
+    for (shape, stride) in [(vec![1u64 << 40], vec![0u64]), (vec![4, 4], vec![3 << 61, 3 << 61])] {
+        view_pt(&p, &shape, &stride);
+        let err = match Checkpoint::open(&p) {
+            Err(e) => e.to_string(),
+            Ok(ck) => ck.tensor("logit_scale", DType::F32, &Device::Cpu).unwrap_err().to_string(),
+        };
+        assert!(err.contains("outside the file"), "{shape:?}/{stride:?}: {err}");
+    }
+}

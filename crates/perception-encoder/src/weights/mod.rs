@@ -85,13 +85,22 @@ impl RawTensor {
         self.shape.iter().fold(1usize, |a, &d| a.saturating_mul(d))
     }
 
-    /// Whether every element lies inside the storage (a truncated file fails here, not later).
+    /// Whether every element lies inside the storage (a truncated file fails here, not later)
+    /// and the view has no more elements than its storage: weights are never broadcast views,
+    /// and a stride-0 view claiming 2^40 elements must not become a 4 TB allocation. All sums
+    /// are checked, so absurd strides are refused rather than wrapped.
     fn in_bounds(&self) -> bool {
-        if self.numel() == 0 {
+        let Some(numel) = self.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)) else { return false };
+        if numel == 0 {
             return true;
         }
-        let last = self.shape.iter().zip(&self.stride).map(|(&d, &s)| (d - 1).saturating_mul(s)).sum::<usize>();
-        self.offset.saturating_add(last) < self.numel_limit
+        let last = self
+            .shape
+            .iter()
+            .zip(&self.stride)
+            .try_fold(0usize, |acc, (&d, &s)| (d - 1).checked_mul(s).and_then(|x| acc.checked_add(x)));
+        numel <= self.numel_limit
+            && last.and_then(|l| self.offset.checked_add(l)).is_some_and(|end| end < self.numel_limit)
             && self.numel_limit.checked_mul(self.dtype.size()).is_some_and(|bytes| bytes <= self.blob.len())
     }
 
@@ -240,7 +249,7 @@ impl Entry {
             Entry::Transposed(t) if t.shape.len() != 2 => {
                 Some(format!("expected a 2-D tensor to transpose, found {:?}", t.shape))
             }
-            Entry::Reshaped(t, s) if t.numel() != s.iter().product::<usize>() => {
+            Entry::Reshaped(t, s) if Some(t.numel()) != s.iter().try_fold(1usize, |a, &d| a.checked_mul(d)) => {
                 Some(format!("cannot view {:?} as {:?}", t.shape, s))
             }
             Entry::RowConcat(p)

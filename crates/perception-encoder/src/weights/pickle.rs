@@ -105,11 +105,45 @@ enum Item {
     V(Value),
 }
 
+/// Deepest nesting of containers accepted. A state dict nests a few levels; a pickle nested
+/// a million deep would overflow the native stack when the value is dropped or cloned.
+pub(crate) const MAX_DEPTH: u32 = 200;
+/// Values copied by memo reads (BINGET) and DUP, in nodes (strings and bytes count a node per 16
+/// bytes). Real state dicts copy a few per tensor; a pickle that doubles a list through the memo
+/// would otherwise grow exponentially (200 bytes -> 3.9 GB).
+pub(crate) const MAX_COPIED: u64 = 8 << 20;
+
+/// Size and nesting of a value on the stack or in the memo, kept beside it.
+#[derive(Debug, Clone, Copy, Default)]
+struct Meta {
+    depth: u32,
+    weight: u64,
+}
+
+impl Meta {
+    fn leaf(v: &Value) -> Meta {
+        let bytes = match v {
+            Value::Str(s) => s.len(),
+            Value::Bytes(b) => b.len(),
+            _ => 0,
+        };
+        Meta { depth: 0, weight: 1 + bytes as u64 / 16 }
+    }
+    fn join(self, other: Meta) -> Meta {
+        Meta { depth: self.depth.max(other.depth), weight: self.weight.saturating_add(other.weight) }
+    }
+}
+
 struct Machine<'a> {
     data: &'a [u8],
     pos: usize,
     stack: Vec<Item>,
-    memo: HashMap<u32, Value>,
+    /// `metas[i]` describes `stack[i]` (a default for a MARK).
+    metas: Vec<Meta>,
+    memo: HashMap<u32, (Value, Meta)>,
+    /// What this opcode popped, so the container it pushes (or fills) knows its size and depth.
+    popped: Option<Meta>,
+    copied: u64,
 }
 
 impl<'a> Machine<'a> {
@@ -138,14 +172,50 @@ impl<'a> Machine<'a> {
         Ok(s)
     }
     fn push(&mut self, v: Value) {
+        let meta = match self.popped.take() {
+            Some(children) if matches!(v, Value::Tuple(_) | Value::List(_) | Value::Dict(_)) => {
+                Meta { depth: children.depth + 1, weight: children.weight.saturating_add(1) }
+            }
+            _ => Meta::leaf(&v),
+        };
+        self.push_meta(v, meta);
+    }
+    fn push_meta(&mut self, v: Value, meta: Meta) {
         self.stack.push(Item::V(v));
+        self.metas.push(meta);
+    }
+    fn note_popped(&mut self, meta: Meta) {
+        self.popped = Some(self.popped.map_or(meta, |m| m.join(meta)));
+    }
+    /// After an opcode filled the container on top with what it popped (APPEND, SETITEM...).
+    fn absorb(&mut self) {
+        if let (Some(children), Some(top)) = (self.popped.take(), self.metas.last_mut()) {
+            top.depth = top.depth.max(children.depth + 1);
+            top.weight = top.weight.saturating_add(children.weight);
+        }
+    }
+    /// Account for a copy of a value of `meta`'s size.
+    fn copy(&mut self, meta: Meta) -> Result<(), String> {
+        self.copied = self.copied.saturating_add(meta.weight);
+        if self.copied > MAX_COPIED {
+            return Err(format!("the pickle copies more than {MAX_COPIED} values through its memo (a memo bomb?)"));
+        }
+        Ok(())
     }
     fn pop(&mut self) -> Result<Value, String> {
+        let meta = self.metas.pop().unwrap_or_default();
         match self.stack.pop() {
-            Some(Item::V(v)) => Ok(v),
+            Some(Item::V(v)) => {
+                self.note_popped(meta);
+                Ok(v)
+            }
             Some(Item::Mark) => Err("unexpected MARK on the pickle stack".into()),
             None => Err("pickle stack underflow".into()),
         }
+    }
+    fn push_mark(&mut self) {
+        self.stack.push(Item::Mark);
+        self.metas.push(Meta::default());
     }
     fn top(&mut self) -> Result<&mut Value, String> {
         match self.stack.last_mut() {
@@ -155,10 +225,16 @@ impl<'a> Machine<'a> {
     }
     fn pop_mark(&mut self) -> Result<Vec<Value>, String> {
         let mut out = Vec::new();
+        // An empty container still gets a level.
+        self.note_popped(Meta::default());
         loop {
+            let meta = self.metas.pop().unwrap_or_default();
             match self.stack.pop() {
                 Some(Item::Mark) => break,
-                Some(Item::V(v)) => out.push(v),
+                Some(Item::V(v)) => {
+                    self.note_popped(meta);
+                    out.push(v)
+                }
                 None => return Err("MARK not found on the pickle stack".into()),
             }
         }
@@ -166,16 +242,21 @@ impl<'a> Machine<'a> {
         Ok(out)
     }
     fn memo_get(&mut self, idx: u32) -> Result<(), String> {
-        let v = self.memo.get(&idx).cloned().ok_or_else(|| format!("pickle memo {idx} is unset"))?;
-        self.push(v);
+        let meta = self.memo.get(&idx).map(|(_, m)| *m).ok_or_else(|| format!("pickle memo {idx} is unset"))?;
+        self.copy(meta)?;
+        let v = self.memo.get(&idx).map(|(v, _)| v.clone()).ok_or("pickle memo vanished")?;
+        self.push_meta(v, meta);
         Ok(())
     }
     fn memo_put(&mut self, idx: u32) -> Result<(), String> {
+        let meta = self.metas.last().copied().unwrap_or_default();
         let v = match self.stack.last() {
-            Some(Item::V(v)) => v.clone(),
+            Some(Item::V(v)) => v,
             _ => return Err("memo of an empty stack".into()),
         };
-        self.memo.insert(idx, v);
+        let v = v.clone();
+        self.copy(meta)?;
+        self.memo.insert(idx, (v, meta));
         Ok(())
     }
 }
@@ -253,8 +334,13 @@ fn persistent_load(pid: Value) -> Result<Value, String> {
 
 /// Run the restricted unpickler over `data` and return the top-level object.
 pub(crate) fn unpickle(data: &[u8]) -> Result<Value, String> {
-    let mut m = Machine { data, pos: 0, stack: Vec::new(), memo: HashMap::new() };
+    let mut m =
+        Machine { data, pos: 0, stack: Vec::new(), metas: Vec::new(), memo: HashMap::new(), popped: None, copied: 0 };
     loop {
+        if m.metas.last().is_some_and(|t| t.depth > MAX_DEPTH) {
+            return Err(format!("the pickle nests containers more than {MAX_DEPTH} deep"));
+        }
+        m.popped = None;
         let op = m.u8()?;
         match op {
             0x80 => {
@@ -264,7 +350,7 @@ pub(crate) fn unpickle(data: &[u8]) -> Result<Value, String> {
                 m.take(8)?; // FRAME
             }
             b'.' => return m.pop(), // STOP
-            b'(' => m.stack.push(Item::Mark),
+            b'(' => m.push_mark(),
             b'N' => m.push(Value::None),
             0x88 => m.push(Value::Bool(true)),
             0x89 => m.push(Value::Bool(false)),
@@ -381,14 +467,17 @@ pub(crate) fn unpickle(data: &[u8]) -> Result<Value, String> {
                 m.memo_get(i)?
             }
             b'0' => {
+                m.metas.pop();
                 m.stack.pop().ok_or("pickle stack underflow")?;
             }
             b'1' => {
                 m.pop_mark()?;
             }
             b'2' => {
+                let meta = m.metas.last().copied().unwrap_or_default();
+                m.copy(meta)?;
                 let v = m.top()?.clone();
-                m.push(v)
+                m.push_meta(v, meta)
             }
             b'c' => {
                 let module = m.line()?;
@@ -437,6 +526,7 @@ pub(crate) fn unpickle(data: &[u8]) -> Result<Value, String> {
                     Value::Dict(d) => d.push((k, v)),
                     _ => return Err("SETITEM on a non-dict".into()),
                 }
+                m.absorb();
             }
             b'u' => {
                 let items = pairs(m.pop_mark()?)?;
@@ -444,6 +534,7 @@ pub(crate) fn unpickle(data: &[u8]) -> Result<Value, String> {
                     Value::Dict(d) => d.extend(items),
                     _ => return Err("SETITEMS on a non-dict".into()),
                 }
+                m.absorb();
             }
             b'a' => {
                 let v = m.pop()?;
@@ -451,6 +542,7 @@ pub(crate) fn unpickle(data: &[u8]) -> Result<Value, String> {
                     Value::List(l) => l.push(v),
                     _ => return Err("APPEND on a non-list".into()),
                 }
+                m.absorb();
             }
             b'e' => {
                 let items = m.pop_mark()?;
@@ -458,6 +550,7 @@ pub(crate) fn unpickle(data: &[u8]) -> Result<Value, String> {
                     Value::List(l) => l.extend(items),
                     _ => return Err("APPENDS on a non-list".into()),
                 }
+                m.absorb();
             }
             other => return Err(format!("unsupported pickle opcode 0x{other:02x} at byte {}", m.pos - 1)),
         }
@@ -516,6 +609,43 @@ mod tests {
         let long: &[u8] = b"\x80\x02ccollections\nOrderedDict\nq\x00)Rq\x01X\x01\x00\x00\x00wq\x02ctorch._utils\n_rebuild_tensor_v2\nq\x03((X\x07\x00\x00\x00storageq\x04ctorch\nLongStorage\nq\x05X\x01\x00\x00\x000q\x06X\x03\x00\x00\x00cpuq\x07K\x06tq\x08QK\x00K\x02K\x03\x86q\tK\x03K\x01\x86q\n\x89h\x00)Rq\x0btq\x0cRq\rsh\x00)Rq\x0eb.";
         let v = unpickle(long).unwrap();
         assert!(matches!(v, Value::Dict(ref d) if matches!(d[0].1, Value::IntegerTensor("int64"))), "{v:?}");
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_not_a_stack_overflow() {
+        // A million empty lists, each appended into the one below: nested a million deep.
+        let n = 1_000_000;
+        let mut p = b"\x80\x02".to_vec();
+        p.extend(std::iter::repeat_n(b']', n));
+        p.extend(std::iter::repeat_n(b'a', n - 1));
+        p.push(b'.');
+        let err = unpickle(&p).unwrap_err();
+        assert!(err.contains("nests containers more than"), "{err}");
+        // The same through MARK/LIST and TUPLE1.
+        let mut p = b"\x80\x02".to_vec();
+        p.extend(std::iter::repeat_n(b"(".as_slice(), n).flatten());
+        p.extend(std::iter::repeat_n(b'l', n));
+        p.push(b'.');
+        assert!(unpickle(&p).unwrap_err().contains("nests"));
+        let mut p = b"\x80\x02N".to_vec();
+        p.extend(std::iter::repeat_n(0x85u8, n));
+        p.push(b'.');
+        assert!(unpickle(&p).unwrap_err().contains("nests"));
+        // Real nesting (a dict of tuples of lists) is far from the limit.
+        assert!(unpickle(b"\x80\x02}(X\x01\x00\x00\x00a](K\x01K\x02e\x85u.").is_ok());
+    }
+
+    #[test]
+    fn memo_bombs_are_refused() {
+        // memo[0] = []; then 40 times memo[0] = (memo[0], memo[0]): 2^40 nodes from ~200 bytes.
+        let mut p = b"\x80\x02]q\x00".to_vec();
+        for _ in 0..40 {
+            p.extend_from_slice(b"h\x00h\x00\x86q\x00");
+        }
+        p.push(b'.');
+        assert!(p.len() < 300);
+        let err = unpickle(&p).unwrap_err();
+        assert!(err.contains("memo bomb"), "{err}");
     }
 
     #[test]

@@ -20,35 +20,39 @@ use crate::error::{Error, Result};
 /// the reference's `load_ckpt` does.
 pub(crate) fn read(path: &Path, mmap: &Mmap) -> Result<Vec<(String, RawTensor)>> {
     let bad = |r: String| Error::bad_checkpoint(path, r);
-    let mut zip = zip::ZipArchive::new(Cursor::new(&mmap[..]))
+    // torch.save archives start at byte 0; the zip crate's offset detection misreads some of
+    // them (a root folder name of 21 characters gave "invalid Central Directory header").
+    let config = zip::read::Config { archive_offset: zip::read::ArchiveOffset::Known(0) };
+    let mut zip = zip::ZipArchive::with_config(config, Cursor::new(&mmap[..]))
         .map_err(|e| bad(format!("not a readable PyTorch zip archive ({e})")))?;
 
-    // Entry name (without the root folder) -> where its bytes are.
-    let mut entries: HashMap<String, Blob> = HashMap::new();
+    // Entry name (without the root folder) -> where its bytes are. Compressed entries are only
+    // inflated when a tensor uses them, and never past the size the tensor needs.
+    let mut entries: HashMap<String, Stored> = HashMap::new();
     let mut pickle: Option<Vec<u8>> = None;
     for i in 0..zip.len() {
         let f = zip.by_index_raw(i).map_err(|e| bad(format!("zip entry {i}: {e}")))?;
         let name = f.name().map_err(|e| bad(format!("zip entry {i}: {e}")))?.into_owned();
         // Every entry sits under one root folder named after the file stem; never hard-code it.
         let rel = name.split_once('/').map(|(_, r)| r.to_string()).unwrap_or(name.clone());
-        let blob = if f.compression() == CompressionMethod::Stored {
+        let stored = if f.compression() == CompressionMethod::Stored {
             let start = f.data_start().ok_or_else(|| bad(format!("zip entry {name} has no data offset")))? as usize;
             let len = f.size() as usize;
             if start.checked_add(len).is_none_or(|end| end > mmap.len()) {
                 return Err(bad(format!("zip entry {name} runs past the end of the file (truncated?)")));
             }
-            Blob::Mapped { start, len }
+            Stored::Ready(Blob::Mapped { start, len })
         } else {
-            drop(f);
-            let mut f = zip.by_index(i).map_err(|e| bad(format!("zip entry {name}: {e}")))?;
-            let mut buf = Vec::new();
-            f.read_to_end(&mut buf).map_err(|e| bad(format!("zip entry {name}: {e}")))?;
-            Blob::Owned(Arc::new(buf))
+            Stored::Compressed(i)
         };
+        drop(f);
         if rel == "data.pkl" {
-            pickle = Some(blob.bytes(mmap).to_vec());
+            pickle = Some(match stored {
+                Stored::Ready(blob) => blob.bytes(mmap).to_vec(),
+                Stored::Compressed(i) => inflate(&mut zip, i, MAX_PICKLE_BYTES).map_err(bad)?,
+            });
         } else if let Some(key) = rel.strip_prefix("data/") {
-            entries.insert(key.to_string(), blob);
+            entries.insert(key.to_string(), stored);
         }
     }
     let pickle = pickle.ok_or_else(|| bad("the archive has no data.pkl (not a torch.save file?)".into()))?;
@@ -73,9 +77,18 @@ pub(crate) fn read(path: &Path, mmap: &Mmap) -> Result<Vec<(String, RawTensor)>>
                 continue;
             }
         };
-        let blob = entries.get(&t.storage_key).cloned().ok_or_else(|| {
+        let stored = entries.get(&t.storage_key).cloned().ok_or_else(|| {
             bad(format!("tensor `{key}` refers to storage data/{} which the archive lacks", t.storage_key))
         })?;
+        let blob = match stored {
+            Stored::Ready(blob) => blob,
+            Stored::Compressed(i) => {
+                let need = t.storage_numel.saturating_mul(t.dtype.size());
+                let blob = Blob::Owned(Arc::new(inflate(&mut zip, i, need).map_err(bad)?));
+                entries.insert(t.storage_key.clone(), Stored::Ready(blob.clone()));
+                blob
+            }
+        };
         let available = blob.len() / t.dtype.size();
         if available < t.storage_numel {
             return Err(bad(format!(
@@ -96,6 +109,25 @@ pub(crate) fn read(path: &Path, mmap: &Mmap) -> Result<Vec<(String, RawTensor)>>
         ));
     }
     Ok(out)
+}
+
+/// Largest `data.pkl` inflated (a state dict's pickle is tens of KB).
+const MAX_PICKLE_BYTES: usize = 256 << 20;
+
+/// A storage entry: readable bytes, or a compressed entry not inflated yet.
+#[derive(Debug, Clone)]
+enum Stored {
+    Ready(Blob),
+    Compressed(usize),
+}
+
+/// Inflate entry `i`, reading at most `limit` bytes of its output.
+fn inflate(zip: &mut zip::ZipArchive<Cursor<&[u8]>>, i: usize, limit: usize) -> Result<Vec<u8>, String> {
+    let f = zip.by_index(i).map_err(|e| format!("zip entry {i}: {e}"))?;
+    let name = f.name().map(|n| n.into_owned()).unwrap_or_else(|_| format!("#{i}"));
+    let mut buf = Vec::new();
+    f.take(limit as u64).read_to_end(&mut buf).map_err(|e| format!("zip entry {name}: {e}"))?;
+    Ok(buf)
 }
 
 /// The reference's rule: use `["state_dict"]`, else `["weights"]`, else the dict itself.
