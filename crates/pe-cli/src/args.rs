@@ -81,15 +81,27 @@ pub struct ImageArgs {
 }
 
 impl ImageArgs {
-    pub fn transform(&self, model: &Clip) -> ImageTransform {
+    /// The transform these options ask for. A `--size` whose patch grid would exceed
+    /// [`MAX_INPUT_TOKENS`] is a usage error (attention grows with the square of the tokens).
+    pub fn transform(&self, model: &Clip) -> anyhow::Result<ImageTransform> {
         let mode = if self.center_crop { ResizeMode::CenterCrop } else { ResizeMode::Squash };
-        ImageTransform {
-            size: self.size.unwrap_or(model.config().vision.image_size),
-            mode,
-            max_pixels: self.max_pixels,
+        let vision = &model.config().vision;
+        let size = self.size.unwrap_or(vision.image_size);
+        let side = size / vision.patch_size;
+        if size < vision.patch_size || side * side > MAX_INPUT_TOKENS {
+            anyhow::bail!(
+                "--size {size} is outside {}..={} for patch size {} (at most {MAX_INPUT_TOKENS} patch tokens)",
+                vision.patch_size,
+                (MAX_INPUT_TOKENS as f64).sqrt() as usize * vision.patch_size,
+                vision.patch_size
+            );
         }
+        Ok(ImageTransform { size, mode, max_pixels: self.max_pixels })
     }
 }
+
+/// Most patch tokens an input may have (128 x 128, e.g. 2048 px at patch 16).
+pub const MAX_INPUT_TOKENS: usize = 16384;
 
 /// Image file extensions picked up when walking a directory (files named explicitly are
 /// always read, whatever their name: the format is detected from the content).

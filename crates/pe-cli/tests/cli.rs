@@ -348,3 +348,36 @@ fn directory_walks_follow_each_link_once_and_skip_fifos() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a regular file"));
 }
+
+#[test]
+fn absurd_options_are_usage_errors() {
+    let Some(dir) = fixtures() else { return };
+    let out = pe(&["tokenize", "--context-length", "1000000000000", "a cat"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--context-length"));
+    let (cfg, w, cat) = (s(&dir.join("tiny-cls.json")), s(&dir.join("tiny-cls.pt")), s(&dir.join("images/cat.png")));
+    let out = pe(&["embed-image", "--config", &cfg, "--weights", &w, "--size", "5000", "--center-crop", &cat]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--size 5000") && err.lines().count() == 1, "{err}");
+}
+
+/// A newline in a file name cannot shift `.paths.txt` against the matrix rows.
+#[cfg(unix)]
+#[test]
+fn odd_file_names_keep_paths_aligned() {
+    let Some(dir) = fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let odd = tmp.path().join("two\nlines.png");
+    std::fs::copy(dir.join("images/cat.png"), &odd).unwrap();
+    std::fs::copy(dir.join("images/dog.png"), tmp.path().join("z.png")).unwrap();
+    let npy = tmp.path().join("out.npy");
+    let (cfg, w) = (s(&dir.join("tiny-cls.json")), s(&dir.join("tiny-cls.pt")));
+    let out = pe(&["embed-image", "--config", &cfg, "--weights", &w, "--output", &s(&npy), &s(tmp.path())]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let list = std::fs::read_to_string(tmp.path().join("out.paths.txt")).unwrap();
+    let lines: Vec<&str> = list.lines().collect();
+    assert_eq!(lines.len(), 2, "{list:?}");
+    assert!(lines[0].ends_with("two\\nlines.png"), "{list:?}");
+    assert!(lines[1].ends_with("z.png"), "{list:?}");
+}

@@ -236,7 +236,7 @@ impl Clip {
     /// Image embeddings of `(batch, 3, H, W)` pixels (any size; floor division by the patch).
     /// `normalize` divides each row by its L2 norm.
     pub fn encode_image(&self, images: &Tensor, normalize: bool) -> Result<Tensor> {
-        let x = self.visual.forward(images)?;
+        let x = finite(self.visual.forward(images)?, "vision")?;
         if normalize {
             l2_normalize(&x)
         } else {
@@ -247,7 +247,7 @@ impl Clip {
     /// Image embeddings from the blocks up to `layer_idx` (negative counts from the end; `-1`
     /// is [`Clip::encode_image`]): the embedding of the tower truncated after that block.
     pub fn encode_image_at(&self, images: &Tensor, layer_idx: isize, normalize: bool) -> Result<Tensor> {
-        let x = self.visual.forward_at(images, layer_idx)?;
+        let x = finite(self.visual.forward_at(images, layer_idx)?, "vision")?;
         if normalize {
             l2_normalize(&x)
         } else {
@@ -263,7 +263,7 @@ impl Clip {
 
     /// Text embeddings of token ids `(batch, len)` with `len <= context_length`.
     pub fn encode_text(&self, ids: &Tensor, normalize: bool) -> Result<Tensor> {
-        let x = self.text_tower()?.forward(ids)?;
+        let x = finite(self.text_tower()?.forward(ids)?, "text")?;
         if normalize {
             l2_normalize(&x)
         } else {
@@ -329,5 +329,16 @@ impl Clip {
     /// The vision tower's configuration.
     pub fn vision_config(&self) -> &VisionConfig {
         &self.cfg.vision
+    }
+}
+
+/// `x`, or an error if any value is NaN or infinite: an embedding of NaNs would print as JSON
+/// `null` and rank arbitrarily in a search, so it is never handed on.
+fn finite(x: Tensor, tower: &'static str) -> Result<Tensor> {
+    let values = x.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    if values.iter().all(|v| v.is_finite()) {
+        Ok(x)
+    } else {
+        Err(Error::NonFinite(tower))
     }
 }

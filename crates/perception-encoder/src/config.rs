@@ -125,6 +125,13 @@ impl VisionConfig {
         if self.patch_size == 0 || self.width == 0 || self.layers == 0 || self.heads == 0 {
             return bad("vision patch_size, width, layers and heads must be positive".into());
         }
+        within("vision image_size", self.image_size, MAX_IMAGE_SIZE)?;
+        within("vision width", self.width, MAX_WIDTH)?;
+        within("vision layers", self.layers, MAX_LAYERS)?;
+        within("vision heads", self.heads, self.width)?;
+        within("vision output_dim", self.output_dim.unwrap_or(1), MAX_WIDTH)?;
+        within("vision MLP hidden size", self.mlp_hidden(), 8 * MAX_WIDTH)?;
+        within("vision patch grid", self.grid_size().saturating_mul(self.grid_size()), MAX_TOKENS)?;
         if !self.width.is_multiple_of(self.heads) {
             return bad(format!("vision width {} is not divisible by heads {}", self.width, self.heads));
         }
@@ -153,6 +160,27 @@ impl VisionConfig {
         }
         Ok(())
     }
+}
+
+/// Limits a config must respect: far above every PE model (G/14: width 1536, 50 layers,
+/// 448 px; text context 72), low enough that nothing is allocated for an absurd file.
+pub const MAX_IMAGE_SIZE: usize = 8192;
+/// Largest token width.
+pub const MAX_WIDTH: usize = 16384;
+/// Most residual blocks in a tower.
+pub const MAX_LAYERS: usize = 1024;
+/// Most patch tokens at the trained size.
+pub const MAX_TOKENS: usize = 65536;
+/// Longest text context.
+pub const MAX_CONTEXT: usize = 4096;
+/// Largest vocabulary.
+pub const MAX_VOCAB: usize = 1 << 20;
+
+fn within(what: &str, value: usize, max: usize) -> Result<()> {
+    if value > max {
+        return Err(Error::InvalidConfig(format!("{what} {value} is above the limit of {max}")));
+    }
+    Ok(())
 }
 
 /// Text tower configuration (`PETextConfig` in the reference).
@@ -197,6 +225,13 @@ impl TextConfig {
         {
             return bad("text context_length, width, heads, layers, output_dim and vocab_size must be positive".into());
         }
+        within("text context_length", self.context_length, MAX_CONTEXT)?;
+        within("text width", self.width, MAX_WIDTH)?;
+        within("text layers", self.layers, MAX_LAYERS)?;
+        within("text heads", self.heads, self.width)?;
+        within("text output_dim", self.output_dim, MAX_WIDTH)?;
+        within("text vocab_size", self.vocab_size, MAX_VOCAB)?;
+        within("text MLP hidden size", self.mlp_hidden(), 8 * MAX_WIDTH)?;
         if !self.width.is_multiple_of(self.heads) {
             return bad(format!("text width {} is not divisible by heads {}", self.width, self.heads));
         }
@@ -378,6 +413,27 @@ impl ClipConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn absurd_sizes_are_refused_before_anything_is_built() {
+        let vision =
+            r#""vision": {"patch_size": 8, "width": 64, "layers": 1, "heads": 4, "mlp_ratio": 4.0, "output_dim": 8"#;
+        for (json, what) in [
+            (format!(r#"{{{vision}, "image_size": 1000000000}}}}"#), "image_size"),
+            (r#"{"vision": {"patch_size": 8, "width": 64, "layers": 100000, "heads": 4, "mlp_ratio": 4.0, "output_dim": 8}}"#.into(), "layers"),
+            (r#"{"vision": {"patch_size": 8, "width": 1000000000, "layers": 1, "heads": 4, "mlp_ratio": 4.0, "output_dim": 8}}"#.into(), "width"),
+            (r#"{"vision": {"patch_size": 1, "width": 64, "layers": 1, "heads": 4, "mlp_ratio": 4.0, "output_dim": 8, "image_size": 4096}}"#.into(), "patch grid"),
+            (format!(r#"{{{vision}}}, "text": {{"context_length": 1000000000000, "width": 64, "heads": 4, "layers": 1, "output_dim": 8}}}}"#), "context_length"),
+            (format!(r#"{{{vision}}}, "text": {{"context_length": 32, "width": 64, "heads": 4, "layers": 1, "output_dim": 8, "vocab_size": 1000000000}}}}"#), "vocab_size"),
+        ] {
+            let err = ClipConfig::from_json_str(&json).unwrap_err().to_string();
+            assert!(err.contains(what) && err.contains("above the limit"), "{json}: {err}");
+        }
+        // Every preset is within the limits.
+        for cfg in ClipConfig::presets() {
+            cfg.validate().unwrap();
+        }
+    }
 
     #[test]
     fn every_preset_is_valid() {

@@ -20,7 +20,7 @@ pub enum Error {
     InvalidConfig(String),
 
     /// The checkpoint lacks tensors the model needs.
-    #[error("checkpoint {path} is missing {} tensor(s) the model needs: {}", keys.len(), keys.join(", "))]
+    #[error("checkpoint {path} is missing {} tensor(s) the model needs: {}", keys.len(), list_some(keys))]
     MissingTensors {
         /// The checkpoint file.
         path: PathBuf,
@@ -87,6 +87,10 @@ pub enum Error {
         reason: String,
     },
 
+    /// The model produced NaN or infinite values (corrupt weights, usually).
+    #[error("the {0} tower produced NaN or infinite values; the weights are likely corrupt")]
+    NonFinite(&'static str),
+
     /// A video that cannot be decoded, or a missing `ffmpeg`.
     #[error("video: {0}")]
     Video(String),
@@ -116,5 +120,30 @@ impl Error {
 
     pub(crate) fn bad_checkpoint(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
         Error::BadCheckpoint { path: path.into(), reason: reason.into() }
+    }
+}
+
+/// The first keys of a long list, then how many more: an error line stays readable (a config
+/// of 100k layers once produced a 61 MB message).
+fn list_some(keys: &[String]) -> String {
+    const SHOWN: usize = 20;
+    let mut out = keys.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
+    if keys.len() > SHOWN {
+        out.push_str(&format!(" and {} more", keys.len() - SHOWN));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_key_lists_are_capped() {
+        let keys: Vec<String> =
+            (0..1_200_000).map(|i| format!("transformer.resblocks.{i}.attn.in_proj_weight")).collect();
+        let msg = Error::MissingTensors { path: "x.pt".into(), keys }.to_string();
+        assert!(msg.contains("1200000 tensor(s)") && msg.ends_with("and 1199980 more"), "{}", &msg[..200]);
+        assert!(msg.len() < 2000, "{} bytes", msg.len());
     }
 }

@@ -101,3 +101,17 @@ fn transparent_pixels_do_not_bleed() {
     // Every visible pixel is black after unpremultiplying.
     assert!(out.data.iter().all(|&v| v == 0), "{:?}", out.data);
 }
+
+/// A thin image under centre crop would resize its long side far past the input size: refused
+/// against the pixel limit instead of allocated.
+#[test]
+fn centre_crop_of_a_thin_image_is_bounded() {
+    let img = DecodedImage {
+        pixels: Pixels { width: 1, height: 2000, channels: 3, data: vec![128; 6000] },
+        resample: Resample::Bilinear,
+        cmyk: false,
+    };
+    let t = ImageTransform::new(5000).with_mode(perception_encoder::preprocess::ResizeMode::CenterCrop);
+    let err = t.apply(&img).unwrap_err().to_string();
+    assert!(err.contains("5000x10000000") && err.contains("limit"), "{err}");
+}

@@ -406,3 +406,21 @@ fn absurd_views_are_refused_before_allocating() {
         assert!(err.contains("outside the file"), "{shape:?}/{stride:?}: {err}");
     }
 }
+
+#[test]
+fn nan_weights_are_an_error_not_null_embeddings() {
+    let Some(dir) = fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut t = load_tensors(&fixture(&dir, "tiny-cls.safetensors"));
+    let w = &t["visual.ln_post.weight"];
+    let nan = Tensor::full(f32::NAN, w.dims(), &Device::Cpu).unwrap();
+    t.insert("visual.ln_post.weight".into(), nan);
+    let p = tmp.path().join("nan.safetensors");
+    save(&t, &p);
+    let model = Clip::load(&cfg(&dir, "tiny-cls"), &p, &LoadOptions::default()).unwrap();
+    let pixels = &load_tensors(&fixture(&dir, "tiny-cls.expected.safetensors"))["pixels_native"];
+    match model.encode_image(pixels, true) {
+        Err(Error::NonFinite("vision")) => {}
+        other => panic!("expected NonFinite, got {other:?}"),
+    }
+}

@@ -79,7 +79,7 @@ pub fn run(cmd: ClassifyCmd) -> anyhow::Result<ExitCode> {
             let preds = classifier.classify(&x, cmd.top)?.pop().unwrap_or_default();
             serde_json::to_writer(
                 &mut out,
-                &serde_json::json!({"path": path.display().to_string(), "predictions": preds}),
+                &serde_json::json!({"path": crate::output::display_name(path.as_os_str()), "predictions": preds}),
             )?;
             out.write_all(b"\n")?;
             Ok(())

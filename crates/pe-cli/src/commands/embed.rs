@@ -48,7 +48,7 @@ pub fn embed_image_files(
     mut embed: impl FnMut(&Tensor) -> anyhow::Result<Tensor>,
     mut each: impl FnMut(&PathBuf, Vec<f32>) -> anyhow::Result<()>,
 ) -> anyhow::Result<usize> {
-    let transform = image.transform(model);
+    let transform = image.transform(model)?;
     let bar = progress(paths.len(), "images");
     let mut failed = 0;
     for chunk in paths.chunks(batch_size.max(1)) {
@@ -125,7 +125,7 @@ pub fn run_image(cmd: ImageCmd) -> anyhow::Result<ExitCode> {
         &cmd.image,
         cmd.batch_size,
         |x| Ok(model.encode_image_at(x, cmd.layer, normalize)?),
-        |path, row| sink.push("path", &path.display().to_string(), row),
+        |path, row| sink.push("path", path.as_os_str(), row),
     )?;
     sink.finish(cmd.output.as_deref())?;
     if failed > 0 {
@@ -188,7 +188,7 @@ pub fn run_text(cmd: TextCmd) -> anyhow::Result<ExitCode> {
         let ids = tokenizer.tokenize_batch(chunk, model.visual().device())?;
         let rows: Vec<Vec<f32>> = model.encode_text(&ids, !cmd.no_normalize)?.to_dtype(DType::F32)?.to_vec2()?;
         for (text, row) in chunk.iter().zip(rows) {
-            sink.push("text", text, row)?;
+            sink.push("text", std::ffi::OsStr::new(text), row)?;
         }
         bar.inc(chunk.len() as u64);
     }
@@ -239,7 +239,7 @@ pub fn run_video(cmd: VideoCmd) -> anyhow::Result<ExitCode> {
     }
     let model = cmd.model.load()?;
     needs_embedding(&model)?;
-    let transform = cmd.image.transform(&model);
+    let transform = cmd.image.transform(&model)?;
     let rule = match cmd.sampling {
         Sampling::Benchmark => FrameSampling::Benchmark,
         Sampling::Demo => FrameSampling::Demo,
@@ -254,7 +254,7 @@ pub fn run_video(cmd: VideoCmd) -> anyhow::Result<ExitCode> {
                 let mean = model.encode_video(&clip.unsqueeze(0)?, false)?;
                 let mean = if cmd.no_normalize { mean } else { l2_normalize(&mean)? };
                 let row: Vec<f32> = mean.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-                sink.push("path", &path.display().to_string(), row)?;
+                sink.push("path", path.as_os_str(), row)?;
             }
             Err(e) => {
                 failed += 1;

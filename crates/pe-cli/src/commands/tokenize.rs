@@ -17,8 +17,9 @@ pub struct TokenizeCmd {
 }
 
 pub fn run(cmd: TokenizeCmd) -> anyhow::Result<ExitCode> {
-    if cmd.context_length < 2 {
-        anyhow::bail!("--context-length must be at least 2 (start and end tokens)");
+    let max = perception_encoder::config::MAX_CONTEXT;
+    if !(2..=max).contains(&cmd.context_length) {
+        anyhow::bail!("--context-length must be between 2 (start and end tokens) and {max}");
     }
     let tok = ClipTokenizer::new(cmd.context_length);
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());

@@ -274,6 +274,14 @@ impl ImageTransform {
             ResizeMode::CenterCrop if w <= h => (s, (s as f64 * h as f64 / w as f64) as usize),
             ResizeMode::CenterCrop => ((s as f64 * w as f64 / h as f64) as usize, s),
         };
+        // A thin image under centre crop resizes its long side far past `size`: refuse what
+        // would not fit the pixel limit instead of allocating it.
+        if (tw as u64).saturating_mul(th as u64) > self.max_pixels {
+            return Err(Error::InvalidInput(format!(
+                "resizing {w}x{h} so its short side is {s} gives {tw}x{th}, above the limit of {} pixels",
+                self.max_pixels
+            )));
+        }
         let mut px = if nearest { resize::resize_nearest(src, tw, th) } else { resize::resize_bilinear(src, tw, th) };
         if has_alpha && !nearest {
             unpremultiply(&mut px);

@@ -46,9 +46,10 @@ pub struct ClipTokenizer {
 }
 
 impl ClipTokenizer {
-    /// A tokenizer producing rows of `context_length` ids (at least 2: start and end).
+    /// A tokenizer producing rows of `context_length` ids, kept between 2 (start and end) and
+    /// [`crate::config::MAX_CONTEXT`].
     pub fn new(context_length: usize) -> Self {
-        ClipTokenizer { context_length: context_length.max(2) }
+        ClipTokenizer { context_length: context_length.clamp(2, crate::config::MAX_CONTEXT) }
     }
 
     /// The row length.
