@@ -15,8 +15,11 @@ use perception_encoder::tokenizer::ClipTokenizer;
 use perception_encoder::weights::Checkpoint;
 use perception_encoder::ClipConfig;
 
+/// A fuzz target: arbitrary bytes in, nothing out.
+pub type Target = fn(&[u8]);
+
 /// The targets by name, as the corpus folders are named.
-pub const TARGETS: &[(&str, fn(&[u8]))] =
+pub const TARGETS: &[(&str, Target)] =
     &[("pt", checkpoint), ("safetensors", checkpoint), ("config", config), ("image", image), ("tokenizer", tokenizer)];
 
 /// A scratch file per process in memory (checkpoints are read from paths, memory-mapped).
