@@ -7,12 +7,14 @@
 //! alpha are resized premultiplied, palette and 1-bit images with NEAREST (Pillow's rule).
 //!
 //! JPEG goes through libjpeg-turbo with Pillow's settings ([`jpeg`]), so its pixels are
-//! Pillow's; CMYK JPEGs are resized in CMYK and then converted with Pillow's formula.
+//! Pillow's; CMYK JPEGs are resized in CMYK and then converted with Pillow's formula. A GIF is
+//! its first frame as a palette image ([`gif`]): transparency ignored, as `convert("RGB")` does.
 //!
 //! Deliberate differences from the reference, each documented where it happens:
 //! - 16-bit grayscale keeps its high byte; Pillow clips 16-bit values to 255 when converting
 //!   `I;16` to RGB, which turns almost every such image white.
 
+mod gif;
 mod jpeg;
 pub mod resize;
 
@@ -154,6 +156,10 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<DecodedImage> {
     }
     let (w, h) = reader.into_dimensions().map_err(|e| Error::ImageDecode(format!("{format:?}: {e}")))?;
     check_size(w, h, max_pixels)?;
+    if format == ImageFormat::Gif {
+        let pixels = gif::decode(bytes, max_pixels.saturating_mul(4))?;
+        return Ok(DecodedImage { pixels, resample: Resample::Nearest, cmyk: false });
+    }
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(w);
