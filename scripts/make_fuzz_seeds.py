@@ -99,6 +99,19 @@ def main():
     write("image", "bmp", image("BMP", "RGB"))
     write("image", "webp", image("WEBP", "RGB", lossless=True))
     write("image", "tiff", image("TIFF", "RGB"))
+    png = image("PNG", "RGB")
+    import base64
+    b64 = base64.b64encode(png).decode()
+    write("request", "text", b"\x00\x00" + json.dumps({"texts": ["a cat", "a dog"], "normalize": False}).encode())
+    write("request", "image", b"\x01\x00" + json.dumps({"images": [b64, "data:image/png;base64," + b64]}).encode())
+    write("request", "openai", b"\x02\x00" + json.dumps({"input": ["a cat", "data:image/png;base64," + b64],
+                                                          "encoding_format": "base64"}).encode())
+    write("request", "classify", b"\x03\x00" + json.dumps({"images": [b64], "labels": ["a", "b"],
+                                                            "templates": ["{}."], "top_k": 1}).encode())
+    multipart = (b"--X\r\nContent-Disposition: form-data; name=\"normalize\"\r\n\r\nfalse\r\n"
+                 b"--X\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n\r\n" + png
+                 + b"\r\n--X--\r\n")
+    write("request", "multipart", b"\x01\x01" + multipart)
     write("tokenizer", "plain", b"a photo of a cat.")
     write("tokenizer", "html", b"&amp;lt;b&gt; caf\xc3\xa9 \xe2\x80\x9cquoted\xe2\x80\x9d <start_of_text> 123,456!!")
     write("tokenizer", "mojibake", "cafÃ© naïve ﬁne Ｆｕｌｌ e\u0301".encode())

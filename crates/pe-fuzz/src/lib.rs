@@ -8,6 +8,7 @@
 //!  cargo afl fuzz -i crates/pe-fuzz/corpora/pt -o /tmp/afl-pt target/release/fuzz_pt`
 
 use std::path::PathBuf;
+use std::sync::OnceLock;
 
 use perception_encoder::candle_core::{DType, Device};
 use perception_encoder::preprocess::{decode, ImageTransform};
@@ -71,4 +72,57 @@ pub fn tokenizer(data: &[u8]) {
     let tok = ClipTokenizer::new(32);
     let ids = tok.tokenize(&text);
     let _ = tok.decode(&ids);
+}
+
+/// The server's routes over a tiny random model, built once per process.
+fn service() -> &'static (tokio::runtime::Runtime, axum::Router) {
+    static SERVICE: OnceLock<(tokio::runtime::Runtime, axum::Router)> = OnceLock::new();
+    SERVICE.get_or_init(|| {
+        let cfg = ClipConfig::from_json_str(
+            r#"{"vision": {"patch_size": 8, "width": 16, "layers": 1, "heads": 2, "mlp_ratio": 2.0,
+                "output_dim": 8, "image_size": 16, "use_cls_token": true, "pool_type": "attn"},
+               "text": {"context_length": 8, "width": 16, "heads": 2, "layers": 1, "output_dim": 8}}"#,
+        )
+        .expect("the fuzz model config is valid");
+        let model = perception_encoder::Clip::random(&cfg, 0, &Default::default()).expect("a tiny random model");
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+        let server = pe_server::ServerConfig {
+            max_body_bytes: 1 << 20,
+            max_pixels: 1 << 20,
+            max_items: 8,
+            max_prompts: 64,
+            decode_budget_bytes: 64 << 20,
+            ..Default::default()
+        };
+        let router = runtime.block_on(async { pe_server::router(model, server) });
+        (runtime, router)
+    })
+}
+
+/// An HTTP request to the server: the first byte picks the route, the second the content type,
+/// the rest is the body (JSON bodies, base64 and data URLs, multipart uploads). Whatever the
+/// input, the answer is a status other than 500.
+pub fn request(data: &[u8]) {
+    if let Some(s) = request_status(data) {
+        assert!(s != 500, "500 for {data:?}");
+    }
+}
+
+/// The status the server answers [`request`]'s input with (`None` for inputs too short).
+pub fn request_status(data: &[u8]) -> Option<u16> {
+    // Video uploads run FFmpeg (a process per input): too slow to fuzz here.
+    const ROUTES: [&str; 4] = ["/embed/text", "/embed/image", "/v1/embeddings", "/classify"];
+    const TYPES: [&str; 3] = ["application/json", "multipart/form-data; boundary=X", "text/plain"];
+    let (Some(&r), Some(&t)) = (data.first(), data.get(1)) else { return None };
+    let body = data[2..].to_vec();
+    let req = axum::http::Request::post(ROUTES[r as usize % ROUTES.len()])
+        .header("content-type", TYPES[t as usize % TYPES.len()])
+        .body(axum::body::Body::from(body));
+    let Ok(req) = req else { return None };
+    let (runtime, router) = service();
+    let router = router.clone();
+    runtime.block_on(async move {
+        use tower::ServiceExt as _;
+        router.oneshot(req).await.ok().map(|resp| resp.status().as_u16())
+    })
 }

@@ -44,6 +44,12 @@ fn seeds_are_valid_inputs() {
         let text = std::fs::read_to_string(root.join("config").join(format!("seed-{seed}"))).unwrap();
         perception_encoder::ClipConfig::from_json_str(&text).unwrap();
     }
+    for f in std::fs::read_dir(root.join("request")).unwrap() {
+        let p = f.unwrap().path();
+        if p.file_name().unwrap().to_string_lossy().starts_with("seed-") {
+            assert_eq!(pe_fuzz::request_status(&std::fs::read(&p).unwrap()), Some(200), "{}", p.display());
+        }
+    }
     for f in std::fs::read_dir(root.join("image")).unwrap() {
         let p = f.unwrap().path();
         if p.file_name().unwrap().to_string_lossy().starts_with("seed-") {
