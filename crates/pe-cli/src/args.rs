@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use perception_encoder::preprocess::{ImageTransform, ResizeMode, DEFAULT_MAX_PIXELS};
+use perception_encoder::preprocess::{Gray16, ImageTransform, ResizeMode, DEFAULT_MAX_PIXELS};
 use perception_encoder::{Clip, LoadOptions, ModelSource};
 
 /// `--model NAME` (weights from the hub cache), `--model NAME --weights FILE`, or
@@ -78,6 +78,10 @@ pub struct ImageArgs {
     /// Refuse images with more pixels than this (decompression-bomb guard).
     #[arg(long, default_value_t = DEFAULT_MAX_PIXELS)]
     pub max_pixels: u64,
+    /// 16-bit grayscale images: `pillow` (the reference: 16-bit resize, then values clipped to
+    /// 255, so most turn white) or `high-byte` (each sample's high byte: the image as it looks).
+    #[arg(long, value_enum, default_value_t = Gray16Arg::Pillow)]
+    pub gray16: Gray16Arg,
 }
 
 impl ImageArgs {
@@ -96,8 +100,21 @@ impl ImageArgs {
                 vision.patch_size
             );
         }
-        Ok(ImageTransform { size, mode, max_pixels: self.max_pixels })
+        let gray16 = match self.gray16 {
+            Gray16Arg::Pillow => Gray16::Pillow,
+            Gray16Arg::HighByte => Gray16::HighByte,
+        };
+        Ok(ImageTransform { size, mode, max_pixels: self.max_pixels, gray16 })
     }
+}
+
+/// `--gray16`: see [`Gray16`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Gray16Arg {
+    /// Pillow's conversion, the reference's numbers.
+    Pillow,
+    /// The high byte of each sample.
+    HighByte,
 }
 
 /// Most patch tokens an input may have (128 x 128, e.g. 2048 px at patch 16).

@@ -262,7 +262,12 @@ pub fn load_clip_probed(
     }
     let mut tensors = Vec::new();
     let order = for_each_frame(path, info, &frame_indices(info.frames, n, rule), |pixels| {
-        tensors.push(transform.apply(&DecodedImage { pixels, resample: Resample::Bilinear, cmyk: false })?);
+        tensors.push(transform.apply(&DecodedImage {
+            pixels,
+            resample: Resample::Bilinear,
+            cmyk: false,
+            gray16: None,
+        })?);
         Ok(())
     })?;
     let frames: Vec<&Tensor> = order.iter().map(|&k| &tensors[k]).collect();

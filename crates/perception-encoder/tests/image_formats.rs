@@ -96,6 +96,7 @@ fn transparent_pixels_do_not_bleed() {
         pixels: Pixels { width: 8, height: 1, channels: 4, data },
         resample: Resample::Bilinear,
         cmyk: false,
+        gray16: None,
     };
     let out = ImageTransform::new(4).resize_rgb8(&img).unwrap();
     // Every visible pixel is black after unpremultiplying.
@@ -110,8 +111,37 @@ fn centre_crop_of_a_thin_image_is_bounded() {
         pixels: Pixels { width: 1, height: 2000, channels: 3, data: vec![128; 6000] },
         resample: Resample::Bilinear,
         cmyk: false,
+        gray16: None,
     };
     let t = ImageTransform::new(5000).with_mode(perception_encoder::preprocess::ResizeMode::CenterCrop);
     let err = t.apply(&img).unwrap_err().to_string();
     assert!(err.contains("5000x10000000") && err.contains("limit"), "{err}");
+}
+
+/// 16-bit grayscale follows the reference by default (Pillow resizes `I;16` in 16 bits, then
+/// `convert("RGB")` clips to 255), byte for byte on `scripts/make_gray16_cases.py`'s PNGs;
+/// `Gray16::HighByte` is the named alternative that keeps the picture visible.
+#[test]
+fn gray16_is_pillows_by_default_and_high_byte_on_request() {
+    use perception_encoder::preprocess::Gray16;
+    use sha2::{Digest, Sha256};
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/gray16");
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    for (name, sizes) in expected["cases"].as_object().unwrap() {
+        let bytes = std::fs::read(dir.join(name)).unwrap();
+        let img = decode(&bytes, u64::MAX).unwrap();
+        assert!(img.gray16.is_some(), "{name}");
+        for (size, want) in sizes.as_object().unwrap() {
+            let t = ImageTransform::new(size.parse().unwrap());
+            let got = t.resize_rgb8(&img).unwrap();
+            let hash: String = Sha256::digest(&got.data).iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(hash, want.as_str().unwrap(), "{name} at {size}");
+        }
+        let high = ImageTransform { gray16: Gray16::HighByte, ..ImageTransform::new(16) }.resize_rgb8(&img).unwrap();
+        let pillow = ImageTransform::new(16).resize_rgb8(&img).unwrap();
+        if name == "wide_range.png" {
+            assert_ne!(high.data, pillow.data, "{name}: the options should differ");
+        }
+    }
 }

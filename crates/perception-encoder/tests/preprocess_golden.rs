@@ -52,6 +52,7 @@ fn resize_is_pillow_exact_on_pillow_decoded_pixels() {
             pixels: Pixels { width: w, height: h, channels: 3, data },
             resample: Resample::Bilinear,
             cmyk: false,
+            gray16: None,
         };
         let ours = ImageTransform::new(size).with_mode(mode).apply(&img).unwrap();
         assert_eq!(max_step_diff(&ours_steps(&ours), &steps(&expected[&key])), 0, "{key}");
@@ -145,6 +146,7 @@ fn alpha_and_palette_follow_pillow() {
         pixels: Pixels { width: 2, height: 1, channels: 4, data: vec![255, 0, 0, 0, 0, 0, 255, 255] },
         resample: Resample::Bilinear,
         cmyk: false,
+        gray16: None,
     };
     let rgb = ImageTransform::new(1).resize_rgb8(&img).unwrap();
     // premultiplied mean: (0,0,0,0) and (0,0,255,255) -> (0,0,128,128) -> unpremultiplied (0,0,255)
@@ -154,6 +156,7 @@ fn alpha_and_palette_follow_pillow() {
         pixels: Pixels { width: 2, height: 1, channels: 3, data: vec![0, 0, 0, 200, 200, 200] },
         resample: Resample::Nearest,
         cmyk: false,
+        gray16: None,
     };
     let rgb = ImageTransform::new(1).resize_rgb8(&img).unwrap();
     assert_eq!(rgb.data, vec![200, 200, 200]);

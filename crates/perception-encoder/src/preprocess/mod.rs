@@ -10,9 +10,9 @@
 //! Pillow's; CMYK JPEGs are resized in CMYK and then converted with Pillow's formula. A GIF is
 //! its first frame as a palette image ([`gif`]): transparency ignored, as `convert("RGB")` does.
 //!
-//! Deliberate differences from the reference, each documented where it happens:
-//! - 16-bit grayscale keeps its high byte; Pillow clips 16-bit values to 255 when converting
-//!   `I;16` to RGB, which turns almost every such image white.
+//! 16-bit grayscale follows Pillow by default (resized in 16 bits, then clipped to 255 by
+//! `convert("RGB")`, which turns most such images white); [`Gray16::HighByte`] keeps each
+//! sample's high byte instead, a deliberate difference on request.
 
 mod gif;
 mod jpeg;
@@ -60,6 +60,20 @@ pub struct DecodedImage {
     pub resample: Resample,
     /// Four channels are C, M, Y, K (Pillow's mode `CMYK`, from JPEG) rather than RGBA.
     pub cmyk: bool,
+    /// The samples of a 16-bit grayscale image (Pillow's mode `I;16`), whose `pixels` then hold
+    /// their high bytes; see [`Gray16`].
+    pub gray16: Option<Vec<u16>>,
+}
+
+/// How a 16-bit grayscale image becomes 8-bit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Gray16 {
+    /// The reference's (Pillow's): resize the 16-bit samples, then `convert("RGB")` clips them
+    /// to 255, which turns most such images white.
+    #[default]
+    Pillow,
+    /// Keep each sample's high byte, then resize: the image as it looks. Not the reference's.
+    HighByte,
 }
 
 impl DecodedImage {
@@ -152,13 +166,13 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<DecodedImage> {
         let (w, h, _) = jpeg::header(bytes)?;
         check_size(w, h, max_pixels)?;
         let j = jpeg::decode(bytes)?;
-        return Ok(DecodedImage { pixels: j.pixels, resample: Resample::Bilinear, cmyk: j.cmyk });
+        return Ok(DecodedImage { pixels: j.pixels, resample: Resample::Bilinear, cmyk: j.cmyk, gray16: None });
     }
     let (w, h) = reader.into_dimensions().map_err(|e| Error::ImageDecode(format!("{format:?}: {e}")))?;
     check_size(w, h, max_pixels)?;
     if format == ImageFormat::Gif {
         let pixels = gif::decode(bytes, max_pixels.saturating_mul(4))?;
-        return Ok(DecodedImage { pixels, resample: Resample::Nearest, cmyk: false });
+        return Ok(DecodedImage { pixels, resample: Resample::Nearest, cmyk: false, gray16: None });
     }
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut limits = image::Limits::default();
@@ -175,14 +189,18 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<DecodedImage> {
         ColorType::Rgb8 => (3, img.into_rgb8().into_raw()),
         ColorType::Rgba8 => (4, img.into_rgba8().into_raw()),
         // 16-bit samples keep their high byte (Pillow's unpacking of 16-bit RGB PNGs).
-        ColorType::L16 => (1, high_bytes(img.into_luma16().into_raw())),
+        ColorType::L16 => {
+            let samples = img.into_luma16().into_raw();
+            let pixels = Pixels { width, height, channels: 1, data: samples.iter().map(|v| (v >> 8) as u8).collect() };
+            return Ok(DecodedImage { pixels, resample, cmyk: false, gray16: Some(samples) });
+        }
         ColorType::La16 => (2, high_bytes(img.into_luma_alpha16().into_raw())),
         ColorType::Rgb16 => (3, high_bytes(img.into_rgb16().into_raw())),
         ColorType::Rgba16 => (4, high_bytes(img.into_rgba16().into_raw())),
         c if c.has_alpha() => (4, DynamicImage::into_rgba8(img).into_raw()),
         _ => (3, img.into_rgb8().into_raw()),
     };
-    Ok(DecodedImage { pixels: Pixels { width, height, channels, data }, resample, cmyk: false })
+    Ok(DecodedImage { pixels: Pixels { width, height, channels, data }, resample, cmyk: false, gray16: None })
 }
 
 /// Whether an end-of-image marker follows the first start-of-scan. Inside entropy-coded data
@@ -226,7 +244,7 @@ fn unpremultiply(p: &mut Pixels) {
 ///
 /// ```
 /// use perception_encoder::preprocess::{ImageTransform, Pixels, DecodedImage, Resample};
-/// let img = DecodedImage { pixels: Pixels { width: 4, height: 2, channels: 3, data: vec![255; 24] }, resample: Resample::Bilinear, cmyk: false };
+/// let img = DecodedImage { pixels: Pixels { width: 4, height: 2, channels: 3, data: vec![255; 24] }, resample: Resample::Bilinear, cmyk: false, gray16: None };
 /// let t = ImageTransform::new(2).apply(&img).unwrap();
 /// assert_eq!(t.dims(), &[3, 2, 2]);
 /// assert_eq!(t.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![1.0; 12]);
@@ -239,12 +257,14 @@ pub struct ImageTransform {
     pub mode: ResizeMode,
     /// Images with more pixels than this are refused before decoding.
     pub max_pixels: u64,
+    /// 16-bit grayscale as the reference (default) or by high byte.
+    pub gray16: Gray16,
 }
 
 impl ImageTransform {
     /// Squash to `size x size` with the default pixel limit.
     pub fn new(size: usize) -> Self {
-        ImageTransform { size, mode: ResizeMode::Squash, max_pixels: DEFAULT_MAX_PIXELS }
+        ImageTransform { size, mode: ResizeMode::Squash, max_pixels: DEFAULT_MAX_PIXELS, gray16: Gray16::Pillow }
     }
 
     /// The transform for a model's native resolution (`image_size`).
@@ -264,6 +284,9 @@ impl ImageTransform {
         if s == 0 {
             return Err(Error::InvalidInput("the transform size must be positive".into()));
         }
+        if let (Some(samples), Gray16::Pillow) = (&img.gray16, self.gray16) {
+            return self.resize_gray16(img, samples);
+        }
         let has_alpha = !img.cmyk && (img.pixels.channels == 2 || img.pixels.channels == 4);
         let nearest = img.resample == Resample::Nearest;
         // Only premultiplication needs a copy of the full-size image.
@@ -273,7 +296,23 @@ impl ImageTransform {
             px
         });
         let src = premultiplied.as_ref().unwrap_or(&img.pixels);
-        let (w, h) = (src.width, src.height);
+        let (tw, th) = self.target(src.width, src.height)?;
+        let mut px = if nearest { resize::resize_nearest(src, tw, th) } else { resize::resize_bilinear(src, tw, th) };
+        if has_alpha && !nearest {
+            unpremultiply(&mut px);
+        }
+        if self.mode == ResizeMode::CenterCrop {
+            // torchvision CenterCrop: int(round((side - size) / 2)), Python's round (half to even).
+            let top = ((th - s) as f64 / 2.0).round_ties_even() as usize;
+            let left = ((tw - s) as f64 / 2.0).round_ties_even() as usize;
+            px = resize::crop(&px, left, top, s, s);
+        }
+        Ok(to_rgb(px, img.cmyk))
+    }
+
+    /// The size the image is resized to before any crop.
+    fn target(&self, w: usize, h: usize) -> Result<(usize, usize)> {
+        let s = self.size;
         let (tw, th) = match self.mode {
             ResizeMode::Squash => (s, s),
             // torchvision: the short side becomes `size`, the long one int(size * long / short).
@@ -288,17 +327,24 @@ impl ImageTransform {
                 self.max_pixels
             )));
         }
-        let mut px = if nearest { resize::resize_nearest(src, tw, th) } else { resize::resize_bilinear(src, tw, th) };
-        if has_alpha && !nearest {
-            unpremultiply(&mut px);
-        }
+        Ok((tw, th))
+    }
+
+    /// Pillow on `I;16`: resize the 16-bit samples (its 16-bit bilinear), crop, then clip each
+    /// to 255 as `convert("RGB")` does.
+    fn resize_gray16(&self, img: &DecodedImage, samples: &[u16]) -> Result<Pixels> {
+        let s = self.size;
+        let (w, h) = (img.pixels.width, img.pixels.height);
+        let (tw, th) = self.target(w, h)?;
+        let resized = resize::resize_bilinear_16(samples, w, h, tw, th);
+        let mut px =
+            Pixels { width: tw, height: th, channels: 1, data: resized.iter().map(|&v| v.min(255) as u8).collect() };
         if self.mode == ResizeMode::CenterCrop {
-            // torchvision CenterCrop: int(round((side - size) / 2)), Python's round (half to even).
             let top = ((th - s) as f64 / 2.0).round_ties_even() as usize;
             let left = ((tw - s) as f64 / 2.0).round_ties_even() as usize;
             px = resize::crop(&px, left, top, s, s);
         }
-        Ok(to_rgb(px, img.cmyk))
+        Ok(to_rgb(px, false))
     }
 
     /// The model input `(3, size, size)`, float32, `(k / 255 - 0.5) / 0.5`.

@@ -24,6 +24,71 @@ struct Coeffs {
     ksize: usize,
 }
 
+/// Pillow's `precompute_coeffs` with the bilinear (triangle) filter, normalized to sum to 1:
+/// per output position the first input index, the tap count, and `ksize` double weights.
+fn coeffs_f64(in_size: usize, out_size: usize) -> (Vec<(usize, usize)>, Vec<f64>, usize) {
+    let scale = in_size as f64 / out_size as f64;
+    let filterscale = scale.max(1.0);
+    let support = filterscale; // bilinear support 1.0
+    let ksize = support.ceil() as usize * 2 + 1;
+    let mut bounds = Vec::with_capacity(out_size);
+    let mut weights = vec![0f64; out_size * ksize];
+    for xx in 0..out_size {
+        let center = (xx as f64 + 0.5) * scale;
+        let ss = 1.0 / filterscale;
+        let xmin = ((center - support + 0.5) as i64).max(0) as usize;
+        let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
+        let n = xmax.saturating_sub(xmin);
+        let k = &mut weights[xx * ksize..xx * ksize + n];
+        let mut ww = 0.0;
+        for (x, p) in k.iter_mut().enumerate() {
+            let t = ((x + xmin) as f64 - center + 0.5) * ss;
+            *p = (1.0 - t.abs()).max(0.0);
+            ww += *p;
+        }
+        if ww != 0.0 {
+            k.iter_mut().for_each(|p| *p /= ww);
+        }
+        bounds.push((xmin, n));
+    }
+    (bounds, weights, ksize)
+}
+
+/// Pillow's 16-bit resampling (`_ImagingResample*_16bpc`, used for `I;16`): double weights,
+/// `(int)(sum + 0.5)`, clipped to 0..=65535; horizontal pass first, each skipped when its
+/// size does not change.
+pub fn resize_bilinear_16(src: &[u16], w: usize, h: usize, out_w: usize, out_h: usize) -> Vec<u16> {
+    let round = |ss: f64| (if ss >= 0.0 { ss + 0.5 } else { ss - 0.5 }) as i64;
+    let clip = |v: i64| v.clamp(0, 65535) as u16;
+    let mut cur = src.to_vec();
+    let mut cw = w;
+    if out_w != w {
+        let (bounds, k, ksize) = coeffs_f64(w, out_w);
+        let mut out = vec![0u16; h * out_w];
+        for y in 0..h {
+            let row = &cur[y * w..(y + 1) * w];
+            for (xx, &(xmin, n)) in bounds.iter().enumerate() {
+                let ss: f64 = (0..n).map(|x| row[xmin + x] as f64 * k[xx * ksize + x]).sum();
+                out[y * out_w + xx] = clip(round(ss));
+            }
+        }
+        cur = out;
+        cw = out_w;
+    }
+    if out_h != h {
+        let (bounds, k, ksize) = coeffs_f64(h, out_h);
+        let mut out = vec![0u16; out_h * cw];
+        for (yy, &(ymin, n)) in bounds.iter().enumerate() {
+            for xx in 0..cw {
+                let ss: f64 = (0..n).map(|y| cur[(ymin + y) * cw + xx] as f64 * k[yy * ksize + y]).sum();
+                out[yy * cw + xx] = clip(round(ss));
+            }
+        }
+        cur = out;
+    }
+    cur
+}
+
 /// Pillow's `precompute_coeffs` with the bilinear (triangle) filter, then
 /// `normalize_coeffs_8bpc`.
 fn coeffs(in_size: usize, out_size: usize) -> Coeffs {
