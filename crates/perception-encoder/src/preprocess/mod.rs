@@ -123,16 +123,22 @@ pub struct ImageInfo {
     pub decode_bytes: u64,
 }
 
-/// Read an image's header: its size and the memory decoding it needs. Refuses unknown formats
-/// and images above `max_pixels`, like [`decode`], without allocating for the pixels.
-pub fn probe(bytes: &[u8], max_pixels: u64) -> Result<ImageInfo> {
-    use image::ImageDecoder;
+/// The format of an encoded image, from its content, and a reader for it.
+fn sniff(bytes: &[u8]) -> Result<(ImageReader<Cursor<&[u8]>>, ImageFormat)> {
     let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| Error::ImageDecode(format!("cannot read the image: {e}")))?;
     let format = reader.format().ok_or_else(|| {
         Error::ImageDecode("unrecognized image format (PNG, JPEG, WebP, GIF, BMP and TIFF are supported)".into())
     })?;
+    Ok((reader, format))
+}
+
+/// Read an image's header: its size and the memory decoding it needs. Refuses unknown formats
+/// and images above `max_pixels`, like [`decode`], without allocating for the pixels.
+pub fn probe(bytes: &[u8], max_pixels: u64) -> Result<ImageInfo> {
+    use image::ImageDecoder;
+    let (reader, format) = sniff(bytes)?;
     if format == ImageFormat::Jpeg {
         let (width, height, components) = jpeg::header(bytes)?;
         check_size(width, height, max_pixels)?;
@@ -150,12 +156,7 @@ pub fn probe(bytes: &[u8], max_pixels: u64) -> Result<ImageInfo> {
 
 /// Decode an image from memory, refusing images larger than `max_pixels` before decoding them.
 pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<DecodedImage> {
-    let reader = ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| Error::ImageDecode(format!("cannot read the image: {e}")))?;
-    let format = reader.format().ok_or_else(|| {
-        Error::ImageDecode("unrecognized image format (PNG, JPEG, WebP, GIF, BMP and TIFF are supported)".into())
-    })?;
+    let (reader, format) = sniff(bytes)?;
     if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
         // Lenient decoders fill a truncated scan with grey; Pillow refuses such files.
         return Err(Error::ImageDecode(

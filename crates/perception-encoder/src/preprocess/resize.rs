@@ -90,36 +90,20 @@ pub fn resize_bilinear_16(src: &[u16], w: usize, h: usize, out_w: usize, out_h: 
 }
 
 /// Pillow's `precompute_coeffs` with the bilinear (triangle) filter, then
-/// `normalize_coeffs_8bpc`.
+/// `normalize_coeffs_8bpc` (rounded to fixed point).
 fn coeffs(in_size: usize, out_size: usize) -> Coeffs {
-    let scale = in_size as f64 / out_size as f64;
-    let filterscale = scale.max(1.0);
-    let support = filterscale; // bilinear support 1.0
-    let ksize = support.ceil() as usize * 2 + 1;
-    let mut bounds = Vec::with_capacity(out_size);
-    let mut weights = vec![0i32; out_size * ksize];
-    let mut pre = vec![0f64; ksize];
-    for xx in 0..out_size {
-        let center = (xx as f64 + 0.5) * scale;
-        let ss = 1.0 / filterscale;
-        // C casts truncate toward zero.
-        let xmin = ((center - support + 0.5) as i64).max(0) as usize;
-        let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
-        let n = xmax.saturating_sub(xmin);
-        let mut ww = 0.0;
-        for (x, p) in pre.iter_mut().enumerate().take(n) {
-            let t = ((x + xmin) as f64 - center + 0.5) * ss;
-            let w = (1.0 - t.abs()).max(0.0);
-            *p = w;
-            ww += w;
-        }
-        for (x, p) in pre.iter().enumerate().take(n) {
-            let w = if ww != 0.0 { p / ww } else { *p };
+    let (bounds, exact, ksize) = coeffs_f64(in_size, out_size);
+    let weights = exact
+        .iter()
+        .map(|&w| {
             let f = w * (1u32 << PRECISION_BITS) as f64;
-            weights[xx * ksize + x] = if w < 0.0 { (f - 0.5) as i32 } else { (f + 0.5) as i32 };
-        }
-        bounds.push((xmin, n));
-    }
+            if w < 0.0 {
+                (f - 0.5) as i32
+            } else {
+                (f + 0.5) as i32
+            }
+        })
+        .collect();
     Coeffs { bounds, weights, ksize }
 }
 
