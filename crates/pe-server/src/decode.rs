@@ -31,16 +31,21 @@ pub(crate) struct DecodeBudget {
     pub(crate) peak: AtomicU64,
 }
 
-/// A reservation of the budget, returned when dropped.
-pub(crate) struct Reservation<'a> {
-    budget: &'a DecodeBudget,
+/// A reservation of the budget, returned when dropped. It moves into the blocking task that
+/// decodes, so a request that times out does not release memory its decode still holds.
+pub(crate) struct Reservation {
+    budget: Arc<DecodeBudget>,
     bytes: u64,
     _permit: OwnedSemaphorePermit,
 }
 
-impl Drop for Reservation<'_> {
+impl Drop for Reservation {
     fn drop(&mut self) {
         self.budget.in_use.fetch_sub(self.bytes, Ordering::SeqCst);
+        // After a large decode, once no other decode holds memory, return freed heap.
+        if self.bytes >= TRIM_AFTER_BYTES && self.budget.in_use.load(Ordering::SeqCst) == 0 {
+            perception_encoder::bench::release_freed_memory();
+        }
     }
 }
 
@@ -62,7 +67,7 @@ impl DecodeBudget {
 
     /// Wait until `bytes` of the budget are free and reserve them; `what` names the input in
     /// the error when it could never fit.
-    pub(crate) async fn reserve(&self, bytes: u64, what: &str) -> Result<Reservation<'_>, ServeError> {
+    pub(crate) async fn reserve(self: &Arc<Self>, bytes: u64, what: &str) -> Result<Reservation, ServeError> {
         let mib = bytes.div_ceil(MIB).max(1);
         if mib > u64::from(self.total_mib) {
             return Err(ServeError::TooLarge(format!(
@@ -78,14 +83,7 @@ impl DecodeBudget {
             .map_err(|_| ServeError::Unavailable("the decode budget is closed".into()))?;
         let now = self.in_use.fetch_add(bytes, Ordering::SeqCst) + bytes;
         self.peak.fetch_max(now, Ordering::SeqCst);
-        Ok(Reservation { budget: self, bytes, _permit: permit })
-    }
-
-    /// After a large decode, once no other decode holds memory, return freed heap to the kernel.
-    fn settle(&self, bytes: u64) {
-        if bytes >= TRIM_AFTER_BYTES && self.in_use.load(Ordering::SeqCst) == 0 {
-            perception_encoder::bench::release_freed_memory();
-        }
+        Ok(Reservation { budget: self.clone(), bytes, _permit: permit })
     }
 }
 
@@ -108,13 +106,13 @@ async fn decode_one(
     let info = preprocess::probe(&bytes, transform.max_pixels).map_err(|e| label(i, e.into()))?;
     let what = format!("image {i} ({}x{})", info.width, info.height);
     let held = budget.reserve(info.decode_bytes, &what).await?;
-    let cost = info.decode_bytes;
-    let out = tokio::task::spawn_blocking(move || transform.load_bytes(&bytes).map_err(|e| label(i, e.into())))
-        .await
-        .map_err(|e| ServeError::Internal(e.to_string()))?;
-    drop(held);
-    budget.settle(cost);
-    out
+    tokio::task::spawn_blocking(move || {
+        let out = transform.load_bytes(&bytes).map_err(|e| label(i, e.into()));
+        drop(held);
+        out
+    })
+    .await
+    .map_err(|e| ServeError::Internal(e.to_string()))?
 }
 
 /// Decode images and apply the transform, in parallel on the blocking pool within the budget.
@@ -158,13 +156,14 @@ pub(crate) async fn decode_video(
         frame.saturating_mul(2).saturating_add((frames as u64).saturating_mul(transform.size.pow(2) as u64 * 12));
     let held = budget.reserve(cost, &format!("{what} ({}x{})", info.width, info.height)).await?;
     let p = path.to_path_buf();
-    let out = tokio::task::spawn_blocking(move || video::load_clip_probed(&p, &info, frames, rule, &transform))
-        .await
-        .map_err(|e| ServeError::Internal(e.to_string()))?
-        .map_err(|e| video_error(e, path, what));
-    drop(held);
-    budget.settle(cost);
-    out
+    tokio::task::spawn_blocking(move || {
+        let out = video::load_clip_probed(&p, &info, frames, rule, &transform);
+        drop(held);
+        out
+    })
+    .await
+    .map_err(|e| ServeError::Internal(e.to_string()))?
+    .map_err(|e| video_error(e, path, what))
 }
 
 /// A video error, naming the upload instead of its temporary file.
