@@ -145,3 +145,12 @@ fn gray16_is_pillows_by_default_and_high_byte_on_request() {
         }
     }
 }
+
+/// Found by fuzzing: a PNG whose palette is not whole RGB entries made the `png` crate panic
+/// (slice index out of range); it is now a clear error.
+#[test]
+fn a_partial_png_palette_is_an_error_not_a_panic() {
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../pe-fuzz/corpora/image/crash-id-000000");
+    let err = decode(&std::fs::read(path).unwrap(), 1 << 22).unwrap_err().to_string();
+    assert!(err.contains("PLTE") && err.contains("44 bytes"), "{err}");
+}

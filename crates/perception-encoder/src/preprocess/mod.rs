@@ -181,7 +181,14 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<DecodedImage> {
     limits.max_image_height = Some(h);
     limits.max_alloc = Some(max_pixels.saturating_mul(16).max(1 << 26));
     reader.limits(limits);
-    let img = reader.decode().map_err(|e| Error::ImageDecode(format!("{format:?}: {e}")))?;
+    if format == ImageFormat::Png {
+        png_palette_is_whole(bytes)?;
+    }
+    // The decoders are other crates'; should one panic on a file fuzzing has not met yet, that
+    // file is an error, not the end of the caller.
+    let img = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reader.decode()))
+        .map_err(|_| Error::ImageDecode(format!("{format:?}: the decoder failed on this file")))?
+        .map_err(|e| Error::ImageDecode(format!("{format:?}: {e}")))?;
     let resample = pillow_resample(bytes, format);
     let (width, height) = (img.width() as usize, img.height() as usize);
     let (channels, data) = match img.color() {
@@ -202,6 +209,27 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<DecodedImage> {
         _ => (3, img.into_rgb8().into_raw()),
     };
     Ok(DecodedImage { pixels: Pixels { width, height, channels, data }, resample, cmyk: false, gray16: None })
+}
+
+/// A PLTE chunk holds whole RGB entries (at most 256). The `png` crate (0.18.1) indexes past a
+/// palette whose length is not a multiple of 3 and panics; such a file is refused here, as the
+/// PNG specification says it must be. Found by fuzzing (`crates/pe-fuzz`).
+fn png_palette_is_whole(bytes: &[u8]) -> Result<()> {
+    let mut at = 8;
+    while let Some(head) = bytes.get(at..at + 8) {
+        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        match &head[4..8] {
+            b"PLTE" if len % 3 != 0 || len > 768 => {
+                return Err(Error::ImageDecode(format!(
+                    "PNG: the palette (PLTE) holds {len} bytes, not whole RGB entries (at most 256)"
+                )));
+            }
+            b"IDAT" | b"IEND" => break,
+            _ => {}
+        }
+        at = at.saturating_add(12).saturating_add(len);
+    }
+    Ok(())
 }
 
 /// Whether an end-of-image marker follows the first start-of-scan. Inside entropy-coded data
