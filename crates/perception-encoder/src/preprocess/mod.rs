@@ -219,7 +219,7 @@ fn png_palette_is_whole(bytes: &[u8]) -> Result<()> {
     while let Some(head) = bytes.get(at..at + 8) {
         let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
         match &head[4..8] {
-            b"PLTE" if len % 3 != 0 || len > 768 => {
+            b"PLTE" if !len.is_multiple_of(3) || len > 768 => {
                 return Err(Error::ImageDecode(format!(
                     "PNG: the palette (PLTE) holds {len} bytes, not whole RGB entries (at most 256)"
                 )));
