@@ -1,6 +1,5 @@
 //! The route handlers: validate, decode, queue on the engine, answer JSON.
 
-use std::future::Future;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -16,7 +15,7 @@ use perception_encoder::zero_shot::{ZeroShotClassifier, DEFAULT_TEMPLATES};
 use serde_json::{json, Value};
 
 use crate::requests::*;
-use crate::{decode, engine, metrics, openapi, AppState, ServeError, Shared, CLASSIFIER_CACHE};
+use crate::{decode, engine, metrics, openapi, ServeError, Shared, CLASSIFIER_CACHE};
 
 pub(crate) async fn metrics_text(State(st): State<Shared>) -> Response {
     let mut out = String::new();
@@ -59,10 +58,6 @@ fn check_count(n: usize, max: usize, what: &str) -> Result<(), ServeError> {
     Ok(())
 }
 
-async fn with_timeout<T>(st: &AppState, f: impl Future<Output = Result<T, ServeError>>) -> Result<T, ServeError> {
-    tokio::time::timeout(st.cfg.request_timeout, f).await.map_err(|_| ServeError::Timeout)?
-}
-
 async fn embed_images(st: &Shared, images: Vec<ImageSource>, layer: isize) -> Result<Vec<Vec<f32>>, ServeError> {
     let l = st.layers as isize;
     if layer < -l || layer >= l {
@@ -93,7 +88,7 @@ pub(crate) async fn embed_text(
 ) -> Result<Json<Value>, ServeError> {
     let req: TextRequest = parse(body)?;
     check_count(req.texts.len(), st.cfg.max_items, "texts")?;
-    let mut rows = with_timeout(&st, embed_texts(&st, req.texts)).await?;
+    let mut rows = embed_texts(&st, req.texts).await?;
     if req.normalize {
         normalize_rows(&mut rows);
     }
@@ -111,7 +106,7 @@ pub(crate) async fn embed_image(State(st): State<Shared>, req: Request) -> Resul
         (req.images.into_iter().map(ImageSource::Base64).collect(), req.normalize, req.layer)
     };
     check_count(images.len(), st.cfg.max_items, "images")?;
-    let mut rows = with_timeout(&st, embed_images(&st, images, layer)).await?;
+    let mut rows = embed_images(&st, images, layer).await?;
     if normalize {
         normalize_rows(&mut rows);
     }
@@ -168,7 +163,7 @@ pub(crate) async fn embed_video(State(st): State<Shared>, req: Request) -> Resul
         }
         Ok::<_, ServeError>(out)
     };
-    let mut rows = with_timeout(&st, work).await?;
+    let mut rows = work.await?;
     if normalize {
         normalize_rows(&mut rows);
     }
@@ -230,7 +225,7 @@ pub(crate) async fn classify(
         normalize_rows(&mut rows);
         Ok::<_, ServeError>((c, rows))
     };
-    let (c, rows) = with_timeout(&st, work).await?;
+    let (c, rows) = work.await?;
     let dim = rows.first().map_or(0, Vec::len);
     let n = rows.len();
     let x = Tensor::from_vec(rows.into_iter().flatten().collect::<Vec<f32>>(), (n, dim), &Device::Cpu)
@@ -282,7 +277,7 @@ pub(crate) async fn openai_embeddings(
         let txts = if texts.is_empty() { Vec::new() } else { embed_texts(&st, texts).await? };
         Ok::<_, ServeError>((imgs, txts))
     };
-    let (imgs, txts) = with_timeout(&st, work).await?;
+    let (imgs, txts) = work.await?;
     let mut rows: Vec<(usize, Vec<f32>)> = img_idx.into_iter().zip(imgs).chain(txt_idx.into_iter().zip(txts)).collect();
     rows.sort_by_key(|(i, _)| *i);
     let mut vectors: Vec<Vec<f32>> = rows.into_iter().map(|(_, r)| r).collect();
