@@ -110,6 +110,11 @@ impl VisionConfig {
     pub fn grid_size(&self) -> usize {
         self.image_size / self.patch_size
     }
+    /// One residual block's hyper-parameters (layer scale when `ls_init_value` is set).
+    pub(crate) fn block(&self, weights: crate::layers::LinearWeights) -> crate::transformer::BlockSpec {
+        let (width, heads, hidden) = (self.width, self.heads, self.mlp_hidden());
+        crate::transformer::BlockSpec { width, heads, hidden, layer_scale: self.ls_init_value.is_some(), weights }
+    }
     /// Number of positions in the stored position embedding.
     pub fn num_positions(&self) -> usize {
         self.grid_size() * self.grid_size() + usize::from(self.use_cls_token)
@@ -212,6 +217,11 @@ impl TextConfig {
     /// Width of one attention head.
     pub fn head_dim(&self) -> usize {
         self.width / self.heads
+    }
+    /// One residual block's hyper-parameters (the text tower has no layer scale).
+    pub(crate) fn block(&self, weights: crate::layers::LinearWeights) -> crate::transformer::BlockSpec {
+        let (width, heads, hidden) = (self.width, self.heads, self.mlp_hidden());
+        crate::transformer::BlockSpec { width, heads, hidden, layer_scale: false, weights }
     }
 
     fn validate(&self) -> Result<()> {

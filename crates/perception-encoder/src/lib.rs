@@ -38,6 +38,7 @@ pub mod zero_shot;
 
 mod clip;
 mod kernels;
+mod layers;
 #[doc(hidden)]
 pub use kernels::bench as kernel_bench;
 mod transformer;

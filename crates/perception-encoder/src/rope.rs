@@ -127,6 +127,16 @@ impl Rope2d {
     }
 }
 
+/// RoPE tables for one grid: tensors for the generic path, float32 vectors for the CPU kernel.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RopeTables<'a> {
+    pub rope: &'a Rope2d,
+    pub cos: &'a Tensor,
+    pub sin: &'a Tensor,
+    pub cos_f32: &'a [f32],
+    pub sin_f32: &'a [f32],
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

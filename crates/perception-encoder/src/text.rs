@@ -7,7 +7,8 @@ use candle_nn::{Embedding, VarBuilder};
 
 use crate::config::TextConfig;
 use crate::error::{Error, Result};
-use crate::transformer::{ln, LayerNorm, Transformer};
+use crate::layers::{ln, LayerNorm};
+use crate::transformer::Transformer;
 
 /// The PE text tower.
 #[derive(Debug)]
@@ -24,22 +25,14 @@ pub struct TextTransformer {
 impl TextTransformer {
     /// Build the tower; `vb` is the checkpoint root (the text tower has no prefix).
     pub fn new(cfg: &TextConfig, vb: VarBuilder) -> Result<Self> {
-        let (vb, kind) = crate::transformer::plan(vb)?;
+        let (vb, kind) = crate::layers::plan(vb)?;
         let w = cfg.width;
         let emb = vb.pp("token_embedding").get((cfg.vocab_size, w), "weight")?;
         Ok(TextTransformer {
             cfg: cfg.clone(),
             token_embedding: Embedding::new(emb, w),
             positional_embedding: vb.get((cfg.context_length, w), "positional_embedding")?,
-            transformer: Transformer::new(
-                w,
-                cfg.layers,
-                cfg.heads,
-                cfg.mlp_hidden(),
-                false,
-                vb.pp("transformer"),
-                kind,
-            )?,
+            transformer: Transformer::new(&cfg.block(kind), cfg.layers, vb.pp("transformer"))?,
             ln_final: ln(w, vb.pp("ln_final"))?,
             text_projection: vb.get((w, cfg.output_dim), "text_projection")?,
             device: vb.device().clone(),

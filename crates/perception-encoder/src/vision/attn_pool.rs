@@ -6,7 +6,8 @@ use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::error::Result;
-use crate::transformer::{attention, ln, LayerNorm, Linear, LinearWeights, Mlp};
+use crate::layers::{ln, LayerNorm, Linear, LinearWeights};
+use crate::transformer::{attention, Mlp};
 
 #[derive(Debug, Clone)]
 pub(crate) struct AttnPool {

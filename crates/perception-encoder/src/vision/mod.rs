@@ -15,8 +15,10 @@ use candle_nn::VarBuilder;
 
 use crate::config::{PoolType, VisionConfig};
 use crate::error::{Error, Result};
+use crate::layers::{ln, LayerNorm};
 use crate::rope::Rope2d;
-use crate::transformer::{ln, stop_index, LayerNorm, RopeTables, Transformer};
+use crate::rope::RopeTables;
+use crate::transformer::{stop_index, Transformer};
 use attn_pool::AttnPool;
 
 /// The PE vision tower.
@@ -45,7 +47,7 @@ impl VisionTransformer {
     /// Build the tower from `vb`, whose prefix is the tower's (`visual` in a CLIP checkpoint).
     pub fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
         let precision = vb.dtype();
-        let (vb, kind) = crate::transformer::plan(vb)?;
+        let (vb, kind) = crate::layers::plan(vb)?;
         let w = cfg.width;
         let p = cfg.patch_size;
         let conv1 = vb.pp("conv1").get((w, 3, p, p), "weight")?.reshape((w, 3 * p * p))?.t()?.contiguous()?;
@@ -53,15 +55,7 @@ impl VisionTransformer {
         let positional_embedding =
             if cfg.use_abs_posemb { Some(vb.get((cfg.num_positions(), w), "positional_embedding")?) } else { None };
         let ln_pre = if cfg.use_ln_pre { Some(ln(w, vb.pp("ln_pre"))?) } else { None };
-        let transformer = Transformer::new(
-            w,
-            cfg.layers,
-            cfg.heads,
-            cfg.mlp_hidden(),
-            cfg.ls_init_value.is_some(),
-            vb.pp("transformer"),
-            kind,
-        )?;
+        let transformer = Transformer::new(&cfg.block(kind), cfg.layers, vb.pp("transformer"))?;
         let ln_post = if cfg.use_ln_post { Some(ln(w, vb.pp("ln_post"))?) } else { None };
         let attn_pool = if cfg.pool_type == PoolType::Attn {
             Some(AttnPool::new(w, cfg.attn_pooler_heads, vb.pp("attn_pool"), kind)?)
