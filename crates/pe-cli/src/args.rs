@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use perception_encoder::preprocess::{Gray16, ImageTransform, ResizeMode, DEFAULT_MAX_PIXELS};
-use perception_encoder::{Clip, LoadOptions, ModelSource};
+use perception_encoder::{Clip, LoadOptions, ModelSource, Precision};
 
 /// `--model NAME` (weights from the hub cache), `--model NAME --weights FILE`, or
 /// `--config FILE.json --weights FILE`.
@@ -25,16 +25,32 @@ pub struct ModelArgs {
     /// accumulation, LayerNorm, softmax and GELU; about half the memory, faster on CPUs with
     /// AMX or AVX512-BF16; embeddings within cosine 0.999 of f32) or int8 (linear layers
     /// quantized; a quarter of the weight memory; see docs/performance.md for its accuracy).
-    #[arg(long, value_enum, default_value = "f32", env = "PE_DTYPE")]
+    #[arg(long, default_value = "f32", env = "PE_DTYPE", value_parser = PrecisionParser)]
     pub dtype: Precision,
 }
 
-/// `--dtype` of the commands that embed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Precision {
-    F32,
-    Bf16,
-    Int8,
+/// Parses `--dtype` into the library's [`Precision`], listing its names in `--help` and in
+/// clap's "possible values" error.
+#[derive(Debug, Clone, Copy)]
+pub struct PrecisionParser;
+
+impl clap::builder::TypedValueParser for PrecisionParser {
+    type Value = Precision;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Precision, clap::Error> {
+        let names = Precision::ALL.map(Precision::name);
+        let name = clap::builder::PossibleValuesParser::new(names).parse_ref(cmd, arg, value)?;
+        Ok(Precision::ALL.into_iter().find(|p| p.name() == name).unwrap_or_default())
+    }
+
+    fn possible_values(&self) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        Some(Box::new(Precision::ALL.into_iter().map(|p| clap::builder::PossibleValue::new(p.name()))))
+    }
 }
 
 impl ModelArgs {
@@ -43,12 +59,7 @@ impl ModelArgs {
     }
 
     pub fn options(&self) -> LoadOptions {
-        let dtype = match self.dtype {
-            Precision::F32 => perception_encoder::candle_core::DType::F32,
-            Precision::Bf16 => perception_encoder::candle_core::DType::BF16,
-            Precision::Int8 => perception_encoder::candle_core::DType::U8,
-        };
-        LoadOptions { dtype, ..LoadOptions::default() }
+        LoadOptions { precision: self.dtype, ..LoadOptions::default() }
     }
 
     pub fn load(&self) -> anyhow::Result<Clip> {

@@ -19,6 +19,7 @@ use crate::{decode, engine, metrics, openapi, ServeError, Shared, CLASSIFIER_CAC
 
 pub(crate) async fn metrics_text(State(st): State<Shared>) -> Response {
     let mut out = String::new();
+    metrics::render_model(&mut out, &st.model_name, st.precision);
     st.requests.render(&mut out);
     metrics::render_engine(&mut out, &st.engine.stats);
     metrics::render_decode(&mut out, &st.decode_budget);
@@ -31,7 +32,7 @@ pub(crate) async fn openapi_doc(State(st): State<Shared>) -> Json<Value> {
 
 pub(crate) async fn ready(State(st): State<Shared>) -> Response {
     if st.engine.ready() {
-        Json(json!({"status": "ready", "model": st.model_name})).into_response()
+        Json(json!({"status": "ready", "model": st.model_name, "precision": st.precision})).into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "loading"}))).into_response()
     }

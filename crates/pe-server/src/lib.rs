@@ -42,7 +42,7 @@ use axum::{Json, Router};
 use perception_encoder::preprocess::ImageTransform;
 use perception_encoder::tokenizer::ClipTokenizer;
 use perception_encoder::zero_shot::ZeroShotClassifier;
-use perception_encoder::Clip;
+use perception_encoder::{Clip, Precision};
 use serde_json::json;
 
 use handlers::*;
@@ -112,6 +112,8 @@ pub(crate) const CLASSIFIER_CACHE: usize = 64;
 pub(crate) struct AppState {
     pub(crate) engine: Engine,
     pub(crate) model_name: String,
+    /// The precision the model runs in (reported by `/ready` and `/metrics`).
+    pub(crate) precision: Precision,
     pub(crate) transform: ImageTransform,
     pub(crate) has_text: bool,
     /// The text tower's tokenizer (its context length).
@@ -135,6 +137,7 @@ pub fn router(model: Clip, cfg: ServerConfig) -> Router {
     transform.max_pixels = cfg.max_pixels;
     let state = Arc::new(AppState {
         model_name: model.config().name.clone(),
+        precision: model.precision(),
         has_text: model.text().is_some(),
         tokenizer: ClipTokenizer::new(model.text().map_or(2, |t| t.config().context_length)),
         layers: model.config().vision.layers,

@@ -121,6 +121,15 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// Render the served model as an info metric (always 1; the labels carry the facts).
+pub(crate) fn render_model(out: &mut String, name: &str, precision: perception_encoder::Precision) {
+    // Label values escape backslash, quote and newline (the exposition format's rule); a custom
+    // config's name may hold any of them.
+    let name = name.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+    let _ = writeln!(out, "# HELP pe_model_info The served model and its precision.\n# TYPE pe_model_info gauge");
+    let _ = writeln!(out, "pe_model_info{{model=\"{name}\",precision=\"{precision}\"}} 1");
+}
+
 /// Render the engine's counters.
 pub(crate) fn render_engine(out: &mut String, stats: &crate::engine::Stats) {
     let _ = writeln!(out, "# HELP pe_queue_depth Requests waiting for the model thread.\n# TYPE pe_queue_depth gauge");

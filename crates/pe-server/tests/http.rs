@@ -60,6 +60,7 @@ fn routes_give_the_reference_numbers() {
     assert_eq!(ureq::get(&format!("{base}/health")).call().unwrap().status(), 200);
     let ready: Value = ureq::get(&format!("{base}/ready")).call().unwrap().into_json().unwrap();
     assert_eq!(ready["status"], "ready");
+    assert_eq!(ready["precision"], "f32");
     let models: Value = ureq::get(&format!("{base}/v1/models")).call().unwrap().into_json().unwrap();
     assert_eq!(models["data"][0]["id"], "tiny-cls");
 
@@ -99,6 +100,7 @@ fn routes_give_the_reference_numbers() {
     assert!(value("pe_batch_size_count{}") >= 4.0);
     assert!(text.contains("pe_request_duration_seconds_bucket{route=\"/embed/image\",le=\"+Inf\"} 1"));
     assert_eq!(value("pe_queue_depth"), 0.0);
+    assert_eq!(value("pe_model_info{model=\"tiny-cls\",precision=\"f32\"}"), 1.0);
     // Answered requests leave the in-flight gauge; this /metrics request is still in it.
     assert_eq!(value("pe_requests_in_flight{route=\"/embed/text\"}"), 0.0);
     assert_eq!(value("pe_requests_in_flight{route=\"/metrics\"}"), 1.0);

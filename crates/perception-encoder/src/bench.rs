@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::clip::Clip;
 use crate::error::{Error, Result};
+use crate::precision::Precision;
 use crate::tokenizer::ClipTokenizer;
 use crate::zero_shot::imagenet_classes;
 
@@ -28,8 +29,8 @@ pub struct BenchReport {
     pub model: String,
     /// Timed tower.
     pub tower: Tower,
-    /// Compute dtype.
-    pub dtype: String,
+    /// Precision (serialized as `f32`, `bf16` or `int8`, as before).
+    pub dtype: Precision,
     /// Items per batch.
     pub batch_size: usize,
     /// Worker threads.
@@ -122,10 +123,7 @@ pub fn run(model: &Clip, tower: Tower, batch_size: usize, iters: usize, threads:
     Ok(BenchReport {
         model: model.config().name.clone(),
         tower,
-        dtype: match model.dtype() {
-            DType::U8 => "int8".to_string(),
-            d => format!("{d:?}").to_lowercase(),
-        },
+        dtype: model.precision(),
         batch_size,
         threads,
         iters,

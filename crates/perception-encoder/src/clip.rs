@@ -8,6 +8,7 @@ use candle_nn::VarBuilder;
 
 use crate::config::{ClipConfig, VisionConfig};
 use crate::error::{Error, Result};
+use crate::precision::Precision;
 use crate::text::TextTransformer;
 use crate::vision::{l2_normalize, VisionTransformer};
 use crate::weights::{random_state_dict, Checkpoint};
@@ -47,29 +48,21 @@ impl candle_nn::var_builder::SimpleBackend for TakeTensors {
 pub struct LoadOptions {
     /// The device the weights are placed on.
     pub device: Device,
-    /// The precision; stored weights of any float type are converted to it.
-    ///
-    /// - `F32`: the reference's numbers (parity within 1e-5).
-    /// - `BF16`: on the CPU, the linear layers keep bfloat16 weights and round their inputs to
-    ///   bfloat16, accumulating in float32 (AMX or AVX512-BF16 where present); with AMX the
-    ///   attention products take bfloat16 operands too (as PyTorch's autocast does). LayerNorm,
-    ///   softmax, GELU and residuals stay float32. Embeddings within cosine 0.999 of `F32`.
-    ///   On other devices every tensor is bfloat16.
-    /// - `U8`: int8 linear layers (CPU only): weights quantized per output channel at load,
-    ///   inputs per row on the fly, int32 sums (AMX-INT8 where present); float32 elsewhere.
-    /// - `F16`, `F64`: every tensor in that dtype through candle's generic operations.
+    /// The precision (see [`Precision`]); stored weights of any float type are converted.
+    /// Other dtypes (F16, F64 through candle's generic operations) are reached by building
+    /// with [`Clip::new`] from a `VarBuilder` in that dtype.
     ///
     /// ```
-    /// use perception_encoder::{candle_core::DType, LoadOptions};
-    /// let fast = LoadOptions { dtype: DType::BF16, ..LoadOptions::default() };
+    /// use perception_encoder::{LoadOptions, Precision};
+    /// let fast = LoadOptions { precision: Precision::Bf16, ..LoadOptions::default() };
     /// # let _ = fast;
     /// ```
-    pub dtype: DType,
+    pub precision: Precision,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { device: Device::Cpu, dtype: DType::F32 }
+        LoadOptions { device: Device::Cpu, precision: Precision::F32 }
     }
 }
 
@@ -162,13 +155,20 @@ pub struct Clip {
 }
 
 impl Clip {
-    /// Build from a [`VarBuilder`] in the official layout.
+    /// Build from a [`VarBuilder`] in the official layout, in the `VarBuilder`'s dtype:
+    /// `BF16` takes [`Precision::Bf16`], F32, F16 and F64 compute in that dtype.
     pub fn new(cfg: &ClipConfig, vb: VarBuilder) -> Result<Self> {
+        let precision = if vb.dtype() == DType::BF16 { Precision::Bf16 } else { Precision::F32 };
+        Self::with_precision(cfg, vb, precision)
+    }
+
+    /// Build from a [`VarBuilder`] in the official layout, in `precision`.
+    pub fn with_precision(cfg: &ClipConfig, vb: VarBuilder, precision: Precision) -> Result<Self> {
         cfg.validate()?;
         // The towers are independent, so they load side by side.
         let (visual, text) = rayon::join(
-            || VisionTransformer::new(&cfg.vision, vb.pp("visual")),
-            || cfg.text.as_ref().map(|t| TextTransformer::new(t, vb.clone())).transpose(),
+            || VisionTransformer::new(&cfg.vision, vb.pp("visual"), precision),
+            || cfg.text.as_ref().map(|t| TextTransformer::new(t, vb.clone(), precision)).transpose(),
         );
         let (visual, text) = (visual?, text?);
         let logit_scale = match &text {
@@ -184,8 +184,8 @@ impl Clip {
         cfg.validate()?;
         let ckpt = Checkpoint::open(path)?;
         ckpt.check(cfg)?;
-        let vb = ckpt.into_var_builder(opts.dtype, &opts.device);
-        Self::new(cfg, vb)
+        let vb = ckpt.into_var_builder(opts.precision.load_dtype(), &opts.device);
+        Self::with_precision(cfg, vb, opts.precision)
     }
 
     /// A preset with its official weights from the hub cache, downloading them if needed
@@ -200,15 +200,14 @@ impl Clip {
     /// it, so weights re-laid out at load do not coexist with their originals.
     pub fn from_tensors(cfg: &ClipConfig, tensors: Vec<(String, Tensor)>, opts: &LoadOptions) -> Result<Self> {
         let backend = TakeTensors(std::sync::Mutex::new(tensors.into_iter().collect()));
-        Self::new(cfg, VarBuilder::from_backend(Box::new(backend), opts.dtype, opts.device.clone()))
+        let vb = VarBuilder::from_backend(Box::new(backend), opts.precision.load_dtype(), opts.device.clone());
+        Self::with_precision(cfg, vb, opts.precision)
     }
 
     /// A model with seeded random weights (see [`random_state_dict`]), for benchmarks and tests.
     pub fn random(cfg: &ClipConfig, seed: u64, opts: &LoadOptions) -> Result<Self> {
         cfg.validate()?;
-        // int8 quantizes float weights at load.
-        let dtype = if opts.dtype == DType::U8 { DType::F32 } else { opts.dtype };
-        let tensors = random_state_dict(cfg, seed, dtype, &opts.device)?;
+        let tensors = random_state_dict(cfg, seed, opts.precision.load_dtype(), &opts.device)?;
         Self::from_tensors(cfg, tensors, opts)
     }
 
@@ -224,9 +223,9 @@ impl Clip {
     pub fn text(&self) -> Option<&TextTransformer> {
         self.text.as_ref()
     }
-    /// The compute dtype.
-    pub fn dtype(&self) -> DType {
-        self.visual.dtype()
+    /// The precision the model was built for.
+    pub fn precision(&self) -> Precision {
+        self.visual.precision()
     }
 
     fn text_tower(&self) -> Result<&TextTransformer> {

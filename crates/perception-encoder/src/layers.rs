@@ -10,6 +10,7 @@ use candle_nn::VarBuilder;
 
 use crate::error::Result;
 use crate::kernels;
+use crate::precision::Precision;
 use crate::rope::RopeTables;
 
 /// LayerNorm epsilon used everywhere in PE.
@@ -66,18 +67,20 @@ pub(crate) enum LinearWeights {
     Int8,
 }
 
-/// The modules' float32 view of a bfloat16 `vb` on the CPU (when the kernels are on): the
-/// linear layers keep bfloat16 weights and run the bf16 kernels (with AMX, so do the attention
-/// products), everything else (LayerNorm, softmax, GELU, residuals, embeddings) computes in
-/// float32, as PyTorch's bf16 autocast does.
-/// `U8` means int8 linear layers (CPU only), float32 elsewhere. Other dtypes and devices build
-/// as asked.
-pub(crate) fn plan(vb: VarBuilder) -> Result<(VarBuilder, LinearWeights)> {
-    match vb.dtype() {
-        DType::U8 if vb.device().is_cpu() => Ok((vb.to_dtype(DType::F32), LinearWeights::Int8)),
-        DType::U8 => Err(crate::Error::InvalidConfig("int8 (dtype U8) runs on the CPU only".into())),
-        DType::BF16 if vb.device().is_cpu() && kernels::enabled() => Ok((vb.to_dtype(DType::F32), LinearWeights::Bf16)),
-        _ => Ok((vb, LinearWeights::Native)),
+/// The modules' view of `vb` for `precision`, and how the linear layers keep their weights.
+/// On the CPU (with the kernels on) bf16 and int8 keep only the linear layers' weights in
+/// reduced precision and run their kernels (with AMX, bf16 attention products too); everything
+/// else (LayerNorm, softmax, GELU, residuals, embeddings) computes in float32, as PyTorch's bf16
+/// autocast does. Elsewhere bf16 means every tensor in bfloat16, and int8 is refused. `F32`
+/// builds in `vb`'s own dtype (float32, or the F16/F64 of a `VarBuilder` given to `Clip::new`).
+pub(crate) fn plan(vb: VarBuilder, precision: Precision) -> Result<(VarBuilder, LinearWeights)> {
+    let kernels_on = vb.device().is_cpu() && kernels::enabled();
+    match precision {
+        Precision::Int8 if vb.device().is_cpu() => Ok((vb.to_dtype(DType::F32), LinearWeights::Int8)),
+        Precision::Int8 => Err(crate::Error::InvalidConfig("int8 runs on the CPU only".into())),
+        Precision::Bf16 if kernels_on => Ok((vb.to_dtype(DType::F32), LinearWeights::Bf16)),
+        Precision::Bf16 => Ok((vb.to_dtype(DType::BF16), LinearWeights::Native)),
+        Precision::F32 => Ok((vb, LinearWeights::Native)),
     }
 }
 

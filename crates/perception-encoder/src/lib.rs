@@ -27,6 +27,7 @@ pub mod bench;
 pub mod config;
 pub mod error;
 pub mod hub;
+pub mod precision;
 pub mod preprocess;
 pub mod rope;
 pub mod text;
@@ -46,6 +47,7 @@ mod transformer;
 pub use clip::{Clip, ClipOutput, LoadOptions, ModelSource};
 pub use config::{ClipConfig, PoolType, TextConfig, VisionConfig, PRESET_NAMES};
 pub use error::{Error, Result};
+pub use precision::Precision;
 pub use text::TextTransformer;
 pub use vision::{l2_normalize, VisionTransformer};
 

@@ -8,6 +8,7 @@ use candle_nn::{Embedding, VarBuilder};
 use crate::config::TextConfig;
 use crate::error::{Error, Result};
 use crate::layers::{ln, LayerNorm};
+use crate::precision::Precision;
 use crate::transformer::Transformer;
 
 /// The PE text tower.
@@ -23,9 +24,9 @@ pub struct TextTransformer {
 }
 
 impl TextTransformer {
-    /// Build the tower; `vb` is the checkpoint root (the text tower has no prefix).
-    pub fn new(cfg: &TextConfig, vb: VarBuilder) -> Result<Self> {
-        let (vb, kind) = crate::layers::plan(vb)?;
+    /// Build the tower in `precision`; `vb` is the checkpoint root (the text tower has no prefix).
+    pub fn new(cfg: &TextConfig, vb: VarBuilder, precision: Precision) -> Result<Self> {
+        let (vb, kind) = crate::layers::plan(vb, precision)?;
         let w = cfg.width;
         let emb = vb.pp("token_embedding").get((cfg.vocab_size, w), "weight")?;
         Ok(TextTransformer {

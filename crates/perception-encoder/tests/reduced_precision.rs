@@ -1,7 +1,7 @@
-//! `dtype: BF16` (`--dtype bf16`): bfloat16 linear weights and inputs with float32 accumulation,
+//! `Precision::Bf16` (`--dtype bf16`): bfloat16 linear weights and inputs with float32 accumulation,
 //! float32 elsewhere. Its embeddings must stay within cosine 0.999 of the float32 model's, on
 //! the fixture images and prompts, for the fixtures' tiny models and a full-size random B16.
-//! `dtype: U8` (`--dtype int8`): int8 linear layers; its cosines are printed and held to
+//! `Precision::Int8` (`--dtype int8`): int8 linear layers; its cosines are printed and held to
 //! [`MIN_COSINE_INT8`].
 
 use candle_core::{DType, Device, Tensor};
@@ -10,18 +10,18 @@ use perception_encoder::candle_core;
 use perception_encoder::preprocess::ImageTransform;
 use perception_encoder::tokenizer::ClipTokenizer;
 use perception_encoder::weights::random_state_dict;
-use perception_encoder::{Clip, ClipConfig, LoadOptions};
+use perception_encoder::{Clip, ClipConfig, LoadOptions, Precision};
 
 const MIN_COSINE: f32 = 0.999;
 /// int8 with per-channel weights and per-row activations.
 const MIN_COSINE_INT8: f32 = 0.998;
 
-fn opts(dtype: DType) -> LoadOptions {
-    LoadOptions { dtype, ..LoadOptions::default() }
+fn opts(precision: Precision) -> LoadOptions {
+    LoadOptions { precision, ..LoadOptions::default() }
 }
 
-fn bound(dtype: DType) -> f32 {
-    if dtype == DType::U8 {
+fn bound(precision: Precision) -> f32 {
+    if precision == Precision::Int8 {
         MIN_COSINE_INT8
     } else {
         MIN_COSINE
@@ -56,7 +56,7 @@ fn prompts() -> Vec<String> {
 
 /// Image and text cosines between `f32` and `low` on the fixture inputs; asserts the bound.
 fn compare(label: &str, dir: &std::path::Path, f32m: &Clip, low: &Clip) {
-    let min = bound(low.dtype());
+    let min = bound(low.precision());
     let x = images(dir, f32m);
     let img = cosines(&f32m.encode_image(&x, true).unwrap(), &low.encode_image(&x, true).unwrap());
     let mut worst = img.iter().copied().fold(1f32, f32::min);
@@ -78,10 +78,10 @@ fn tiny_models_in_bf16_and_int8_stay_close_to_float32() {
     for (name, ckpt) in [("tiny-cls", "tiny-cls.pt"), ("tiny-nocls", "tiny-nocls.safetensors")] {
         let cfg = ClipConfig::from_json_file(dir.join(format!("{name}.json"))).unwrap();
         let f32m = Clip::load(&cfg, dir.join(ckpt), &LoadOptions::default()).unwrap();
-        for dtype in [DType::BF16, DType::U8] {
-            let low = Clip::load(&cfg, dir.join(ckpt), &opts(dtype)).unwrap();
-            assert_eq!(low.dtype(), dtype);
-            compare(&format!("{name} {dtype:?}"), &dir, &f32m, &low);
+        for precision in [Precision::Bf16, Precision::Int8] {
+            let low = Clip::load(&cfg, dir.join(ckpt), &opts(precision)).unwrap();
+            assert_eq!(low.precision(), precision);
+            compare(&format!("{name} {precision}"), &dir, &f32m, &low);
         }
     }
 }
@@ -93,8 +93,8 @@ fn b16_in_bf16_and_int8_stays_close_to_float32() {
     let tensors = random_state_dict(&cfg, 11, DType::F32, &Device::Cpu).unwrap();
     // Tensors share their storage: both models are built from the same float32 weights.
     let f32m = Clip::from_tensors(&cfg, tensors.clone(), &LoadOptions::default()).unwrap();
-    for dtype in [DType::BF16, DType::U8] {
-        let low = Clip::from_tensors(&cfg, tensors.clone(), &opts(dtype)).unwrap();
-        compare(&format!("PE-Core-B16-224 (random) {dtype:?}"), &dir, &f32m, &low);
+    for precision in [Precision::Bf16, Precision::Int8] {
+        let low = Clip::from_tensors(&cfg, tensors.clone(), &opts(precision)).unwrap();
+        compare(&format!("PE-Core-B16-224 (random) {precision}"), &dir, &f32m, &low);
     }
 }

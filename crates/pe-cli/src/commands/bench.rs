@@ -5,22 +5,13 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use perception_encoder::bench::{self, Tower};
-use perception_encoder::candle_core::DType;
-use perception_encoder::{Clip, ClipConfig, LoadOptions};
+use perception_encoder::{Clip, ClipConfig, LoadOptions, Precision};
 
 /// Which tower to time.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum TowerArg {
     Image,
     Text,
-}
-
-/// Compute dtype.
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum DTypeArg {
-    F32,
-    Bf16,
-    Int8,
 }
 
 /// Arguments of `pe bench`.
@@ -44,26 +35,21 @@ pub struct BenchCmd {
     /// Timed batches (after one warm-up batch).
     #[arg(long, default_value_t = 5)]
     iters: usize,
-    /// Compute dtype.
-    #[arg(long, value_enum, default_value = "f32")]
-    dtype: DTypeArg,
+    /// Precision: f32, bf16 or int8 (as the embedding commands' --dtype).
+    #[arg(long, default_value = "f32", value_parser = crate::args::PrecisionParser)]
+    dtype: Precision,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
 }
 
 pub fn run(cmd: BenchCmd, threads: usize) -> anyhow::Result<ExitCode> {
-    let dtype = match cmd.dtype {
-        DTypeArg::F32 => DType::F32,
-        DTypeArg::Bf16 => DType::BF16,
-        DTypeArg::Int8 => DType::U8,
-    };
     let cfg = match (&cmd.model, &cmd.config) {
         (Some(name), _) => ClipConfig::preset(name)?,
         (None, Some(path)) => ClipConfig::from_json_file(path)?,
         (None, None) => unreachable!("clap requires one"),
     };
-    let opts = LoadOptions { dtype, ..LoadOptions::default() };
+    let opts = LoadOptions { precision: cmd.dtype, ..LoadOptions::default() };
     let started = Instant::now();
     let model = match &cmd.weights {
         Some(w) => Clip::load(&cfg, w, &opts)?,

@@ -16,6 +16,7 @@ use candle_nn::VarBuilder;
 use crate::config::{PoolType, VisionConfig};
 use crate::error::{Error, Result};
 use crate::layers::{ln, LayerNorm};
+use crate::precision::Precision;
 use crate::rope::Rope2d;
 use crate::rope::RopeTables;
 use crate::transformer::{stop_index, Transformer};
@@ -36,18 +37,18 @@ pub struct VisionTransformer {
     attn_pool: Option<AttnPool>,
     proj: Option<Tensor>,
     rope: Option<Rope2d>,
-    /// The dtype asked for (reported by [`VisionTransformer::dtype`]).
-    precision: DType,
+    /// The precision asked for (reported by [`VisionTransformer::precision`]).
+    precision: Precision,
     /// The activations' dtype (float32 when bfloat16 runs through the CPU kernels).
     act_dtype: DType,
     device: Device,
 }
 
 impl VisionTransformer {
-    /// Build the tower from `vb`, whose prefix is the tower's (`visual` in a CLIP checkpoint).
-    pub fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
-        let precision = vb.dtype();
-        let (vb, kind) = crate::layers::plan(vb)?;
+    /// Build the tower from `vb`, whose prefix is the tower's (`visual` in a CLIP checkpoint),
+    /// in `precision` (see [`Precision`]).
+    pub fn new(cfg: &VisionConfig, vb: VarBuilder, precision: Precision) -> Result<Self> {
+        let (vb, kind) = crate::layers::plan(vb, precision)?;
         let w = cfg.width;
         let p = cfg.patch_size;
         let conv1 = vb.pp("conv1").get((w, 3, p, p), "weight")?.reshape((w, 3 * p * p))?.t()?.contiguous()?;
@@ -90,10 +91,16 @@ impl VisionTransformer {
         &self.cfg
     }
 
-    /// The dtype the model was built for. With bfloat16 on the CPU the linear layers hold
-    /// bfloat16 weights and the rest computes in float32 (see [`crate::LoadOptions`]).
-    pub fn dtype(&self) -> DType {
+    /// The precision the model was built for. With bf16 or int8 on the CPU the linear layers
+    /// hold reduced-precision weights and the rest computes in float32.
+    pub fn precision(&self) -> Precision {
         self.precision
+    }
+
+    /// The activations' dtype: float32 on the CPU in every [`Precision`], bfloat16 for bf16 on
+    /// other devices, or the dtype of a `VarBuilder` given to [`crate::Clip::new`].
+    pub fn dtype(&self) -> DType {
+        self.act_dtype
     }
 
     /// The device the weights live on.
