@@ -52,10 +52,10 @@ pub struct BenchReport {
 /// The vector unit of the element-wise and skinny kernels in this process: `"avx512"`,
 /// `"avx2"` or `"baseline"` (see `PE_SIMD` in docs/performance.md).
 pub fn simd_level() -> &'static str {
-    match crate::kernels::math::simd() {
-        crate::kernels::math::Simd::Avx512 => "avx512",
-        crate::kernels::math::Simd::Avx2 => "avx2",
-        crate::kernels::math::Simd::Baseline => "baseline",
+    match crate::kernels::cpu::simd() {
+        crate::kernels::cpu::Simd::Avx512 => "avx512",
+        crate::kernels::cpu::Simd::Avx2 => "avx2",
+        crate::kernels::cpu::Simd::Baseline => "baseline",
     }
 }
 

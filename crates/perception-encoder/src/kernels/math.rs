@@ -45,36 +45,6 @@ pub(crate) fn erf(x: f32) -> f32 {
     p / q
 }
 
-/// The widest vector unit this CPU has, asked once. The crate is built for baseline x86-64
-/// (SSE2), so the element-wise loops below are compiled again inside `target_feature`
-/// wrappers and picked at run time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Simd {
-    Avx512,
-    Avx2,
-    Baseline,
-}
-
-/// The vector unit the element-wise kernels use: the widest this CPU has, unless `PE_SIMD`
-/// (`avx512`, `avx2`, `baseline`) names a narrower one, so that the code paths of older CPUs
-/// can be run, and tested, on a newer one. Asked once per process.
-pub(crate) fn simd() -> Simd {
-    static S: std::sync::OnceLock<Simd> = std::sync::OnceLock::new();
-    *S.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        let (avx512, avx2) = {
-            let fma = is_x86_feature_detected!("fma");
-            (is_x86_feature_detected!("avx512f") && fma, is_x86_feature_detected!("avx2") && fma)
-        };
-        #[cfg(not(target_arch = "x86_64"))]
-        let (avx512, avx2) = (false, false);
-        super::choose(
-            "PE_SIMD",
-            &[("avx512", Simd::Avx512, avx512), ("avx2", Simd::Avx2, avx2), ("baseline", Simd::Baseline, true)],
-        )
-    })
-}
-
 /// Run `f` compiled for the best available vector unit (`f` must be `#[inline(always)]`).
 macro_rules! dispatch {
     ($f:ident($($arg:expr),*)) => {{
@@ -84,16 +54,16 @@ macro_rules! dispatch {
             unsafe fn wide<'a, R>(f: impl FnOnce() -> R + 'a) -> R { f() }
             #[target_feature(enable = "avx2,fma")]
             unsafe fn mid<'a, R>(f: impl FnOnce() -> R + 'a) -> R { f() }
-            match $crate::kernels::math::simd() {
+            match $crate::kernels::cpu::simd() {
                 // SAFETY: the CPU has the features (checked at run time).
-                $crate::kernels::math::Simd::Avx512 => unsafe { wide(|| $f($($arg),*)) },
-                $crate::kernels::math::Simd::Avx2 => unsafe { mid(|| $f($($arg),*)) },
-                $crate::kernels::math::Simd::Baseline => $f($($arg),*),
+                $crate::kernels::cpu::Simd::Avx512 => unsafe { wide(|| $f($($arg),*)) },
+                $crate::kernels::cpu::Simd::Avx2 => unsafe { mid(|| $f($($arg),*)) },
+                $crate::kernels::cpu::Simd::Baseline => $f($($arg),*),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
-            let _ = $crate::kernels::math::simd();
+            let _ = $crate::kernels::cpu::simd();
             $f($($arg),*)
         }
     }};

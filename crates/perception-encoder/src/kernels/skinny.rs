@@ -224,12 +224,12 @@ unsafe fn body_avx2(p: &Problem, j0: usize, out: &mut [f32]) {
 /// `x (m, k) @ w (k, n) + bias (n)`, row-major, returned as `(m, n)`.
 pub(crate) fn matmul(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, bias: Option<&[f32]>) -> Vec<f32> {
     // The same run-time choice (cached once) as the element-wise kernels.
-    matmul_with(super::math::simd(), x, m, k, w, n, bias)
+    matmul_with(super::cpu::simd(), x, m, k, w, n, bias)
 }
 
 /// [`matmul`] with the vector unit chosen by the caller (it must be available).
 fn matmul_with(
-    simd: super::math::Simd,
+    simd: super::cpu::Simd,
     x: &[f32],
     m: usize,
     k: usize,
@@ -247,9 +247,9 @@ fn matmul_with(
             match simd {
                 // SAFETY: `simd()` detected the feature at run time.
                 #[cfg(target_arch = "x86_64")]
-                super::math::Simd::Avx512 => unsafe { body_avx512(&p, j0, &mut out) },
+                super::cpu::Simd::Avx512 => unsafe { body_avx512(&p, j0, &mut out) },
                 #[cfg(target_arch = "x86_64")]
-                super::math::Simd::Avx2 => unsafe { body_avx2(&p, j0, &mut out) },
+                super::cpu::Simd::Avx2 => unsafe { body_avx2(&p, j0, &mut out) },
                 _ => body::<false>(&p, j0, &mut out),
             }
             (j0, out)
@@ -269,7 +269,7 @@ fn matmul_with(
 mod tests {
     #[test]
     fn every_available_vector_unit_matches_a_naive_product() {
-        use crate::kernels::math::Simd;
+        use crate::kernels::cpu::Simd;
         let mut levels = vec![Simd::Baseline];
         #[cfg(target_arch = "x86_64")]
         {
@@ -290,7 +290,7 @@ mod tests {
         }
     }
 
-    fn check(simd: crate::kernels::math::Simd, m: usize, k: usize, n: usize) {
+    fn check(simd: crate::kernels::cpu::Simd, m: usize, k: usize, n: usize) {
         let x: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0).collect();
         let w: Vec<f32> = (0..k * n).map(|i| ((i * 5 % 11) as f32 - 5.0) / 7.0).collect();
         let b: Vec<f32> = (0..n).map(|j| j as f32 / 100.0).collect();

@@ -6,6 +6,9 @@
 //! (`S = q k^T * scale`, `O = softmax(S) v`). Splitting each small head matrix across threads,
 //! as a generic batched matmul does, leaves the cores mostly idle.
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
+
 use rayon::prelude::*;
 
 use super::SendPtr;
@@ -131,7 +134,7 @@ pub(crate) fn attention(qkv: &[f32], s: Shape, causal: bool) -> Vec<f32> {
 pub(crate) fn attention_bf16(qkv: &[f32], s: Shape, causal: bool) -> Option<Vec<f32>> {
     #[cfg(target_arch = "x86_64")]
     {
-        if !super::bf16::amx_attention(s.head_dim) {
+        if !amx::available(s.head_dim) {
             return None;
         }
         let w = s.width();
@@ -139,21 +142,18 @@ pub(crate) fn attention_bf16(qkv: &[f32], s: Shape, causal: bool) -> Option<Vec<
         assert_eq!(qkv.len(), s.batch * n * 3 * w, "packed qkv size");
         let mut out = super::uninit::<f32>(s.batch * n * w);
         let out_ptr = SendPtr(out.as_mut_ptr().cast());
-        (0..s.batch * s.heads).into_par_iter().for_each_init(
-            super::bf16::AttentionScratch::default,
-            |scratch, task| {
-                let (b, h) = (task / s.heads, task % s.heads);
-                let base = b * n * 3 * w + h * d;
-                let (q, k, v) = (&qkv[base..], &qkv[base + w..], &qkv[base + 2 * w..]);
-                // SAFETY: AMX is selected (checked above); q, k, v hold n rows of d at stride 3w
-                // (the last ends at base + (n-1)*3w + 2w + d <= qkv.len()); this task alone writes
-                // columns h*d..(h+1)*d of batch b's n rows of `out`.
-                unsafe {
-                    let head = super::bf16::Head { q, k, v, rs: 3 * w, n, d, causal };
-                    super::bf16::amx_attention_head(head, out_ptr.at(b * n * w + h * d), w, scratch)
-                };
-            },
-        );
+        (0..s.batch * s.heads).into_par_iter().for_each_init(amx::AttentionScratch::default, |scratch, task| {
+            let (b, h) = (task / s.heads, task % s.heads);
+            let base = b * n * 3 * w + h * d;
+            let (q, k, v) = (&qkv[base..], &qkv[base + w..], &qkv[base + 2 * w..]);
+            // SAFETY: AMX is selected (checked above); q, k, v hold n rows of d at stride 3w
+            // (the last ends at base + (n-1)*3w + 2w + d <= qkv.len()); this task alone writes
+            // columns h*d..(h+1)*d of batch b's n rows of `out`.
+            unsafe {
+                let head = amx::Head { q, k, v, rs: 3 * w, n, d, causal };
+                amx::attention_head(head, out_ptr.at(b * n * w + h * d), w, scratch)
+            };
+        });
         // SAFETY: the (batch, head) tasks write every column of every row.
         Some(unsafe { super::assume_init(out) })
     }

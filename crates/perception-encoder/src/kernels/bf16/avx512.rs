@@ -1,0 +1,135 @@
+//! bf16 products on AVX512-BF16 (`vdpbf16ps`): register tiles of 12 rows x 32 columns, the
+//! rounding of activations, and the softmax that rounds its output for the attention.
+
+use std::arch::x86_64::*;
+
+use super::{round_rows, to_bf16, PackedBf16};
+use crate::kernels::panels::PANEL;
+use crate::kernels::tiles::{by_register_tiles, panel_masks, TileOperands};
+
+/// Rows per register tile: 12 rows x 32 columns = 24 accumulators.
+const MR: usize = 12;
+/// Rows per task.
+const MC: usize = 96;
+
+/// `src` rounded to bf16 into `dst` (`src.len()` values; `dst` need not be initialized).
+///
+/// # Safety
+/// The CPU has AVX512-BF16; `dst` is valid for `src.len()` writes.
+#[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl")]
+pub(crate) unsafe fn round_row(src: &[f32], dst: *mut u16) {
+    let n = src.len();
+    let mut i = 0;
+    while i + 16 <= n {
+        let v = _mm512_cvtneps_pbh(_mm512_loadu_ps(src.as_ptr().add(i)));
+        _mm256_storeu_si256(dst.add(i).cast(), std::mem::transmute::<__m256bh, __m256i>(v));
+        i += 16;
+    }
+    for (j, &v) in src.iter().enumerate().skip(i) {
+        dst.add(j).write(to_bf16(v));
+    }
+}
+
+/// Softmax of `s` (its values are overwritten), rounded to bf16 into `dst`: the final
+/// scaling and the rounding in one pass.
+///
+/// # Safety
+/// The CPU has AVX-512F/BF16 (and AVX2/FMA); `dst` is as long as `s`.
+#[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl,avx2,fma")]
+pub(crate) unsafe fn softmax_to_bf16(s: &mut [f32], dst: &mut [u16]) {
+    // Whole vectors with a masked last one: rows are 197 or 257 long, and a scalar tail of
+    // `exp` and bf16 rounding cost as much as the vectors before it.
+    let n = s.len();
+    assert_eq!(dst.len(), n, "softmax_to_bf16 lengths");
+    let (p, d) = (s.as_mut_ptr(), dst.as_mut_ptr());
+    let mask = |i: usize| -> __mmask16 {
+        if n - i >= 16 {
+            0xffff
+        } else {
+            (1u16 << (n - i)) - 1
+        }
+    };
+    let neg_inf = _mm512_set1_ps(f32::NEG_INFINITY);
+    let mut max = neg_inf;
+    for i in (0..n).step_by(16) {
+        max = _mm512_max_ps(max, _mm512_mask_loadu_ps(neg_inf, mask(i), p.add(i)));
+    }
+    let max = _mm512_set1_ps(_mm512_reduce_max_ps(max));
+    let mut sum = _mm512_setzero_ps();
+    for i in (0..n).step_by(16) {
+        let k = mask(i);
+        let e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, p.add(i)), max));
+        _mm512_mask_storeu_ps(p.add(i), k, e);
+        sum = _mm512_mask_add_ps(sum, k, sum, e);
+    }
+    let inv = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(sum));
+    for i in (0..n).step_by(16) {
+        let k = mask(i);
+        let v = _mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_maskz_loadu_ps(k, p.add(i)), inv));
+        _mm256_mask_storeu_epi16(d.add(i).cast(), k, std::mem::transmute::<__m256bh, __m256i>(v));
+    }
+}
+
+/// [`crate::kernels::math::exp`] on 16 lanes with fused multiply-adds (so within a few
+/// ulp of it, not bit-identical).
+#[inline]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn exp16(x: __m512) -> __m512 {
+    const ROUND: f32 = 12_582_912.0;
+    let x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0)), _mm512_set1_ps(88.0));
+    let shifted = _mm512_fmadd_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E), _mm512_set1_ps(ROUND));
+    let n = _mm512_sub_ps(shifted, _mm512_set1_ps(ROUND));
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_145_75), x);
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428_606_8e-6), r);
+    let mut e = _mm512_set1_ps(1.0 / 5040.0);
+    for c in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(c));
+    }
+    let bits = _mm512_sub_epi32(_mm512_castps_si512(shifted), _mm512_set1_epi32(ROUND.to_bits() as i32 - 127));
+    _mm512_mul_ps(_mm512_castsi512_ps(_mm512_slli_epi32::<23>(bits)), e)
+}
+
+/// One register tile: its operands (bf16 rows, a panel of pairs) and the panel's bias.
+#[derive(Clone, Copy)]
+struct Tile {
+    op: TileOperands<u16, u16>,
+    bias: *const f32,
+}
+
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn tile<const R: usize>(t: Tile) {
+    let Tile { op: TileOperands { a, lda, b, c, ldc, cols, .. }, bias } = t;
+    let kp = lda / 2;
+    let mut acc0 = [_mm512_setzero_ps(); R];
+    let mut acc1 = [_mm512_setzero_ps(); R];
+    for j in 0..kp {
+        let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(j * 64).cast()));
+        let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(j * 64 + 32).cast()));
+        for r in 0..R {
+            let pair = std::ptr::read_unaligned(a.add(r * lda + 2 * j).cast::<i32>());
+            let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair));
+            acc0[r] = _mm512_dpbf16_ps(acc0[r], av, b0);
+            acc1[r] = _mm512_dpbf16_ps(acc1[r], av, b1);
+        }
+    }
+    let (bias0, bias1) = (_mm512_loadu_ps(bias), _mm512_loadu_ps(bias.add(16)));
+    let (m0, m1) = panel_masks(cols);
+    for r in 0..R {
+        let row = c.add(r * ldc);
+        _mm512_mask_storeu_ps(row, m0, _mm512_add_ps(acc0[r], bias0));
+        _mm512_mask_storeu_ps(row.add(16), m1, _mm512_add_ps(acc1[r], bias1));
+    }
+}
+
+pub(super) fn matmul(x: &[f32], m: usize, w: &PackedBf16) -> Vec<f32> {
+    let a = round_rows(x, m, w.k, w.k_pad, m);
+    let tile_at = |op: TileOperands<u16, u16>| {
+        let t = Tile { op, bias: w.bias[op.panel * PANEL..].as_ptr() };
+        // SAFETY: the CPU has AVX512-BF16 (this implementation is only selected then);
+        // the operands hold the tile's rows of k_pad and the panel's k_pad/2 pairs of 64,
+        // the bias a whole panel; the output block is this task's alone and the stores
+        // are masked to the panel's valid columns.
+        unsafe { crate::kernels::tiles::rows_1_to_12!(op.rows, tile, t) }
+    };
+    unsafe { by_register_tiles(&a, m, w, MC, MR, tile_at) }
+}

@@ -1,0 +1,234 @@
+//! `y = x W^T + b` with int8 weights and activations (the `--dtype int8` path).
+//!
+//! Weights are quantized once at load, symmetrically per output channel
+//! (`s_j = max|W[j, :]| / 127`); activations dynamically per row (`t_i = max|x[i, :]| / 127`).
+//! Products are summed exactly in int32 and scaled back: `y[i, j] = t_i s_j sum_k qx qw + b_j`.
+//!
+//! The packed layout mirrors the bf16 one with quadruples instead of pairs: columns in panels of
+//! 32, and for each group of four input rows the 32 columns' quadruples side by side, which is
+//! AMX's `tdpbssd` tile operand and, 16 columns at a time, AVX512-VNNI's `vpdpbusd` operand.
+//! Implementations, chosen at run time (`PE_INT8_KERNEL=amx|vnni|portable` forces one):
+//! AMX-INT8 tiles where the CPU has them and Linux grants the tile state; AVX512-VNNI (Ice Lake,
+//! Zen 4 and later); else a portable path (the integer operands as float32 through the `gemm`
+//! crate: exact products, float32 sums). AMX and VNNI give bit-identical integer sums.
+
+#[cfg(target_arch = "x86_64")]
+mod amx;
+#[cfg(target_arch = "x86_64")]
+mod vnni;
+
+use rayon::prelude::*;
+
+use super::panels::{per_column, Panels};
+
+/// `K` is padded to this (one AMX tile row of int8).
+const K_ALIGN: usize = 64;
+
+/// A weight `(n, k)` quantized to int8 per output channel and packed (quadruples of input rows;
+/// see [`super::panels`]).
+#[derive(Debug, Clone)]
+pub(crate) struct PackedI8 {
+    w: Panels<i8>,
+    /// Per-column scale, padded to a whole panel.
+    scale: Vec<f32>,
+    /// Bias, padded to a whole panel.
+    bias: Vec<f32>,
+    /// `128 * sum_k qW[j, k]` per column, padded to a whole panel: `vpdpbusd` multiplies
+    /// unsigned by signed bytes, so activations go in shifted by 128 and this takes it back out.
+    shift_comp: Vec<i32>,
+}
+
+impl std::ops::Deref for PackedI8 {
+    type Target = Panels<i8>;
+    fn deref(&self) -> &Panels<i8> {
+        &self.w
+    }
+}
+
+/// `v / scale` rounded to the nearest integer (ties to even, as PyTorch's quantizers do) in
+/// -127..=127. Rounding by adding and subtracting 1.5 * 2^23 is exact in that range and
+/// vectorizes on every x86-64, where `f32::round` is a library call per element.
+#[inline(always)]
+fn quantize(v: f32, inv_scale: f32) -> i8 {
+    const ROUND: f32 = 12_582_912.0;
+    let x = (v * inv_scale).clamp(-127.0, 127.0);
+    // The rounded integer sits in the low mantissa bits of x + ROUND; reading it there keeps
+    // the loop vectorized (a float-to-int `as` is a saturating conversion done per element).
+    (x + ROUND).to_bits().wrapping_sub(ROUND.to_bits()) as i8
+}
+
+impl PackedI8 {
+    /// Quantize and pack `w`, row-major `(n, k)`, with the optional bias `(n)`.
+    pub(crate) fn pack(w: &[f32], n: usize, k: usize, bias: Option<&[f32]>) -> Self {
+        assert_eq!(w.len(), n * k, "weight size");
+        let mut scale = per_column(None, n);
+        for (j, s) in scale.iter_mut().take(n).enumerate() {
+            let max = w[j * k..(j + 1) * k].iter().fold(0f32, |m, v| m.max(v.abs()));
+            *s = if max > 0.0 { max / 127.0 } else { 1.0 };
+        }
+        let inv: Vec<f32> = scale.iter().map(|s| 1.0 / s).collect();
+        let packed = Panels::pack::<4>(w, n, k, K_ALIGN, |j, v| quantize(v, inv[j]));
+        let mut shift_comp = vec![0i32; scale.len()];
+        for (j, s) in shift_comp.iter_mut().take(n).enumerate() {
+            *s = 128 * w[j * k..(j + 1) * k].iter().map(|&v| quantize(v, inv[j]) as i32).sum::<i32>();
+        }
+        PackedI8 { w: packed, scale, bias: per_column(bias, n), shift_comp }
+    }
+
+    pub(crate) fn in_dim(&self) -> usize {
+        self.k
+    }
+
+    pub(crate) fn out_dim(&self) -> usize {
+        self.n
+    }
+
+    /// The quantized weight as float32 `(k, n)` integers (`qW^T`).
+    fn unpack_t(&self) -> Vec<f32> {
+        self.w.unpack_t(|q| q as f32)
+    }
+}
+
+/// Which implementation runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Impl {
+    Amx,
+    Vnni,
+    Portable,
+}
+
+/// Every implementation, fastest first, with whether it runs here.
+pub(crate) fn candidates() -> [super::Candidate<Impl>; 3] {
+    [("amx", Impl::Amx, amx_available()), ("vnni", Impl::Vnni, vnni_available()), ("portable", Impl::Portable, true)]
+}
+
+/// The implementation for this process: the fastest the CPU offers, unless `PE_INT8_KERNEL`
+/// names another available one.
+pub(crate) fn selected() -> Impl {
+    static SEL: std::sync::OnceLock<Impl> = std::sync::OnceLock::new();
+    *SEL.get_or_init(|| {
+        let choice = super::choose("PE_INT8_KERNEL", &candidates());
+        tracing::debug!("int8 matmul kernel: {choice:?}");
+        choice
+    })
+}
+
+fn vnni_available() -> bool {
+    super::cpu::avx512vnni()
+}
+
+fn amx_available() -> bool {
+    super::cpu::amx_int8()
+}
+
+/// Rows of `x` quantized per row: `(values k_pad wide, rows_pad rows; row scales)`.
+pub(crate) fn quantize_rows(x: &[f32], m: usize, k: usize, k_pad: usize, rows_pad: usize) -> (Vec<i8>, Vec<f32>) {
+    let mut a = vec![0i8; rows_pad * k_pad];
+    let mut scales = vec![0f32; m];
+    a.par_chunks_mut(k_pad).zip(scales.par_iter_mut()).enumerate().for_each(|(i, (row, s))| {
+        *s = super::math::dispatch!(quantize_row(&x[i * k..(i + 1) * k], row));
+    });
+    (a, scales)
+}
+
+/// One row quantized symmetrically into the front of `out`; returns its scale.
+#[inline(always)]
+fn quantize_row(src: &[f32], out: &mut [i8]) -> f32 {
+    let max = src.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
+    let inv = 1.0 / scale;
+    for (d, &v) in out.iter_mut().zip(src) {
+        *d = quantize(v, inv);
+    }
+    scale
+}
+
+/// `x` `(m, k)` float32 row-major times the quantized weight: `(m, n)` float32.
+pub(crate) fn matmul(x: &[f32], m: usize, w: &PackedI8) -> Vec<f32> {
+    matmul_with(selected(), x, m, w)
+}
+
+pub(crate) fn matmul_with(which: Impl, x: &[f32], m: usize, w: &PackedI8) -> Vec<f32> {
+    assert_eq!(x.len(), m * w.k, "input size");
+    match which {
+        #[cfg(target_arch = "x86_64")]
+        Impl::Amx => amx::matmul(x, m, w),
+        #[cfg(target_arch = "x86_64")]
+        Impl::Vnni => vnni::matmul(x, m, w),
+        _ => portable(x, m, w),
+    }
+}
+
+fn portable(x: &[f32], m: usize, w: &PackedI8) -> Vec<f32> {
+    let (k, n) = (w.k, w.n);
+    let (qa, sx) = quantize_rows(x, m, k, k, m);
+    let a: Vec<f32> = qa.iter().map(|&v| v as f32).collect();
+    let mut y = super::dense_matmul(&a, m, k, &w.unpack_t(), n, None);
+    for (i, row) in y.chunks_exact_mut(n).enumerate() {
+        for (j, v) in row.iter_mut().enumerate() {
+            *v = *v * sx[i] * w.scale[j] + w.bias[j];
+        }
+    }
+    y
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_available_implementation_matches_the_integer_reference() {
+        let mut impls = vec![Impl::Portable];
+        if amx_available() {
+            impls.push(Impl::Amx);
+        }
+        if vnni_available() {
+            impls.push(Impl::Vnni);
+        }
+        eprintln!("testing {impls:?}");
+        let mut by_impl = std::collections::HashMap::new();
+        for which in impls {
+            for (m, n, k) in [(1, 32, 64), (5, 40, 70), (33, 64, 130), (200, 96, 768), (13, 1024, 64)] {
+                let mut seed = 0x2545_f491u32 ^ (m * 31 + n * 17 + k) as u32;
+                let mut rnd = || {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 17;
+                    seed ^= seed << 5;
+                    (seed as f32 / u32::MAX as f32) * 2.0 - 1.0
+                };
+                let x: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
+                let w: Vec<f32> = (0..n * k).map(|_| rnd()).collect();
+                let bias: Vec<f32> = (0..n).map(|_| rnd()).collect();
+                let packed = PackedI8::pack(&w, n, k, Some(&bias));
+                let got = matmul_with(which, &x, m, &packed);
+                by_impl.insert((which, m, n, k), got.clone());
+                // The same quantization, summed exactly in integers.
+                let (qa, sx) = quantize_rows(&x, m, k, k, m);
+                let mut worst = 0f32;
+                let mut exact_err = 0f32;
+                for i in 0..m {
+                    for j in 0..n {
+                        let inv = 1.0 / packed.scale[j];
+                        let dot: i64 =
+                            (0..k).map(|kk| qa[i * k + kk] as i64 * quantize(w[j * k + kk], inv) as i64).sum();
+                        let want = dot as f32 * sx[i] * packed.scale[j] + bias[j];
+                        exact_err = exact_err.max((got[i * n + j] - want).abs());
+                        let float: f32 = (0..k).map(|kk| x[i * k + kk] * w[j * k + kk]).sum::<f32>() + bias[j];
+                        worst = worst.max((got[i * n + j] - float).abs());
+                    }
+                }
+                assert!(exact_err <= 1e-4 * (k as f32).sqrt(), "{which:?} {m}x{n}x{k}: {exact_err}");
+                // And int8 stays near the float product (|x|, |w| <= 1).
+                assert!(worst <= 0.02 * (k as f32).sqrt(), "{which:?} {m}x{n}x{k}: {worst}");
+            }
+        }
+        // AMX and VNNI sum the same integers exactly and share the epilogue's arithmetic.
+        for ((which, m, n, k), got) in &by_impl {
+            if *which == Impl::Vnni {
+                if let Some(amx) = by_impl.get(&(Impl::Amx, *m, *n, *k)) {
+                    assert_eq!(got, amx, "VNNI and AMX differ at {m}x{n}x{k}");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! The tile drivers the packed kernels share (bf16 and int8, AVX-512 and AMX): the parallel
+//! walk over (row block, panel) tasks, the register-tile walk within them, the store masks of a
+//! panel's valid columns, and the per-row-count instantiation of register-tile kernels.
+
+use rayon::prelude::*;
+
+use super::panels::{Panels, PANEL};
+use super::SendPtr;
+
+/// `$tile::<R>($t)` with `R = $rows` (1 to 12): the register-tile kernels are compiled once per
+/// row count so their accumulators stay in registers.
+macro_rules! rows_1_to_12 {
+    ($rows:expr, $tile:ident, $t:expr) => {
+        match $rows {
+            12 => $tile::<12>($t),
+            11 => $tile::<11>($t),
+            10 => $tile::<10>($t),
+            9 => $tile::<9>($t),
+            8 => $tile::<8>($t),
+            7 => $tile::<7>($t),
+            6 => $tile::<6>($t),
+            5 => $tile::<5>($t),
+            4 => $tile::<4>($t),
+            3 => $tile::<3>($t),
+            2 => $tile::<2>($t),
+            _ => $tile::<1>($t),
+        }
+    };
+}
+pub(crate) use rows_1_to_12;
+
+/// AVX-512 store masks for the valid columns of a 32-column panel: `(0..16, 16..32)`.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn panel_masks(cols: usize) -> (u16, u16) {
+    let m = |c: usize| if c >= 16 { 0xffff } else { ((1u32 << c) - 1) as u16 };
+    (m(cols.min(16)), m(cols.saturating_sub(16)))
+}
+
+/// Run `body(state, rows, panel)` over every (block of `mc` rows, panel) of an `m`-row product
+/// with `panels` panels, in parallel. Tasks take a block of rows and a few panels each (fewer
+/// when `m` is small, so that every thread has work); each task creates its own `state` with
+/// `start` and hands it to `finish` at the end (AMX loads and releases its tile state there).
+pub(crate) fn par_blocks<S>(
+    m: usize,
+    mc: usize,
+    panels: usize,
+    start: impl Fn() -> S + Sync,
+    body: impl Fn(&mut S, std::ops::Range<usize>, usize) + Sync,
+    finish: impl Fn(S) + Sync,
+) {
+    let m_blocks = m.div_ceil(mc);
+    let threads = rayon::current_num_threads().max(1);
+    let mut per = 4.min(panels).max(1);
+    while per > 1 && m_blocks * panels.div_ceil(per) < 4 * threads {
+        per /= 2;
+    }
+    let groups = panels.div_ceil(per);
+    (0..m_blocks * groups).into_par_iter().for_each(|t| {
+        let (mb, g) = (t / groups, t % groups);
+        let rows = mb * mc..(mb * mc + mc).min(m);
+        let mut state = start();
+        for p in g * per..((g + 1) * per).min(panels) {
+            body(&mut state, rows.clone(), p);
+        }
+        finish(state);
+    });
+}
+
+/// Where one register tile of a panel product reads and writes: `rows` rows (from `r0`) of the
+/// A operand at `a` (row stride `lda` elements, the padded `k`), panel `panel` of the packed
+/// weight at `b`, its output rows at `c` (stride `ldc`), of which `cols` columns are valid.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+pub(crate) struct TileOperands<A, B> {
+    pub a: *const A,
+    pub lda: usize,
+    pub b: *const B,
+    pub c: *mut f32,
+    pub ldc: usize,
+    pub cols: usize,
+    pub r0: usize,
+    pub rows: usize,
+    pub panel: usize,
+}
+
+/// The `(m, n)` float32 output of a register-tile kernel over `a` (`m` rows of `w.k_pad`) and
+/// the packed `w`: every (block of `mc` rows, panel) in parallel ([`par_blocks`]), cut into
+/// tiles of at most `mr` rows, each handed to `tile`, which writes its rows of the panel's
+/// valid columns.
+///
+/// # Safety
+/// `tile` must write every value of its rows in the panel's valid columns (the result is read
+/// as initialized), and only those.
+#[cfg(target_arch = "x86_64")]
+pub(crate) unsafe fn by_register_tiles<A: Sync, B: Copy + Default + Send + Sync>(
+    a: &[A],
+    m: usize,
+    w: &Panels<B>,
+    mc: usize,
+    mr: usize,
+    tile: impl Fn(TileOperands<A, B>) + Sync,
+) -> Vec<f32> {
+    let (n, lda) = (w.n, w.k_pad);
+    assert!(a.len() >= m * lda, "A operand rows");
+    let mut y = super::uninit::<f32>(m * n);
+    let out = SendPtr(y.as_mut_ptr().cast());
+    let body = |_: &mut (), rows: std::ops::Range<usize>, panel: usize| {
+        let mut r0 = rows.start;
+        while r0 < rows.end {
+            let r = mr.min(rows.end - r0);
+            tile(TileOperands {
+                a: a[r0 * lda..].as_ptr(),
+                lda,
+                b: w.panel(panel).as_ptr(),
+                c: out.at(r0 * n + panel * PANEL),
+                ldc: n,
+                cols: PANEL.min(n - panel * PANEL),
+                r0,
+                rows: r,
+                panel,
+            });
+            r0 += r;
+        }
+    };
+    par_blocks(m, mc, w.panels(), || (), body, |_| ());
+    // SAFETY: the caller's tiles cover every row and column.
+    super::assume_init(y)
+}
