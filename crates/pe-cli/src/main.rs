@@ -48,15 +48,16 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    perception_encoder::bench::keep_freed_memory();
+    perception_encoder::runtime::keep_freed_memory();
     let cli = Cli::parse();
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| cli.log.clone());
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
-    let threads =
-        perception_encoder::bench::set_threads(cli.threads.unwrap_or_else(perception_encoder::bench::default_threads));
+    let threads = perception_encoder::runtime::set_threads(
+        cli.threads.unwrap_or_else(perception_encoder::runtime::default_threads),
+    );
     let result = match cli.command {
         Command::Models(args) => commands::models::run(args),
         Command::EmbedImage(cmd) => commands::embed::run_image(cmd),

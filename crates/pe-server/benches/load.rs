@@ -43,7 +43,7 @@ fn parse() -> Args {
         requests: 160,
         mixed: 120,
         queue: 32,
-        threads: bench::default_threads(),
+        threads: perception_encoder::runtime::default_threads(),
         iters: 5,
     };
     let mut it = std::env::args().skip(1);
@@ -72,13 +72,13 @@ fn parse() -> Args {
 }
 
 fn main() {
-    perception_encoder::bench::keep_freed_memory();
+    perception_encoder::runtime::keep_freed_memory();
     let a = parse();
     let Some(dir) = pe_testutil::fixtures() else {
         eprintln!("the load benchmark needs the fixture images");
         return;
     };
-    let threads = bench::set_threads(a.threads);
+    let threads = perception_encoder::runtime::set_threads(a.threads);
     let cfg = ClipConfig::preset(&a.model).unwrap_or_else(|e| panic!("{e}"));
     let model = Clip::random(&cfg, 0, &LoadOptions::default()).unwrap();
     println!("{} (random weights), {threads} threads, max batch {}, {} clients", a.model, a.max_batch, a.clients);

@@ -44,7 +44,7 @@ impl Drop for Reservation {
         self.budget.in_use.fetch_sub(self.bytes, Ordering::SeqCst);
         // After a large decode, once no other decode holds memory, return freed heap.
         if self.bytes >= TRIM_AFTER_BYTES && self.budget.in_use.load(Ordering::SeqCst) == 0 {
-            perception_encoder::bench::release_freed_memory();
+            perception_encoder::runtime::release_freed_memory();
         }
     }
 }

@@ -12,10 +12,10 @@ fn arg(name: &str) -> Option<String> {
 
 fn main() {
     // As `pe` does: reused output buffers, not fresh page faults in every timed call.
-    perception_encoder::bench::keep_freed_memory();
+    perception_encoder::runtime::keep_freed_memory();
     let threads =
-        arg("--threads").and_then(|v| v.parse().ok()).unwrap_or_else(perception_encoder::bench::default_threads);
-    let threads = perception_encoder::bench::set_threads(threads);
+        arg("--threads").and_then(|v| v.parse().ok()).unwrap_or_else(perception_encoder::runtime::default_threads);
+    let threads = perception_encoder::runtime::set_threads(threads);
     let iters: usize = arg("--iters").and_then(|v| v.parse().ok()).unwrap_or(5);
     // One B16 image is 197 tokens; a batch of 8 is 1576.
     let rows: Vec<usize> =

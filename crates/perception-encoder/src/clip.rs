@@ -13,36 +13,6 @@ use crate::text::TextTransformer;
 use crate::vision::{l2_normalize, VisionTransformer};
 use crate::weights::{random_state_dict, Checkpoint};
 
-/// A tensor map whose entries are removed as they are read.
-struct TakeTensors(std::sync::Mutex<std::collections::HashMap<String, Tensor>>);
-
-impl candle_nn::var_builder::SimpleBackend for TakeTensors {
-    fn get(
-        &self,
-        s: candle_core::Shape,
-        name: &str,
-        _h: candle_nn::Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        crate::weights::with_shape(self.get_unchecked(name, dtype, dev)?, &s, name)
-    }
-
-    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        let t = self
-            .0
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("tensor map poisoned".into()))?
-            .remove(name)
-            .ok_or_else(|| candle_core::Error::Msg(format!("missing tensor `{name}`")))?;
-        t.to_dtype(dtype)?.to_device(dev)
-    }
-
-    fn contains_tensor(&self, name: &str) -> bool {
-        self.0.lock().is_ok_and(|m| m.contains_key(name))
-    }
-}
-
 /// Where and in which dtype a model runs.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
@@ -63,63 +33,6 @@ pub struct LoadOptions {
 impl Default for LoadOptions {
     fn default() -> Self {
         LoadOptions { device: Device::Cpu, precision: Precision::F32 }
-    }
-}
-
-/// Where a model comes from: a preset (weights from a file or the hub cache) or a custom JSON
-/// config with a weights file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ModelSource {
-    /// A preset by official name; `weights` overrides the hub download.
-    Preset {
-        /// E.g. `PE-Core-B16-224`.
-        name: String,
-        /// A local checkpoint, or `None` for `facebook/<name>` from the hub cache.
-        weights: Option<std::path::PathBuf>,
-    },
-    /// A JSON config in the reference's field names and its checkpoint.
-    Custom {
-        /// The JSON file.
-        config: std::path::PathBuf,
-        /// The checkpoint file.
-        weights: std::path::PathBuf,
-    },
-}
-
-impl ModelSource {
-    /// From the usual options: `model` alone, `model` + `weights`, or `config` + `weights`.
-    pub fn from_options(model: Option<&str>, config: Option<&Path>, weights: Option<&Path>) -> Result<Self> {
-        match (model, config, weights) {
-            (Some(_), Some(_), _) => {
-                Err(Error::InvalidInput("give either a model name or a config file, not both".into()))
-            }
-            (Some(name), None, w) => {
-                Ok(ModelSource::Preset { name: name.to_string(), weights: w.map(Path::to_path_buf) })
-            }
-            (None, Some(c), Some(w)) => Ok(ModelSource::Custom { config: c.to_path_buf(), weights: w.to_path_buf() }),
-            (None, Some(_), None) => Err(Error::InvalidInput("a config file needs a weights file too".into())),
-            (None, None, _) => Err(Error::InvalidInput(
-                "no model: give a preset name (e.g. PE-Core-B16-224), or a config file and a weights file".into(),
-            )),
-        }
-    }
-
-    /// The configuration this source describes.
-    pub fn config(&self) -> Result<ClipConfig> {
-        match self {
-            ModelSource::Preset { name, .. } => ClipConfig::preset(name),
-            ModelSource::Custom { config, .. } => ClipConfig::from_json_file(config),
-        }
-    }
-
-    /// Load the model; `progress` shows a download progress bar on stderr.
-    pub fn load(&self, opts: &LoadOptions, progress: bool) -> Result<Clip> {
-        let cfg = self.config()?;
-        let weights = match self {
-            ModelSource::Preset { weights: Some(w), .. } | ModelSource::Custom { weights: w, .. } => w.clone(),
-            ModelSource::Preset { weights: None, .. } => crate::hub::fetch_checkpoint(&cfg.name, progress)?,
-        };
-        Clip::load(&cfg, weights, opts)
     }
 }
 
@@ -199,7 +112,7 @@ impl Clip {
     /// Build from `(official key, tensor)` pairs. Each tensor is handed over as the model takes
     /// it, so weights re-laid out at load do not coexist with their originals.
     pub fn from_tensors(cfg: &ClipConfig, tensors: Vec<(String, Tensor)>, opts: &LoadOptions) -> Result<Self> {
-        let backend = TakeTensors(std::sync::Mutex::new(tensors.into_iter().collect()));
+        let backend = crate::weights::TakeTensors::new(tensors);
         let vb = VarBuilder::from_backend(Box::new(backend), opts.precision.load_dtype(), opts.device.clone());
         Self::with_precision(cfg, vb, opts.precision)
     }

@@ -30,6 +30,7 @@ pub mod hub;
 pub mod precision;
 pub mod preprocess;
 pub mod rope;
+pub mod runtime;
 pub mod text;
 pub mod tokenizer;
 pub mod video;
@@ -40,14 +41,16 @@ pub mod zero_shot;
 mod clip;
 mod kernels;
 mod layers;
+mod source;
 #[doc(hidden)]
 pub use kernels::bench as kernel_bench;
 mod transformer;
 
-pub use clip::{Clip, ClipOutput, LoadOptions, ModelSource};
+pub use clip::{Clip, ClipOutput, LoadOptions};
 pub use config::{ClipConfig, PoolType, TextConfig, VisionConfig, PRESET_NAMES};
 pub use error::{Error, Result};
 pub use precision::Precision;
+pub use source::ModelSource;
 pub use text::TextTransformer;
 pub use vision::{l2_normalize, VisionTransformer};
 

@@ -10,24 +10,28 @@
 //! a time. The file is memory-mapped; after a tensor is copied out its pages are released
 //! (`MADV_DONTNEED`), so loading never holds the checkpoint and the model in memory at once.
 
+mod backend;
 mod key_map;
 mod layout;
 mod pickle;
 mod pt;
 mod random;
+mod safetensors;
+mod storage;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use candle_core::{DType, Device, Shape, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use memmap2::Mmap;
 
+use backend::Backend;
+pub(crate) use backend::{TakeTensors, TRANSPOSED};
 pub use key_map::CheckpointLayout;
 pub use layout::{num_parameters, official_shapes};
-pub(crate) use pickle::StorageDType;
 pub use random::random_state_dict;
+pub(crate) use storage::{Blob, Entry, RawTensor};
 
 use crate::config::ClipConfig;
 use crate::error::{Error, Result};
@@ -39,265 +43,6 @@ pub enum CheckpointFormat {
     PyTorch,
     /// A safetensors file.
     Safetensors,
-}
-
-/// Where a tensor's bytes are.
-#[derive(Debug, Clone)]
-pub(crate) enum Blob {
-    /// A byte range of the memory-mapped file.
-    Mapped { start: usize, len: usize },
-    /// Bytes inflated from a compressed zip entry.
-    Owned(Arc<Vec<u8>>),
-}
-
-impl Blob {
-    pub(crate) fn bytes<'a>(&'a self, mmap: &'a [u8]) -> &'a [u8] {
-        match self {
-            Blob::Mapped { start, len } => &mmap[*start..*start + *len],
-            Blob::Owned(v) => v,
-        }
-    }
-    pub(crate) fn len(&self) -> usize {
-        match self {
-            Blob::Mapped { len, .. } => *len,
-            Blob::Owned(v) => v.len(),
-        }
-    }
-}
-
-/// A stored tensor: a strided view into a blob.
-#[derive(Debug, Clone)]
-pub(crate) struct RawTensor {
-    pub dtype: StorageDType,
-    pub shape: Vec<usize>,
-    /// Strides in elements.
-    pub stride: Vec<usize>,
-    /// Offset in elements.
-    pub offset: usize,
-    /// Elements the blob holds from its start (bounds every access).
-    pub numel_limit: usize,
-    pub blob: Blob,
-}
-
-impl RawTensor {
-    pub(crate) fn numel(&self) -> usize {
-        // Saturating: sizes come from the file and may be absurd in a corrupt one.
-        self.shape.iter().fold(1usize, |a, &d| a.saturating_mul(d))
-    }
-
-    /// Whether every element lies inside the storage (a truncated file fails here, not later)
-    /// and the view has no more elements than its storage: weights are never broadcast views,
-    /// and a stride-0 view claiming 2^40 elements must not become a 4 TB allocation. All sums
-    /// are checked, so absurd strides are refused rather than wrapped.
-    fn in_bounds(&self) -> bool {
-        let Some(numel) = self.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)) else { return false };
-        if numel == 0 {
-            return true;
-        }
-        let last = self
-            .shape
-            .iter()
-            .zip(&self.stride)
-            .try_fold(0usize, |acc, (&d, &s)| (d - 1).checked_mul(s).and_then(|x| acc.checked_add(x)));
-        numel <= self.numel_limit
-            && last.and_then(|l| self.offset.checked_add(l)).is_some_and(|end| end < self.numel_limit)
-            && self.numel_limit.checked_mul(self.dtype.size()).is_some_and(|bytes| bytes <= self.blob.len())
-    }
-
-    /// The values in place when they are contiguous little-endian float32 at an aligned address
-    /// (then no copy is needed to read them).
-    fn f32_in_place<'a>(&'a self, mmap: &'a [u8]) -> Option<&'a [f32]> {
-        let contiguous = self
-            .stride
-            .iter()
-            .rev()
-            .zip(self.shape.iter().rev())
-            .try_fold(1usize, |expect, (&s, &d)| (d == 1 || s == expect).then(|| expect * d));
-        if self.dtype != StorageDType::F32 || contiguous.is_none() || self.numel() == 0 || cfg!(target_endian = "big") {
-            return None;
-        }
-        let raw = &self.blob.bytes(mmap)[self.offset * 4..(self.offset + self.numel()) * 4];
-        // SAFETY: the alignment is checked; any bit pattern is a valid f32.
-        let (head, values, _) = unsafe { raw.align_to::<f32>() };
-        head.is_empty().then_some(values)
-    }
-
-    fn read_f32(&self, mmap: &[u8]) -> Vec<f32> {
-        let bytes = self.blob.bytes(mmap);
-        let size = self.dtype.size();
-        let n = self.numel();
-        if n == 0 {
-            // An empty view may name any offset; there is nothing to read (found by fuzzing).
-            return Vec::new();
-        }
-        let decode = |i: usize| -> f32 {
-            let b = &bytes[i * size..(i + 1) * size];
-            match self.dtype {
-                StorageDType::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
-                StorageDType::F16 => half::f16::from_le_bytes([b[0], b[1]]).to_f32(),
-                StorageDType::BF16 => half::bf16::from_le_bytes([b[0], b[1]]).to_f32(),
-                StorageDType::F64 => f64::from_le_bytes(b.try_into().unwrap()) as f32,
-            }
-        };
-        let contiguous = {
-            let mut expect = 1;
-            let mut ok = true;
-            for (&d, &s) in self.shape.iter().zip(&self.stride).rev() {
-                if d != 1 && s != expect {
-                    ok = false;
-                }
-                expect *= d;
-            }
-            ok
-        };
-        if contiguous {
-            let raw = &bytes[self.offset * size..(self.offset + n) * size];
-            match self.dtype {
-                StorageDType::F32 if cfg!(target_endian = "little") => {
-                    let mut out = crate::kernels::uninit::<f32>(n);
-                    // The source may be unaligned (safetensors headers have any length), so
-                    // copy bytes.
-                    // SAFETY: `out` owns exactly `raw.len()` bytes, all written here, and any
-                    // bit pattern is a valid f32.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(raw.as_ptr(), out.as_mut_ptr().cast::<u8>(), raw.len());
-                        return crate::kernels::assume_init(out);
-                    }
-                }
-                // bf16 is the top half of an f32: a shift, which vectorizes (the per-element
-                // decode above does not, and made bf16 files slower to load than f32 ones).
-                StorageDType::BF16 => {
-                    return raw
-                        .chunks_exact(2)
-                        .map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16))
-                        .collect()
-                }
-                // Converted 8 at a time (F16C where the CPU has it) by `half`; element by
-                // element this was the slowest part of loading an f16 file.
-                StorageDType::F16 => {
-                    use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
-                    let mut out = vec![0f32; n];
-                    let mut bits = [0u16; 1024];
-                    for (dst, src) in out.chunks_mut(bits.len()).zip(raw.chunks(2 * bits.len())) {
-                        let bits = &mut bits[..dst.len()];
-                        for (b, s) in bits.iter_mut().zip(src.chunks_exact(2)) {
-                            *b = u16::from_le_bytes([s[0], s[1]]);
-                        }
-                        bits.reinterpret_cast::<half::f16>().convert_to_f32_slice(dst);
-                    }
-                    return out;
-                }
-                _ => return (self.offset..self.offset + n).map(decode).collect(),
-            }
-        }
-        let mut out = Vec::with_capacity(n);
-        let mut idx = vec![0usize; self.shape.len()];
-        for _ in 0..n {
-            let pos = self.offset + idx.iter().zip(&self.stride).map(|(i, s)| i * s).sum::<usize>();
-            out.push(decode(pos));
-            for d in (0..idx.len()).rev() {
-                idx[d] += 1;
-                if idx[d] < self.shape[d] {
-                    break;
-                }
-                idx[d] = 0;
-            }
-        }
-        out
-    }
-}
-
-/// A tensor in official terms, possibly derived from stored ones (open_clip layout).
-#[derive(Debug, Clone)]
-pub(crate) enum Entry {
-    Raw(RawTensor),
-    /// A 2-D tensor stored transposed.
-    Transposed(RawTensor),
-    /// Same elements, another shape.
-    Reshaped(RawTensor, Vec<usize>),
-    /// Tensors concatenated along their first dimension.
-    RowConcat(Vec<RawTensor>),
-}
-
-impl Entry {
-    fn shape(&self) -> Vec<usize> {
-        match self {
-            Entry::Raw(t) => t.shape.clone(),
-            Entry::Transposed(t) => t.shape.iter().rev().copied().collect(),
-            Entry::Reshaped(_, s) => s.clone(),
-            Entry::RowConcat(parts) => {
-                let mut s = parts[0].shape.clone();
-                if let Some(first) = s.first_mut() {
-                    *first = parts.iter().map(|p| p.shape.first().copied().unwrap_or(1)).sum();
-                }
-                s
-            }
-        }
-    }
-
-    fn parts(&self) -> Vec<&RawTensor> {
-        match self {
-            Entry::Raw(t) | Entry::Transposed(t) | Entry::Reshaped(t, _) => vec![t],
-            Entry::RowConcat(p) => p.iter().collect(),
-        }
-    }
-
-    /// Why this entry cannot be read, if it cannot.
-    fn problem(&self) -> Option<String> {
-        for p in self.parts() {
-            if !p.in_bounds() {
-                return Some("its data lies outside the file (truncated or corrupt checkpoint)".into());
-            }
-        }
-        match self {
-            Entry::Transposed(t) if t.shape.len() != 2 => {
-                Some(format!("expected a 2-D tensor to transpose, found {:?}", t.shape))
-            }
-            Entry::Reshaped(t, s) if Some(t.numel()) != s.iter().try_fold(1usize, |a, &d| a.checked_mul(d)) => {
-                Some(format!("cannot view {:?} as {:?}", t.shape, s))
-            }
-            Entry::RowConcat(p)
-                if p.iter().any(|x| x.shape.len() != p[0].shape.len() || x.shape[1..] != p[0].shape[1..]) =>
-            {
-                Some("the parts to concatenate differ in shape".into())
-            }
-            _ => None,
-        }
-    }
-
-    fn read_f32(&self, mmap: &[u8]) -> Vec<f32> {
-        match self {
-            Entry::Raw(t) | Entry::Reshaped(t, _) => t.read_f32(mmap),
-            Entry::Transposed(t) => {
-                let (r, c) = (t.shape[0], t.shape[1]);
-                let src = t.read_f32(mmap);
-                let mut out = vec![0f32; r * c];
-                for i in 0..r {
-                    for j in 0..c {
-                        out[j * r + i] = src[i * c + j];
-                    }
-                }
-                out
-            }
-            Entry::RowConcat(parts) => parts.iter().flat_map(|p| p.read_f32(mmap)).collect(),
-        }
-    }
-
-    /// A 2-D entry's values transposed (`(c, r)` for an `(r, c)` entry), straight from the file
-    /// where the stored layout allows it.
-    fn read_f32_transposed(&self, mmap: &[u8]) -> Vec<f32> {
-        let shape = self.shape();
-        let (r, c) = (shape[0], shape[1]);
-        match self {
-            Entry::Raw(t) => match t.f32_in_place(mmap) {
-                Some(values) => crate::kernels::transpose(values, r, c),
-                None => crate::kernels::transpose(&t.read_f32(mmap), r, c),
-            },
-            // Stored transposed already: its own values are the answer.
-            Entry::Transposed(t) => t.read_f32(mmap),
-            _ => crate::kernels::transpose(&self.read_f32(mmap), r, c),
-        }
-    }
 }
 
 /// An opened checkpoint: its tensors under official names, read lazily from a memory map.
@@ -343,8 +88,8 @@ impl Checkpoint {
         }
         let (format, raw) = if mmap.starts_with(b"PK\x03\x04") || mmap.starts_with(b"PK\x05\x06") {
             (CheckpointFormat::PyTorch, pt::read(&path, &mmap)?)
-        } else if looks_like_safetensors(&mmap) {
-            (CheckpointFormat::Safetensors, read_safetensors(&path, &mmap)?)
+        } else if safetensors::looks_like_safetensors(&mmap) {
+            (CheckpointFormat::Safetensors, safetensors::read(&path, &mmap)?)
         } else if mmap[0] == 0x80 {
             return Err(bad(
                 "this is a legacy (pre-1.6) torch.save file, not a zip archive; re-save it with a recent PyTorch or convert it to safetensors",
@@ -516,119 +261,4 @@ pub fn convert(ckpt: &Checkpoint, out: impl AsRef<Path>, layout: CheckpointLayou
         other => Error::Tensor(other),
     })?;
     Ok(n)
-}
-
-/// `t` if it has shape `s`, else the loader's shape-mismatch message for `name`.
-pub(crate) fn with_shape(t: Tensor, s: &Shape, name: &str) -> candle_core::Result<Tensor> {
-    if t.shape() != s {
-        return Err(candle_core::Error::Msg(format!(
-            "shape mismatch for `{name}`: the model expects {:?}, the weights have {:?}",
-            s.dims(),
-            t.dims()
-        )));
-    }
-    Ok(t)
-}
-
-struct Backend(Checkpoint);
-
-/// A checkpoint [`VarBuilder`] also answers `"{key}@T"`: the 2-D tensor `key` transposed,
-/// read that way from the file (other backends do not, and callers fall back to `key`).
-pub(crate) const TRANSPOSED: &str = "@T";
-
-impl candle_nn::var_builder::SimpleBackend for Backend {
-    fn get(
-        &self,
-        s: Shape,
-        name: &str,
-        _h: candle_nn::Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        with_shape(self.get_unchecked(name, dtype, dev)?, &s, name)
-    }
-
-    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        let t = match name.strip_suffix(TRANSPOSED) {
-            Some(key) if dtype == DType::F32 && dev.is_cpu() => self.0.tensor_transposed(key),
-            Some(key) => self.0.tensor(key, dtype, dev).and_then(|t| Ok(t.t()?.contiguous()?)),
-            None => self.0.tensor(name, dtype, dev),
-        };
-        t.map_err(|e| match e {
-            Error::Tensor(t) => t,
-            other => candle_core::Error::Msg(other.to_string()),
-        })
-    }
-
-    fn contains_tensor(&self, name: &str) -> bool {
-        match name.strip_suffix(TRANSPOSED) {
-            Some(key) => self.0.entries.get(key).is_some_and(|e| e.shape().len() == 2),
-            None => self.0.entries.contains_key(name),
-        }
-    }
-}
-
-fn looks_like_safetensors(bytes: &[u8]) -> bool {
-    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap());
-    n >= 2 && n <= (bytes.len() as u64).saturating_sub(8) && bytes[8] == b'{'
-}
-
-fn read_safetensors(path: &Path, mmap: &Mmap) -> Result<Vec<(String, RawTensor)>> {
-    let st = safetensors::SafeTensors::deserialize(mmap)
-        .map_err(|e| Error::bad_checkpoint(path, format!("invalid safetensors file: {e}")))?;
-    let base = mmap.as_ptr() as usize;
-    let mut out = Vec::new();
-    for (name, view) in st.tensors() {
-        let dtype = match view.dtype() {
-            safetensors::Dtype::F32 => StorageDType::F32,
-            safetensors::Dtype::F16 => StorageDType::F16,
-            safetensors::Dtype::BF16 => StorageDType::BF16,
-            safetensors::Dtype::F64 => StorageDType::F64,
-            other => {
-                tracing::debug!(name, ?other, "skipping a non-float tensor");
-                continue;
-            }
-        };
-        let shape = view.shape().to_vec();
-        let mut stride = vec![1usize; shape.len()];
-        for d in (0..shape.len().saturating_sub(1)).rev() {
-            stride[d] = stride[d + 1] * shape[d + 1];
-        }
-        let data = view.data();
-        let numel_limit = data.len() / dtype.size();
-        let blob = Blob::Mapped { start: data.as_ptr() as usize - base, len: data.len() };
-        out.push((name, RawTensor { dtype, shape, stride, offset: 0, numel_limit, blob }));
-    }
-    Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn transposed_reads_equal_the_transpose_of_plain_reads() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("w.safetensors");
-        let (r, c) = (37, 70);
-        let values: Vec<f32> = (0..r * c).map(|i| i as f32 * 0.25 - 100.0).collect();
-        let mut tensors = std::collections::HashMap::new();
-        tensors.insert("a.weight".to_string(), Tensor::from_vec(values.clone(), (r, c), &Device::Cpu).unwrap());
-        tensors.insert(
-            "b.weight".to_string(),
-            Tensor::from_vec(values.clone(), (r, c), &Device::Cpu).unwrap().to_dtype(DType::BF16).unwrap(),
-        );
-        tensors.insert("bias".to_string(), Tensor::from_vec(vec![1f32; 3], 3, &Device::Cpu).unwrap());
-        candle_core::safetensors::save(&tensors, &path).unwrap();
-        let vb = Checkpoint::open(&path).unwrap().into_var_builder(DType::F32, &Device::Cpu);
-        for key in ["a.weight", "b.weight"] {
-            let name = format!("{key}{TRANSPOSED}");
-            assert!(vb.contains_tensor(&name));
-            let got: Vec<Vec<f32>> = vb.get((c, r), &name).unwrap().to_vec2().unwrap();
-            let want: Vec<Vec<f32>> = vb.get((r, c), key).unwrap().t().unwrap().to_vec2().unwrap();
-            assert_eq!(got, want, "{key}");
-        }
-        // Only 2-D tensors have a transposed form.
-        assert!(!vb.contains_tensor(&format!("bias{TRANSPOSED}")));
-    }
 }

@@ -5,26 +5,8 @@
 //! rebuilt by `torch._utils._rebuild_tensor_v2` / `_rebuild_parameter` from typed storages.
 //! Any other global is an error that names it; nothing is ever executed.
 
+use super::storage::StorageDType;
 use std::collections::HashMap;
-
-/// Element type of a PyTorch storage.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum StorageDType {
-    F32,
-    F16,
-    BF16,
-    F64,
-}
-
-impl StorageDType {
-    pub(crate) fn size(self) -> usize {
-        match self {
-            StorageDType::F32 => 4,
-            StorageDType::F16 | StorageDType::BF16 => 2,
-            StorageDType::F64 => 8,
-        }
-    }
-}
 
 /// A tensor as the pickle describes it: a view into a storage entry of the archive.
 #[derive(Debug, Clone)]
