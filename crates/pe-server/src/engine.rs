@@ -4,7 +4,7 @@
 //! join wait for the next batch; jobs whose caller has gone are dropped unrun.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,6 +14,7 @@ use perception_encoder::Clip;
 use tokio::sync::oneshot;
 
 use crate::error::ServeError;
+pub use crate::metrics::Stats;
 
 /// What one request asks the model for.
 #[derive(Debug)]
@@ -58,32 +59,6 @@ pub struct BatchConfig {
     pub max_wait: Duration,
     /// Jobs waiting at most; more are refused (the HTTP layer answers 503).
     pub queue_capacity: usize,
-}
-
-/// Counters the HTTP layer reports.
-#[derive(Debug)]
-pub struct Stats {
-    /// Jobs queued and not yet taken by the model thread.
-    pub queue_depth: AtomicUsize,
-    /// Batches run (each may span several forward passes of at most the batch limit).
-    pub batches: AtomicUsize,
-    /// Images embedded.
-    pub images: AtomicUsize,
-    /// Texts embedded.
-    pub texts: AtomicUsize,
-    pub(crate) batch_size: crate::metrics::Histogram,
-}
-
-impl Default for Stats {
-    fn default() -> Self {
-        Stats {
-            queue_depth: AtomicUsize::new(0),
-            batches: AtomicUsize::new(0),
-            images: AtomicUsize::new(0),
-            texts: AtomicUsize::new(0),
-            batch_size: crate::metrics::Histogram::new(&crate::metrics::BATCH_BUCKETS),
-        }
-    }
 }
 
 /// Handle to the model thread.

@@ -5,7 +5,7 @@
 //! await. Routes (JSON in and out; errors are `{"error": {"message", "type", "code"}}`):
 //!
 //! - `GET /health`: the process is up (never needs the API key).
-//! - `GET /ready`: the model is loaded and its thread is running.
+//! - `GET /ready`: the model is loaded and its thread is running (with its name and precision).
 //! - `GET /v1/models`: the served model, OpenAI-style.
 //! - `POST /v1/embeddings`: OpenAI-compatible; `input` is a string or a list of strings, where
 //!   `data:image/...;base64,...` strings are images; `encoding_format` `float` or `base64`.
@@ -17,7 +17,7 @@
 //! - `POST /classify`: `{"images": [...], "labels": [...], "templates": ["a photo of a {}."],
 //!   "top_k": 5}`; class vectors are cached across requests per label set.
 //! - `GET /metrics`: Prometheus text (requests in flight, answered and their latency per route,
-//!   batch sizes, queue depth, items embedded by kind).
+//!   batch sizes, queue depth, items embedded by kind, the model and its precision).
 
 mod decode;
 pub mod engine;

@@ -4,13 +4,40 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 /// Upper bounds of the latency histogram, in seconds.
 const LATENCY_BUCKETS: [f64; 12] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 /// Upper bounds of the batch-size histogram, in items.
 pub(crate) const BATCH_BUCKETS: [f64; 9] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+
+/// The engine's counters, which the HTTP layer reports (kept here, beside their rendering, so
+/// that the engine depends on the metrics and not the other way round).
+#[derive(Debug)]
+pub struct Stats {
+    /// Jobs queued and not yet taken by the model thread.
+    pub queue_depth: AtomicUsize,
+    /// Batches run (each may span several forward passes of at most the batch limit).
+    pub batches: AtomicUsize,
+    /// Images embedded.
+    pub images: AtomicUsize,
+    /// Texts embedded.
+    pub texts: AtomicUsize,
+    pub(crate) batch_size: Histogram,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            queue_depth: AtomicUsize::new(0),
+            batches: AtomicUsize::new(0),
+            images: AtomicUsize::new(0),
+            texts: AtomicUsize::new(0),
+            batch_size: Histogram::new(&BATCH_BUCKETS),
+        }
+    }
+}
 
 /// A fixed-bucket histogram with atomic counters.
 #[derive(Debug)]
@@ -131,7 +158,7 @@ pub(crate) fn render_model(out: &mut String, name: &str, precision: perception_e
 }
 
 /// Render the engine's counters.
-pub(crate) fn render_engine(out: &mut String, stats: &crate::engine::Stats) {
+pub(crate) fn render_engine(out: &mut String, stats: &Stats) {
     let _ = writeln!(out, "# HELP pe_queue_depth Requests waiting for the model thread.\n# TYPE pe_queue_depth gauge");
     let _ = writeln!(out, "pe_queue_depth {}", stats.queue_depth.load(Ordering::Relaxed));
     let _ = writeln!(out, "# HELP pe_batches_total Forward passes run.\n# TYPE pe_batches_total counter");
