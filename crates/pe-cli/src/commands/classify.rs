@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use anyhow::bail;
 use perception_encoder::zero_shot::{imagenet_classes, ZeroShotClassifier, DEFAULT_TEMPLATES, IMAGENET_TEMPLATES};
 
-use super::embed::{embed_image_files, needs_embedding, read_lines};
-use crate::args::{collect_images, ImageArgs, ModelArgs};
+use crate::args::{ImageArgs, ModelArgs};
+use crate::inputs::{collect_images, embed_image_files, needs_embedding, read_lines};
 
 /// Arguments of `pe classify`.
 #[derive(Debug, clap::Args)]

@@ -3,14 +3,14 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context};
-use perception_encoder::candle_core::{DType, Tensor};
+use anyhow::bail;
+use perception_encoder::candle_core::DType;
+use perception_encoder::l2_normalize;
 use perception_encoder::tokenizer::ClipTokenizer;
 use perception_encoder::video::{load_clip, FrameSampling};
-use perception_encoder::{l2_normalize, Clip};
-use rayon::prelude::*;
 
-use crate::args::{collect_files, collect_images, progress, ImageArgs, ModelArgs};
+use crate::args::{progress, ImageArgs, ModelArgs};
+use crate::inputs::{collect_files, collect_images, describe, embed_image_files, needs_embedding, read_lines};
 use crate::output::Sink;
 
 /// Arguments of `pe embed-image`.
@@ -36,70 +36,6 @@ pub struct ImageCmd {
     /// Image files or directories (searched recursively).
     #[arg(required = true)]
     inputs: Vec<PathBuf>,
-}
-
-/// Decode and transform `paths` in parallel, embed those that load, and report the others.
-/// Returns `(path, embedding)` for the successes in input order and the failure count.
-pub fn embed_image_files(
-    model: &Clip,
-    paths: &[PathBuf],
-    image: &ImageArgs,
-    batch_size: usize,
-    mut embed: impl FnMut(&Tensor) -> anyhow::Result<Tensor>,
-    mut each: impl FnMut(&PathBuf, Vec<f32>) -> anyhow::Result<()>,
-) -> anyhow::Result<usize> {
-    let transform = image.transform(model)?;
-    let bar = progress(paths.len(), "images");
-    let mut failed = 0;
-    for chunk in paths.chunks(batch_size.max(1)) {
-        let loaded: Vec<_> = chunk.par_iter().map(|p| transform.load_path(p)).collect();
-        let mut ok = Vec::new();
-        let mut tensors = Vec::new();
-        for (path, r) in chunk.iter().zip(loaded) {
-            match r {
-                Ok(t) => {
-                    ok.push(path);
-                    tensors.push(t);
-                }
-                Err(e) => {
-                    failed += 1;
-                    bar.suspend(|| eprintln!("pe: skipping {}", describe(path, &e)));
-                }
-            }
-        }
-        if !tensors.is_empty() {
-            let x = Tensor::stack(&tensors, 0)?;
-            let rows: Vec<Vec<f32>> = embed(&x)?.to_dtype(DType::F32)?.to_vec2()?;
-            for (path, row) in ok.into_iter().zip(rows) {
-                each(path, row)?;
-            }
-        }
-        bar.inc(chunk.len() as u64);
-    }
-    bar.finish_and_clear();
-    Ok(failed)
-}
-
-/// `path: error`, without repeating the path when the error already names it.
-fn describe(path: &std::path::Path, e: &perception_encoder::Error) -> String {
-    let msg = e.to_string();
-    let shown = path.display().to_string();
-    if msg.contains(&shown) {
-        msg
-    } else {
-        format!("{shown}: {msg}")
-    }
-}
-
-pub fn needs_embedding(model: &Clip) -> anyhow::Result<()> {
-    if !model.has_image_embedding() {
-        bail!(
-            "{} returns token features, not one embedding per image (pool_type none); \
-             use a PE Core model, or the library's forward_features for dense features",
-            model.config().name
-        );
-    }
-    Ok(())
 }
 
 fn exit_code(failed: usize) -> ExitCode {
@@ -154,19 +90,6 @@ pub struct TextCmd {
     /// Texts to embed.
     #[arg(required_unless_present = "file")]
     texts: Vec<String>,
-}
-
-/// Lines of a UTF-8 file; invalid UTF-8 is an error naming the line.
-pub fn read_lines(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    match String::from_utf8(bytes) {
-        Ok(s) => Ok(s.lines().map(str::to_string).collect()),
-        Err(e) => {
-            let good = e.utf8_error().valid_up_to();
-            let line = e.as_bytes()[..good].iter().filter(|&&b| b == b'\n').count() + 1;
-            bail!("{}: line {line} is not valid UTF-8", path.display())
-        }
-    }
 }
 
 pub fn run_text(cmd: TextCmd) -> anyhow::Result<ExitCode> {
