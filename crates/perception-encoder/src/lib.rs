@@ -19,8 +19,10 @@
 //! # Ok::<(), perception_encoder::Error>(())
 //! ```
 //!
-//! Modules: [`config`] (presets and JSON), [`weights`] (checkpoint formats and key layouts),
-//! [`vision`] and [`text`] (the towers), [`Clip`] (both together).
+//! Modules: [`config`] (presets and JSON), [`precision`] (f32, bf16, int8), [`weights`]
+//! (checkpoint formats and key layouts), [`vision`] and [`text`] (the towers), [`Clip`] (both
+//! together), [`tokenizer`], [`preprocess`] and [`video`] (inputs), [`hub`] (the Hugging Face
+//! cache), [`zero_shot`], [`bench`] and [`runtime`] (process set-up).
 #![warn(missing_docs)]
 
 pub mod bench;
