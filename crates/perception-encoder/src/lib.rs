@@ -22,7 +22,7 @@
 //! Modules: [`config`] (presets and JSON), [`precision`] (f32, bf16, int8), [`weights`]
 //! (checkpoint formats and key layouts), [`vision`] and [`text`] (the towers), [`Clip`] (both
 //! together), [`tokenizer`], [`preprocess`] and [`video`] (inputs), [`hub`] (the Hugging Face
-//! cache), [`zero_shot`], [`bench`] and [`runtime`] (process set-up).
+//! cache), [`zero_shot`], [`mod@bench`] and [`runtime`] (process set-up).
 #![warn(missing_docs)]
 
 pub mod bench;

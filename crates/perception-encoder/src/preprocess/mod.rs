@@ -6,9 +6,9 @@
 //! As in Pillow, the resize runs on the image as opened, before the RGB conversion: images with
 //! alpha are resized premultiplied, palette and 1-bit images with NEAREST (Pillow's rule).
 //!
-//! JPEG goes through libjpeg-turbo with Pillow's settings ([`jpeg`]), so its pixels are
+//! JPEG goes through libjpeg-turbo with Pillow's settings (`jpeg.rs`), so its pixels are
 //! Pillow's; CMYK JPEGs are resized in CMYK and then converted with Pillow's formula. A GIF is
-//! its first frame as a palette image ([`gif`]): transparency ignored, as `convert("RGB")` does.
+//! its first frame as a palette image (`gif.rs`): transparency ignored, as `convert("RGB")` does.
 //!
 //! 16-bit grayscale follows Pillow by default (resized in 16 bits, then clipped to 255 by
 //! `convert("RGB")`, which turns most such images white); [`Gray16::HighByte`] keeps each
