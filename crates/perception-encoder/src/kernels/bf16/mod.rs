@@ -87,8 +87,8 @@ pub(crate) enum Impl {
 /// Every implementation, fastest first, with whether it runs here.
 pub(crate) fn candidates() -> [super::Candidate<Impl>; 3] {
     [
-        ("amx", Impl::Amx, amx_available()),
-        ("avx512", Impl::Avx512, avx512bf16_available()),
+        ("amx", Impl::Amx, crate::kernels::cpu::amx_bf16()),
+        ("avx512", Impl::Avx512, crate::kernels::cpu::avx512bf16()),
         ("portable", Impl::Portable, true),
     ]
 }
@@ -102,14 +102,6 @@ pub(crate) fn selected() -> Impl {
         tracing::debug!("bf16 matmul kernel: {choice:?}");
         choice
     })
-}
-
-fn amx_available() -> bool {
-    super::cpu::amx_bf16()
-}
-
-fn avx512bf16_available() -> bool {
-    super::cpu::avx512bf16()
 }
 
 /// `x` `(m, k)` float32 row-major times the packed weight: `(m, n)` float32.
@@ -160,7 +152,7 @@ pub(crate) fn round_rows(x: &[f32], m: usize, k: usize, k_pad: usize, rows_pad: 
         row[k..].fill(zero);
         let (src, dst) = (&x[i * k..(i + 1) * k], row.as_mut_ptr().cast::<u16>());
         #[cfg(target_arch = "x86_64")]
-        if avx512bf16_available() {
+        if crate::kernels::cpu::avx512bf16() {
             // SAFETY: the CPU has AVX512-BF16 (checked above); `dst` has room for k values.
             unsafe { avx512::round_row(src, dst) };
             return;
@@ -218,10 +210,10 @@ mod tests {
     #[test]
     fn every_available_implementation_matches_the_rounded_reference() {
         let mut impls = vec![Impl::Portable];
-        if avx512bf16_available() {
+        if crate::kernels::cpu::avx512bf16() {
             impls.push(Impl::Avx512);
         }
-        if amx_available() {
+        if crate::kernels::cpu::amx_bf16() {
             impls.push(Impl::Amx);
         }
         eprintln!("testing {impls:?}");
@@ -259,7 +251,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn softmax_to_bf16_matches_the_f64_softmax_at_every_length() {
-        if !avx512bf16_available() {
+        if !crate::kernels::cpu::avx512bf16() {
             eprintln!("skipped: no AVX512-BF16 here");
             return;
         }

@@ -99,7 +99,11 @@ pub(crate) enum Impl {
 
 /// Every implementation, fastest first, with whether it runs here.
 pub(crate) fn candidates() -> [super::Candidate<Impl>; 3] {
-    [("amx", Impl::Amx, amx_available()), ("vnni", Impl::Vnni, vnni_available()), ("portable", Impl::Portable, true)]
+    [
+        ("amx", Impl::Amx, crate::kernels::cpu::amx_int8()),
+        ("vnni", Impl::Vnni, crate::kernels::cpu::avx512vnni()),
+        ("portable", Impl::Portable, true),
+    ]
 }
 
 /// The implementation for this process: the fastest the CPU offers, unless `PE_INT8_KERNEL`
@@ -111,14 +115,6 @@ pub(crate) fn selected() -> Impl {
         tracing::debug!("int8 matmul kernel: {choice:?}");
         choice
     })
-}
-
-fn vnni_available() -> bool {
-    super::cpu::avx512vnni()
-}
-
-fn amx_available() -> bool {
-    super::cpu::amx_int8()
 }
 
 /// Rows of `x` quantized per row: `(values k_pad wide, rows_pad rows; row scales)`.
@@ -179,10 +175,10 @@ mod tests {
     #[test]
     fn every_available_implementation_matches_the_integer_reference() {
         let mut impls = vec![Impl::Portable];
-        if amx_available() {
+        if crate::kernels::cpu::amx_int8() {
             impls.push(Impl::Amx);
         }
-        if vnni_available() {
+        if crate::kernels::cpu::avx512vnni() {
             impls.push(Impl::Vnni);
         }
         eprintln!("testing {impls:?}");
