@@ -44,6 +44,10 @@ enum Command {
     Convert(commands::convert::ConvertCmd),
     /// Measure throughput of the image or text tower (random weights unless --weights).
     Bench(commands::bench::BenchCmd),
+    /// Index folders of images for search (incremental: only new and changed files are embedded).
+    Index(commands::index::IndexCmd),
+    /// Search an index by text, image, or weighted combinations ("2:dog" + ./pool.jpg - snow).
+    Search(commands::index::SearchCmd),
     /// Serve embeddings over HTTP (OpenAI-compatible /v1/embeddings, /embed/text, /embed/image).
     Serve(commands::serve::ServeCmd),
 }
@@ -69,6 +73,8 @@ fn main() -> ExitCode {
         Command::Convert(cmd) => commands::convert::run(cmd),
         Command::Bench(cmd) => commands::bench::run(cmd, threads),
         Command::Serve(cmd) => commands::serve::run(cmd),
+        Command::Index(cmd) => commands::index::run_index(cmd),
+        Command::Search(cmd) => commands::index::run_search(cmd),
     };
     match result {
         Ok(code) => code,

@@ -3,6 +3,7 @@ pub mod bench;
 pub mod classify;
 pub mod convert;
 pub mod embed;
+pub mod index;
 pub mod models;
 pub mod serve;
 pub mod tokenize;

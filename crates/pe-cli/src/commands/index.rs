@@ -1,0 +1,288 @@
+//! `pe index` and `pe search`: a thin shell over `pe_index`.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use pe_index::{query, Index, Manifest, TransformSpec, UpdateOptions};
+use perception_encoder::{ClipConfig, LoadOptions, ModelSource, Precision};
+
+use crate::args::{progress, PrecisionParser};
+use crate::output::display_name;
+
+/// The model options of `pe index`: all optional, since an existing index remembers its own.
+#[derive(Debug, Clone, clap::Args)]
+pub struct IndexModelArgs {
+    /// A preset name, e.g. PE-Core-B16-224 (weights from the hub cache unless --weights).
+    #[arg(long, short = 'm')]
+    pub model: Option<String>,
+    /// A model config in the reference's JSON format.
+    #[arg(long, conflicts_with = "model")]
+    pub config: Option<PathBuf>,
+    /// A checkpoint file.
+    #[arg(long, short = 'w')]
+    pub weights: Option<PathBuf>,
+    /// Precision: f32, bf16 or int8 (default f32 for a new index).
+    #[arg(long, value_parser = PrecisionParser)]
+    pub dtype: Option<Precision>,
+    /// Resize the shorter side and crop the centre instead of squashing.
+    #[arg(long)]
+    pub center_crop: bool,
+    /// Refuse images with more pixels than this (decompression-bomb guard).
+    #[arg(long)]
+    pub max_pixels: Option<u64>,
+}
+
+impl IndexModelArgs {
+    fn given(&self) -> bool {
+        self.model.is_some() || self.config.is_some() || self.weights.is_some() || self.dtype.is_some()
+    }
+
+    /// The manifest these options describe (hashing the weights, downloading a preset's first).
+    fn manifest(&self) -> anyhow::Result<Manifest> {
+        let source = ModelSource::from_options(self.model.as_deref(), self.config.as_deref(), self.weights.as_deref())?;
+        let cfg = source.config()?;
+        let (config, weights) = match &source {
+            ModelSource::Preset { weights: Some(w), .. } => (None, w.clone()),
+            ModelSource::Preset { weights: None, .. } => {
+                (None, perception_encoder::hub::fetch_checkpoint(&cfg.name, std::io::stderr().is_terminal())?)
+            }
+            ModelSource::Custom { config, weights } => (Some(std::fs::canonicalize(config)?), weights.clone()),
+        };
+        let dim = embedding_dim(&cfg)?;
+        let mut transform = perception_encoder::preprocess::ImageTransform::for_config(&cfg.vision);
+        if self.center_crop {
+            transform.mode = perception_encoder::preprocess::ResizeMode::CenterCrop;
+        }
+        if let Some(p) = self.max_pixels {
+            transform.max_pixels = p;
+        }
+        Ok(Manifest {
+            format_version: pe_index::FORMAT_VERSION,
+            model: Manifest::weights_spec(&cfg.name, config, &weights)?,
+            precision: self.dtype.unwrap_or_default(),
+            layer: -1,
+            transform: TransformSpec::of(&transform),
+            dim,
+        })
+    }
+}
+
+fn embedding_dim(cfg: &ClipConfig) -> anyhow::Result<usize> {
+    match cfg.vision.output_dim {
+        Some(d) => Ok(d),
+        None => bail!("{} gives token features, not one embedding per image; index with a PE Core model", cfg.name),
+    }
+}
+
+/// Load the model a manifest names.
+fn load_model(m: &Manifest) -> anyhow::Result<perception_encoder::Clip> {
+    m.check_weights()?;
+    let source = match &m.model.config {
+        Some(config) => ModelSource::Custom { config: config.clone(), weights: m.model.weights.clone() },
+        None => ModelSource::Preset { name: m.model.name.clone(), weights: Some(m.model.weights.clone()) },
+    };
+    let started = Instant::now();
+    let model = source.load(&LoadOptions { precision: m.precision, ..LoadOptions::default() }, false)?;
+    tracing::info!("loaded {} in {:.2}s", m.describe(), started.elapsed().as_secs_f64());
+    Ok(model)
+}
+
+/// Arguments of `pe index`.
+#[derive(Debug, clap::Args)]
+pub struct IndexCmd {
+    /// Folders (searched recursively) and files to index.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// The index directory (default: the nearest .pe-index above the first path, else
+    /// PATH/.pe-index for a single folder).
+    #[arg(long)]
+    index: Option<PathBuf>,
+    #[command(flatten)]
+    model: IndexModelArgs,
+    /// Skip files and folders matching this glob (repeatable; `*.tmp`, `raw`, `**/cache/**`).
+    #[arg(long)]
+    exclude: Vec<String>,
+    /// Index hidden files and folders too (names starting with a dot).
+    #[arg(long)]
+    include_hidden: bool,
+    /// Images per forward pass.
+    #[arg(long, short = 'b', default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    batch_size: u64,
+}
+
+/// Where the index of `paths` lives when `--index` is not given.
+fn default_index_dir(paths: &[PathBuf]) -> anyhow::Result<PathBuf> {
+    let first = std::fs::canonicalize(&paths[0]).with_context(|| format!("reading {}", paths[0].display()))?;
+    if let Some(found) = Index::find(&first) {
+        return Ok(found);
+    }
+    if paths.len() == 1 && first.is_dir() {
+        return Ok(first.join(pe_index::DEFAULT_DIR));
+    }
+    bail!("give --index DIR: the index of several paths, or of a single file, needs a place to live")
+}
+
+pub fn run_index(cmd: IndexCmd) -> anyhow::Result<ExitCode> {
+    let dir = match &cmd.index {
+        Some(d) => d.clone(),
+        None => default_index_dir(&cmd.paths)?,
+    };
+    let manifest = match Manifest::read(&dir) {
+        Ok(m) if !cmd.model.given() => {
+            // The index remembers its model; transform options given again must agree with it.
+            let mut asked = m.clone();
+            asked.transform.center_crop |= cmd.model.center_crop;
+            asked.transform.max_pixels = cmd.model.max_pixels.unwrap_or(m.transform.max_pixels);
+            m.check_same(&asked, &dir)?;
+            m
+        }
+        Ok(_) => cmd.model.manifest()?,
+        Err(pe_index::Error::NoIndex(_)) if cmd.model.given() => cmd.model.manifest()?,
+        Err(pe_index::Error::NoIndex(_)) => bail!(
+            "no index at {} yet: give the model to build it with (--model NAME, or --config FILE --weights FILE)",
+            dir.display()
+        ),
+        Err(e) => return Err(e.into()),
+    };
+    let mut index = Index::open_or_create(&dir, &manifest)?;
+    let model = load_model(index.manifest())?;
+    let opts = UpdateOptions {
+        scan: pe_index::ScanOptions { exclude: cmd.exclude.clone(), include_hidden: cmd.include_hidden },
+        batch_size: cmd.batch_size as usize,
+    };
+    let started = Instant::now();
+    let report = update_with_progress(&mut index, &model, &cmd.paths, &opts)?;
+    let secs = started.elapsed().as_secs_f64();
+    for (path, reason) in &report.failures {
+        eprintln!("pe: skipping {}: {reason}", display_name(path.as_os_str()));
+    }
+    eprintln!(
+        "pe: {} files: {} embedded, {} reused, {} unchanged, {} removed, {} unreadable; {:.1}s ({:.1} images/s) -> {}",
+        report.found,
+        report.embedded,
+        report.reused,
+        report.unchanged,
+        report.removed,
+        report.failed,
+        secs,
+        report.embedded as f64 / secs.max(1e-9),
+        dir.display()
+    );
+    Ok(if report.failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+fn update_with_progress(
+    index: &mut Index,
+    model: &perception_encoder::Clip,
+    roots: &[PathBuf],
+    opts: &UpdateOptions,
+) -> anyhow::Result<pe_index::UpdateReport> {
+    let mut bar = None;
+    let (mut done, mut total, mut last_log) = (0usize, 0usize, Instant::now());
+    let terminal = std::io::stderr().is_terminal();
+    let report = index.update(model, roots, opts, &mut |p| match p {
+        pe_index::Progress::Start(n) => {
+            total = n;
+            bar = Some(progress(n, "images"));
+        }
+        pe_index::Progress::Advance(n) => {
+            done += n;
+            if let Some(b) = &bar {
+                b.inc(n as u64);
+            }
+            // Off a terminal: a log line every 10 s instead of a bar.
+            if !terminal && last_log.elapsed().as_secs() >= 10 {
+                tracing::info!("indexed {done}/{total} files");
+                eprintln!("pe: indexed {done}/{total} files");
+                last_log = Instant::now();
+            }
+        }
+    })?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    Ok(report)
+}
+
+/// Arguments of `pe search`.
+#[derive(Debug, clap::Args)]
+pub struct SearchCmd {
+    /// The query in rclip's grammar: text, image paths, `WEIGHT:term`, joined by `+` and `-`
+    /// (`"2:golden retriever" + ./pool.jpg - snow`).
+    query: Vec<String>,
+    /// An image to search by (repeatable; added with weight 1).
+    #[arg(long)]
+    image: Vec<PathBuf>,
+    /// The index directory (default: the nearest .pe-index from the current directory up).
+    #[arg(long)]
+    index: Option<PathBuf>,
+    /// How many results.
+    #[arg(long, short = 't', default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    top: u64,
+    /// Only results with at least this cosine.
+    #[arg(long, allow_negative_numbers = true)]
+    threshold: Option<f32>,
+    /// Score every file (exact search; the only method until the approximate index lands).
+    #[arg(long)]
+    exact: bool,
+    /// JSON Lines: {"rank", "path", "score"}, best first.
+    #[arg(long, conflicts_with = "paths_only")]
+    json: bool,
+    /// Paths only, one a line (for pipes).
+    #[arg(long, short = 'f')]
+    paths_only: bool,
+    /// Bring the index up to date with its folders first.
+    #[arg(long)]
+    update: bool,
+}
+
+/// The index a search uses: `--index`, or the nearest `.pe-index` from the current directory.
+fn search_index_dir(given: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    match given {
+        Some(d) => Ok(d.clone()),
+        None => {
+            let cwd = std::env::current_dir()?;
+            Index::find(&cwd).with_context(|| {
+                format!(
+                    "no index in {} or above it: build one with `pe index FOLDER`, or give --index DIR",
+                    cwd.display()
+                )
+            })
+        }
+    }
+}
+
+pub fn run_search(cmd: SearchCmd) -> anyhow::Result<ExitCode> {
+    if cmd.threshold.is_some_and(|t| !(-1.0..=1.0).contains(&t)) {
+        bail!("--threshold must be a cosine between -1 and 1");
+    }
+    let terms = query::parse(&cmd.query, &cmd.image)?;
+    let dir = search_index_dir(&cmd.index)?;
+    let mut index = Index::open(&dir)?;
+    let model = load_model(index.manifest())?;
+    if cmd.update {
+        let roots = index.catalog().roots()?;
+        let opts = UpdateOptions::default();
+        let report = update_with_progress(&mut index, &model, &roots, &opts)?;
+        tracing::info!("updated: {} embedded, {} removed", report.embedded, report.removed);
+    }
+    let q = pe_index::query_vector(&model, index.manifest(), index.catalog(), &terms)?;
+    let hits = index.search(&q, cmd.top as usize, cmd.threshold.unwrap_or(f32::NEG_INFINITY))?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for (rank, hit) in hits.iter().enumerate() {
+        let path = display_name(hit.path.as_os_str());
+        if cmd.json {
+            serde_json::to_writer(&mut out, &serde_json::json!({"rank": rank + 1, "path": path, "score": hit.score}))?;
+            out.write_all(b"\n")?;
+        } else if cmd.paths_only {
+            writeln!(out, "{path}")?;
+        } else {
+            writeln!(out, "{:.4}\t{path}", hit.score)?;
+        }
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,211 @@
+//! Bringing an index up to date with the files under some roots: files that are gone are
+//! dropped, unchanged ones (same size and modification time) are left alone, and the rest are
+//! read and hashed. Content seen before (a moved, renamed or copied file) reuses its stored
+//! embedding; new content is decoded in parallel on a separate stage while the model embeds the
+//! previous batch (a bounded pipeline, two batches ahead). Each batch is committed as one
+//! transaction, so a run killed at any point resumes where it stopped.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::mpsc::sync_channel;
+use std::sync::Mutex;
+
+use candle_core::{DType, Tensor};
+use perception_encoder::preprocess::ImageTransform;
+use perception_encoder::Clip;
+use rayon::prelude::*;
+
+use crate::catalog::{Catalog, FileRow, VectorRow};
+use crate::error::{Error, Result};
+use crate::scan::{scan, Found, ScanOptions};
+
+/// Files larger than this are not read (no image format needs it; a stray disk image might).
+pub const MAX_FILE_BYTES: u64 = 1 << 30;
+
+/// How an update runs.
+#[derive(Debug, Clone)]
+pub struct UpdateOptions {
+    /// What to skip while walking.
+    pub scan: ScanOptions,
+    /// Images per forward pass.
+    pub batch_size: usize,
+}
+
+impl Default for UpdateOptions {
+    fn default() -> Self {
+        UpdateOptions { scan: ScanOptions::default(), batch_size: 32 }
+    }
+}
+
+/// What an update did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpdateReport {
+    /// Files found under the roots.
+    pub found: usize,
+    /// Files left alone (same size and time as indexed).
+    pub unchanged: usize,
+    /// Files whose content was embedded.
+    pub embedded: usize,
+    /// Files whose content already had an embedding (moved, renamed, copied, or touched).
+    pub reused: usize,
+    /// Files that could not be read or decoded (kept with their error; retried when changed).
+    pub failed: usize,
+    /// Files dropped because they are gone.
+    pub removed: usize,
+    /// The failures of this run: path and reason.
+    pub failures: Vec<(PathBuf, String)>,
+}
+
+/// Progress of an update, for a bar or log lines.
+#[derive(Debug, Clone, Copy)]
+pub enum Progress {
+    /// The walk is done: this many files need reading.
+    Start(usize),
+    /// This many more files were handled.
+    Advance(usize),
+}
+
+/// One file after the decode stage.
+enum Prepared {
+    /// Known content: the row to record, with no embedding to compute.
+    Known(FileRow),
+    /// New content, decoded: the row, the model input and the image's size.
+    New(FileRow, Tensor, u32, u32),
+    /// Unreadable: the row carries the error.
+    Failed(FileRow),
+}
+
+fn prepare(f: &Found, before: Option<&FileRow>, known: &Mutex<HashSet<String>>, t: &ImageTransform) -> Prepared {
+    let row = |hash: Option<String>, error: Option<String>| FileRow {
+        path: f.path.clone(),
+        size: f.size,
+        mtime_ns: f.mtime_ns,
+        hash,
+        error,
+    };
+    if f.size > MAX_FILE_BYTES {
+        return Prepared::Failed(row(None, Some(format!("{} bytes is over the 1 GiB limit of a file", f.size))));
+    }
+    let bytes = match std::fs::read(&f.path) {
+        Ok(b) => b,
+        Err(e) => return Prepared::Failed(row(None, Some(e.to_string()))),
+    };
+    let hash = blake3::hash(&bytes).to_hex().to_string();
+    // Same content as when indexed (only touched): keep its outcome, error or not.
+    if let Some(b) = before.filter(|b| b.hash.as_deref() == Some(hash.as_str())) {
+        return Prepared::Known(row(Some(hash), b.error.clone()));
+    }
+    if known.lock().map(|k| k.contains(&hash)).unwrap_or(false) {
+        return Prepared::Known(row(Some(hash), None));
+    }
+    let info = match perception_encoder::preprocess::probe(&bytes, t.max_pixels) {
+        Ok(i) => i,
+        Err(e) => return Prepared::Failed(row(Some(hash), Some(e.to_string()))),
+    };
+    match t.load_bytes(&bytes) {
+        Ok(x) => Prepared::New(row(Some(hash), None), x, info.width, info.height),
+        Err(e) => Prepared::Failed(row(Some(hash), Some(e.to_string()))),
+    }
+}
+
+/// Bring `catalog` up to date with the files under `roots` (see the module docs).
+pub fn update(
+    catalog: &mut Catalog,
+    model: &Clip,
+    transform: &ImageTransform,
+    roots: &[PathBuf],
+    opts: &UpdateOptions,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<UpdateReport> {
+    let found = scan(roots, &opts.scan)?;
+    let scope: Vec<PathBuf> =
+        roots.iter().map(|r| std::fs::canonicalize(r).map_err(|e| Error::io(r, e))).collect::<Result<_>>()?;
+    catalog.add_roots(&scope)?;
+    let before = catalog.files_under(&scope)?;
+    let present: HashSet<&PathBuf> = found.iter().map(|f| &f.path).collect();
+    let gone: Vec<PathBuf> = before.keys().filter(|p| !present.contains(p)).cloned().collect();
+    catalog.remove(&gone)?;
+    let todo: Vec<&Found> = found
+        .iter()
+        .filter(|f| before.get(&f.path).is_none_or(|b| b.size != f.size || b.mtime_ns != f.mtime_ns))
+        .collect();
+    let mut report = UpdateReport {
+        found: found.len(),
+        unchanged: found.len() - todo.len(),
+        removed: gone.len(),
+        ..Default::default()
+    };
+    progress(Progress::Start(todo.len()));
+    let known = Mutex::new(catalog.known_hashes()?);
+    let batch = opts.batch_size.max(1);
+    let (tx, rx) = sync_channel::<Vec<Prepared>>(2);
+    std::thread::scope(|s| -> Result<()> {
+        let (todo, before, known) = (&todo, &before, &known);
+        s.spawn(move || {
+            for chunk in todo.chunks(batch) {
+                let prepared = chunk.par_iter().map(|f| prepare(f, before.get(&f.path), known, transform)).collect();
+                if tx.send(prepared).is_err() {
+                    break; // the model stage stopped on an error
+                }
+            }
+        });
+        for prepared in rx {
+            let n = prepared.len();
+            let (vectors, files) = embed_batch(model, prepared, &mut report)?;
+            catalog.commit(&vectors, &files)?;
+            if let Ok(mut k) = known.lock() {
+                k.extend(vectors.into_iter().map(|v| v.hash));
+            }
+            progress(Progress::Advance(n));
+        }
+        Ok(())
+    })?;
+    catalog.collect_garbage()?;
+    Ok(report)
+}
+
+/// Embed the new contents of a batch (each distinct content once) and return the rows to record.
+fn embed_batch(
+    model: &Clip,
+    batch: Vec<Prepared>,
+    report: &mut UpdateReport,
+) -> Result<(Vec<VectorRow>, Vec<FileRow>)> {
+    let mut files = Vec::with_capacity(batch.len());
+    let mut inputs: Vec<Tensor> = Vec::new();
+    let mut pending: Vec<(String, u32, u32)> = Vec::new();
+    let mut slot: HashMap<String, usize> = HashMap::new();
+    for p in batch {
+        match p {
+            Prepared::Known(row) => {
+                report.reused += 1;
+                files.push(row);
+            }
+            Prepared::Failed(row) => {
+                report.failed += 1;
+                report.failures.push((row.path.clone(), row.error.clone().unwrap_or_default()));
+                files.push(row);
+            }
+            Prepared::New(row, x, w, h) => {
+                let hash = row.hash.clone().unwrap_or_default();
+                if slot.contains_key(&hash) {
+                    report.reused += 1;
+                } else {
+                    report.embedded += 1;
+                    slot.insert(hash.clone(), inputs.len());
+                    inputs.push(x);
+                    pending.push((hash, w, h));
+                }
+                files.push(row);
+            }
+        }
+    }
+    let mut vectors = Vec::with_capacity(pending.len());
+    if !inputs.is_empty() {
+        let x = Tensor::stack(&inputs, 0)?;
+        let rows: Vec<Vec<f32>> = model.encode_image(&x, true)?.to_dtype(DType::F32)?.to_vec2()?;
+        for ((hash, width, height), embedding) in pending.into_iter().zip(rows) {
+            vectors.push(VectorRow { hash, width, height, embedding });
+        }
+    }
+    Ok((vectors, files))
+}
