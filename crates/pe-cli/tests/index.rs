@@ -1,0 +1,273 @@
+//! `pe index` and `pe search` end to end on the fixture's tiny model: search equals a brute
+//! force over `pe embed-image`'s own outputs, an updated index equals one built from scratch,
+//! a run killed with SIGKILL resumes to the same index, and misuse gets a clear error.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use pe_index::Index;
+use pe_testutil::fixtures;
+
+fn pe(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pe")).args(args).env_remove("PE_MODEL").output().unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(out.status.success(), "exit {:?}: {}", out.status, String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+fn model_args(dir: &Path) -> Vec<String> {
+    vec!["--config".into(), s(&dir.join("tiny-cls.json")), "--weights".into(), s(&dir.join("tiny-cls.pt"))]
+}
+
+fn copy_images(fixtures: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(fixtures.join("images")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+/// Distinct small PNGs (seeded noise), so that every file is new content.
+fn noise_images(to: &Path, n: usize, seed: u32) {
+    std::fs::create_dir_all(to).unwrap();
+    let mut seed = 0x2545_f491u32 ^ seed;
+    for i in 0..n {
+        let img = image::RgbImage::from_fn(24 + (i % 7) as u32, 20, |_, _| {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            image::Rgb([seed as u8, (seed >> 8) as u8, (seed >> 16) as u8])
+        });
+        img.save(to.join(format!("noise-{i:04}.png"))).unwrap();
+    }
+}
+
+/// What an index holds for one file: content hash, error, embedding.
+type Entry = (Option<String>, Option<String>, Option<Vec<f32>>);
+
+/// Everything an index holds, by path.
+fn dump(index_dir: &Path) -> BTreeMap<PathBuf, Entry> {
+    let index = Index::open(index_dir).unwrap();
+    let cat = index.catalog();
+    cat.files_under(&[])
+        .unwrap()
+        .into_iter()
+        .map(|(p, row)| {
+            let v = cat.vector_of(&p).unwrap();
+            (p, (row.hash, row.error, v))
+        })
+        .collect()
+}
+
+fn assert_same_index(a: &Path, b: &Path) {
+    let (da, db) = (dump(a), dump(b));
+    assert_eq!(da.keys().collect::<Vec<_>>(), db.keys().collect::<Vec<_>>(), "the same files");
+    for (p, (ha, ea, va)) in &da {
+        let (hb, eb, vb) = &db[p];
+        assert_eq!((ha, ea), (hb, eb), "{}", p.display());
+        match (va, vb) {
+            (Some(x), Some(y)) => {
+                let d = x.iter().zip(y).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                // Batches of other sizes may round differently in the last bits.
+                assert!(d <= 1e-5, "{}: embeddings differ by {d}", p.display());
+            }
+            (None, None) => {}
+            _ => panic!("{}: one index has an embedding, the other not", p.display()),
+        }
+    }
+}
+
+#[test]
+fn search_equals_brute_force_over_embed_image() {
+    let Some(fx) = fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let photos = tmp.path().join("photos");
+    copy_images(&fx, &photos);
+    let m = model_args(&fx);
+    let mut args = vec!["index".to_string(), s(&photos)];
+    args.extend(m.clone());
+    ok(&pe(&args.iter().map(String::as_str).collect::<Vec<_>>()));
+
+    // Brute force: embed-image's own outputs, and the query's embedding.
+    let root = std::fs::canonicalize(&photos).unwrap();
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_file()).collect();
+    files.sort();
+    let mut args = vec!["embed-image".to_string()];
+    args.extend(m.clone());
+    args.extend(files.iter().map(|p| s(p)));
+    let rows: Vec<(String, Vec<f32>)> = ok(&pe(&args.iter().map(String::as_str).collect::<Vec<_>>()))
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let e = v["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+            (v["path"].as_str().unwrap().to_string(), e)
+        })
+        .collect();
+    let mut args = vec!["embed-text".to_string()];
+    args.extend(m.clone());
+    args.push("a photo of a dog".into());
+    let text: serde_json::Value =
+        serde_json::from_str(ok(&pe(&args.iter().map(String::as_str).collect::<Vec<_>>())).trim()).unwrap();
+    let tq: Vec<f32> = text["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+    let cat = rows.iter().find(|(p, _)| p.ends_with("cat.png")).unwrap().1.clone();
+
+    for (query, q) in [(vec!["a photo of a dog".to_string()], tq), (vec![s(&root.join("cat.png"))], cat)] {
+        let mut want: Vec<(String, f32)> =
+            rows.iter().map(|(p, e)| (p.clone(), e.iter().zip(&q).map(|(a, b)| a * b).sum())).collect();
+        want.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let mut args = vec![
+            "search".to_string(),
+            "--index".into(),
+            s(&root.join(".pe-index")),
+            "--json".into(),
+            "--top".into(),
+            "100".into(),
+        ];
+        args.extend(query.clone());
+        let got: Vec<serde_json::Value> = ok(&pe(&args.iter().map(String::as_str).collect::<Vec<_>>()))
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(got.len(), want.len(), "{query:?}: every file is a result");
+        for (i, (g, (path, score))) in got.iter().zip(&want).enumerate() {
+            assert_eq!(g["rank"], i + 1);
+            assert_eq!(g["path"].as_str().unwrap(), path, "{query:?} rank {}", i + 1);
+            let d = (g["score"].as_f64().unwrap() as f32 - score).abs();
+            assert!(d <= 1e-5, "{query:?} {path}: score off by {d}");
+        }
+    }
+    // Paths only, top 2, from inside the folder (the index is found upwards).
+    let out = Command::new(env!("CARGO_BIN_EXE_pe"))
+        .args(["search", "-f", "--top", "2", "./cat.png"])
+        .current_dir(&root)
+        .output()
+        .unwrap();
+    let text = ok(&out);
+    let paths: Vec<&str> = text.lines().collect();
+    assert_eq!(paths.len(), 2);
+    assert_eq!(paths[0], s(&root.join("cat.png")), "an image finds itself first");
+}
+
+#[test]
+fn an_updated_index_equals_a_fresh_one_and_a_killed_run_resumes() {
+    let Some(fx) = fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let photos = tmp.path().join("photos");
+    copy_images(&fx, &photos);
+    noise_images(&photos.join("noise"), 40, 1);
+    let m = model_args(&fx);
+    let index_into = |dir: &Path, extra: &[&str]| -> Output {
+        let mut args = vec!["index".to_string(), s(&photos), "--index".into(), s(dir)];
+        args.extend(m.clone());
+        args.extend(extra.iter().map(|x| x.to_string()));
+        pe(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let a = tmp.path().join("a");
+    ok(&index_into(&a, &[]));
+    // Add, modify, delete, rename, and add an unreadable file.
+    std::fs::copy(photos.join("dog.png"), photos.join("dog-copy.png")).unwrap();
+    std::fs::rename(photos.join("cat.png"), photos.join("renamed-cat.png")).unwrap();
+    std::fs::remove_file(photos.join("noise/noise-0003.png")).unwrap();
+    noise_images(&photos.join("more"), 3, 2);
+    std::fs::copy(photos.join("noise/noise-0005.png"), photos.join("noise/noise-0004.png")).unwrap();
+    std::fs::write(photos.join("broken.png"), b"\x89PNG\r\n\x1a\nnot really").unwrap();
+    let out = index_into(&a, &[]);
+    assert_eq!(out.status.code(), Some(1), "an unreadable file makes the exit code 1");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("broken.png"), "{err}");
+    assert!(err.contains("3 embedded, 3 reused") && err.contains("2 removed"), "{err}");
+    // Unchanged files are not read again; the unreadable one is not retried.
+    let again = index_into(&a, &[]);
+    assert!(again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("0 embedded"));
+
+    let fresh = tmp.path().join("fresh");
+    assert_eq!(index_into(&fresh, &[]).status.code(), Some(1));
+    assert_same_index(&a, &fresh);
+
+    // Killed mid-run (SIGKILL), then rerun: the same index as one built in one go.
+    let killed = tmp.path().join("killed");
+    let mut args =
+        vec!["index".to_string(), s(&photos), "--index".into(), s(&killed), "--batch-size".into(), "1".into()];
+    args.extend(m.clone());
+    let mut child =
+        Command::new(env!("CARGO_BIN_EXE_pe")).args(&args).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let db = killed.join("catalog.sqlite");
+    let mut waited = 0;
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        waited += 1;
+        let rows = Index::open(&killed).ok().and_then(|i| i.catalog().counts().ok()).map_or(0, |c| c.0);
+        if rows >= 5 || waited > 1500 {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert!(db.exists());
+    let partial = Index::open(&killed).unwrap().catalog().counts().unwrap().0;
+    eprintln!("killed after {partial} files (status {status:?})");
+    // Exit 1 if broken.png is met in this run, 0 if the killed run had already recorded it.
+    let code = index_into(&killed, &[]).status.code();
+    assert!(matches!(code, Some(0 | 1)), "{code:?}");
+    assert_same_index(&killed, &fresh);
+}
+
+#[test]
+fn misuse_gets_clear_errors() {
+    let Some(fx) = fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let photos = tmp.path().join("photos");
+    copy_images(&fx, &photos);
+    let idx = tmp.path().join("idx");
+    let mut args = vec!["index".to_string(), s(&photos), "--index".into(), s(&idx)];
+    args.extend(model_args(&fx));
+    ok(&pe(&args.iter().map(String::as_str).collect::<Vec<_>>()));
+    let text = |out: &Output| String::from_utf8_lossy(&out.stderr).to_string();
+
+    // Another model, or another precision, into the same index: refused.
+    let other = pe(&[
+        "index",
+        &s(&photos),
+        "--index",
+        &s(&idx),
+        "--config",
+        &s(&fx.join("tiny-nocls.json")),
+        "--weights",
+        &s(&fx.join("tiny-nocls.safetensors")),
+    ]);
+    assert_eq!(other.status.code(), Some(2));
+    assert!(text(&other).contains("was built with tiny-cls (f32, squash 32), not tiny-nocls"), "{}", text(&other));
+    let mut args = vec!["index".to_string(), s(&photos), "--index".into(), s(&idx), "--dtype".into(), "bf16".into()];
+    args.extend(model_args(&fx));
+    let bf16 = pe(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(bf16.status.code(), Some(2));
+    assert!(text(&bf16).contains("not tiny-cls (bf16"), "{}", text(&bf16));
+    let crop = pe(&["index", &s(&photos), "--index", &s(&idx), "--center-crop"]);
+    assert!(text(&crop).contains("center-crop"), "{}", text(&crop));
+
+    // No index; an empty folder; an empty index; an empty query.
+    let none = pe(&["search", "--index", &s(&tmp.path().join("nowhere")), "cat"]);
+    assert!(text(&none).contains("no index at"), "{}", text(&none));
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let no_model = pe(&["index", &s(&empty)]);
+    assert!(text(&no_model).contains("give the model to build it with"), "{}", text(&no_model));
+    let mut args = vec!["index".to_string(), s(&empty)];
+    args.extend(model_args(&fx));
+    let out = pe(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(text(&out).contains("0 files"), "{}", text(&out));
+    let out = pe(&["search", "--index", &s(&empty.join(".pe-index")), "cat"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("holds no searchable files yet"), "{}", text(&out));
+    let out = pe(&["search", "--index", &s(&idx)]);
+    assert!(text(&out).contains("nothing to search for"), "{}", text(&out));
+}
