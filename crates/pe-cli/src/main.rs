@@ -48,6 +48,10 @@ enum Command {
     Index(commands::index::IndexCmd),
     /// Search an index by text, image, or weighted combinations ("2:dog" + ./pool.jpg - snow).
     Search(commands::index::SearchCmd),
+    /// Images of an index most like an indexed image (its stored embedding; no model loaded).
+    Similar(commands::index::SimilarCmd),
+    /// Duplicate groups of an index as JSON Lines: exact (same content) and near (cosine >= threshold).
+    Dedupe(commands::index::DedupeCmd),
     /// Serve embeddings over HTTP (OpenAI-compatible /v1/embeddings, /embed/text, /embed/image).
     Serve(commands::serve::ServeCmd),
 }
@@ -75,6 +79,8 @@ fn main() -> ExitCode {
         Command::Serve(cmd) => commands::serve::run(cmd),
         Command::Index(cmd) => commands::index::run_index(cmd),
         Command::Search(cmd) => commands::index::run_search(cmd),
+        Command::Similar(cmd) => commands::index::run_similar(cmd),
+        Command::Dedupe(cmd) => commands::index::run_dedupe(cmd),
     };
     match result {
         Ok(code) => code,

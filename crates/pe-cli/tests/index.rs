@@ -271,3 +271,43 @@ fn misuse_gets_clear_errors() {
     let out = pe(&["search", "--index", &s(&idx)]);
     assert!(text(&out).contains("nothing to search for"), "{}", text(&out));
 }
+
+#[test]
+fn similar_and_dedupe_come_from_the_index() {
+    let Some(fx) = fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let photos = tmp.path().join("photos");
+    copy_images(&fx, &photos);
+    std::fs::copy(photos.join("dog.png"), photos.join("dog-copy.png")).unwrap();
+    let mut cat = image::load_from_memory(&std::fs::read(photos.join("cat.png")).unwrap()).unwrap().to_rgb8();
+    cat.put_pixel(0, 0, image::Rgb([1, 2, 3]));
+    cat.save(photos.join("cat-edited.png")).unwrap();
+    let mut args = vec!["index".to_string(), s(&photos)];
+    args.extend(model_args(&fx));
+    ok(&pe(&args.iter().map(String::as_str).collect::<Vec<_>>()));
+    let root = std::fs::canonicalize(&photos).unwrap();
+    let idx = s(&root.join(".pe-index"));
+
+    let similar = ok(&pe(&["similar", &s(&root.join("cat.png")), "--index", &idx, "-f", "--top", "3"]));
+    let paths: Vec<&str> = similar.lines().collect();
+    assert_eq!(paths.len(), 3);
+    assert_eq!(paths[0], s(&root.join("cat-edited.png")), "the edited copy is nearest");
+    assert!(!paths.contains(&s(&root.join("cat.png")).as_str()), "the query itself is left out");
+
+    let groups: Vec<serde_json::Value> =
+        ok(&pe(&["dedupe", "--index", &idx])).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let names = |g: &serde_json::Value| -> Vec<String> {
+        g["paths"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap().rsplit('/').next().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(groups[0]["kind"], "exact");
+    assert_eq!(names(&groups[0]), ["dog-copy.png", "dog.png"]);
+    let near: Vec<&serde_json::Value> = groups.iter().filter(|g| g["kind"] == "near").collect();
+    assert!(near.iter().any(|g| names(g) == ["cat-edited.png", "cat.png"]), "{groups:?}");
+    let out = pe(&["similar", &s(&tmp.path().join("elsewhere.png")), "--index", &idx]);
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -256,6 +256,19 @@ impl Catalog {
         Ok(())
     }
 
+    /// The content hash of each searchable file, in path order (the matrix's row order).
+    pub fn searchable_hashes(&self) -> Result<Vec<String>> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT files.hash FROM files JOIN vectors ON files.hash = vectors.hash
+                 WHERE files.error IS NULL ORDER BY files.path",
+            )
+            .map_err(self.err())?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(self.err())?;
+        rows.collect::<Result<_, _>>().map_err(self.err())
+    }
+
     /// The embedding stored for a file, if it has one.
     pub fn vector_of(&self, path: &Path) -> Result<Option<Vec<f32>>> {
         let blob: Option<Vec<u8>> = self

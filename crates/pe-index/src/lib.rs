@@ -14,6 +14,7 @@
 //!   rebuilt from the catalog when older than it; exact search scores every row.
 
 mod catalog;
+mod dedupe;
 mod error;
 mod manifest;
 mod matrix;
@@ -25,6 +26,7 @@ mod update;
 use std::path::{Path, PathBuf};
 
 pub use catalog::{Catalog, FileRow, VectorRow};
+pub use dedupe::Group;
 pub use error::{Error, Result};
 pub use manifest::{describe, hash_file, Manifest, ModelSpec, TransformSpec, FORMAT_VERSION};
 pub use matrix::{dot, Hit, Matrix};
@@ -122,6 +124,32 @@ impl Index {
         }
         Matrix::build(&self.dir, &self.catalog, self.manifest.dim)?;
         Matrix::open(&self.dir)
+    }
+
+    /// The `k` files most like the indexed file `path` (by its stored embedding), itself left
+    /// out, best first.
+    pub fn similar(&self, path: &Path, k: usize) -> Result<Vec<Hit>> {
+        let abs = std::fs::canonicalize(path).map_err(|e| Error::io(path, e))?;
+        let q = self.catalog.vector_of(&abs)?.ok_or_else(|| {
+            Error::Query(format!("{} is not in the index (or could not be read when indexed)", path.display()))
+        })?;
+        let mut hits = self.search(&q, k.saturating_add(1), f32::NEG_INFINITY)?;
+        hits.retain(|h| h.path != abs);
+        hits.truncate(k);
+        Ok(hits)
+    }
+
+    /// Exact duplicates (same content), then near duplicates (cosine at least `threshold`
+    /// between different contents, grouped transitively).
+    pub fn duplicates(&self, threshold: f32) -> Result<Vec<Group>> {
+        let m = self.matrix()?;
+        let hashes = self.catalog.searchable_hashes()?;
+        if hashes.len() != m.rows() {
+            return Err(Error::corrupt(&self.dir, "the vector matrix and the catalog disagree; rerun `pe index`"));
+        }
+        let mut groups = dedupe::exact_groups(&m, &hashes)?;
+        groups.extend(dedupe::near_groups(&m, &hashes, threshold)?);
+        Ok(groups)
     }
 
     /// The `k` files most like the query vector, at least `threshold`, best first.

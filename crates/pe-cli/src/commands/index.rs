@@ -271,18 +271,75 @@ pub fn run_search(cmd: SearchCmd) -> anyhow::Result<ExitCode> {
     }
     let q = pe_index::query_vector(&model, index.manifest(), index.catalog(), &terms)?;
     let hits = index.search(&q, cmd.top as usize, cmd.threshold.unwrap_or(f32::NEG_INFINITY))?;
+    print_hits(&hits, cmd.json, cmd.paths_only)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Arguments of `pe similar`.
+#[derive(Debug, clap::Args)]
+pub struct SimilarCmd {
+    /// An indexed image; its stored embedding is the query (no model is loaded).
+    path: PathBuf,
+    /// The index directory (default: the nearest .pe-index from the current directory up).
+    #[arg(long)]
+    index: Option<PathBuf>,
+    /// How many results.
+    #[arg(long, short = 't', default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    top: u64,
+    /// JSON Lines: {"rank", "path", "score"}, best first.
+    #[arg(long, conflicts_with = "paths_only")]
+    json: bool,
+    /// Paths only, one a line.
+    #[arg(long, short = 'f')]
+    paths_only: bool,
+}
+
+pub fn run_similar(cmd: SimilarCmd) -> anyhow::Result<ExitCode> {
+    let index = Index::open(&search_index_dir(&cmd.index)?)?;
+    let hits = index.similar(&cmd.path, cmd.top as usize)?;
+    print_hits(&hits, cmd.json, cmd.paths_only)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Arguments of `pe dedupe`.
+#[derive(Debug, clap::Args)]
+pub struct DedupeCmd {
+    /// The index directory (default: the nearest .pe-index from the current directory up).
+    #[arg(long)]
+    index: Option<PathBuf>,
+    /// Near duplicates: different files whose embeddings have at least this cosine.
+    #[arg(long, default_value_t = 0.95)]
+    threshold: f32,
+}
+
+pub fn run_dedupe(cmd: DedupeCmd) -> anyhow::Result<ExitCode> {
+    if !(-1.0..=1.0).contains(&cmd.threshold) {
+        bail!("--threshold must be a cosine between -1 and 1");
+    }
+    let index = Index::open(&search_index_dir(&cmd.index)?)?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for g in index.duplicates(cmd.threshold)? {
+        let paths: Vec<String> = g.paths.iter().map(|p| display_name(p.as_os_str())).collect();
+        let kind = if g.exact { "exact" } else { "near" };
+        serde_json::to_writer(&mut out, &serde_json::json!({"kind": kind, "min_score": g.min_score, "paths": paths}))?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_hits(hits: &[pe_index::Hit], json: bool, paths_only: bool) -> anyhow::Result<()> {
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for (rank, hit) in hits.iter().enumerate() {
         let path = display_name(hit.path.as_os_str());
-        if cmd.json {
+        if json {
             serde_json::to_writer(&mut out, &serde_json::json!({"rank": rank + 1, "path": path, "score": hit.score}))?;
             out.write_all(b"\n")?;
-        } else if cmd.paths_only {
+        } else if paths_only {
             writeln!(out, "{path}")?;
         } else {
             writeln!(out, "{:.4}\t{path}", hit.score)?;
         }
     }
-    out.flush()?;
-    Ok(ExitCode::SUCCESS)
+    Ok(out.flush()?)
 }
