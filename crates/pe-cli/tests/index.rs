@@ -264,7 +264,7 @@ fn misuse_gets_clear_errors() {
     let mut args = vec!["index".to_string(), s(&empty)];
     args.extend(model_args(&fx));
     let out = pe(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    assert!(text(&out).contains("0 files"), "{}", text(&out));
+    assert!(text(&out).contains("no images found under"), "{}", text(&out));
     let out = pe(&["search", "--index", &s(&empty.join(".pe-index")), "cat"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("holds no searchable files yet"), "{}", text(&out));

@@ -156,6 +156,13 @@ pub fn run_index(cmd: IndexCmd) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let report = update_with_progress(&mut index, &model, &cmd.paths, &opts)?;
     let secs = started.elapsed().as_secs_f64();
+    if report.found == 0 {
+        eprintln!(
+            "pe: no images found under {} (extensions {}; hidden files are skipped unless --include-hidden)",
+            cmd.paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+            pe_index::IMAGE_EXTENSIONS.join(", ")
+        );
+    }
     for (path, reason) in &report.failures {
         eprintln!("pe: skipping {}: {reason}", display_name(path.as_os_str()));
     }
