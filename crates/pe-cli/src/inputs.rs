@@ -10,10 +10,6 @@ use rayon::prelude::*;
 
 use crate::args::{progress, ImageArgs};
 
-/// Image file extensions picked up when walking a directory (files named explicitly are
-/// always read, whatever their name: the format is detected from the content).
-const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "webp", "gif", "bmp", "tif", "tiff"];
-
 /// Expand files and directories (recursively, in sorted order) into a list of files.
 ///
 /// Links are followed, but each directory is walked once: a link back to an ancestor (`a -> .`,
@@ -50,7 +46,7 @@ pub fn collect_files(inputs: &[PathBuf], extensions: &[&str]) -> anyhow::Result<
             };
             let kind = entry.file_type();
             if kind.is_dir() {
-                if !walked.insert(dir_identity(&entry)) {
+                if !walked.insert(pe_index::dir_identity(&entry)) {
                     tracing::warn!("skipping {}: a directory already walked (through a link)", entry.path().display());
                     it.skip_current_dir();
                 }
@@ -66,21 +62,9 @@ pub fn collect_files(inputs: &[PathBuf], extensions: &[&str]) -> anyhow::Result<
     Ok(out)
 }
 
-/// What makes a directory the same one under another name.
-fn dir_identity(entry: &walkdir::DirEntry) -> (u64, u64, PathBuf) {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt;
-        if let Ok(m) = entry.metadata() {
-            return (m.dev(), m.ino(), PathBuf::new());
-        }
-    }
-    (0, 0, std::fs::canonicalize(entry.path()).unwrap_or_else(|_| entry.path().to_path_buf()))
-}
-
 /// Image files among `inputs` (see [`collect_files`]).
 pub fn collect_images(inputs: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
-    collect_files(inputs, IMAGE_EXTENSIONS)
+    collect_files(inputs, pe_index::IMAGE_EXTENSIONS)
 }
 
 /// Lines of a UTF-8 file; invalid UTF-8 is an error naming the line.

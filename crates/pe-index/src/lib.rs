@@ -30,7 +30,7 @@ pub use dedupe::Group;
 pub use error::{Error, Result};
 pub use manifest::{describe, hash_file, Manifest, ModelSpec, TransformSpec, FORMAT_VERSION};
 pub use matrix::{dot, Hit, Matrix};
-pub use scan::{scan, Found, ScanOptions, IMAGE_EXTENSIONS};
+pub use scan::{dir_identity, scan, Found, ScanOptions, IMAGE_EXTENSIONS};
 pub use search::query_vector;
 pub use update::{Progress, UpdateOptions, UpdateReport, MAX_FILE_BYTES};
 

@@ -127,8 +127,9 @@ pub fn scan(roots: &[PathBuf], opts: &ScanOptions) -> Result<Vec<Found>> {
     Ok(out)
 }
 
-/// What makes a directory the same one under another name.
-fn dir_identity(entry: &walkdir::DirEntry) -> (u64, u64, PathBuf) {
+/// What makes a directory the same one under another name (device and inode on Unix), so a
+/// walk that follows links can enter each directory once.
+pub fn dir_identity(entry: &walkdir::DirEntry) -> (u64, u64, PathBuf) {
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt;
