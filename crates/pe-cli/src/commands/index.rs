@@ -202,7 +202,6 @@ fn update_with_progress(
             }
             // Off a terminal: a log line every 10 s instead of a bar.
             if !terminal && last_log.elapsed().as_secs() >= 10 {
-                tracing::info!("indexed {done}/{total} files");
                 eprintln!("pe: indexed {done}/{total} files");
                 last_log = Instant::now();
             }
