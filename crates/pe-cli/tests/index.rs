@@ -119,7 +119,18 @@ fn search_equals_brute_force_over_embed_image() {
     let tq: Vec<f32> = text["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
     let cat = rows.iter().find(|(p, _)| p.ends_with("cat.png")).unwrap().1.clone();
 
-    for (query, q) in [(vec!["a photo of a dog".to_string()], tq), (vec![s(&root.join("cat.png"))], cat)] {
+    // Exact search (a small folder), then through the approximate index: the same results.
+    let cases = [(vec!["a photo of a dog".to_string()], tq), (vec![s(&root.join("cat.png"))], cat)];
+    for (ann, (query, q)) in [("never", &cases[0]), ("never", &cases[1]), ("always", &cases[0]), ("always", &cases[1])]
+    {
+        let out = pe(&["index", &s(&photos), "--ann", ann]);
+        ok(&out);
+        let log = String::from_utf8_lossy(&out.stderr).to_string();
+        assert_eq!(log.contains("pe: approximate index"), ann == "always", "{log}");
+        assert_eq!(root.join(".pe-index/ann.bin").exists(), ann == "always");
+        let q = q.clone();
+        let query = query.clone();
+
         let mut want: Vec<(String, f32)> =
             rows.iter().map(|(p, e)| (p.clone(), e.iter().zip(&q).map(|(a, b)| a * b).sum())).collect();
         want.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));

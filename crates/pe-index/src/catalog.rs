@@ -283,6 +283,57 @@ impl Catalog {
         Ok(blob.map(|b| b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()))
     }
 
+    /// Every stored embedding with its content hash (distinct contents, in hash order):
+    /// `f(hash, embedding)`.
+    pub fn for_each_embedding(&self, dim: usize, mut f: impl FnMut(&str, &[f32]) -> Result<()>) -> Result<()> {
+        let mut stmt = self.conn.prepare("SELECT hash, embedding FROM vectors ORDER BY hash").map_err(self.err())?;
+        let mut rows = stmt.query([]).map_err(self.err())?;
+        let mut v = vec![0f32; dim];
+        while let Some(r) = rows.next().map_err(self.err())? {
+            let hash: String = r.get(0).map_err(self.err())?;
+            let blob: Vec<u8> = r.get(1).map_err(self.err())?;
+            self.decode_into(&hash, &blob, &mut v)?;
+            f(&hash, &v)?;
+        }
+        Ok(())
+    }
+
+    fn decode_into(&self, hash: &str, blob: &[u8], v: &mut [f32]) -> Result<()> {
+        if blob.len() != v.len() * 4 {
+            return Err(Error::corrupt(
+                &self.path,
+                format!("the embedding of content {hash} has {} bytes, not {}", blob.len(), v.len() * 4),
+            ));
+        }
+        for (d, c) in v.iter_mut().zip(blob.chunks_exact(4)) {
+            *d = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        }
+        Ok(())
+    }
+
+    /// The embedding stored for a content hash, if any.
+    pub fn embedding_of(&self, hash: &str, dim: usize) -> Result<Option<Vec<f32>>> {
+        let blob: Option<Vec<u8>> = self
+            .conn
+            .query_row("SELECT embedding FROM vectors WHERE hash = ?1", params![hash], |r| r.get(0))
+            .optional()
+            .map_err(self.err())?;
+        let Some(blob) = blob else { return Ok(None) };
+        let mut v = vec![0f32; dim];
+        self.decode_into(hash, &blob, &mut v)?;
+        Ok(Some(v))
+    }
+
+    /// The searchable files holding a content hash, in path order.
+    pub fn paths_of(&self, hash: &str) -> Result<Vec<PathBuf>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT path FROM files WHERE hash = ?1 AND error IS NULL ORDER BY path")
+            .map_err(self.err())?;
+        let rows = stmt.query_map(params![hash], |r| r.get::<_, Vec<u8>>(0)).map_err(self.err())?;
+        rows.map(|r| r.map(key_path).map_err(self.err())).collect()
+    }
+
     /// Counts: (files, searchable files, files with errors, distinct embeddings).
     pub fn counts(&self) -> Result<(usize, usize, usize, usize)> {
         let q = |sql: &str| -> Result<usize> {

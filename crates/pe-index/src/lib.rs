@@ -11,8 +11,11 @@
 //!   embedding per distinct content; each batch is one transaction, so a crash loses nothing
 //!   already committed;
 //! - `vectors.f32` ([`Matrix`]): the embeddings as one memory-mapped matrix in path order,
-//!   rebuilt from the catalog when older than it; exact search scores every row.
+//!   rebuilt from the catalog when older than it; exact search scores every row;
+//! - `ann.bin` ([`Ann`]): for large collections, an HNSW graph (USearch) over the distinct
+//!   contents, updated incrementally; its hits are re-scored exactly.
 
+mod ann;
 mod catalog;
 mod dedupe;
 mod error;
@@ -24,14 +27,16 @@ mod search;
 mod update;
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
+pub use ann::{Ann, AnnMode, AnnReport, AnnStorage, ANN_MIN_ROWS};
 pub use catalog::{Catalog, FileRow, VectorRow};
 pub use dedupe::Group;
 pub use error::{Error, Result};
 pub use manifest::{describe, hash_file, Manifest, ModelSpec, TransformSpec, FORMAT_VERSION};
 pub use matrix::{dot, Hit, Matrix};
 pub use scan::{dir_identity, scan, Found, ScanOptions, IMAGE_EXTENSIONS};
-pub use search::query_vector;
+pub use search::{needs_model, query_vector};
 pub use update::{Progress, UpdateOptions, UpdateReport, MAX_FILE_BYTES};
 
 use perception_encoder::preprocess::ImageTransform;
@@ -45,6 +50,48 @@ pub struct Index {
     dir: PathBuf,
     manifest: Manifest,
     catalog: Catalog,
+    /// The matrix and graph of the last search, reused while the catalog is unchanged.
+    loaded: Mutex<Option<Arc<Loaded>>>,
+}
+
+/// The searchable state of one catalog generation.
+struct Loaded {
+    generation: i64,
+    /// The files' identities when mapped: a file changed in place (not by our renames) is
+    /// mapped again rather than read past its new end.
+    files: [Option<FileId>; 2],
+    matrix: Matrix,
+    /// The approximate index, when there is one built from this generation.
+    ann: Option<Ann>,
+}
+
+/// A file's identity: device, inode, size and modification time.
+type FileId = (u64, u64, u64, i64);
+
+fn file_id(path: &Path) -> Option<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.dev(), m.ino(), m.len(), m.mtime_nsec() + m.mtime() * 1_000_000_000))
+}
+
+/// What a search asks for.
+#[derive(Debug, Clone)]
+pub struct SearchOptions {
+    /// How many files to return at most.
+    pub k: usize,
+    /// The lowest score returned.
+    pub threshold: f32,
+    /// Score every file even when an approximate index exists.
+    pub exact: bool,
+    /// Only files under this folder (absolute), searched exactly.
+    pub under: Option<PathBuf>,
+}
+
+impl SearchOptions {
+    /// The `k` best, with no threshold, by the fastest method available.
+    pub fn top(k: usize) -> Self {
+        SearchOptions { k, threshold: f32::NEG_INFINITY, exact: false, under: None }
+    }
 }
 
 impl Index {
@@ -52,7 +99,7 @@ impl Index {
     pub fn open(dir: &Path) -> Result<Self> {
         let manifest = Manifest::read(dir)?;
         let catalog = Catalog::open(dir)?;
-        Ok(Index { dir: dir.to_path_buf(), manifest, catalog })
+        Ok(Index { dir: dir.to_path_buf(), manifest, catalog, loaded: Mutex::new(None) })
     }
 
     /// Open the index at `dir` for updating with `manifest`'s model, creating it if there is
@@ -108,9 +155,59 @@ impl Index {
             )));
         }
         let transform: ImageTransform = self.manifest.transform.transform();
-        let report = update::update(&mut self.catalog, model, &transform, roots, opts, progress)?;
+        let mut report = update::update(&mut self.catalog, model, &transform, roots, opts, progress)?;
         Matrix::build(&self.dir, &self.catalog, self.manifest.dim)?;
+        report.ann = self.refresh_ann(opts.ann, opts.ann_storage, progress)?;
         Ok(report)
+    }
+
+    /// Build, update or delete the approximate index as `mode` says (see [`ann::refresh`]).
+    pub fn refresh_ann(
+        &mut self,
+        mode: AnnMode,
+        storage: AnnStorage,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<AnnReport> {
+        if let Ok(mut l) = self.loaded.lock() {
+            *l = None;
+        }
+        ann::refresh(&self.dir, &self.catalog, self.manifest.dim, mode, storage, &mut |done, total| {
+            progress(Progress::Approximate { done, total })
+        })
+    }
+
+    /// The approximate index, if there is one and it is as new as the catalog.
+    pub fn ann(&self) -> Result<Option<Ann>> {
+        let generation = self.catalog.generation()?;
+        Ok(Ann::open(&self.dir)?.filter(|a| a.generation() == generation))
+    }
+
+    fn loaded(&self) -> Result<Arc<Loaded>> {
+        let generation = self.catalog.generation()?;
+        let mut cache = self.loaded.lock().map_err(|_| Error::Query("a previous search failed midway".into()))?;
+        let files = [file_id(&Matrix::path(&self.dir)), file_id(&Ann::path(&self.dir))];
+        if let Some(l) = cache.as_ref().filter(|l| l.generation == generation && l.files == files) {
+            return Ok(l.clone());
+        }
+        let matrix = self.matrix()?;
+        let ann = match Ann::open(&self.dir) {
+            Ok(Some(a)) if a.generation() == generation => Some(a),
+            Ok(Some(_)) => {
+                tracing::warn!(
+                    "the approximate index is older than the catalog (run `pe index` to refresh it); searching exactly"
+                );
+                None
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!("{e}; searching exactly");
+                None
+            }
+        };
+        let files = [file_id(&Matrix::path(&self.dir)), file_id(&Ann::path(&self.dir))];
+        let l = Arc::new(Loaded { generation, files, matrix, ann });
+        *cache = Some(l.clone());
+        Ok(l)
     }
 
     /// The vector matrix, rebuilt first when the catalog has changed since it was written
@@ -128,14 +225,14 @@ impl Index {
 
     /// The `k` files most like the indexed file `path` (by its stored embedding), itself left
     /// out, best first.
-    pub fn similar(&self, path: &Path, k: usize) -> Result<Vec<Hit>> {
+    pub fn similar(&self, path: &Path, opts: &SearchOptions) -> Result<Vec<Hit>> {
         let abs = std::fs::canonicalize(path).map_err(|e| Error::io(path, e))?;
         let q = self.catalog.vector_of(&abs)?.ok_or_else(|| {
             Error::Query(format!("{} is not in the index (or could not be read when indexed)", path.display()))
         })?;
-        let mut hits = self.search(&q, k.saturating_add(1), f32::NEG_INFINITY)?;
+        let mut hits = self.search(&q, &SearchOptions { k: opts.k.saturating_add(1), ..opts.clone() })?;
         hits.retain(|h| h.path != abs);
-        hits.truncate(k);
+        hits.truncate(opts.k);
         Ok(hits)
     }
 
@@ -152,12 +249,30 @@ impl Index {
         Ok(groups)
     }
 
-    /// The `k` files most like the query vector, at least `threshold`, best first.
-    pub fn search(&self, query: &[f32], k: usize, threshold: f32) -> Result<Vec<Hit>> {
-        let m = self.matrix()?;
-        if m.rows() == 0 {
+    /// The files most like the query vector (normalized), best first: exactly (every row of
+    /// the matrix, or of the rows under `opts.under`), or through the approximate index when
+    /// there is a fresh one and `opts.exact` is off. Scores are exact cosines either way.
+    pub fn search(&self, query: &[f32], opts: &SearchOptions) -> Result<Vec<Hit>> {
+        let l = self.loaded()?;
+        if l.matrix.rows() == 0 {
             return Err(Error::Empty(self.dir.clone()));
         }
-        m.exact(query, k, threshold)
+        if let Some(under) = &opts.under {
+            let rows = l.matrix.rows_under(under)?;
+            return l.matrix.exact_in(query, opts.k, opts.threshold, rows);
+        }
+        match (&l.ann, opts.exact) {
+            (Some(ann), false) => search::approximate(ann, &self.catalog, query, opts),
+            _ => l.matrix.exact(query, opts.k, opts.threshold),
+        }
+    }
+
+    /// How searches will run: "exact" or "approximate (N contents)".
+    pub fn method(&self) -> Result<String> {
+        let l = self.loaded()?;
+        Ok(match &l.ann {
+            Some(a) => format!("approximate ({} contents)", a.len()),
+            None => "exact".to_string(),
+        })
     }
 }

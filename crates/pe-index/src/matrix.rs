@@ -5,6 +5,7 @@
 //! what it scores: nothing is parsed at start-up.
 
 use std::io::Write;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
@@ -136,12 +137,60 @@ impl Matrix {
 
     /// The path of row `i`.
     pub fn path_of(&self, i: usize) -> Result<PathBuf> {
+        Ok(key_path(self.path_bytes(i)?.to_vec()))
+    }
+
+    fn path_bytes(&self, i: usize) -> Result<&[u8]> {
         let base = self.paths_at + 8 * (self.rows + 1);
         let (a, b) = (self.offset(i) as usize, self.offset(i + 1) as usize);
         if a > b || base + b > self.map.len() {
             return Err(Error::corrupt(&self.file, format!("path {i} is out of bounds")));
         }
-        Ok(key_path(self.map[base + a..base + b].to_vec()))
+        Ok(&self.map[base + a..base + b])
+    }
+
+    /// The rows of the files under the folder `prefix` (or of the file itself): a contiguous
+    /// range, since rows are in path order.
+    pub fn rows_under(&self, prefix: &Path) -> Result<Range<usize>> {
+        let mut dir = path_key(prefix);
+        while dir.len() > 1 && dir.last() == Some(&b'/') {
+            dir.pop();
+        }
+        if dir == b"/" {
+            return Ok(0..self.rows);
+        }
+        // Bytes sort so that "dir/" <= "dir/..." < "dir0": everything under it lies between.
+        let mut first_err = None;
+        let mut at_least = |key: &[u8]| {
+            let mut lo = 0;
+            let mut hi = self.rows;
+            while lo < hi {
+                let mid = (lo + hi) / 2;
+                match self.path_bytes(mid) {
+                    Ok(p) if p < key => lo = mid + 1,
+                    Ok(_) => hi = mid,
+                    Err(e) => {
+                        first_err.get_or_insert(e);
+                        return 0;
+                    }
+                }
+            }
+            lo
+        };
+        let exact = at_least(&dir);
+        let mut below = dir.clone();
+        below.push(b'/');
+        let start = at_least(&below);
+        *below.last_mut().unwrap_or(&mut 0) = b'/' + 1;
+        let end = at_least(&below);
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        // A file's own row: rows are files, so nothing lies under it.
+        if exact < self.rows && self.path_bytes(exact)? == dir.as_slice() {
+            return Ok(exact..exact + 1);
+        }
+        Ok(start..end.max(start))
     }
 
     /// Row `i` of the matrix.
@@ -155,15 +204,21 @@ impl Matrix {
     /// The `k` rows of highest cosine with `query` (normalized, `dim` long), at least
     /// `threshold`, best first (ties in path order), by scoring every row.
     pub fn exact(&self, query: &[f32], k: usize, threshold: f32) -> Result<Vec<Hit>> {
+        self.exact_in(query, k, threshold, 0..self.rows)
+    }
+
+    /// As [`Matrix::exact`], over the rows of `range` only.
+    pub fn exact_in(&self, query: &[f32], k: usize, threshold: f32, range: Range<usize>) -> Result<Vec<Hit>> {
+        let range = range.start.min(self.rows)..range.end.min(self.rows);
         if query.len() != self.dim {
             return Err(Error::Query(format!("a query of {} dims for an index of {}", query.len(), self.dim)));
         }
         const CHUNK: usize = 4096;
-        let best: Vec<(f32, usize)> = (0..self.rows.div_ceil(CHUNK))
+        let best: Vec<(f32, usize)> = (0..range.len().div_ceil(CHUNK))
             .into_par_iter()
             .map(|c| {
                 let mut top = TopK::new(k);
-                for i in c * CHUNK..((c + 1) * CHUNK).min(self.rows) {
+                for i in range.start + c * CHUNK..(range.start + (c + 1) * CHUNK).min(range.end) {
                     let s = dot(self.row(i), query);
                     if s >= threshold {
                         top.push(s, i);

@@ -8,17 +8,34 @@ use candle_core::{DType, Device, Tensor};
 use perception_encoder::tokenizer::ClipTokenizer;
 use perception_encoder::Clip;
 
+use crate::ann::{Ann, EXPANSION_SEARCH};
 use crate::catalog::Catalog;
 use crate::error::{Error, Result};
 use crate::manifest::Manifest;
+use crate::matrix::{dot, Hit};
 use crate::query::{combine, Term, TermKind};
+use crate::SearchOptions;
 
-/// The normalized query vector of `terms`.
-pub fn query_vector(model: &Clip, manifest: &Manifest, catalog: &Catalog, terms: &[Term]) -> Result<Vec<f32>> {
+/// Whether `terms` need the model: text does, and so do images the index does not hold.
+pub fn needs_model(catalog: &Catalog, terms: &[Term]) -> Result<bool> {
+    for t in terms {
+        match &t.kind {
+            TermKind::Text(_) => return Ok(true),
+            TermKind::Image(path) if stored(catalog, path)?.is_none() => return Ok(true),
+            TermKind::Image(_) => {}
+        }
+    }
+    Ok(false)
+}
+
+/// The normalized query vector of `terms`; `model` may be `None` when [`needs_model`] says so.
+pub fn query_vector(model: Option<&Clip>, manifest: &Manifest, catalog: &Catalog, terms: &[Term]) -> Result<Vec<f32>> {
     let mut embedded = Vec::with_capacity(terms.len());
+    let need = || Error::Query("this query needs the model, which was not loaded".into());
     for t in terms {
         let e = match &t.kind {
             TermKind::Text(text) => {
+                let model = model.ok_or_else(need)?;
                 let text_tower = model.text().ok_or_else(|| {
                     Error::Query(format!("{} has no text tower: search by image instead", manifest.model.name))
                 })?;
@@ -29,6 +46,7 @@ pub fn query_vector(model: &Clip, manifest: &Manifest, catalog: &Catalog, terms:
             TermKind::Image(path) => match stored(catalog, path)? {
                 Some(v) => v,
                 None => {
+                    let model = model.ok_or_else(need)?;
                     let x = manifest.transform.transform().load_path(path)?.unsqueeze(0)?;
                     row(&model.encode_image(&x, true)?)?
                 }
@@ -49,4 +67,32 @@ fn stored(catalog: &Catalog, path: &Path) -> Result<Option<Vec<f32>>> {
 
 fn row(t: &Tensor) -> Result<Vec<f32>> {
     Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?)
+}
+
+/// Search through the approximate index: its nearest contents, re-scored with their stored
+/// float32 embeddings and expanded to every file holding them; asks the graph for more when
+/// the threshold or unreadable duplicates leave fewer than `k` files.
+pub fn approximate(ann: &Ann, catalog: &Catalog, query: &[f32], opts: &SearchOptions) -> Result<Vec<Hit>> {
+    let mut want = opts.k.max(1);
+    loop {
+        let asked = want.max(EXPANSION_SEARCH).min(ann.len());
+        let found = ann.search(query, asked)?;
+        let mut hits = Vec::new();
+        let mut below = false;
+        for (hash, _) in &found {
+            let Some(v) = catalog.embedding_of(hash, query.len())? else { continue };
+            let score = dot(&v, query);
+            if score < opts.threshold {
+                below = true;
+                continue;
+            }
+            hits.extend(catalog.paths_of(hash)?.into_iter().map(|path| Hit { path, score }));
+        }
+        hits.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.path.cmp(&b.path)));
+        if hits.len() >= opts.k || below || found.len() < asked || want >= ann.len() {
+            hits.truncate(opts.k);
+            return Ok(hits);
+        }
+        want = want.saturating_mul(2);
+    }
 }

@@ -15,6 +15,7 @@ use perception_encoder::preprocess::ImageTransform;
 use perception_encoder::Clip;
 use rayon::prelude::*;
 
+use crate::ann::{AnnMode, AnnReport, AnnStorage};
 use crate::catalog::{Catalog, FileRow, VectorRow};
 use crate::error::{Error, Result};
 use crate::scan::{scan, Found, ScanOptions};
@@ -29,11 +30,15 @@ pub struct UpdateOptions {
     pub scan: ScanOptions,
     /// Images per forward pass.
     pub batch_size: usize,
+    /// When to keep an approximate index.
+    pub ann: AnnMode,
+    /// How the approximate index stores vectors.
+    pub ann_storage: AnnStorage,
 }
 
 impl Default for UpdateOptions {
     fn default() -> Self {
-        UpdateOptions { scan: ScanOptions::default(), batch_size: 32 }
+        UpdateOptions { scan: ScanOptions::default(), batch_size: 32, ann: AnnMode::Auto, ann_storage: AnnStorage::F16 }
     }
 }
 
@@ -54,6 +59,8 @@ pub struct UpdateReport {
     pub removed: usize,
     /// The failures of this run: path and reason.
     pub failures: Vec<(PathBuf, String)>,
+    /// What happened to the approximate index.
+    pub ann: AnnReport,
 }
 
 /// Progress of an update, for a bar or log lines.
@@ -63,6 +70,13 @@ pub enum Progress {
     Start(usize),
     /// This many more files were handled.
     Advance(usize),
+    /// The approximate index holds `done` of `total` new contents.
+    Approximate {
+        /// Contents added so far.
+        done: usize,
+        /// Contents to add.
+        total: usize,
+    },
 }
 
 /// One file after the decode stage.

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use pe_index::{Catalog, FileRow, Index, Manifest, ModelSpec, TransformSpec, VectorRow};
+use pe_index::{Catalog, FileRow, Index, Manifest, ModelSpec, SearchOptions, TransformSpec, VectorRow};
 use perception_encoder::Precision;
 
 const DIM: usize = 16;
@@ -74,23 +74,23 @@ fn exact_search_equals_brute_force_and_a_damaged_matrix_is_rebuilt() {
     let mut want: Vec<(f32, PathBuf)> =
         vectors.iter().zip(&files).map(|(v, f)| (pe_index::dot(&v.embedding, &q), f.path.clone())).collect();
     want.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-    let got = index.search(&q, 25, f32::NEG_INFINITY).unwrap();
+    let got = index.search(&q, &SearchOptions::top(25)).unwrap();
     assert_eq!(got.len(), 25);
     for (g, (score, path)) in got.iter().zip(&want) {
         assert_eq!(&g.path, path);
         assert_eq!(g.score, *score, "the same dot product, summed in the same order");
     }
-    let above = index.search(&q, 1000, want[9].0).unwrap();
+    let above = index.search(&q, &SearchOptions { threshold: want[9].0, ..SearchOptions::top(1000) }).unwrap();
     assert_eq!(above.len(), 10, "--threshold keeps exactly the scores at or above it");
 
     // Truncated, then garbage, then stale: each time rebuilt from the catalog.
     let file = pe_index::Matrix::path(&dir);
     let len = std::fs::metadata(&file).unwrap().len();
     std::fs::OpenOptions::new().write(true).open(&file).unwrap().set_len(len / 2).unwrap();
-    assert_eq!(index.search(&q, 25, f32::NEG_INFINITY).unwrap(), got);
+    assert_eq!(index.search(&q, &SearchOptions::top(25)).unwrap(), got);
     std::fs::write(&file, b"PEVECS01 and then nothing sensible at all").unwrap();
-    assert_eq!(index.search(&q, 25, f32::NEG_INFINITY).unwrap(), got);
+    assert_eq!(index.search(&q, &SearchOptions::top(25)).unwrap(), got);
     Catalog::open(&dir).unwrap().remove(&[want[0].1.clone()]).unwrap();
-    let after = index.search(&q, 1, f32::NEG_INFINITY).unwrap();
+    let after = index.search(&q, &SearchOptions::top(1)).unwrap();
     assert_eq!(after[0].path, want[1].1, "a removed file is gone from results at once");
 }

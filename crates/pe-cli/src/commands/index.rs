@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use pe_index::{query, Index, Manifest, TransformSpec, UpdateOptions};
+use pe_index::{query, AnnMode, AnnStorage, Index, Manifest, SearchOptions, TransformSpec, UpdateOptions};
 use perception_encoder::{ClipConfig, LoadOptions, ModelSource, Precision};
 
 use crate::args::{progress, PrecisionParser};
@@ -111,6 +111,46 @@ pub struct IndexCmd {
     /// Images per forward pass.
     #[arg(long, short = 'b', default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=1024))]
     batch_size: u64,
+    /// The approximate (HNSW) index: `auto` from 20,000 distinct images on, `always`, or
+    /// `never` (exact search only).
+    #[arg(long, value_enum, default_value_t = AnnArg::Auto)]
+    ann: AnnArg,
+    /// How the approximate index stores vectors: f16 (recall as f32), or i8 (half of f16's memory).
+    #[arg(long, value_enum, default_value_t = AnnStorageArg::F16)]
+    ann_storage: AnnStorageArg,
+}
+
+/// `--ann`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum AnnArg {
+    Auto,
+    Always,
+    Never,
+}
+
+/// `--ann-storage`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum AnnStorageArg {
+    F16,
+    I8,
+}
+
+impl IndexCmd {
+    fn update_options(&self) -> UpdateOptions {
+        UpdateOptions {
+            scan: pe_index::ScanOptions { exclude: self.exclude.clone(), include_hidden: self.include_hidden },
+            batch_size: self.batch_size as usize,
+            ann: match self.ann {
+                AnnArg::Auto => AnnMode::Auto,
+                AnnArg::Always => AnnMode::Always,
+                AnnArg::Never => AnnMode::Never,
+            },
+            ann_storage: match self.ann_storage {
+                AnnStorageArg::F16 => AnnStorage::F16,
+                AnnStorageArg::I8 => AnnStorage::I8,
+            },
+        }
+    }
 }
 
 /// Where the index of `paths` lives when `--index` is not given.
@@ -149,10 +189,7 @@ pub fn run_index(cmd: IndexCmd) -> anyhow::Result<ExitCode> {
     };
     let mut index = Index::open_or_create(&dir, &manifest)?;
     let model = load_model(index.manifest())?;
-    let opts = UpdateOptions {
-        scan: pe_index::ScanOptions { exclude: cmd.exclude.clone(), include_hidden: cmd.include_hidden },
-        batch_size: cmd.batch_size as usize,
-    };
+    let opts = cmd.update_options();
     let started = Instant::now();
     let report = update_with_progress(&mut index, &model, &cmd.paths, &opts)?;
     let secs = started.elapsed().as_secs_f64();
@@ -178,6 +215,20 @@ pub fn run_index(cmd: IndexCmd) -> anyhow::Result<ExitCode> {
         report.embedded as f64 / secs.max(1e-9),
         dir.display()
     );
+    let a = &report.ann;
+    if a.size > 0 {
+        let how = if a.rebuilt {
+            "built"
+        } else if a.added + a.removed > 0 {
+            "updated"
+        } else {
+            "up to date"
+        };
+        eprintln!("pe: approximate index {how}: {} contents (+{} -{})", a.size, a.added, a.removed);
+    }
+    if a.collisions > 0 {
+        tracing::warn!("{} contents share a 64-bit key with another; they are found by --exact only", a.collisions);
+    }
     Ok(if report.failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
@@ -206,6 +257,21 @@ fn update_with_progress(
                 last_log = Instant::now();
             }
         }
+        pe_index::Progress::Approximate { done, total } => {
+            if done == 0 || bar.as_ref().is_some_and(|b| b.length() != Some(total as u64)) {
+                if let Some(b) = bar.take() {
+                    b.finish_and_clear();
+                }
+                bar = Some(progress(total, "vectors"));
+            }
+            if let Some(b) = &bar {
+                b.set_position(done as u64);
+            }
+            if !terminal && last_log.elapsed().as_secs() >= 10 {
+                eprintln!("pe: approximate index: {done}/{total} vectors added");
+                last_log = Instant::now();
+            }
+        }
     })?;
     if let Some(b) = bar {
         b.finish_and_clear();
@@ -231,9 +297,12 @@ pub struct SearchCmd {
     /// Only results with at least this cosine.
     #[arg(long, allow_negative_numbers = true)]
     threshold: Option<f32>,
-    /// Score every file (exact search; the only method until the approximate index lands).
+    /// Score every file, even where an approximate index exists.
     #[arg(long)]
     exact: bool,
+    /// Only files under this folder (searched exactly).
+    #[arg(long)]
+    under: Option<PathBuf>,
     /// JSON Lines: {"rank", "path", "score"}, best first.
     #[arg(long, conflicts_with = "paths_only")]
     json: bool,
@@ -267,16 +336,33 @@ pub fn run_search(cmd: SearchCmd) -> anyhow::Result<ExitCode> {
     }
     let terms = query::parse(&cmd.query, &cmd.image)?;
     let dir = search_index_dir(&cmd.index)?;
+    let under = match &cmd.under {
+        Some(u) => Some(std::fs::canonicalize(u).with_context(|| format!("--under {}", u.display()))?),
+        None => None,
+    };
     let mut index = Index::open(&dir)?;
-    let model = load_model(index.manifest())?;
-    if cmd.update {
+    // Only text, or images the index does not hold, need the model.
+    let model = if cmd.update || pe_index::needs_model(index.catalog(), &terms)? {
+        Some(load_model(index.manifest())?)
+    } else {
+        None
+    };
+    if let (true, Some(model)) = (cmd.update, &model) {
         let roots = index.catalog().roots()?;
         let opts = UpdateOptions::default();
-        let report = update_with_progress(&mut index, &model, &roots, &opts)?;
+        let report = update_with_progress(&mut index, model, &roots, &opts)?;
         tracing::info!("updated: {} embedded, {} removed", report.embedded, report.removed);
     }
-    let q = pe_index::query_vector(&model, index.manifest(), index.catalog(), &terms)?;
-    let hits = index.search(&q, cmd.top as usize, cmd.threshold.unwrap_or(f32::NEG_INFINITY))?;
+    let q = pe_index::query_vector(model.as_ref(), index.manifest(), index.catalog(), &terms)?;
+    let started = Instant::now();
+    let opts = SearchOptions {
+        k: cmd.top as usize,
+        threshold: cmd.threshold.unwrap_or(f32::NEG_INFINITY),
+        exact: cmd.exact,
+        under,
+    };
+    let hits = index.search(&q, &opts)?;
+    tracing::info!("searched ({}) in {:.1} ms", index.method()?, started.elapsed().as_secs_f64() * 1e3);
     print_hits(&hits, cmd.json, cmd.paths_only)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -298,11 +384,15 @@ pub struct SimilarCmd {
     /// Paths only, one a line.
     #[arg(long, short = 'f')]
     paths_only: bool,
+    /// Score every file, even where an approximate index exists.
+    #[arg(long)]
+    exact: bool,
 }
 
 pub fn run_similar(cmd: SimilarCmd) -> anyhow::Result<ExitCode> {
     let index = Index::open(&search_index_dir(&cmd.index)?)?;
-    let hits = index.similar(&cmd.path, cmd.top as usize)?;
+    let opts = SearchOptions { exact: cmd.exact, ..SearchOptions::top(cmd.top as usize) };
+    let hits = index.similar(&cmd.path, &opts)?;
     print_hits(&hits, cmd.json, cmd.paths_only)?;
     Ok(ExitCode::SUCCESS)
 }
