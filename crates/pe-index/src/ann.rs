@@ -21,10 +21,11 @@ use usearch::{IndexOptions, MetricKind, ScalarKind};
 use crate::catalog::Catalog;
 use crate::error::{Error, Result};
 
-const MAGIC: &[u8; 8] = b"PEANN001";
+const MAGIC: &[u8; 8] = b"PEANN002";
 const HEADER: usize = 128;
-/// A key table entry: the key (u64) and the content hash (32 bytes).
-const ENTRY: usize = 40;
+/// A key table entry: the key (u64), the content hash (32 bytes) and the first row of the
+/// matrix holding it (u64; `u64::MAX` if none), so hits are re-scored from the matrix.
+const ENTRY: usize = 48;
 /// Below this many contents, `auto` leaves the collection to exact search (a few ms a query).
 pub const ANN_MIN_ROWS: usize = 20_000;
 /// Links per node: USearch's default, enough for recall >= 0.99 at 1024 dims (docs/search.md).
@@ -218,27 +219,29 @@ impl Ann {
         self.storage
     }
 
-    fn entry(&self, i: usize) -> (u64, &[u8]) {
+    fn entry(&self, i: usize) -> (u64, &[u8], u64) {
         let at = HEADER + i * ENTRY;
-        (u64_at(&self.map, at), &self.map[at + 8..at + ENTRY])
+        (u64_at(&self.map, at), &self.map[at + 8..at + 40], u64_at(&self.map, at + 40))
     }
 
-    /// The content hash of a key, by binary search in the sorted key table.
-    fn hash_of(&self, key: u64) -> Option<String> {
+    /// The content hash and matrix row of a key, by binary search in the sorted key table.
+    fn lookup(&self, key: u64) -> Option<(String, u64)> {
         let (mut lo, mut hi) = (0, self.count);
         while lo < hi {
             let mid = (lo + hi) / 2;
-            match self.entry(mid).0.cmp(&key) {
+            let (k, hash, row) = self.entry(mid);
+            match k.cmp(&key) {
                 std::cmp::Ordering::Less => lo = mid + 1,
                 std::cmp::Ordering::Greater => hi = mid,
-                std::cmp::Ordering::Equal => return Some(hex(self.entry(mid).1)),
+                std::cmp::Ordering::Equal => return Some((hex(hash), row)),
             }
         }
         None
     }
 
-    /// The (about) `k` contents nearest `query`, as content hashes with approximate scores.
-    pub fn search(&self, query: &[f32], k: usize) -> Result<Vec<(String, f32)>> {
+    /// The (about) `k` contents nearest `query`: content hash, first matrix row holding it
+    /// (`u64::MAX` when no readable file does) and approximate score.
+    pub fn search(&self, query: &[f32], k: usize) -> Result<Vec<(String, u64, f32)>> {
         if query.len() != self.dim {
             return Err(Error::Query(format!("a query of {} dims for an index of {}", query.len(), self.dim)));
         }
@@ -246,7 +249,11 @@ impl Ann {
             return Ok(Vec::new());
         }
         let m = self.index.search(query, k).map_err(|e| Error::Query(format!("approximate search: {e}")))?;
-        Ok(m.keys.iter().zip(&m.distances).filter_map(|(&key, &d)| self.hash_of(key).map(|h| (h, 1.0 - d))).collect())
+        Ok(m.keys
+            .iter()
+            .zip(&m.distances)
+            .filter_map(|(&key, &d)| self.lookup(key).map(|(h, r)| (h, r, 1.0 - d)))
+            .collect())
     }
 
     fn keys(&self) -> HashMap<u64, String> {
@@ -357,15 +364,21 @@ pub fn refresh(
         flush(&mut batch, &mut report)?;
     }
     let removed = if rebuild { 0 } else { previously_removed + gone.len() as u64 };
-    write(&file, &index, &keys, generation, dim, storage, removed)?;
+    let mut rows: HashMap<String, u64> = HashMap::with_capacity(keys.len());
+    for (i, h) in catalog.searchable_hashes()?.into_iter().enumerate() {
+        rows.entry(h).or_insert(i as u64);
+    }
+    write(&file, &index, &keys, &rows, generation, dim, storage, removed)?;
     report.size = keys.len();
     Ok(report)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn write(
     file: &Path,
     index: &usearch::Index,
     keys: &HashMap<u64, String>,
+    rows: &HashMap<String, u64>,
     generation: i64,
     dim: usize,
     storage: AnnStorage,
@@ -373,7 +386,10 @@ fn write(
 ) -> Result<()> {
     let tmp = file.with_extension("bin.tmp");
     let io = |e| Error::io(&tmp, e);
-    let mut sorted: Vec<(u64, [u8; 32])> = keys.iter().filter_map(|(k, h)| hash_bytes(h).map(|b| (*k, b))).collect();
+    let mut sorted: Vec<(u64, [u8; 32], u64)> = keys
+        .iter()
+        .filter_map(|(k, h)| hash_bytes(h).map(|b| (*k, b, rows.get(h).copied().unwrap_or(u64::MAX))))
+        .collect();
     sorted.sort_unstable_by_key(|e| e.0);
     let blob_at = (HEADER + sorted.len() * ENTRY).next_multiple_of(64);
     let blob_len = index.serialized_length();
@@ -381,10 +397,11 @@ fn write(
     f.set_len((blob_at + blob_len) as u64).map_err(io)?;
     // SAFETY: a private temporary file, mapped once, renamed only after the map is flushed.
     let mut map = unsafe { MmapMut::map_mut(&f) }.map_err(io)?;
-    for (i, (k, h)) in sorted.iter().enumerate() {
+    for (i, (k, h, row)) in sorted.iter().enumerate() {
         let at = HEADER + i * ENTRY;
         map[at..at + 8].copy_from_slice(&k.to_le_bytes());
-        map[at + 8..at + ENTRY].copy_from_slice(h);
+        map[at + 8..at + 40].copy_from_slice(h);
+        map[at + 40..at + ENTRY].copy_from_slice(&row.to_le_bytes());
     }
     index.save_to_buffer(&mut map[blob_at..]).map_err(|e| usearch_err(file, "USearch save", e))?;
     let mut header = Vec::with_capacity(HEADER);

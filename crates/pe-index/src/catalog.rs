@@ -315,8 +315,8 @@ impl Catalog {
     pub fn embedding_of(&self, hash: &str, dim: usize) -> Result<Option<Vec<f32>>> {
         let blob: Option<Vec<u8>> = self
             .conn
-            .query_row("SELECT embedding FROM vectors WHERE hash = ?1", params![hash], |r| r.get(0))
-            .optional()
+            .prepare_cached("SELECT embedding FROM vectors WHERE hash = ?1")
+            .and_then(|mut s| s.query_row(params![hash], |r| r.get(0)).optional())
             .map_err(self.err())?;
         let Some(blob) = blob else { return Ok(None) };
         let mut v = vec![0f32; dim];

@@ -29,6 +29,17 @@ pub struct Term {
 /// names an existing file is an image, anything else is text; `image_paths` are extra image
 /// terms of weight 1.
 pub fn parse(words: &[String], image_paths: &[PathBuf]) -> Result<Vec<Term>> {
+    parse_with(words, image_paths, &|t| Path::new(t).is_file())
+}
+
+/// Parse a query string (split on white space) in which every term is text: what a server
+/// uses, where a term must never make it open a file.
+pub fn parse_text(query: &str) -> Result<Vec<Term>> {
+    let words: Vec<String> = query.split_whitespace().map(str::to_string).collect();
+    parse_with(&words, &[], &|_| false)
+}
+
+fn parse_with(words: &[String], image_paths: &[PathBuf], is_image: &dyn Fn(&str) -> bool) -> Result<Vec<Term>> {
     let mut terms = Vec::new();
     let mut sign = 1f32;
     let mut current: Vec<&str> = Vec::new();
@@ -38,7 +49,7 @@ pub fn parse(words: &[String], image_paths: &[PathBuf]) -> Result<Vec<Term>> {
         }
         let text = current.join(" ");
         current.clear();
-        terms.push(term(sign, &text)?);
+        terms.push(term(sign, &text, is_image)?);
         Ok(())
     };
     for (i, w) in words.iter().enumerate() {
@@ -71,7 +82,7 @@ pub fn parse(words: &[String], image_paths: &[PathBuf]) -> Result<Vec<Term>> {
     Ok(terms)
 }
 
-fn term(sign: f32, text: &str) -> Result<Term> {
+fn term(sign: f32, text: &str, is_image: &dyn Fn(&str) -> bool) -> Result<Term> {
     let (weight, rest) = match text.split_once(':') {
         Some((w, rest)) if !w.is_empty() && w.parse::<f32>().is_ok() => {
             let w: f32 = w.parse().unwrap_or(1.0);
@@ -85,8 +96,7 @@ fn term(sign: f32, text: &str) -> Result<Term> {
     if rest.is_empty() {
         return Err(Error::Query(format!("empty term `{text}`")));
     }
-    let kind =
-        if Path::new(rest).is_file() { TermKind::Image(PathBuf::from(rest)) } else { TermKind::Text(rest.into()) };
+    let kind = if is_image(rest) { TermKind::Image(PathBuf::from(rest)) } else { TermKind::Text(rest.into()) };
     Ok(Term { weight: sign * weight, kind })
 }
 

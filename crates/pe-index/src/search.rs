@@ -12,7 +12,7 @@ use crate::ann::{Ann, EXPANSION_SEARCH};
 use crate::catalog::Catalog;
 use crate::error::{Error, Result};
 use crate::manifest::Manifest;
-use crate::matrix::{dot, Hit};
+use crate::matrix::{dot, Hit, Matrix};
 use crate::query::{combine, Term, TermKind};
 use crate::SearchOptions;
 
@@ -69,27 +69,44 @@ fn row(t: &Tensor) -> Result<Vec<f32>> {
     Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?)
 }
 
-/// Search through the approximate index: its nearest contents, re-scored with their stored
-/// float32 embeddings and expanded to every file holding them; asks the graph for more when
-/// the threshold or unreadable duplicates leave fewer than `k` files.
-pub fn approximate(ann: &Ann, catalog: &Catalog, query: &[f32], opts: &SearchOptions) -> Result<Vec<Hit>> {
+/// Search through the approximate index: its nearest contents (at least EXPANSION_SEARCH of
+/// them, so that i8 storage's coarse order is corrected), re-scored with their stored float32
+/// embeddings, then expanded to the files holding the best; asks the graph for more when the
+/// threshold or unreadable duplicates leave fewer than `k` files.
+pub fn approximate(
+    ann: &Ann,
+    matrix: &Matrix,
+    catalog: &Catalog,
+    query: &[f32],
+    opts: &SearchOptions,
+) -> Result<Vec<Hit>> {
     let mut want = opts.k.max(1);
     loop {
         let asked = want.max(EXPANSION_SEARCH).min(ann.len());
         let found = ann.search(query, asked)?;
-        let mut hits = Vec::new();
+        let mut scored = Vec::with_capacity(found.len());
         let mut below = false;
-        for (hash, _) in &found {
-            let Some(v) = catalog.embedding_of(hash, query.len())? else { continue };
-            let score = dot(&v, query);
+        for (hash, row, _) in found.iter() {
+            // The graph and the matrix come from the same catalog generation (checked by the
+            // caller), so the row holds this content's float32 embedding.
+            let Some(row) = usize::try_from(*row).ok().filter(|&r| r < matrix.rows()) else { continue };
+            let score = dot(matrix.row(row), query);
             if score < opts.threshold {
                 below = true;
-                continue;
+            } else {
+                scored.push((score, hash));
+            }
+        }
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+        let mut hits = Vec::new();
+        for (score, hash) in scored {
+            if hits.len() >= opts.k {
+                break;
             }
             hits.extend(catalog.paths_of(hash)?.into_iter().map(|path| Hit { path, score }));
         }
         hits.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.path.cmp(&b.path)));
-        if hits.len() >= opts.k || below || found.len() < asked || want >= ann.len() {
+        if hits.len() >= opts.k || below || found.len() < asked || asked >= ann.len() {
             hits.truncate(opts.k);
             return Ok(hits);
         }

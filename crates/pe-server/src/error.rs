@@ -10,6 +10,9 @@ pub enum ServeError {
     /// Malformed or unacceptable input (400).
     #[error("{0}")]
     Invalid(String),
+    /// A file the index does not hold, or no longer can read (404).
+    #[error("{0}")]
+    NotFound(String),
     /// An input over a size limit (413).
     #[error("{0}")]
     TooLarge(String),
@@ -35,6 +38,7 @@ impl ServeError {
         match self {
             ServeError::Invalid(_) => StatusCode::BAD_REQUEST,
             ServeError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ServeError::NotFound(_) => StatusCode::NOT_FOUND,
             ServeError::Unauthorized => StatusCode::UNAUTHORIZED,
             ServeError::Overloaded | ServeError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ServeError::Timeout => StatusCode::GATEWAY_TIMEOUT,
@@ -45,6 +49,7 @@ impl ServeError {
     fn kind(&self) -> &'static str {
         match self {
             ServeError::Invalid(_) | ServeError::TooLarge(_) => "invalid_request_error",
+            ServeError::NotFound(_) => "not_found",
             ServeError::Unauthorized => "authentication_error",
             ServeError::Overloaded => "overloaded",
             ServeError::Timeout => "timeout",

@@ -71,7 +71,7 @@ async fn embed_images(st: &Shared, images: Vec<ImageSource>, layer: isize) -> Re
     st.engine.submit(engine::Work::Images { pixels, layer }).await
 }
 
-async fn embed_texts(st: &Shared, texts: Vec<String>) -> Result<Vec<Vec<f32>>, ServeError> {
+pub(crate) async fn embed_texts(st: &Shared, texts: Vec<String>) -> Result<Vec<Vec<f32>>, ServeError> {
     if !st.has_text {
         return Err(ServeError::Invalid(format!("{} has no text tower", st.model_name)));
     }

@@ -16,6 +16,10 @@
 //! - `GET /openapi.json`: this API as an OpenAPI 3 document.
 //! - `POST /classify`: `{"images": [...], "labels": [...], "templates": ["a photo of a {}."],
 //!   "top_k": 5}`; class vectors are cached across requests per label set.
+//! - With an index (`pe serve --index DIR`, see [`search`]): `POST /search` (text in rclip's
+//!   grammar, base64 or uploaded images, stored files, weighted; `top_k`, `threshold`, `under`,
+//!   `exact`), `GET /similar?path=`, `GET /thumb?path=&size=` (JPEG thumbnails of indexed
+//!   files, made on the fly and cached), and a web page at `/`.
 //! - `GET /metrics`: Prometheus text (requests in flight, answered and their latency per route,
 //!   batch sizes, queue depth, items embedded by kind, the model and its precision).
 
@@ -27,6 +31,7 @@ mod metrics;
 mod middleware;
 mod openapi;
 mod requests;
+mod search;
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -80,6 +85,8 @@ pub struct ServerConfig {
     /// After the shutdown signal, how long in-flight requests may take before the server
     /// stops anyway.
     pub shutdown_grace: Duration,
+    /// An index (`pe index`) to serve searches over; built with the served model.
+    pub index: Option<std::path::PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -102,6 +109,7 @@ impl Default for ServerConfig {
             max_prompts: 10_000,
             api_key: None,
             shutdown_grace: Duration::from_secs(30),
+            index: None,
         }
     }
 }
@@ -125,6 +133,8 @@ pub(crate) struct AppState {
     pub(crate) requests: metrics::RequestMetrics,
     pub(crate) decode_budget: Arc<decode::DecodeBudget>,
     pub(crate) cfg: ServerConfig,
+    /// The index searched, or why it could not be opened.
+    pub(crate) index: Option<Result<Arc<search::Searchable>, String>>,
 }
 
 pub(crate) type ClassifierKey = (Vec<String>, Vec<String>);
@@ -135,7 +145,14 @@ pub(crate) type Shared = Arc<AppState>;
 pub fn router(model: Clip, cfg: ServerConfig) -> Router {
     let mut transform = ImageTransform::for_config(&model.config().vision);
     transform.max_pixels = cfg.max_pixels;
+    let index = cfg.index.as_ref().map(|dir| {
+        search::Searchable::open(dir, cfg.max_pixels).map(Arc::new).map_err(|e| {
+            tracing::error!("{e}");
+            e.to_string()
+        })
+    });
     let state = Arc::new(AppState {
+        index,
         model_name: model.config().name.clone(),
         precision: model.precision(),
         has_text: model.text().is_some(),
@@ -160,6 +177,10 @@ pub fn router(model: Clip, cfg: ServerConfig) -> Router {
         .route("/openapi.json", get(openapi_doc))
         .route("/classify", post(classify))
         .route("/metrics", get(metrics_text))
+        .route("/", get(search::page))
+        .route("/search", post(search::search))
+        .route("/similar", get(search::similar))
+        .route("/thumb", get(search::thumb))
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,

@@ -7,11 +7,12 @@ use axum::response::{IntoResponse, Response};
 
 use crate::{ServeError, Shared};
 
-/// `Authorization: Bearer KEY` on every route but `/health`; the scheme is case-insensitive
+/// `Authorization: Bearer KEY` on every route but `/health` and the page at `/` (which holds
+/// no data; its scripts send the key the user types); the scheme is case-insensitive
 /// (RFC 7235) and the key is compared in constant time.
 pub(crate) async fn auth(State(st): State<Shared>, req: Request, next: Next) -> Response {
     if let Some(key) = &st.cfg.api_key {
-        if req.uri().path() != "/health" {
+        if req.uri().path() != "/health" && req.uri().path() != "/" {
             let given = req
                 .headers()
                 .get(header::AUTHORIZATION)

@@ -78,7 +78,7 @@ fn embedding_dim(cfg: &ClipConfig) -> anyhow::Result<usize> {
 }
 
 /// Load the model a manifest names.
-fn load_model(m: &Manifest) -> anyhow::Result<perception_encoder::Clip> {
+pub(crate) fn load_model(m: &Manifest) -> anyhow::Result<perception_encoder::Clip> {
     m.check_weights()?;
     let source = match &m.model.config {
         Some(config) => ModelSource::Custom { config: config.clone(), weights: m.model.weights.clone() },

@@ -1,6 +1,7 @@
 //! `pe serve`: the HTTP service (see the `pe-server` crate).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -55,13 +56,26 @@ pub struct ServeCmd {
     /// After SIGTERM or Ctrl-C, how long requests in flight may take before the server stops anyway.
     #[arg(long, default_value_t = 30)]
     shutdown_grace_s: u64,
-    /// Require `Authorization: Bearer <KEY>` on every route but /health.
+    /// Require `Authorization: Bearer <KEY>` on every route but /health (and the page at /).
     #[arg(long, env = "PE_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
+    /// Serve searches over this index (`pe index`): POST /search, GET /similar, GET /thumb and
+    /// a web page at /. The model, precision and transform are the index's own.
+    #[arg(long, conflicts_with_all = ["model", "config", "weights"])]
+    index: Option<PathBuf>,
 }
 
 pub fn run(cmd: ServeCmd) -> anyhow::Result<ExitCode> {
-    let model = cmd.model.load()?;
+    let model = match &cmd.index {
+        Some(dir) => {
+            // Refused here, before the model loads: no index, another version, a damaged one.
+            let index = pe_index::Index::open(dir)?;
+            let (_, searchable, _, _) = index.catalog().counts()?;
+            eprintln!("pe: index {} holds {searchable} searchable files", dir.display());
+            super::index::load_model(index.manifest())?
+        }
+        None => cmd.model.load()?,
+    };
     let cfg = ServerConfig {
         addr: cmd.addr,
         batch: BatchConfig {
@@ -80,6 +94,7 @@ pub fn run(cmd: ServeCmd) -> anyhow::Result<ExitCode> {
         max_prompts: cmd.max_prompts,
         api_key: cmd.api_key.filter(|k| !k.is_empty()),
         shutdown_grace: Duration::from_secs(cmd.shutdown_grace_s),
+        index: cmd.index.clone(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
