@@ -322,3 +322,98 @@ fn similar_and_dedupe_come_from_the_index() {
     let out = pe(&["similar", &s(&tmp.path().join("elsewhere.png")), "--index", &idx]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// A Python with pyarrow and duckdb (`PE_PYTHON`; `.ci/run` makes one), to read our Parquet
+/// back with other readers. Missing, the check is skipped, unless `PE_REQUIRE_FIXTURES=1`.
+fn python_with_readers() -> Option<PathBuf> {
+    match std::env::var_os("PE_PYTHON") {
+        Some(p) => Some(PathBuf::from(p)),
+        None => {
+            assert!(
+                !std::env::var("PE_REQUIRE_FIXTURES").is_ok_and(|v| v == "1"),
+                "PE_REQUIRE_FIXTURES=1 but PE_PYTHON (a Python with pyarrow and duckdb) is not set"
+            );
+            eprintln!("skipping the pyarrow/duckdb read-back: PE_PYTHON is not set");
+            None
+        }
+    }
+}
+
+#[test]
+fn parquet_export_reads_back_elsewhere_and_imports_to_the_same_index() {
+    let Some(fx) = fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let photos = tmp.path().join("photos");
+    copy_images(&fx, &photos);
+    let m = model_args(&fx);
+    let idx = tmp.path().join("idx");
+    let mut args = vec!["index".to_string(), s(&photos), "--index".into(), s(&idx)];
+    args.extend(m.clone());
+    ok(&pe(&args.iter().map(String::as_str).collect::<Vec<_>>()));
+    let out = tmp.path().join("photos.parquet");
+    ok(&pe(&["index", "export", "--parquet", &s(&out), "--index", &s(&idx)]));
+
+    // Another reader sees the same rows, embeddings and metadata.
+    if let Some(py) = python_with_readers() {
+        let script = r#"
+import json, sys, duckdb, pyarrow.parquet as pq
+f = pq.ParquetFile(sys.argv[1])
+meta = {k.decode(): v.decode() for k, v in f.metadata.metadata.items()}
+t = f.read()
+rows = duckdb.sql(f"select path, hash, width, height, embedding from '{sys.argv[1]}' order by path").fetchall()
+print(json.dumps({"model": meta["pe.model"], "dtype": meta["pe.dtype"], "dim": meta["pe.dim"],
+                  "type": str(t.schema.field("embedding").type),
+                  "rows": [[r[0], r[1], r[2], r[3], [float(x) for x in r[4]]] for r in rows]}))
+"#;
+        let res = Command::new(py).args(["-c", script, &s(&out)]).output().unwrap();
+        let v: serde_json::Value = serde_json::from_str(&ok(&res)).unwrap();
+        assert_eq!(v["model"], "tiny-cls");
+        assert_eq!(v["dtype"], "f32");
+        assert!(v["type"].as_str().unwrap().starts_with("fixed_size_list<"), "{}", v["type"]);
+        let index = Index::open(&idx).unwrap();
+        let rows = v["rows"].as_array().unwrap();
+        assert_eq!(rows.len(), 6);
+        for r in rows {
+            let path = PathBuf::from(r[0].as_str().unwrap());
+            let want = index.catalog().vector_of(&path).unwrap().unwrap();
+            let got: Vec<f32> = r[4].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+            assert_eq!(got, want, "{}: float32 values, bit for bit", path.display());
+            assert_eq!(r[1].as_str().unwrap(), pe_index::hash_file(&path).unwrap());
+            let info = perception_encoder::preprocess::probe(&std::fs::read(&path).unwrap(), 1 << 30).unwrap();
+            assert_eq!((r[2].as_u64().unwrap(), r[3].as_u64().unwrap()), (info.width as u64, info.height as u64));
+        }
+    }
+
+    // Import into a new index (its model from the file's metadata): the same index, and the
+    // folder is then unchanged to it (sizes and times came along), so nothing is embedded.
+    let imported = tmp.path().join("imported");
+    ok(&pe(&["index", "import", &s(&out), "--index", &s(&imported)]));
+    assert_same_index(&idx, &imported);
+    let again = pe(&["index", &s(&photos), "--index", &s(&imported)]);
+    let log = ok_stderr(&again);
+    assert!(log.contains("0 embedded, 0 reused, 6 unchanged"), "{log}");
+
+    // Misuse and damaged files: clear errors, the index untouched.
+    let bad_ext = pe(&["index", "export", "--parquet", &s(&tmp.path().join("x.csv")), "--index", &s(&idx)]);
+    assert_eq!(bad_ext.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad_ext.stderr).contains(".parquet"));
+    let no_dir = pe(&["index", "export", "--parquet", &s(&tmp.path().join("nope/x.parquet")), "--index", &s(&idx)]);
+    assert!(String::from_utf8_lossy(&no_dir.stderr).contains("does not exist"));
+    let garbage = tmp.path().join("garbage.parquet");
+    std::fs::write(&garbage, b"PAR1 this is not parquet at all PAR1").unwrap();
+    let truncated = tmp.path().join("truncated.parquet");
+    let bytes = std::fs::read(&out).unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    for f in [&garbage, &truncated] {
+        let r = pe(&["index", "import", &s(f), "--index", &s(&imported)]);
+        assert_eq!(r.status.code(), Some(2), "{}", f.display());
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(err.contains(&s(f)) && err.lines().count() == 1, "{err}");
+    }
+    assert_same_index(&idx, &imported);
+}
+
+fn ok_stderr(out: &Output) -> String {
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}

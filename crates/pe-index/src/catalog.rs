@@ -334,6 +334,40 @@ impl Catalog {
         rows.map(|r| r.map(key_path).map_err(self.err())).collect()
     }
 
+    /// Every searchable file with its content's size and embedding, in path order:
+    /// `f(file, width, height, embedding)` (what an export writes).
+    pub fn for_each_record(
+        &self,
+        dim: usize,
+        mut f: impl FnMut(&FileRow, u32, u32, &[f32]) -> Result<()>,
+    ) -> Result<()> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT files.path, files.size, files.mtime_ns, files.hash, vectors.width, vectors.height, vectors.embedding
+                 FROM files JOIN vectors ON files.hash = vectors.hash WHERE files.error IS NULL ORDER BY files.path",
+            )
+            .map_err(self.err())?;
+        let mut rows = stmt.query([]).map_err(self.err())?;
+        let mut v = vec![0f32; dim];
+        while let Some(r) = rows.next().map_err(self.err())? {
+            let file = FileRow {
+                path: key_path(r.get(0).map_err(self.err())?),
+                size: r.get::<_, i64>(1).map_err(self.err())? as u64,
+                mtime_ns: r.get(2).map_err(self.err())?,
+                hash: r.get(3).map_err(self.err())?,
+                error: None,
+            };
+            let (w, h): (u32, u32) = (r.get(4).map_err(self.err())?, r.get(5).map_err(self.err())?);
+            let blob = r.get_ref(6).map_err(self.err())?.as_blob().map_err(|_| {
+                Error::corrupt(&self.path, format!("the embedding of {} is not a blob", file.path.display()))
+            })?;
+            self.decode_into(file.hash.as_deref().unwrap_or_default(), blob, &mut v)?;
+            f(&file, w, h, &v)?;
+        }
+        Ok(())
+    }
+
     /// Counts: (files, searchable files, files with errors, distinct embeddings).
     pub fn counts(&self) -> Result<(usize, usize, usize, usize)> {
         let q = |sql: &str| -> Result<usize> {

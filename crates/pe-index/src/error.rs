@@ -77,6 +77,15 @@ pub enum Error {
         reason: String,
     },
 
+    /// A Parquet file that cannot be written or read as an index export.
+    #[error("{path}: {reason}")]
+    Parquet {
+        /// The Parquet file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+
     /// A file system error, with the path it concerns.
     #[error("{path}: {source}")]
     Io {

@@ -19,6 +19,7 @@ mod ann;
 mod catalog;
 mod dedupe;
 mod error;
+mod export;
 mod manifest;
 mod matrix;
 pub mod query;
@@ -33,6 +34,7 @@ pub use ann::{Ann, AnnMode, AnnReport, AnnStorage, ANN_MIN_ROWS};
 pub use catalog::{Catalog, FileRow, VectorRow};
 pub use dedupe::Group;
 pub use error::{Error, Result};
+pub use export::{manifest_of, ImportReport};
 pub use manifest::{describe, hash_file, Manifest, ModelSpec, TransformSpec, FORMAT_VERSION};
 pub use matrix::{dot, Hit, Matrix};
 pub use scan::{dir_identity, scan, Found, ScanOptions, IMAGE_EXTENSIONS};
@@ -174,6 +176,30 @@ impl Index {
         ann::refresh(&self.dir, &self.catalog, self.manifest.dim, mode, storage, &mut |done, total| {
             progress(Progress::Approximate { done, total })
         })
+    }
+
+    /// Write every searchable file to the Parquet file `out` (see [`export`]); returns the rows.
+    pub fn export_parquet(&self, out: &Path) -> Result<usize> {
+        export::export(&self.catalog, &self.manifest, out)
+    }
+
+    /// Read exported Parquet files into this index, then rebuild the matrix and bring the
+    /// approximate index up to date as `mode` says.
+    pub fn import_parquet(
+        &mut self,
+        files: &[PathBuf],
+        mode: AnnMode,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<ImportReport> {
+        for f in files {
+            if let Some(m) = export::manifest_of(f)? {
+                self.manifest.check_same(&m, &self.dir)?;
+            }
+        }
+        let report = export::import(&mut self.catalog, self.manifest.dim, files)?;
+        Matrix::build(&self.dir, &self.catalog, self.manifest.dim)?;
+        self.refresh_ann(mode, AnnStorage::F16, progress)?;
+        Ok(report)
     }
 
     /// The approximate index, if there is one and it is as new as the catalog.

@@ -92,8 +92,12 @@ pub(crate) fn load_model(m: &Manifest) -> anyhow::Result<perception_encoder::Cli
 
 /// Arguments of `pe index`.
 #[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct IndexCmd {
-    /// Folders (searched recursively) and files to index.
+    #[command(subcommand)]
+    action: Option<IndexAction>,
+    /// Folders (searched recursively) and files to index (a folder named `export` or `import`
+    /// is given as `./export`).
     #[arg(required = true)]
     paths: Vec<PathBuf>,
     /// The index directory (default: the nearest .pe-index above the first path, else
@@ -120,12 +124,31 @@ pub struct IndexCmd {
     ann_storage: AnnStorageArg,
 }
 
+/// `pe index export` and `pe index import`.
+#[derive(Debug, clap::Subcommand)]
+enum IndexAction {
+    /// Write the index as Parquet (path, hash, size, mtime_ns, width, height, embedding).
+    Export(super::transfer::ExportCmd),
+    /// Read Parquet exports (or any Parquet with path, hash and embedding) into an index.
+    Import(super::transfer::ImportCmd),
+}
+
 /// `--ann`.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum AnnArg {
+pub(crate) enum AnnArg {
     Auto,
     Always,
     Never,
+}
+
+impl AnnArg {
+    pub(crate) fn mode(self) -> AnnMode {
+        match self {
+            AnnArg::Auto => AnnMode::Auto,
+            AnnArg::Always => AnnMode::Always,
+            AnnArg::Never => AnnMode::Never,
+        }
+    }
 }
 
 /// `--ann-storage`.
@@ -140,11 +163,7 @@ impl IndexCmd {
         UpdateOptions {
             scan: pe_index::ScanOptions { exclude: self.exclude.clone(), include_hidden: self.include_hidden },
             batch_size: self.batch_size as usize,
-            ann: match self.ann {
-                AnnArg::Auto => AnnMode::Auto,
-                AnnArg::Always => AnnMode::Always,
-                AnnArg::Never => AnnMode::Never,
-            },
+            ann: self.ann.mode(),
             ann_storage: match self.ann_storage {
                 AnnStorageArg::F16 => AnnStorage::F16,
                 AnnStorageArg::I8 => AnnStorage::I8,
@@ -166,6 +185,11 @@ fn default_index_dir(paths: &[PathBuf]) -> anyhow::Result<PathBuf> {
 }
 
 pub fn run_index(cmd: IndexCmd) -> anyhow::Result<ExitCode> {
+    match cmd.action {
+        Some(IndexAction::Export(c)) => return super::transfer::run_export(c),
+        Some(IndexAction::Import(c)) => return super::transfer::run_import(c),
+        None => {}
+    }
     let dir = match &cmd.index {
         Some(d) => d.clone(),
         None => default_index_dir(&cmd.paths)?,
@@ -232,7 +256,7 @@ pub fn run_index(cmd: IndexCmd) -> anyhow::Result<ExitCode> {
     Ok(if report.failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
-fn update_with_progress(
+pub(crate) fn update_with_progress(
     index: &mut Index,
     model: &perception_encoder::Clip,
     roots: &[PathBuf],
@@ -315,7 +339,7 @@ pub struct SearchCmd {
 }
 
 /// The index a search uses: `--index`, or the nearest `.pe-index` from the current directory.
-fn search_index_dir(given: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
+pub(crate) fn search_index_dir(given: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
     match given {
         Some(d) => Ok(d.clone()),
         None => {
@@ -424,12 +448,20 @@ pub fn run_dedupe(cmd: DedupeCmd) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// An f32 as JSON by its own shortest decimal (0.8333155), not its f64 widening's.
+fn shortest(x: f32) -> f64 {
+    x.to_string().parse().unwrap_or(f64::from(x))
+}
+
 fn print_hits(hits: &[pe_index::Hit], json: bool, paths_only: bool) -> anyhow::Result<()> {
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for (rank, hit) in hits.iter().enumerate() {
         let path = display_name(hit.path.as_os_str());
         if json {
-            serde_json::to_writer(&mut out, &serde_json::json!({"rank": rank + 1, "path": path, "score": hit.score}))?;
+            serde_json::to_writer(
+                &mut out,
+                &serde_json::json!({"rank": rank + 1, "path": path, "score": shortest(hit.score)}),
+            )?;
             out.write_all(b"\n")?;
         } else if paths_only {
             writeln!(out, "{path}")?;

@@ -7,3 +7,4 @@ pub mod index;
 pub mod models;
 pub mod serve;
 pub mod tokenize;
+pub mod transfer;

@@ -1,0 +1,105 @@
+//! `pe index export --parquet FILE` and `pe index import FILE...`: a thin shell over
+//! `pe_index`'s Parquet export and import.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use pe_index::Index;
+
+use super::index::{search_index_dir, AnnArg};
+use crate::args::progress;
+
+/// Arguments of `pe index export`.
+#[derive(Debug, clap::Args)]
+pub struct ExportCmd {
+    /// The Parquet file to write (written to a temporary name, renamed when complete).
+    #[arg(long, required = true)]
+    parquet: PathBuf,
+    /// The index directory (default: the nearest .pe-index from the current directory up).
+    #[arg(long)]
+    index: Option<PathBuf>,
+}
+
+/// Arguments of `pe index import`.
+#[derive(Debug, clap::Args)]
+pub struct ImportCmd {
+    /// Parquet files: exports of `pe index`, or any with path, hash and embedding columns.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// The index directory; created from the first file's manifest when there is none.
+    #[arg(long, required = true)]
+    index: PathBuf,
+    /// The approximate (HNSW) index, as `pe index --ann`.
+    #[arg(long, value_enum, default_value_t = AnnArg::Auto)]
+    ann: AnnArg,
+}
+
+pub fn run_export(cmd: ExportCmd) -> anyhow::Result<ExitCode> {
+    if cmd.parquet.extension().and_then(|e| e.to_str()) != Some("parquet") {
+        bail!("--parquet {} must end in .parquet", cmd.parquet.display());
+    }
+    if let Some(parent) = cmd.parquet.parent().filter(|p| !p.as_os_str().is_empty() && !p.is_dir()) {
+        bail!("--parquet {}: folder {} does not exist", cmd.parquet.display(), parent.display());
+    }
+    let dir = search_index_dir(&cmd.index)?;
+    let index = Index::open(&dir)?;
+    let started = Instant::now();
+    let rows = index.export_parquet(&cmd.parquet)?;
+    eprintln!(
+        "pe: wrote {rows} rows of {} to {} in {:.1}s",
+        index.manifest().describe(),
+        cmd.parquet.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn run_import(cmd: ImportCmd) -> anyhow::Result<ExitCode> {
+    for f in &cmd.files {
+        if !f.is_file() {
+            bail!("{}: no such file", f.display());
+        }
+    }
+    let mut index = match Index::open(&cmd.index) {
+        Ok(i) => i,
+        Err(pe_index::Error::NoIndex(_)) => {
+            let manifest = pe_index::manifest_of(&cmd.files[0])?.with_context(|| {
+                format!(
+                    "{} has no pe.manifest metadata, so it cannot say which model made it; import it into an index built with that model (pe index ... --index {})",
+                    cmd.files[0].display(),
+                    cmd.index.display()
+                )
+            })?;
+            Index::open_or_create(&cmd.index, &manifest)?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let started = Instant::now();
+    let terminal = std::io::stderr().is_terminal();
+    let mut bar = None;
+    let mut last_log = Instant::now();
+    let report = index.import_parquet(&cmd.files, cmd.ann.mode(), &mut |p| {
+        if let pe_index::Progress::Approximate { done, total } = p {
+            let b = bar.get_or_insert_with(|| progress(total, "vectors"));
+            b.set_position(done as u64);
+            if !terminal && last_log.elapsed().as_secs() >= 10 {
+                eprintln!("pe: approximate index: {done}/{total} vectors added");
+                last_log = Instant::now();
+            }
+        }
+    })?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    eprintln!(
+        "pe: imported {} rows ({} distinct contents) into {} in {:.1}s",
+        report.rows,
+        report.contents,
+        cmd.index.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
+}
