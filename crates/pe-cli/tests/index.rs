@@ -417,3 +417,41 @@ fn ok_stderr(out: &Output) -> String {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+#[test]
+fn videos_are_indexed_as_embed_video_embeds_them() {
+    let Some(fx) = fixtures() else { return };
+    if !perception_encoder::video::available() {
+        assert!(!std::env::var("PE_REQUIRE_FIXTURES").is_ok_and(|v| v == "1"), "PE_REQUIRE_FIXTURES=1 but no FFmpeg");
+        eprintln!("skipping: no FFmpeg");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let media = tmp.path().join("media");
+    copy_images(&fx, &media);
+    std::fs::copy(fx.join("dog.mp4"), media.join("dog.mp4")).unwrap();
+    let m = model_args(&fx);
+    let video = std::fs::canonicalize(media.join("dog.mp4")).unwrap();
+    let build = |dir: &str, extra: &[&str]| {
+        let mut args = vec!["index".to_string(), s(&media), "--index".into(), s(&tmp.path().join(dir))];
+        args.extend(m.clone());
+        args.extend(extra.iter().map(|x| x.to_string()));
+        ok(&pe(&args.iter().map(String::as_str).collect::<Vec<_>>()));
+        Index::open(&tmp.path().join(dir)).unwrap()
+    };
+    let index = build("with", &[]);
+    let stored = index.catalog().vector_of(&video).unwrap().expect("the video is indexed");
+    let mut args = vec!["embed-video".to_string()];
+    args.extend(m.clone());
+    args.push(s(&video));
+    let line: serde_json::Value =
+        serde_json::from_str(ok(&pe(&args.iter().map(String::as_str).collect::<Vec<_>>())).trim()).unwrap();
+    let want: Vec<f32> = line["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+    let d = stored.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(d <= 1e-5, "the stored video embedding is embed-video's (off by {d})");
+    let out = ok(&pe(&["search", "--index", &s(&tmp.path().join("with")), "-f", "--top", "1", &s(&video)]));
+    assert_eq!(out.trim(), s(&video));
+    let without = build("without", &["--no-videos"]);
+    assert_eq!(without.catalog().vector_of(&video).unwrap(), None, "--no-videos leaves it out");
+    assert_eq!(without.catalog().counts().unwrap().0, pe_testutil::FIXTURE_IMAGES.len());
+}

@@ -37,9 +37,9 @@ pub use error::{Error, Result};
 pub use export::{manifest_of, ImportReport};
 pub use manifest::{describe, hash_file, Manifest, ModelSpec, TransformSpec, FORMAT_VERSION};
 pub use matrix::{dot, Hit, Matrix};
-pub use scan::{dir_identity, scan, Found, ScanOptions, IMAGE_EXTENSIONS};
+pub use scan::{dir_identity, is_video, scan, Found, ScanOptions, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS};
 pub use search::{needs_model, query_vector};
-pub use update::{Progress, UpdateOptions, UpdateReport, MAX_FILE_BYTES};
+pub use update::{Progress, UpdateOptions, UpdateReport, MAX_FILE_BYTES, VIDEO_FRAMES};
 
 use perception_encoder::preprocess::ImageTransform;
 use perception_encoder::Clip;

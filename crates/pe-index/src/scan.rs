@@ -15,9 +15,21 @@ use crate::manifest::mtime_ns;
 /// Extensions taken from directories (decoding goes by content, not by name).
 pub const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "webp", "gif", "bmp", "tif", "tiff"];
 
+/// Video extensions taken from directories when videos are indexed (FFmpeg decodes them).
+pub const VIDEO_EXTENSIONS: &[&str] = &["mp4", "m4v", "mov", "mkv", "webm", "avi", "mpg", "mpeg", "wmv", "flv", "ts"];
+
+/// Whether `path` is taken as a video (by its extension; its frames are then found by FFmpeg).
+pub fn is_video(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| VIDEO_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
+}
+
 /// What to skip.
 #[derive(Debug, Clone, Default)]
 pub struct ScanOptions {
+    /// Take videos too (each embedded as the mean of its frames' embeddings).
+    pub videos: bool,
     /// Glob patterns (gitignore-like: `*.tmp`, `**/cache/**`); a match on a file or any
     /// directory above it skips it.
     pub exclude: Vec<String>,
@@ -61,9 +73,10 @@ fn hidden(name: &std::ffi::OsStr) -> bool {
 pub fn scan(roots: &[PathBuf], opts: &ScanOptions) -> Result<Vec<Found>> {
     let skip = excludes(&opts.exclude)?;
     let wanted = |p: &Path| {
-        p.extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
+        (opts.videos && is_video(p))
+            || p.extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
     };
     let mut walked = HashSet::new();
     let mut seen = HashSet::new();
@@ -162,7 +175,7 @@ mod tests {
                 .collect()
         };
         assert_eq!(names(&ScanOptions::default()), ["a.jpg", "raw/d.png", "sub/c.png", "sub/skip.tmp.png"]);
-        let opts = ScanOptions { exclude: vec!["*.tmp.png".into(), "raw".into()], include_hidden: true };
+        let opts = ScanOptions { exclude: vec!["*.tmp.png".into(), "raw".into()], include_hidden: true, videos: false };
         assert_eq!(names(&opts), ["._a.jpg", ".cache/b.png", "a.jpg", "sub/c.png"]);
         assert!(matches!(excludes(&["a[".into()]), Err(Error::Pattern { .. })));
     }

@@ -12,16 +12,21 @@ use std::sync::Mutex;
 
 use candle_core::{DType, Tensor};
 use perception_encoder::preprocess::ImageTransform;
+use perception_encoder::video::{self, FrameSampling};
 use perception_encoder::Clip;
 use rayon::prelude::*;
 
 use crate::ann::{AnnMode, AnnReport, AnnStorage};
 use crate::catalog::{Catalog, FileRow, VectorRow};
 use crate::error::{Error, Result};
-use crate::scan::{scan, Found, ScanOptions};
+use crate::manifest::hash_file;
+use crate::scan::{is_video, scan, Found, ScanOptions};
 
-/// Files larger than this are not read (no image format needs it; a stray disk image might).
+/// Image files larger than this are not read (no image format needs it; a stray disk image
+/// might). Videos are hashed through a memory map and streamed by FFmpeg, so have no limit.
 pub const MAX_FILE_BYTES: u64 = 1 << 30;
+/// Frames sampled from a video (the reference's benchmark rule), as `pe embed-video`'s default.
+pub const VIDEO_FRAMES: usize = 8;
 
 /// How an update runs.
 #[derive(Debug, Clone)]
@@ -85,6 +90,8 @@ enum Prepared {
     Known(FileRow),
     /// New content, decoded: the row, the model input and the image's size.
     New(FileRow, Tensor, u32, u32),
+    /// A new video: the row, its sampled frames (frames, 3, size, size) and the frame size.
+    Video(FileRow, Tensor, u32, u32),
     /// Unreadable: the row carries the error.
     Failed(FileRow),
 }
@@ -97,6 +104,9 @@ fn prepare(f: &Found, before: Option<&FileRow>, known: &Mutex<HashSet<String>>, 
         hash,
         error,
     };
+    if is_video(&f.path) {
+        return prepare_video(f, before, known, t);
+    }
     if f.size > MAX_FILE_BYTES {
         return Prepared::Failed(row(None, Some(format!("{} bytes is over the 1 GiB limit of a file", f.size))));
     }
@@ -118,6 +128,34 @@ fn prepare(f: &Found, before: Option<&FileRow>, known: &Mutex<HashSet<String>>, 
     };
     match t.load_bytes(&bytes) {
         Ok(x) => Prepared::New(row(Some(hash), None), x, info.width, info.height),
+        Err(e) => Prepared::Failed(row(Some(hash), Some(e.to_string()))),
+    }
+}
+
+fn prepare_video(f: &Found, before: Option<&FileRow>, known: &Mutex<HashSet<String>>, t: &ImageTransform) -> Prepared {
+    let row = |hash: Option<String>, error: Option<String>| FileRow {
+        path: f.path.clone(),
+        size: f.size,
+        mtime_ns: f.mtime_ns,
+        hash,
+        error,
+    };
+    let hash = match hash_file(&f.path) {
+        Ok(h) => h,
+        Err(e) => return Prepared::Failed(row(None, Some(e.to_string()))),
+    };
+    if let Some(b) = before.filter(|b| b.hash.as_deref() == Some(hash.as_str())) {
+        return Prepared::Known(row(Some(hash), b.error.clone()));
+    }
+    if known.lock().map(|k| k.contains(&hash)).unwrap_or(false) {
+        return Prepared::Known(row(Some(hash), None));
+    }
+    let clip = video::probe(&f.path).and_then(|info| {
+        let clip = video::load_clip_probed(&f.path, &info, VIDEO_FRAMES, FrameSampling::Benchmark, t)?;
+        Ok((clip, info.width as u32, info.height as u32))
+    });
+    match clip {
+        Ok((clip, w, h)) => Prepared::Video(row(Some(hash), None), clip, w, h),
         Err(e) => Prepared::Failed(row(Some(hash), Some(e.to_string()))),
     }
 }
@@ -188,6 +226,7 @@ fn embed_batch(
     let mut inputs: Vec<Tensor> = Vec::new();
     let mut pending: Vec<(String, u32, u32)> = Vec::new();
     let mut slot: HashMap<String, usize> = HashMap::new();
+    let mut videos = Vec::new();
     for p in batch {
         match p {
             Prepared::Known(row) => {
@@ -197,6 +236,25 @@ fn embed_batch(
             Prepared::Failed(row) => {
                 report.failed += 1;
                 report.failures.push((row.path.clone(), row.error.clone().unwrap_or_default()));
+                files.push(row);
+            }
+            Prepared::Video(row, clip, width, height) => {
+                let hash = row.hash.clone().unwrap_or_default();
+                if slot.contains_key(&hash) {
+                    report.reused += 1;
+                } else {
+                    report.embedded += 1;
+                    slot.insert(hash.clone(), usize::MAX);
+                    // The zero-shot benchmark's form: the mean of raw frame embeddings, normalized.
+                    let mean: Vec<f32> = model
+                        .encode_video(&clip.unsqueeze(0)?, false)?
+                        .to_dtype(DType::F32)?
+                        .flatten_all()?
+                        .to_vec1()?;
+                    let n = mean.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+                    let embedding = mean.into_iter().map(|x| x / n).collect();
+                    videos.push(VectorRow { hash, width, height, embedding });
+                }
                 files.push(row);
             }
             Prepared::New(row, x, w, h) => {
@@ -213,7 +271,7 @@ fn embed_batch(
             }
         }
     }
-    let mut vectors = Vec::with_capacity(pending.len());
+    let mut vectors = videos;
     if !inputs.is_empty() {
         let x = Tensor::stack(&inputs, 0)?;
         let rows: Vec<Vec<f32>> = model.encode_image(&x, true)?.to_dtype(DType::F32)?.to_vec2()?;

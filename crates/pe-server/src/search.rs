@@ -15,6 +15,7 @@ use axum::http::header;
 use axum::response::{Html, IntoResponse, Response};
 use axum::Json;
 use perception_encoder::preprocess::{self, resize, ImageTransform};
+use perception_encoder::video;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -382,6 +383,32 @@ pub(crate) async fn thumb(
 
 async fn make_thumb(st: &Shared, index: &Arc<Searchable>, path: PathBuf, size: u32) -> Result<Bytes, ServeError> {
     let max_pixels = index.transform.max_pixels;
+    let rgb = if pe_index::is_video(&path) {
+        video_frame(st, path, max_pixels).await?
+    } else {
+        image_rgb(st, path, max_pixels).await?
+    };
+    tokio::task::spawn_blocking(move || {
+        let scale = f64::from(size) / rgb.width.max(rgb.height).max(1) as f64;
+        let small = if scale < 1.0 {
+            let w = ((rgb.width as f64 * scale).round() as usize).max(1);
+            let h = ((rgb.height as f64 * scale).round() as usize).max(1);
+            resize::resize_bilinear(&rgb, w, h)
+        } else {
+            rgb
+        };
+        let mut out = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 82)
+            .encode(&small.data, small.width as u32, small.height as u32, image::ExtendedColorType::Rgb8)
+            .map_err(|e| ServeError::Internal(format!("encoding a thumbnail: {e}")))?;
+        Ok(Bytes::from(out))
+    })
+    .await
+    .map_err(|e| ServeError::Internal(e.to_string()))?
+}
+
+/// An indexed image decoded to RGB within the decode budget.
+async fn image_rgb(st: &Shared, path: PathBuf, max_pixels: u64) -> Result<resize::Pixels, ServeError> {
     let p = path.clone();
     let bytes = tokio::task::spawn_blocking(move || read_bounded(&p))
         .await
@@ -390,26 +417,36 @@ async fn make_thumb(st: &Shared, index: &Arc<Searchable>, path: PathBuf, size: u
     let what = format!("{} ({}x{})", path.display(), info.width, info.height);
     let held = st.decode_budget.reserve(info.decode_bytes, &what).await?;
     tokio::task::spawn_blocking(move || {
-        let img = preprocess::decode(&bytes, max_pixels)?;
-        drop(bytes);
-        let rgb = img.to_rgb8();
-        drop(img);
-        let scale = f64::from(size) / rgb.width.max(rgb.height).max(1) as f64;
-        let small = if scale < 1.0 {
-            let (w, h) = (
-                ((rgb.width as f64 * scale).round() as usize).max(1),
-                ((rgb.height as f64 * scale).round() as usize).max(1),
-            );
-            resize::resize_bilinear(&rgb, w, h)
-        } else {
-            rgb
-        };
+        let rgb = preprocess::decode(&bytes, max_pixels)?.to_rgb8();
         drop(held);
-        let mut out = Vec::new();
-        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 82)
-            .encode(&small.data, small.width as u32, small.height as u32, image::ExtendedColorType::Rgb8)
-            .map_err(|e| ServeError::Internal(format!("encoding a thumbnail: {e}")))?;
-        Ok(Bytes::from(out))
+        Ok(rgb)
+    })
+    .await
+    .map_err(|e| ServeError::Internal(e.to_string()))?
+}
+
+/// The middle frame of an indexed video, within the decode budget.
+async fn video_frame(st: &Shared, path: PathBuf, max_pixels: u64) -> Result<resize::Pixels, ServeError> {
+    let p = path.clone();
+    let info = tokio::task::spawn_blocking(move || {
+        if !std::fs::metadata(&p).is_ok_and(|m| m.is_file()) {
+            return Err(ServeError::NotFound(format!("{} is no longer a regular file", p.display())));
+        }
+        video::probe(&p).map_err(|e| ServeError::Invalid(e.to_string()))
+    })
+    .await
+    .map_err(|e| ServeError::Internal(e.to_string()))??;
+    let pixels = info.width as u64 * info.height as u64;
+    if pixels > max_pixels || info.frames == 0 {
+        return Err(ServeError::TooLarge(format!("{}: {}x{} frames", path.display(), info.width, info.height)));
+    }
+    let what = format!("{} ({}x{})", path.display(), info.width, info.height);
+    let held = st.decode_budget.reserve(pixels * 6, &what).await?;
+    tokio::task::spawn_blocking(move || {
+        let mut frames =
+            video::decode_frames(&path, &info, &[info.frames / 2]).map_err(|e| ServeError::Invalid(e.to_string()))?;
+        drop(held);
+        frames.pop().ok_or_else(|| ServeError::Invalid(format!("{}: no frame decoded", path.display())))
     })
     .await
     .map_err(|e| ServeError::Internal(e.to_string()))?

@@ -239,6 +239,25 @@ fn search_similar_and_thumbnails_answer_as_the_library_and_refuse_what_is_not_in
     let (code, _) = get(&format!("{base}/health"));
     assert_eq!(code, 200, "the server is still up");
 
+    // A video added to the index: its thumbnail is its middle frame.
+    if perception_encoder::video::available() {
+        std::fs::copy(fx.join("dog.mp4"), photos.join("dog.mp4")).unwrap();
+        let mut index = Index::open(&dir).unwrap();
+        let mut opts = UpdateOptions::default();
+        opts.scan.videos = true;
+        let report = index.update(&model, &[photos.clone()], &opts, &mut |_| {}).unwrap();
+        assert_eq!(report.embedded, 1);
+        let r = ureq::get(&format!("{base}/thumb?size=48&path={}", enc(&photos.join("dog.mp4").to_string_lossy())))
+            .call()
+            .unwrap();
+        let mut jpeg = Vec::new();
+        std::io::Read::read_to_end(&mut r.into_reader(), &mut jpeg).unwrap();
+        let info = perception_encoder::preprocess::probe(&jpeg, 1 << 20).unwrap();
+        assert_eq!(info.width.max(info.height), 48);
+    } else {
+        assert!(!std::env::var("PE_REQUIRE_FIXTURES").is_ok_and(|v| v == "1"), "PE_REQUIRE_FIXTURES=1 but no FFmpeg");
+    }
+
     // Without an index, the search routes say so.
     let plain = common::serve(tiny(&fx), ServerConfig::default());
     let (code, v) = post(&format!("{plain}/search"), json!({"query": "cat"}));

@@ -113,6 +113,15 @@ fn run(mut cmd: Command, what: &str) -> Result<Vec<u8>> {
     Ok(out.stdout)
 }
 
+/// Whether FFmpeg's `ffmpeg` and `ffprobe` can be run (honouring `PE_FFMPEG` / `PE_FFPROBE`).
+pub fn available() -> bool {
+    ["ffmpeg", "ffprobe"].iter().all(|name| {
+        let mut cmd = tool(name);
+        cmd.arg("-version").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        cmd.status().is_ok_and(|s| s.success())
+    })
+}
+
 /// Count the frames of a video by decoding it (`ffprobe -count_frames`), as decord's length.
 pub fn probe(path: &Path) -> Result<VideoInfo> {
     if !path.is_file() {

@@ -153,10 +153,8 @@ pub struct VideoCmd {
     inputs: Vec<PathBuf>,
 }
 
-const VIDEO_EXTENSIONS: &[&str] = &["mp4", "m4v", "mov", "mkv", "webm", "avi", "mpg", "mpeg", "wmv", "flv", "ts"];
-
 pub fn run_video(cmd: VideoCmd) -> anyhow::Result<ExitCode> {
-    let files = collect_files(&cmd.inputs, VIDEO_EXTENSIONS)?;
+    let files = collect_files(&cmd.inputs, pe_index::VIDEO_EXTENSIONS)?;
     if files.is_empty() {
         bail!("no videos found in the given paths");
     }

@@ -112,6 +112,9 @@ pub struct IndexCmd {
     /// Index hidden files and folders too (names starting with a dot).
     #[arg(long)]
     include_hidden: bool,
+    /// Leave videos out (they are indexed when FFmpeg is installed: the mean of 8 frames).
+    #[arg(long)]
+    no_videos: bool,
     /// Images per forward pass.
     #[arg(long, short = 'b', default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=1024))]
     batch_size: u64,
@@ -158,10 +161,22 @@ enum AnnStorageArg {
     I8,
 }
 
+fn videos_available() -> bool {
+    let ok = perception_encoder::video::available();
+    if !ok {
+        tracing::info!("FFmpeg is not installed: videos are left out of the index");
+    }
+    ok
+}
+
 impl IndexCmd {
     fn update_options(&self) -> UpdateOptions {
         UpdateOptions {
-            scan: pe_index::ScanOptions { exclude: self.exclude.clone(), include_hidden: self.include_hidden },
+            scan: pe_index::ScanOptions {
+                exclude: self.exclude.clone(),
+                include_hidden: self.include_hidden,
+                videos: !self.no_videos && videos_available(),
+            },
             batch_size: self.batch_size as usize,
             ann: self.ann.mode(),
             ann_storage: match self.ann_storage {
@@ -373,7 +388,8 @@ pub fn run_search(cmd: SearchCmd) -> anyhow::Result<ExitCode> {
     };
     if let (true, Some(model)) = (cmd.update, &model) {
         let roots = index.catalog().roots()?;
-        let opts = UpdateOptions::default();
+        let mut opts = UpdateOptions::default();
+        opts.scan.videos = videos_available();
         let report = update_with_progress(&mut index, model, &roots, &opts)?;
         tracing::info!("updated: {} embedded, {} removed", report.embedded, report.removed);
     }
