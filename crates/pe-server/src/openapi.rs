@@ -54,6 +54,24 @@ pub(crate) fn document(model: &str, auth: bool) -> Value {
                     "sampling": {"type": "string", "enum": ["benchmark", "demo"], "default": "benchmark"},
                     "normalize": {"type": "boolean", "default": true}}}}
             })), embeddings_response())},
+            "/search": {"post": op("Search the index (pe serve --index): text in rclip's grammar, images, indexed files by path, weighted.", Some(json!({
+                "application/json": {"schema": {"type": "object", "properties": {
+                    "query": {"type": "string", "description": "text terms: `2:golden retriever + pool - snow`"},
+                    "terms": {"type": "array", "items": {"type": "object", "properties": {
+                        "text": {"type": "string"}, "image": {"type": "string", "description": "base64 or data URL"},
+                        "path": {"type": "string", "description": "an indexed file"}, "weight": {"type": "number", "default": 1}}}},
+                    "top_k": {"type": "integer", "default": 10, "maximum": 1000}, "threshold": {"type": "number"},
+                    "under": {"type": "string", "description": "only files under this absolute folder"},
+                    "exact": {"type": "boolean", "default": false}}}},
+                "multipart/form-data": {"schema": {"type": "object", "properties": {
+                    "file": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                    "query": {"type": "string"}, "top_k": {"type": "integer"}, "threshold": {"type": "number"},
+                    "under": {"type": "string"}, "exact": {"type": "boolean"}}}}
+            })), plain("results: rank, path, score (cosine), best first"))},
+            "/similar": {"get": {"summary": "The indexed files nearest an indexed file (`path`, `top_k`, `exact`).",
+                "responses": {"200": plain("results"), "404": plain("not in the index")}}},
+            "/thumb": {"get": {"summary": "A JPEG thumbnail of an indexed file (`path`, `size` 16..=512).",
+                "responses": {"200": {"description": "image/jpeg", "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}}}, "404": plain("not in the index")}}},
             "/classify": {"post": op("Zero-shot classification with prompt ensembling.", Some(json_body("ClassifyRequest")),
                 json!({"description": "top labels per image", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ClassifyResponse"}}}}))},
         },
