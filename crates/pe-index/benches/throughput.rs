@@ -25,7 +25,11 @@ fn photo(seed: u32) -> Vec<u8> {
         s ^= s >> 17;
         s ^= s << 5;
         let n = (s & 31) as u8;
-        image::Rgb([((x * 255 / w) as u8).wrapping_add(n), ((y * 255 / h) as u8).wrapping_add(n), (seed as u8).wrapping_mul(37) ^ n])
+        image::Rgb([
+            ((x * 255 / w) as u8).wrapping_add(n),
+            ((y * 255 / h) as u8).wrapping_add(n),
+            (seed as u8).wrapping_mul(37) ^ n,
+        ])
     });
     let mut out = Vec::new();
     image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90).encode_image(&img).unwrap_or_default();

@@ -96,14 +96,24 @@ enum Prepared {
     Failed(FileRow),
 }
 
+fn file_row(f: &Found, hash: Option<String>, error: Option<String>) -> FileRow {
+    FileRow { path: f.path.clone(), size: f.size, mtime_ns: f.mtime_ns, hash, error }
+}
+
+/// The outcome of content seen before: the same file only touched keeps its outcome (error or
+/// not); content embedded already (a move, rename or copy) reuses its embedding.
+fn seen_before(f: &Found, hash: &str, before: Option<&FileRow>, known: &Mutex<HashSet<String>>) -> Option<Prepared> {
+    if let Some(b) = before.filter(|b| b.hash.as_deref() == Some(hash)) {
+        return Some(Prepared::Known(file_row(f, Some(hash.to_string()), b.error.clone())));
+    }
+    if known.lock().map(|k| k.contains(hash)).unwrap_or(false) {
+        return Some(Prepared::Known(file_row(f, Some(hash.to_string()), None)));
+    }
+    None
+}
+
 fn prepare(f: &Found, before: Option<&FileRow>, known: &Mutex<HashSet<String>>, t: &ImageTransform) -> Prepared {
-    let row = |hash: Option<String>, error: Option<String>| FileRow {
-        path: f.path.clone(),
-        size: f.size,
-        mtime_ns: f.mtime_ns,
-        hash,
-        error,
-    };
+    let row = |hash: Option<String>, error: Option<String>| file_row(f, hash, error);
     if is_video(&f.path) {
         return prepare_video(f, before, known, t);
     }
@@ -115,12 +125,8 @@ fn prepare(f: &Found, before: Option<&FileRow>, known: &Mutex<HashSet<String>>, 
         Err(e) => return Prepared::Failed(row(None, Some(e.to_string()))),
     };
     let hash = blake3::hash(&bytes).to_hex().to_string();
-    // Same content as when indexed (only touched): keep its outcome, error or not.
-    if let Some(b) = before.filter(|b| b.hash.as_deref() == Some(hash.as_str())) {
-        return Prepared::Known(row(Some(hash), b.error.clone()));
-    }
-    if known.lock().map(|k| k.contains(&hash)).unwrap_or(false) {
-        return Prepared::Known(row(Some(hash), None));
+    if let Some(p) = seen_before(f, &hash, before, known) {
+        return p;
     }
     let info = match perception_encoder::preprocess::probe(&bytes, t.max_pixels) {
         Ok(i) => i,
@@ -133,22 +139,13 @@ fn prepare(f: &Found, before: Option<&FileRow>, known: &Mutex<HashSet<String>>, 
 }
 
 fn prepare_video(f: &Found, before: Option<&FileRow>, known: &Mutex<HashSet<String>>, t: &ImageTransform) -> Prepared {
-    let row = |hash: Option<String>, error: Option<String>| FileRow {
-        path: f.path.clone(),
-        size: f.size,
-        mtime_ns: f.mtime_ns,
-        hash,
-        error,
-    };
+    let row = |hash: Option<String>, error: Option<String>| file_row(f, hash, error);
     let hash = match hash_file(&f.path) {
         Ok(h) => h,
         Err(e) => return Prepared::Failed(row(None, Some(e.to_string()))),
     };
-    if let Some(b) = before.filter(|b| b.hash.as_deref() == Some(hash.as_str())) {
-        return Prepared::Known(row(Some(hash), b.error.clone()));
-    }
-    if known.lock().map(|k| k.contains(&hash)).unwrap_or(false) {
-        return Prepared::Known(row(Some(hash), None));
+    if let Some(p) = seen_before(f, &hash, before, known) {
+        return p;
     }
     let clip = video::probe(&f.path).and_then(|info| {
         let clip = video::load_clip_probed(&f.path, &info, VIDEO_FRAMES, FrameSampling::Benchmark, t)?;

@@ -277,45 +277,73 @@ pub(crate) fn update_with_progress(
     roots: &[PathBuf],
     opts: &UpdateOptions,
 ) -> anyhow::Result<pe_index::UpdateReport> {
-    let mut bar = None;
-    let (mut done, mut total, mut last_log) = (0usize, 0usize, Instant::now());
-    let terminal = std::io::stderr().is_terminal();
-    let report = index.update(model, roots, opts, &mut |p| match p {
-        pe_index::Progress::Start(n) => {
-            total = n;
-            bar = Some(progress(n, "images"));
+    let mut view = UpdateProgress::new();
+    let report = index.update(model, roots, opts, &mut |p| view.on(p));
+    view.finish();
+    Ok(report?)
+}
+
+/// An update's progress: a bar on a terminal, a log line every 10 s off one.
+pub(crate) struct UpdateProgress {
+    bar: Option<indicatif::ProgressBar>,
+    done: usize,
+    total: usize,
+    last_log: Instant,
+    terminal: bool,
+}
+
+impl UpdateProgress {
+    pub(crate) fn new() -> Self {
+        UpdateProgress {
+            bar: None,
+            done: 0,
+            total: 0,
+            last_log: Instant::now(),
+            terminal: std::io::stderr().is_terminal(),
         }
-        pe_index::Progress::Advance(n) => {
-            done += n;
-            if let Some(b) = &bar {
-                b.inc(n as u64);
-            }
-            // Off a terminal: a log line every 10 s instead of a bar.
-            if !terminal && last_log.elapsed().as_secs() >= 10 {
-                eprintln!("pe: indexed {done}/{total} files");
-                last_log = Instant::now();
-            }
-        }
-        pe_index::Progress::Approximate { done, total } => {
-            if done == 0 || bar.as_ref().is_some_and(|b| b.length() != Some(total as u64)) {
-                if let Some(b) = bar.take() {
-                    b.finish_and_clear();
-                }
-                bar = Some(progress(total, "vectors"));
-            }
-            if let Some(b) = &bar {
-                b.set_position(done as u64);
-            }
-            if !terminal && last_log.elapsed().as_secs() >= 10 {
-                eprintln!("pe: approximate index: {done}/{total} vectors added");
-                last_log = Instant::now();
-            }
-        }
-    })?;
-    if let Some(b) = bar {
-        b.finish_and_clear();
     }
-    Ok(report)
+
+    fn log(&mut self, line: impl FnOnce() -> String) {
+        if !self.terminal && self.last_log.elapsed().as_secs() >= 10 {
+            eprintln!("pe: {}", line());
+            self.last_log = Instant::now();
+        }
+    }
+
+    pub(crate) fn on(&mut self, p: pe_index::Progress) {
+        match p {
+            pe_index::Progress::Start(n) => {
+                self.total = n;
+                self.bar = Some(progress(n, "images"));
+            }
+            pe_index::Progress::Advance(n) => {
+                self.done += n;
+                if let Some(b) = &self.bar {
+                    b.inc(n as u64);
+                }
+                let (done, total) = (self.done, self.total);
+                self.log(|| format!("indexed {done}/{total} files"));
+            }
+            pe_index::Progress::Approximate { done, total } => {
+                if self.bar.as_ref().is_none_or(|b| b.length() != Some(total as u64)) {
+                    if let Some(b) = self.bar.take() {
+                        b.finish_and_clear();
+                    }
+                    self.bar = Some(progress(total, "vectors"));
+                }
+                if let Some(b) = &self.bar {
+                    b.set_position(done as u64);
+                }
+                self.log(|| format!("approximate index: {done}/{total} vectors added"));
+            }
+        }
+    }
+
+    pub(crate) fn finish(self) {
+        if let Some(b) = self.bar {
+            b.finish_and_clear();
+        }
+    }
 }
 
 /// Arguments of `pe search`.

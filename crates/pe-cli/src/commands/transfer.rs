@@ -1,7 +1,6 @@
 //! `pe index export --parquet FILE` and `pe index import FILE...`: a thin shell over
 //! `pe_index`'s Parquet export and import.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -9,8 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use pe_index::Index;
 
-use super::index::{search_index_dir, AnnArg};
-use crate::args::progress;
+use super::index::{search_index_dir, AnnArg, UpdateProgress};
 
 /// Arguments of `pe index export`.
 #[derive(Debug, clap::Args)]
@@ -78,22 +76,10 @@ pub fn run_import(cmd: ImportCmd) -> anyhow::Result<ExitCode> {
         Err(e) => return Err(e.into()),
     };
     let started = Instant::now();
-    let terminal = std::io::stderr().is_terminal();
-    let mut bar = None;
-    let mut last_log = Instant::now();
-    let report = index.import_parquet(&cmd.files, cmd.ann.mode(), &mut |p| {
-        if let pe_index::Progress::Approximate { done, total } = p {
-            let b = bar.get_or_insert_with(|| progress(total, "vectors"));
-            b.set_position(done as u64);
-            if !terminal && last_log.elapsed().as_secs() >= 10 {
-                eprintln!("pe: approximate index: {done}/{total} vectors added");
-                last_log = Instant::now();
-            }
-        }
-    })?;
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
+    let mut view = UpdateProgress::new();
+    let report = index.import_parquet(&cmd.files, cmd.ann.mode(), &mut |p| view.on(p));
+    view.finish();
+    let report = report?;
     eprintln!(
         "pe: imported {} rows ({} distinct contents) into {} in {:.1}s",
         report.rows,
