@@ -31,8 +31,9 @@ pub const ANN_MIN_ROWS: usize = 20_000;
 /// Links per node: USearch's default, enough for recall >= 0.99 at 1024 dims (docs/search.md).
 const CONNECTIVITY: usize = 16;
 const EXPANSION_ADD: usize = 128;
-/// Candidates kept while searching; raised to the number of results asked for when larger.
-pub const EXPANSION_SEARCH: usize = 64;
+/// Candidates kept while searching (HNSW's `ef`), by default; raised to the number of results
+/// asked for when larger.
+pub const EXPANSION_SEARCH: usize = 96;
 
 /// When `pe index` keeps an approximate index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -241,7 +242,12 @@ impl Ann {
 
     /// The (about) `k` contents nearest `query`: content hash, first matrix row holding it
     /// (`u64::MAX` when no readable file does) and approximate score.
-    pub fn search(&self, query: &[f32], k: usize) -> Result<Vec<(String, u64, f32)>> {
+    pub fn search(&self, query: &[f32], k: usize, ef: usize) -> Result<Vec<(String, u64, f32)>> {
+        if self.index.expansion_search() != ef.max(1) {
+            // Shared by concurrent searches: one asking for another width only changes how
+            // widely the others look, never what they return (they are re-scored exactly).
+            self.index.change_expansion_search(ef.max(1));
+        }
         if query.len() != self.dim {
             return Err(Error::Query(format!("a query of {} dims for an index of {}", query.len(), self.dim)));
         }

@@ -30,7 +30,7 @@ mod update;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-pub use ann::{Ann, AnnMode, AnnReport, AnnStorage, ANN_MIN_ROWS};
+pub use ann::{Ann, AnnMode, AnnReport, AnnStorage, ANN_MIN_ROWS, EXPANSION_SEARCH};
 pub use catalog::{Catalog, FileRow, VectorRow};
 pub use dedupe::Group;
 pub use error::{Error, Result};
@@ -87,12 +87,15 @@ pub struct SearchOptions {
     pub exact: bool,
     /// Only files under this folder (absolute), searched exactly.
     pub under: Option<PathBuf>,
+    /// Candidates the approximate search keeps and re-scores (HNSW's `ef`; default
+    /// [`ann::EXPANSION_SEARCH`]): higher finds more of the true neighbours, more slowly.
+    pub ef: Option<usize>,
 }
 
 impl SearchOptions {
     /// The `k` best, with no threshold, by the fastest method available.
     pub fn top(k: usize) -> Self {
-        SearchOptions { k, threshold: f32::NEG_INFINITY, exact: false, under: None }
+        SearchOptions { k, threshold: f32::NEG_INFINITY, exact: false, under: None, ef: None }
     }
 }
 

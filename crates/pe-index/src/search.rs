@@ -82,8 +82,9 @@ pub fn approximate(
 ) -> Result<Vec<Hit>> {
     let mut want = opts.k.max(1);
     loop {
-        let asked = want.max(EXPANSION_SEARCH).min(ann.len());
-        let found = ann.search(query, asked)?;
+        let ef = opts.ef.unwrap_or(EXPANSION_SEARCH);
+        let asked = want.max(ef).min(ann.len());
+        let found = ann.search(query, asked, ef.max(asked))?;
         let mut scored = Vec::with_capacity(found.len());
         let mut below = false;
         for (hash, row, _) in found.iter() {

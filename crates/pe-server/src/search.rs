@@ -220,7 +220,8 @@ pub(crate) async fn search(State(st): State<Shared>, req: Request) -> Result<Jso
         return Err(ServeError::Invalid("every term is negative: say what to look for, then what to avoid".into()));
     }
     let q = query_vector(&st, &index, parts).await?;
-    let opts = pe_index::SearchOptions { k: top_k, threshold: threshold.unwrap_or(f32::NEG_INFINITY), exact, under };
+    let opts =
+        pe_index::SearchOptions { k: top_k, threshold: threshold.unwrap_or(f32::NEG_INFINITY), exact, under, ef: None };
     let (hits, method) = index
         .with(move |i| {
             let hits = i.search(&q, &opts)?;

@@ -370,6 +370,10 @@ pub struct SearchCmd {
     /// Only files under this folder (searched exactly).
     #[arg(long)]
     under: Option<PathBuf>,
+    /// Candidates the approximate search keeps and re-scores exactly (HNSW's ef; default 96):
+    /// higher finds more of the true top results, more slowly.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    ef: Option<u64>,
     /// JSON Lines: {"rank", "path", "score"}, best first.
     #[arg(long, conflicts_with = "paths_only")]
     json: bool,
@@ -428,6 +432,7 @@ pub fn run_search(cmd: SearchCmd) -> anyhow::Result<ExitCode> {
         threshold: cmd.threshold.unwrap_or(f32::NEG_INFINITY),
         exact: cmd.exact,
         under,
+        ef: cmd.ef.map(|e| e as usize),
     };
     let hits = index.search(&q, &opts)?;
     tracing::info!("searched ({}) in {:.1} ms", index.method()?, started.elapsed().as_secs_f64() * 1e3);
