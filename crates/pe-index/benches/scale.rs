@@ -5,30 +5,15 @@
 //! `cargo bench -p pe-index --bench scale -- [ROWS] [DIM] [DIR] [f16|i8|both]` (default 100000,
 //! 1024, a temporary directory, both storages). Numbers for docs/search.md; never a timed test.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use pe_index::{
-    AnnMode, AnnStorage, Catalog, FileRow, Index, Manifest, ModelSpec, SearchOptions, TransformSpec, VectorRow,
-};
-use perception_encoder::Precision;
+use common::{manifest, normalize, Rng};
+use pe_index::{AnnMode, AnnStorage, Catalog, FileRow, Index, SearchOptions, VectorRow};
 use rayon::prelude::*;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> f32 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-}
-
-fn normalize(v: &mut [f32]) {
-    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    v.iter_mut().for_each(|x| *x /= n);
-}
 
 /// A vector near one of `centres` (cosine ~0.8 to it, as photos of one subject are).
 fn clustered(rng: &mut Rng, centres: &[Vec<f32>]) -> Vec<f32> {
@@ -56,24 +41,6 @@ fn reset_peak_rss() -> f64 {
 
 fn size_mib(p: &Path) -> f64 {
     std::fs::metadata(p).map_or(0.0, |m| m.len() as f64 / (1 << 20) as f64)
-}
-
-fn manifest(dim: usize) -> Manifest {
-    Manifest {
-        format_version: pe_index::FORMAT_VERSION,
-        model: ModelSpec {
-            name: "synthetic".into(),
-            config: None,
-            weights: PathBuf::from("/nonexistent"),
-            weights_size: 0,
-            weights_mtime_ns: 0,
-            weights_blake3: "0".repeat(64),
-        },
-        precision: Precision::F32,
-        layer: -1,
-        transform: TransformSpec { size: 224, center_crop: false, gray16_pillow: true, max_pixels: 1 << 27 },
-        dim,
-    }
 }
 
 fn row(table: &str, what: &str, value: String) {

@@ -20,6 +20,7 @@ use usearch::{IndexOptions, MetricKind, ScalarKind};
 
 use crate::catalog::Catalog;
 use crate::error::{Error, Result};
+use crate::matrix::u64_at;
 
 const MAGIC: &[u8; 8] = b"PEANN002";
 const HEADER: usize = 128;
@@ -106,12 +107,6 @@ pub struct Ann {
     dim: usize,
     storage: AnnStorage,
     removed: u64,
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
 }
 
 /// The key of a content: the first 16 hex digits of its BLAKE3 hash.

@@ -38,7 +38,8 @@ pub struct Matrix {
     file: PathBuf,
 }
 
-fn u64_at(b: &[u8], at: usize) -> u64 {
+/// The little-endian u64 at `at` (callers check the bounds first).
+pub(crate) fn u64_at(b: &[u8], at: usize) -> u64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[at..at + 8]);
     u64::from_le_bytes(a)

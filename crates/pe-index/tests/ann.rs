@@ -2,48 +2,14 @@
 //! top 10, it follows the catalog incrementally (removed contents never come back, new ones
 //! are found), a stale or damaged graph is never trusted, and `--under` searches one folder.
 
+mod common;
+
 use std::path::PathBuf;
 
-use pe_index::{
-    AnnMode, AnnStorage, Catalog, FileRow, Index, Manifest, ModelSpec, SearchOptions, TransformSpec, VectorRow,
-};
-use perception_encoder::Precision;
+use common::{manifest, normalize, Rng};
+use pe_index::{AnnMode, AnnStorage, Catalog, FileRow, Index, SearchOptions, VectorRow};
 
 const DIM: usize = 64;
-
-fn manifest() -> Manifest {
-    Manifest {
-        format_version: pe_index::FORMAT_VERSION,
-        model: ModelSpec {
-            name: "test".into(),
-            config: None,
-            weights: PathBuf::from("/nonexistent"),
-            weights_size: 0,
-            weights_mtime_ns: 0,
-            weights_blake3: "0".repeat(64),
-        },
-        precision: Precision::F32,
-        layer: -1,
-        transform: TransformSpec { size: 32, center_crop: false, gray16_pillow: true, max_pixels: 1 << 20 },
-        dim: DIM,
-    }
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> f32 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-}
-
-fn normalize(v: &mut [f32]) {
-    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    v.iter_mut().for_each(|x| *x /= n);
-}
 
 /// Vectors around 40 random centres, like embeddings of a photo collection.
 fn clustered(rng: &mut Rng, centres: &[Vec<f32>]) -> Vec<f32> {
@@ -78,7 +44,7 @@ fn brute_force(rows: &[(VectorRow, FileRow)], q: &[f32], k: usize) -> Vec<(f32, 
 fn approximate_search_recalls_the_exact_top_10_and_follows_the_catalog() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("idx");
-    let mut index = Index::open_or_create(&dir, &manifest()).unwrap();
+    let mut index = Index::open_or_create(&dir, &manifest(DIM)).unwrap();
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let centres: Vec<Vec<f32>> = (0..40)
         .map(|_| {

@@ -1,30 +1,14 @@
 //! The vector matrix without a model: exact search equals a brute force over the catalog's
 //! vectors, and a damaged or stale `vectors.f32` is rebuilt from the catalog, never trusted.
 
+mod common;
+
 use std::path::PathBuf;
 
-use pe_index::{Catalog, FileRow, Index, Manifest, ModelSpec, SearchOptions, TransformSpec, VectorRow};
-use perception_encoder::Precision;
+use common::manifest;
+use pe_index::{Catalog, FileRow, Index, SearchOptions, VectorRow};
 
 const DIM: usize = 16;
-
-fn manifest() -> Manifest {
-    Manifest {
-        format_version: pe_index::FORMAT_VERSION,
-        model: ModelSpec {
-            name: "test".into(),
-            config: None,
-            weights: PathBuf::from("/nonexistent"),
-            weights_size: 0,
-            weights_mtime_ns: 0,
-            weights_blake3: "0".repeat(64),
-        },
-        precision: Precision::F32,
-        layer: -1,
-        transform: TransformSpec { size: 32, center_crop: false, gray16_pillow: true, max_pixels: 1 << 20 },
-        dim: DIM,
-    }
-}
 
 fn unit(seed: &mut u32) -> Vec<f32> {
     let v: Vec<f32> = (0..DIM)
@@ -43,7 +27,7 @@ fn unit(seed: &mut u32) -> Vec<f32> {
 fn exact_search_equals_brute_force_and_a_damaged_matrix_is_rebuilt() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("idx");
-    drop(Index::open_or_create(&dir, &manifest()).unwrap());
+    drop(Index::open_or_create(&dir, &manifest(DIM)).unwrap());
     let mut seed = 0x1234_5678u32;
     let mut vectors = Vec::new();
     let mut files = Vec::new();
