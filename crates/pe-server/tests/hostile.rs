@@ -10,6 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use common::send;
 use pe_server::ServerConfig;
 use pe_testutil::fixtures;
 use perception_encoder::{Clip, ClipConfig, LoadOptions};
@@ -20,20 +21,8 @@ fn tiny(dir: &Path) -> Clip {
     Clip::load(&cfg, dir.join("tiny-cls.pt"), &LoadOptions::default()).unwrap()
 }
 
-fn send(req: ureq::Request, body: Option<Value>) -> (u16, Value) {
-    let r = match body {
-        Some(b) => req.send_json(b),
-        None => req.call(),
-    };
-    match r {
-        Ok(r) => (r.status(), r.into_json().unwrap_or(Value::Null)),
-        Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap_or(Value::Null)),
-        Err(e) => panic!("transport error: {e}"),
-    }
-}
-
 fn post(url: &str, body: Value) -> (u16, Value) {
-    send(ureq::post(url), Some(body))
+    common::send(ureq::post(url), Some(body))
 }
 
 /// A multipart body of files, as curl -F sends it.

@@ -45,24 +45,12 @@ fn build_index(fx: &Path, root: &Path) -> PathBuf {
     dir
 }
 
-fn send(req: ureq::Request, body: Option<Value>) -> (u16, Value) {
-    let r = match body {
-        Some(b) => req.send_json(b),
-        None => req.call(),
-    };
-    match r {
-        Ok(r) => (r.status(), r.into_json().unwrap_or(Value::Null)),
-        Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap_or(Value::Null)),
-        Err(e) => panic!("transport error: {e}"),
-    }
-}
-
 fn post(url: &str, body: Value) -> (u16, Value) {
-    send(ureq::post(url), Some(body))
+    common::send(ureq::post(url), Some(body))
 }
 
 fn get(url: &str) -> (u16, Value) {
-    send(ureq::get(url), None)
+    common::send(ureq::get(url), None)
 }
 
 fn enc(s: &str) -> String {

@@ -58,3 +58,17 @@ pub fn metric(text: &str, name: &str) -> Option<f64> {
 
 #[allow(dead_code)]
 pub mod cases;
+
+/// Send `req` (with a JSON body if given): the status and the JSON answer, errors included.
+#[allow(dead_code)]
+pub fn send(req: ureq::Request, body: Option<serde_json::Value>) -> (u16, serde_json::Value) {
+    let r = match body {
+        Some(b) => req.send_json(b),
+        None => req.call(),
+    };
+    match r {
+        Ok(r) => (r.status(), r.into_json().unwrap_or(serde_json::Value::Null)),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap_or(serde_json::Value::Null)),
+        Err(e) => panic!("transport error: {e}"),
+    }
+}
