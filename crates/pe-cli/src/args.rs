@@ -58,6 +58,18 @@ impl ModelArgs {
         Ok(ModelSource::from_options(self.model.as_deref(), self.config.as_deref(), self.weights.as_deref())?)
     }
 
+    /// The model's configuration, read without loading the weights (for checks made before
+    /// any work, such as an output's model).
+    pub fn config(&self) -> anyhow::Result<perception_encoder::ClipConfig> {
+        Ok(self.source()?.config()?)
+    }
+
+    /// An output's columns for this model: key column `key`, optional pixel sizes.
+    pub fn columns(&self, key: &str, sizes: bool, dim: Option<usize>) -> anyhow::Result<pe_index::output::Columns> {
+        let cfg = self.config()?;
+        Ok(pe_index::output::Columns { key: key.into(), sizes, model: cfg.name, dtype: self.dtype.name().into(), dim })
+    }
+
     pub fn options(&self) -> LoadOptions {
         LoadOptions { precision: self.dtype, ..LoadOptions::default() }
     }

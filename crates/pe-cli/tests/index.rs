@@ -323,22 +323,6 @@ fn similar_and_dedupe_come_from_the_index() {
     assert_eq!(out.status.code(), Some(2));
 }
 
-/// A Python with pyarrow and duckdb (`PE_PYTHON`; `.ci/run` makes one), to read our Parquet
-/// back with other readers. Missing, the check is skipped, unless `PE_REQUIRE_FIXTURES=1`.
-fn python_with_readers() -> Option<PathBuf> {
-    match std::env::var_os("PE_PYTHON") {
-        Some(p) => Some(PathBuf::from(p)),
-        None => {
-            assert!(
-                !std::env::var("PE_REQUIRE_FIXTURES").is_ok_and(|v| v == "1"),
-                "PE_REQUIRE_FIXTURES=1 but PE_PYTHON (a Python with pyarrow and duckdb) is not set"
-            );
-            eprintln!("skipping the pyarrow/duckdb read-back: PE_PYTHON is not set");
-            None
-        }
-    }
-}
-
 #[test]
 fn parquet_export_reads_back_elsewhere_and_imports_to_the_same_index() {
     let Some(fx) = fixtures() else { return };
@@ -354,7 +338,7 @@ fn parquet_export_reads_back_elsewhere_and_imports_to_the_same_index() {
     ok(&pe(&["index", "export", "--parquet", &s(&out), "--index", &s(&idx)]));
 
     // Another reader sees the same rows, embeddings and metadata.
-    if let Some(py) = python_with_readers() {
+    if let Some(py) = pe_testutil::python_with_readers() {
         let script = r#"
 import json, sys, duckdb, pyarrow.parquet as pq
 f = pq.ParquetFile(sys.argv[1])

@@ -86,6 +86,15 @@ pub enum Error {
         reason: String,
     },
 
+    /// An embeddings output that cannot be written, or read back to resume it.
+    #[error("{path}: {reason}")]
+    Output {
+        /// The output file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+
     /// A file system error, with the path it concerns.
     #[error("{path}: {source}")]
     Io {

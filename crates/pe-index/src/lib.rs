@@ -22,6 +22,7 @@ mod error;
 mod export;
 mod manifest;
 mod matrix;
+pub mod output;
 pub mod query;
 mod scan;
 mod search;
@@ -37,7 +38,7 @@ pub use error::{Error, Result};
 pub use export::{manifest_of, ImportReport};
 pub use manifest::{describe, hash_file, Manifest, ModelSpec, TransformSpec, FORMAT_VERSION};
 pub use matrix::{dot, Hit, Matrix};
-pub use scan::{dir_identity, is_video, scan, Found, ScanOptions, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS};
+pub use scan::{dir_identity, is_video, scan, Found, ScanOptions, Walker, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS};
 pub use search::{needs_model, query_vector};
 pub use update::{Progress, UpdateOptions, UpdateReport, MAX_FILE_BYTES, VIDEO_FRAMES};
 

@@ -71,30 +71,55 @@ fn hidden(name: &std::ffi::OsStr) -> bool {
 /// The files under `roots` (made absolute), in path order, each once. Problems with single
 /// entries (unreadable directories, loops) are warnings; a root that cannot be read is an error.
 pub fn scan(roots: &[PathBuf], opts: &ScanOptions) -> Result<Vec<Found>> {
-    let skip = excludes(&opts.exclude)?;
-    let wanted = |p: &Path| {
-        (opts.videos && is_video(p))
-            || p.extension()
-                .and_then(|e| e.to_str())
-                .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
-    };
-    let mut walked = HashSet::new();
-    let mut seen = HashSet::new();
+    let mut walker = Walker::new(opts)?;
     let mut out = Vec::new();
     for root in roots {
         let root = std::fs::canonicalize(root).map_err(|e| Error::io(root, e))?;
-        let meta = std::fs::metadata(&root).map_err(|e| Error::io(&root, e))?;
+        walker.walk(&root, &mut |path, meta| out.push(Found { size: meta.len(), mtime_ns: mtime_ns(meta), path }))?;
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(out)
+}
+
+/// A walk over several roots that takes each directory and file once.
+pub struct Walker {
+    opts: ScanOptions,
+    skip: GlobSet,
+    walked: HashSet<(u64, u64, PathBuf)>,
+    seen: HashSet<PathBuf>,
+}
+
+impl Walker {
+    /// A walker with `opts`' filters; a bad `--exclude` pattern is an error.
+    pub fn new(opts: &ScanOptions) -> Result<Walker> {
+        Ok(Walker { skip: excludes(&opts.exclude)?, opts: opts.clone(), walked: HashSet::new(), seen: HashSet::new() })
+    }
+
+    fn wanted(&self, p: &Path) -> bool {
+        (self.opts.videos && is_video(p))
+            || p.extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
+    }
+
+    /// Give `each` the files under `root` (under the name they are reached by, in sorted
+    /// order), or `root` itself when it is a file (whatever its extension). A root that cannot
+    /// be read is an error; problems below it are warnings.
+    pub fn walk(&mut self, root: &Path, each: &mut dyn FnMut(PathBuf, &std::fs::Metadata)) -> Result<()> {
+        let meta = std::fs::metadata(root).map_err(|e| Error::io(root, e))?;
         if !meta.is_dir() {
-            if meta.is_file() && seen.insert(root.clone()) {
-                out.push(Found { size: meta.len(), mtime_ns: mtime_ns(&meta), path: root });
+            if meta.is_file() && self.seen.insert(root.to_path_buf()) {
+                each(root.to_path_buf(), &meta);
+            } else if !meta.is_file() {
+                tracing::warn!("skipping {}: not a regular file", root.display());
             }
-            continue;
+            return Ok(());
         }
-        let mut it = walkdir::WalkDir::new(&root).follow_links(true).sort_by_file_name().into_iter();
+        let mut it = walkdir::WalkDir::new(root).follow_links(true).sort_by_file_name().into_iter();
         while let Some(entry) = it.next() {
             let entry = match entry {
                 Ok(e) => e,
-                Err(e) if e.depth() == 0 => return Err(Error::io(&root, e.into())),
+                Err(e) if e.depth() == 0 => return Err(Error::io(root, e.into())),
                 Err(e) => {
                     let path = e.path().map_or_else(String::new, |p| p.display().to_string());
                     if e.loop_ancestor().is_some() {
@@ -106,23 +131,22 @@ pub fn scan(roots: &[PathBuf], opts: &ScanOptions) -> Result<Vec<Found>> {
                 }
             };
             let depth = entry.depth();
-            let rel = entry.path().strip_prefix(&root).unwrap_or(entry.path());
+            let rel = entry.path().strip_prefix(root).unwrap_or(entry.path());
             let is_dir = entry.file_type().is_dir();
-            if depth > 0 && ((!opts.include_hidden && hidden(entry.file_name())) || skip.is_match(rel)) {
+            if depth > 0 && ((!self.opts.include_hidden && hidden(entry.file_name())) || self.skip.is_match(rel)) {
                 if is_dir {
                     it.skip_current_dir();
                 }
                 continue;
             }
             if is_dir {
-                let id = dir_identity(&entry);
-                if !walked.insert(id) {
+                if !self.walked.insert(dir_identity(&entry)) {
                     tracing::warn!("skipping {}: a directory already walked (through a link)", entry.path().display());
                     it.skip_current_dir();
                 }
                 continue;
             }
-            if !wanted(entry.path()) {
+            if !self.wanted(entry.path()) {
                 continue;
             }
             if !entry.file_type().is_file() {
@@ -131,13 +155,12 @@ pub fn scan(roots: &[PathBuf], opts: &ScanOptions) -> Result<Vec<Found>> {
             }
             let Ok(meta) = entry.metadata() else { continue };
             let path = entry.into_path();
-            if seen.insert(path.clone()) {
-                out.push(Found { size: meta.len(), mtime_ns: mtime_ns(&meta), path });
+            if self.seen.insert(path.clone()) {
+                each(path, &meta);
             }
         }
+        Ok(())
     }
-    out.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(out)
 }
 
 /// What makes a directory the same one under another name (device and inode on Unix), so a

@@ -31,3 +31,20 @@ pub fn fixtures() -> Option<PathBuf> {
     eprintln!("skipping: no fixtures at {} (set PE_FIXTURES)", dir.display());
     None
 }
+
+/// A Python with pyarrow and duckdb (`PE_PYTHON`; `.ci/run` makes one), to read our Parquet
+/// back with other readers. Missing, the check is skipped with a printed reason, unless
+/// `PE_REQUIRE_FIXTURES=1`, where it panics.
+pub fn python_with_readers() -> Option<PathBuf> {
+    match std::env::var_os("PE_PYTHON") {
+        Some(p) => Some(PathBuf::from(p)),
+        None => {
+            assert!(
+                !std::env::var("PE_REQUIRE_FIXTURES").is_ok_and(|v| v == "1"),
+                "PE_REQUIRE_FIXTURES=1 but PE_PYTHON (a Python with pyarrow and duckdb) is not set"
+            );
+            eprintln!("skipping the pyarrow/duckdb read-back: PE_PYTHON is not set");
+            None
+        }
+    }
+}

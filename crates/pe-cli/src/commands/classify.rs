@@ -8,7 +8,7 @@ use anyhow::bail;
 use perception_encoder::zero_shot::{imagenet_classes, ZeroShotClassifier, DEFAULT_TEMPLATES, IMAGENET_TEMPLATES};
 
 use crate::args::{ImageArgs, ModelArgs};
-use crate::inputs::{collect_images, embed_image_files, needs_embedding, read_lines};
+use crate::inputs::{embed_images, needs_embedding, read_lines, report_failed, resolve, InputArgs};
 
 /// Arguments of `pe classify`.
 #[derive(Debug, clap::Args)]
@@ -28,13 +28,15 @@ pub struct ClassifyCmd {
     #[arg(long, short = 't')]
     templates: Option<PathBuf>,
     /// How many labels to print per image.
-    #[arg(long, default_value_t = 5)]
-    top: usize,
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    top: u64,
     /// Images per forward pass.
     #[arg(long, short = 'b', default_value_t = 8)]
     batch_size: usize,
-    /// Image files or directories (searched recursively).
-    #[arg(required = true)]
+    #[command(flatten)]
+    input: InputArgs,
+    /// Image files or directories (searched recursively); `-` reads one image from stdin.
+    #[arg(required_unless_present = "files_from")]
     inputs: Vec<PathBuf>,
 }
 
@@ -49,46 +51,49 @@ pub fn run(cmd: ClassifyCmd) -> anyhow::Result<ExitCode> {
     if labels.is_empty() {
         bail!("no labels given");
     }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(dup) = labels.iter().find(|l| !seen.insert(l.as_str())) {
+        bail!("label `{dup}` is given twice; labels must be distinct");
+    }
     let templates: Vec<String> = match &cmd.templates {
         Some(f) => read_lines(f)?.into_iter().filter(|s| !s.trim().is_empty()).collect(),
         None if imagenet => IMAGENET_TEMPLATES.iter().map(|s| s.to_string()).collect(),
         None => DEFAULT_TEMPLATES.iter().map(|s| s.to_string()).collect(),
     };
-    let files = collect_images(&cmd.inputs)?;
-    if files.is_empty() {
-        bail!("no images found in the given paths");
+    let inputs = resolve(&cmd.input, &cmd.inputs, false)?;
+    if inputs.is_empty() {
+        bail!("no images found in the given paths (hidden files are skipped unless --include-hidden)");
     }
     let model = cmd.model.load()?;
     needs_embedding(&model)?;
     let bar = crate::args::progress(labels.len(), "class vectors");
     let classifier = ZeroShotClassifier::new(&model, &labels, &templates, 256)?;
     bar.finish_and_clear();
+    let top = usize::try_from(cmd.top).unwrap_or(usize::MAX);
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    let failed = embed_image_files(
+    let failed = embed_images(
         &model,
-        &files,
+        &inputs,
         &cmd.image,
         cmd.batch_size,
         |x| Ok(model.encode_image(x, true)?),
-        |path, row| {
-            let x = perception_encoder::candle_core::Tensor::new(
-                row.as_slice(),
-                &perception_encoder::candle_core::Device::Cpu,
-            )?
-            .unsqueeze(0)?;
-            let preds = classifier.classify(&x, cmd.top)?.pop().unwrap_or_default();
-            serde_json::to_writer(
-                &mut out,
-                &serde_json::json!({"path": crate::output::display_name(path.as_os_str()), "predictions": preds}),
-            )?;
-            out.write_all(b"\n")?;
-            Ok(())
+        |rows| {
+            for (input, _, row) in rows {
+                let x = perception_encoder::candle_core::Tensor::new(
+                    row.as_slice(),
+                    &perception_encoder::candle_core::Device::Cpu,
+                )?
+                .unsqueeze(0)?;
+                let preds = classifier.classify(&x, top)?.pop().unwrap_or_default();
+                serde_json::to_writer(
+                    &mut out,
+                    &serde_json::json!({"path": crate::output::display_name(input.name()), "predictions": preds}),
+                )?;
+                out.write_all(b"\n")?;
+            }
+            Ok(out.flush()?)
         },
     )?;
     out.flush()?;
-    if failed > 0 {
-        eprintln!("pe: {failed} of {} images could not be read", files.len());
-        return Ok(ExitCode::from(1));
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(report_failed(failed, inputs.len(), "images"))
 }

@@ -10,8 +10,10 @@ use perception_encoder::tokenizer::ClipTokenizer;
 use perception_encoder::video::{load_clip, FrameSampling};
 
 use crate::args::{progress, ImageArgs, ModelArgs};
-use crate::inputs::{collect_files, collect_images, describe, embed_image_files, needs_embedding, read_lines};
-use crate::output::Sink;
+use crate::inputs::{
+    describe, embed_images, needs_embedding, read_texts, report_failed, resolve, skipped, Input, InputArgs,
+};
+use crate::output::OutputArgs;
 
 /// Arguments of `pe embed-image`.
 #[derive(Debug, clap::Args)]
@@ -30,44 +32,55 @@ pub struct ImageCmd {
     /// Images per forward pass.
     #[arg(long, short = 'b', default_value_t = 8)]
     batch_size: usize,
-    /// Write a matrix (.npy or .safetensors) plus the list of paths instead of JSON Lines.
-    #[arg(long, short = 'o')]
-    output: Option<PathBuf>,
-    /// Image files or directories (searched recursively).
-    #[arg(required = true)]
+    #[command(flatten)]
+    output: OutputArgs,
+    #[command(flatten)]
+    input: InputArgs,
+    /// Image files or directories (searched recursively); `-` reads one image from stdin.
+    #[arg(required_unless_present = "files_from")]
     inputs: Vec<PathBuf>,
 }
 
-fn exit_code(failed: usize) -> ExitCode {
-    if failed > 0 {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
+/// The inputs not yet in a resumed output; an error when there are none at all.
+fn pending(all: Vec<Input>, writer: &pe_index::output::Writer, what: &str) -> anyhow::Result<Vec<Input>> {
+    if all.is_empty() {
+        bail!("no {what} found in the given paths (hidden files are skipped unless --include-hidden)");
     }
+    let total = all.len();
+    let left: Vec<Input> = all.into_iter().filter(|i| !writer.has(i.name())).collect();
+    if left.len() < total {
+        tracing::info!("{} of {total} {what} are already in the output", total - left.len());
+    }
+    Ok(left)
 }
 
 pub fn run_image(cmd: ImageCmd) -> anyhow::Result<ExitCode> {
-    let files = collect_images(&cmd.inputs)?;
-    if files.is_empty() {
-        bail!("no images found in the given paths");
+    let last = cmd.layer == -1;
+    let dim = if last { Some(cmd.model.config()?.embed_dim()) } else { None };
+    let mut writer = cmd.output.writer(cmd.model.columns("path", true, dim)?)?;
+    let inputs = pending(resolve(&cmd.input, &cmd.inputs, false)?, &writer, "images")?;
+    if inputs.is_empty() {
+        writer.finish()?;
+        return Ok(ExitCode::SUCCESS);
     }
     let model = cmd.model.load()?;
     needs_embedding(&model)?;
-    let mut sink = Sink::new(cmd.output.is_some());
     let normalize = !cmd.no_normalize;
-    let failed = embed_image_files(
+    let failed = embed_images(
         &model,
-        &files,
+        &inputs,
         &cmd.image,
         cmd.batch_size,
         |x| Ok(model.encode_image_at(x, cmd.layer, normalize)?),
-        |path, row| sink.push("path", path.as_os_str(), row),
+        |rows| {
+            for (input, size, row) in rows {
+                writer.push(input.name(), Some(size), &row)?;
+            }
+            Ok(writer.flush()?)
+        },
     )?;
-    sink.finish(cmd.output.as_deref())?;
-    if failed > 0 {
-        eprintln!("pe: {failed} of {} images could not be read", files.len());
-    }
-    Ok(exit_code(failed))
+    writer.finish()?;
+    Ok(report_failed(failed, inputs.len(), "images"))
 }
 
 /// Arguments of `pe embed-text`.
@@ -81,42 +94,46 @@ pub struct TextCmd {
     /// Texts per forward pass.
     #[arg(long, short = 'b', default_value_t = 32)]
     batch_size: usize,
-    /// Read texts from a file, one per line (UTF-8).
+    /// Read texts from a file (`-` for stdin), one a line (UTF-8).
     #[arg(long, short = 'f', conflicts_with = "texts")]
     file: Option<PathBuf>,
-    /// Write a matrix (.npy or .safetensors) plus the list of texts instead of JSON Lines.
-    #[arg(long, short = 'o')]
-    output: Option<PathBuf>,
+    /// Texts in --file end with NUL, not newline (so a text may hold line breaks).
+    #[arg(long = "null", short = '0', requires = "file")]
+    null: bool,
+    #[command(flatten)]
+    output: OutputArgs,
     /// Texts to embed.
     #[arg(required_unless_present = "file")]
     texts: Vec<String>,
 }
 
 pub fn run_text(cmd: TextCmd) -> anyhow::Result<ExitCode> {
+    let mut writer = cmd.output.writer(cmd.model.columns("text", false, None)?)?;
     let texts = match &cmd.file {
-        Some(f) => read_lines(f)?,
+        Some(f) => read_texts(f, cmd.null)?,
         None => cmd.texts.clone(),
     };
     if texts.is_empty() {
         bail!("no texts to embed");
     }
+    let texts: Vec<String> = texts.into_iter().filter(|t| !writer.has(std::ffi::OsStr::new(t))).collect();
     let model = cmd.model.load()?;
     let Some(text_tower) = model.text() else {
         bail!("{} has no text tower (it is a vision-only model)", model.config().name);
     };
     let tokenizer = ClipTokenizer::new(text_tower.config().context_length);
-    let mut sink = Sink::new(cmd.output.is_some());
     let bar = progress(texts.len(), "texts");
     for chunk in texts.chunks(cmd.batch_size.max(1)) {
         let ids = tokenizer.tokenize_batch(chunk, model.visual().device())?;
         let rows: Vec<Vec<f32>> = model.encode_text(&ids, !cmd.no_normalize)?.to_dtype(DType::F32)?.to_vec2()?;
         for (text, row) in chunk.iter().zip(rows) {
-            sink.push("text", std::ffi::OsStr::new(text), row)?;
+            writer.push(std::ffi::OsStr::new(text), None, &row)?;
         }
+        writer.flush()?;
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
-    sink.finish(cmd.output.as_deref())?;
+    writer.finish()?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -145,18 +162,31 @@ pub struct VideoCmd {
     /// Print the raw mean of frame embeddings instead of its L2-normalized form.
     #[arg(long)]
     no_normalize: bool,
-    /// Write a matrix (.npy or .safetensors) plus the list of paths instead of JSON Lines.
-    #[arg(long, short = 'o')]
-    output: Option<PathBuf>,
+    #[command(flatten)]
+    output: OutputArgs,
+    #[command(flatten)]
+    input: InputArgs,
     /// Video files or directories (searched recursively).
-    #[arg(required = true)]
+    #[arg(required_unless_present = "files_from")]
     inputs: Vec<PathBuf>,
 }
 
 pub fn run_video(cmd: VideoCmd) -> anyhow::Result<ExitCode> {
-    let files = collect_files(&cmd.inputs, pe_index::VIDEO_EXTENSIONS)?;
-    if files.is_empty() {
-        bail!("no videos found in the given paths");
+    if cmd.frames == 0 {
+        bail!("--frames must be at least 1");
+    }
+    if !perception_encoder::video::available() {
+        bail!("embedding videos needs FFmpeg's `ffmpeg` and `ffprobe` on the PATH (install FFmpeg)");
+    }
+    let dim = Some(cmd.model.config()?.embed_dim());
+    let mut writer = cmd.output.writer(cmd.model.columns("path", false, dim)?)?;
+    let inputs = pending(resolve(&cmd.input, &cmd.inputs, true)?, &writer, "videos")?;
+    if inputs.is_empty() {
+        writer.finish()?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if inputs.contains(&Input::Stdin) {
+        bail!("videos are read from files; `-` (stdin) is not supported for embed-video");
     }
     let model = cmd.model.load()?;
     needs_embedding(&model)?;
@@ -165,26 +195,27 @@ pub fn run_video(cmd: VideoCmd) -> anyhow::Result<ExitCode> {
         Sampling::Benchmark => FrameSampling::Benchmark,
         Sampling::Demo => FrameSampling::Demo,
     };
-    let mut sink = Sink::new(cmd.output.is_some());
-    let bar = progress(files.len(), "videos");
+    let bar = progress(inputs.len(), "videos");
     let mut failed = 0;
-    for path in &files {
+    for input in &inputs {
+        let Input::File(path) = input else { continue };
         match load_clip(path, cmd.frames, rule, &transform) {
             Ok(clip) => {
                 // The zero-shot benchmark's form: the mean of raw frame embeddings, normalized.
                 let mean = model.encode_video(&clip.unsqueeze(0)?, false)?;
                 let mean = if cmd.no_normalize { mean } else { l2_normalize(&mean)? };
                 let row: Vec<f32> = mean.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-                sink.push("path", path.as_os_str(), row)?;
+                writer.push(path.as_os_str(), None, &row)?;
+                writer.flush()?;
             }
             Err(e) => {
                 failed += 1;
-                bar.suspend(|| eprintln!("pe: skipping {}", describe(path, &e)));
+                bar.suspend(|| skipped(&describe(path, &e)));
             }
         }
         bar.inc(1);
     }
     bar.finish_and_clear();
-    sink.finish(cmd.output.as_deref())?;
-    Ok(exit_code(failed))
+    writer.finish()?;
+    Ok(report_failed(failed, inputs.len(), "videos"))
 }

@@ -394,8 +394,19 @@ impl ImageTransform {
         self.apply(&decode(bytes, self.max_pixels)?)
     }
 
+    /// [`Self::load_bytes`], also returning the image's width and height before the transform.
+    pub fn load_bytes_sized(&self, bytes: &[u8]) -> Result<(Tensor, (usize, usize))> {
+        let img = decode(bytes, self.max_pixels)?;
+        Ok((self.apply(&img)?, (img.pixels.width, img.pixels.height)))
+    }
+
     /// Read a file, decode it and apply the transform; errors name the file.
     pub fn load_path(&self, path: impl AsRef<Path>) -> Result<Tensor> {
+        Ok(self.load_path_sized(path)?.0)
+    }
+
+    /// [`Self::load_path`], also returning the image's width and height before the transform.
+    pub fn load_path_sized(&self, path: impl AsRef<Path>) -> Result<(Tensor, (usize, usize))> {
         let path = path.as_ref();
         let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
         if !meta.is_file() {
@@ -404,7 +415,7 @@ impl ImageTransform {
             return Err(Error::io(path, e));
         }
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        self.load_bytes(&bytes).map_err(|e| match e {
+        self.load_bytes_sized(&bytes).map_err(|e| match e {
             Error::ImageDecode(m) => Error::ImageDecode(format!("{}: {m}", path.display())),
             other => other,
         })
