@@ -89,6 +89,14 @@ impl ModelArgs {
     }
 }
 
+/// `--threads`, on the commands that compute (not on tokenize, models or convert).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ThreadsArg {
+    /// Worker threads (default: PE_THREADS, RAYON_NUM_THREADS, or all cores).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
+}
+
 /// How images (and video frames) become model inputs.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ImageArgs {

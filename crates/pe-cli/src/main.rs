@@ -18,10 +18,6 @@ struct Cli {
     #[arg(long, global = true, env = "PE_LOG", default_value = "warn")]
     log: String,
 
-    /// Worker threads for the model (default: PE_THREADS, RAYON_NUM_THREADS, or all cores).
-    #[arg(long, global = true)]
-    threads: Option<usize>,
-
     #[command(subcommand)]
     command: Command,
 }
@@ -56,6 +52,25 @@ enum Command {
     Serve(commands::serve::ServeCmd),
 }
 
+impl Command {
+    /// `--threads` of the commands that compute.
+    fn threads(&self) -> Option<&args::ThreadsArg> {
+        Some(match self {
+            Command::EmbedImage(c) => &c.threads,
+            Command::EmbedText(c) => &c.threads,
+            Command::EmbedVideo(c) => &c.threads,
+            Command::Classify(c) => &c.threads,
+            Command::Bench(c) => &c.threads,
+            Command::Serve(c) => &c.threads,
+            Command::Index(c) => &c.threads,
+            Command::Search(c) => &c.threads,
+            Command::Similar(c) => &c.threads,
+            Command::Dedupe(c) => &c.threads,
+            Command::Models(_) | Command::Tokenize(_) | Command::Convert(_) => return None,
+        })
+    }
+}
+
 fn main() -> ExitCode {
     perception_encoder::runtime::keep_freed_memory();
     let cli = Cli::parse();
@@ -63,10 +78,12 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal, not for log files and CI logs.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let threads = perception_encoder::runtime::set_threads(
-        cli.threads.unwrap_or_else(perception_encoder::runtime::default_threads),
-    );
+    let asked = cli.command.threads().and_then(|t| t.threads).map(usize::from);
+    let threads =
+        perception_encoder::runtime::set_threads(asked.unwrap_or_else(perception_encoder::runtime::default_threads));
     let result = match cli.command {
         Command::Models(args) => commands::models::run(args),
         Command::EmbedImage(cmd) => commands::embed::run_image(cmd),

@@ -381,3 +381,46 @@ fn odd_file_names_keep_paths_aligned() {
     assert!(lines[0].ends_with("two\\nlines.png"), "{list:?}");
     assert!(lines[1].ends_with("z.png"), "{list:?}");
 }
+
+/// Mistakes found before any work, as usage errors (exit 2) said once and plainly.
+#[test]
+fn usage_errors_come_first_and_plainly() {
+    let Some(dir) = fixtures() else { return };
+    let (cfg, w, cat) = (s(&dir.join("tiny-cls.json")), s(&dir.join("tiny-cls.pt")), s(&dir.join("images/cat.png")));
+    let m = ["--config", cfg.as_str(), "--weights", w.as_str()];
+    let code = |args: &[&str]| pe(args).status.code();
+    // An address in use is named, and found before the (absent) weights would be fetched.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = pe(&["serve", "--addr", &addr, "--model", "PE-Core-G14-448"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("cannot listen on {addr}")) && err.contains("in use"), "{err}");
+    // Logs off a terminal carry no colour codes.
+    let out = pe(&[&["--log", "debug", "embed-text"][..], &m, &["a cat"]].concat());
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("DEBUG") || err.contains("INFO"), "{err}");
+    assert!(!err.contains('\u{1b}'), "{err:?}");
+    // PE_DTYPE reaches `pe bench`.
+    let out = Command::new(env!("CARGO_BIN_EXE_pe"))
+        .args(["bench", "--config", &cfg, "--iters", "1", "--json"])
+        .env("PE_DTYPE", "bf16")
+        .output()
+        .unwrap();
+    assert_eq!(lines(&out)[0]["dtype"], "bf16");
+    // `tokenize` takes its row length from a model, and is offered no --threads.
+    let out = pe(&["tokenize", "--model", "PE-Core-G14-448", "a cat"]);
+    assert_eq!(lines(&out)[0]["ids"].as_array().unwrap().len(), 72);
+    assert_eq!(code(&["tokenize", "--threads", "2", "a cat"]), Some(2));
+    assert_eq!(code(&["convert", &w, "out.bin"]), Some(2));
+    assert_eq!(code(&[&["classify"][..], &m, &["--labels", "cat,dog", "--top", "0", &cat]].concat()), Some(2));
+    let out = pe(&[&["classify"][..], &m, &["--labels", "cat,dog,cat", &cat]].concat());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`cat` is given twice"));
+    // Another model's weights: one short line naming both geometries.
+    let out = pe(&["embed-image", "--model", "PE-Core-B16-224", "--weights", &w, &cat]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not PE-Core-B16-224 (width 768, 12 layers, patch 16)") && err.len() < 500, "{err}");
+}

@@ -28,6 +28,19 @@ pub enum Error {
         keys: Vec<String>,
     },
 
+    /// A checkpoint of another architecture than the config's (another preset's weights).
+    #[error(
+        "checkpoint {path} {found}, not {expected}: give the matching --model or --config, or these weights' own model"
+    )]
+    WrongModel {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// The model asked for, with its geometry.
+        expected: String,
+        /// What the checkpoint looks like ("looks like PE-Core-T16-384 (width 192, ...)").
+        found: String,
+    },
+
     /// A tensor whose shape differs from the one the config implies.
     #[error("shape mismatch for `{key}`: the model expects {expected:?}, the checkpoint has {found:?}")]
     ShapeMismatch {

@@ -79,6 +79,29 @@ fn shape_mismatch_names_the_key_and_both_shapes() {
     assert!(err.to_string().contains("visual.proj"));
 }
 
+/// Another preset's checkpoint is named as that preset (with both geometries), not answered
+/// with hundreds of key names.
+#[test]
+fn another_presets_checkpoint_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t16 = ClipConfig::preset("PE-Core-T16-384").unwrap();
+    // Every vision tensor of T16 (zeros in f16: shapes are what is checked), 11 MB.
+    let t: HashMap<String, Tensor> = official_shapes(&t16)
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("visual."))
+        .map(|(k, shape)| (k, Tensor::zeros(shape, DType::F16, &Device::Cpu).unwrap()))
+        .collect();
+    let p = tmp.path().join("t16.safetensors");
+    save(&t, &p);
+    let b16 = ClipConfig::preset("PE-Core-B16-224").unwrap();
+    let err = Clip::load(&b16, &p, &LoadOptions::default()).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, Error::WrongModel { .. }), "{msg}");
+    assert!(msg.contains("looks like PE-Core-T16-384 (width 192, 12 layers, patch 16)"), "{msg}");
+    assert!(msg.contains("not PE-Core-B16-224 (width 768, 12 layers, patch 16)"), "{msg}");
+    assert!(msg.len() < 400, "{msg}");
+}
+
 #[test]
 fn unexpected_tensors_are_reported_not_fatal() {
     let Some(dir) = fixtures() else { return };

@@ -17,6 +17,8 @@ pub enum TowerArg {
 /// Arguments of `pe bench`.
 #[derive(Debug, clap::Args)]
 pub struct BenchCmd {
+    #[command(flatten)]
+    pub(crate) threads: crate::args::ThreadsArg,
     /// A preset name (see `pe models`).
     #[arg(long, short = 'm', required_unless_present = "config", conflicts_with = "config")]
     model: Option<String>,
@@ -36,7 +38,7 @@ pub struct BenchCmd {
     #[arg(long, default_value_t = 5)]
     iters: usize,
     /// Precision: f32, bf16 or int8 (as the embedding commands' --dtype).
-    #[arg(long, default_value = "f32", value_parser = crate::args::PrecisionParser)]
+    #[arg(long, default_value = "f32", env = "PE_DTYPE", value_parser = crate::args::PrecisionParser)]
     dtype: Precision,
     /// Print one JSON object instead of text.
     #[arg(long)]

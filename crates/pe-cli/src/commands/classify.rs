@@ -14,6 +14,8 @@ use crate::inputs::{embed_images, needs_embedding, read_lines, report_failed, re
 #[derive(Debug, clap::Args)]
 pub struct ClassifyCmd {
     #[command(flatten)]
+    pub(crate) threads: crate::args::ThreadsArg,
+    #[command(flatten)]
     model: ModelArgs,
     #[command(flatten)]
     image: ImageArgs,

@@ -40,6 +40,9 @@ pub struct ConvertCmd {
 }
 
 pub fn run(cmd: ConvertCmd) -> anyhow::Result<ExitCode> {
+    if !cmd.output.extension().is_some_and(|e| e.eq_ignore_ascii_case("safetensors")) {
+        anyhow::bail!("the output must be a .safetensors file, got {}", cmd.output.display());
+    }
     let ckpt = Checkpoint::open(&cmd.input)?;
     let layout = match cmd.layout {
         Layout::Official => CheckpointLayout::Official,

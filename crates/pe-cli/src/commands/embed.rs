@@ -19,6 +19,8 @@ use crate::output::OutputArgs;
 #[derive(Debug, clap::Args)]
 pub struct ImageCmd {
     #[command(flatten)]
+    pub(crate) threads: crate::args::ThreadsArg,
+    #[command(flatten)]
     model: ModelArgs,
     #[command(flatten)]
     image: ImageArgs,
@@ -87,6 +89,8 @@ pub fn run_image(cmd: ImageCmd) -> anyhow::Result<ExitCode> {
 #[derive(Debug, clap::Args)]
 pub struct TextCmd {
     #[command(flatten)]
+    pub(crate) threads: crate::args::ThreadsArg,
+    #[command(flatten)]
     model: ModelArgs,
     /// Print raw embeddings instead of L2-normalized ones.
     #[arg(long)]
@@ -149,6 +153,8 @@ pub enum Sampling {
 /// Arguments of `pe embed-video`.
 #[derive(Debug, clap::Args)]
 pub struct VideoCmd {
+    #[command(flatten)]
+    pub(crate) threads: crate::args::ThreadsArg,
     #[command(flatten)]
     model: ModelArgs,
     #[command(flatten)]

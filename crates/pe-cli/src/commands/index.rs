@@ -94,6 +94,8 @@ pub(crate) fn load_model(m: &Manifest) -> anyhow::Result<perception_encoder::Cli
 #[derive(Debug, clap::Args)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct IndexCmd {
+    #[command(flatten)]
+    pub(crate) threads: crate::args::ThreadsArg,
     #[command(subcommand)]
     action: Option<IndexAction>,
     /// Folders (searched recursively) and files to index (a folder named `export` or `import`
@@ -349,6 +351,8 @@ impl UpdateProgress {
 /// Arguments of `pe search`.
 #[derive(Debug, clap::Args)]
 pub struct SearchCmd {
+    #[command(flatten)]
+    pub(crate) threads: crate::args::ThreadsArg,
     /// The query in rclip's grammar: text, image paths, `WEIGHT:term`, joined by `+` and `-`
     /// (`"2:golden retriever" + ./pool.jpg - snow`).
     query: Vec<String>,
@@ -443,6 +447,8 @@ pub fn run_search(cmd: SearchCmd) -> anyhow::Result<ExitCode> {
 /// Arguments of `pe similar`.
 #[derive(Debug, clap::Args)]
 pub struct SimilarCmd {
+    #[command(flatten)]
+    pub(crate) threads: crate::args::ThreadsArg,
     /// An indexed image; its stored embedding is the query (no model is loaded).
     path: PathBuf,
     /// The index directory (default: the nearest .pe-index from the current directory up).
@@ -473,6 +479,8 @@ pub fn run_similar(cmd: SimilarCmd) -> anyhow::Result<ExitCode> {
 /// Arguments of `pe dedupe`.
 #[derive(Debug, clap::Args)]
 pub struct DedupeCmd {
+    #[command(flatten)]
+    pub(crate) threads: crate::args::ThreadsArg,
     /// The index directory (default: the nearest .pe-index from the current directory up).
     #[arg(long)]
     index: Option<PathBuf>,

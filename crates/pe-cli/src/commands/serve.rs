@@ -13,6 +13,8 @@ use crate::args::ModelArgs;
 #[derive(Debug, clap::Args)]
 pub struct ServeCmd {
     #[command(flatten)]
+    pub(crate) threads: crate::args::ThreadsArg,
+    #[command(flatten)]
     model: ModelArgs,
     /// Address to listen on (loopback unless told otherwise).
     #[arg(long, env = "PE_ADDR", default_value = "127.0.0.1:8080")]
@@ -66,6 +68,10 @@ pub struct ServeCmd {
 }
 
 pub fn run(cmd: ServeCmd) -> anyhow::Result<ExitCode> {
+    // Bound first: an address in use is found before a model of gigabytes loads.
+    let listener = std::net::TcpListener::bind(cmd.addr)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cmd.addr))?;
     let model = match &cmd.index {
         Some(dir) => {
             // Refused here, before the model loads: no index, another version, a damaged one.
@@ -98,7 +104,7 @@ pub fn run(cmd: ServeCmd) -> anyhow::Result<ExitCode> {
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(cfg.addr).await?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
         eprintln!("pe: serving {} on http://{}", model.config().name, listener.local_addr()?);
         pe_server::serve_on(listener, model, cfg, shutdown_signal()).await
     })?;

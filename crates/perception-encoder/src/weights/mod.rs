@@ -140,7 +140,9 @@ impl Checkpoint {
         let missing: Vec<String> =
             expected.iter().filter(|(k, _)| !self.entries.contains_key(k)).map(|(k, _)| k.clone()).collect();
         if !missing.is_empty() {
-            return Err(Error::MissingTensors { path: self.path.clone(), keys: missing });
+            return Err(self
+                .wrong_model(cfg)
+                .unwrap_or(Error::MissingTensors { path: self.path.clone(), keys: missing }));
         }
         for (key, shape) in &expected {
             let entry = &self.entries[key];
@@ -149,7 +151,11 @@ impl Checkpoint {
             }
             let found = entry.shape();
             if &found != shape {
-                return Err(Error::ShapeMismatch { key: key.clone(), expected: shape.clone(), found });
+                return Err(self.wrong_model(cfg).unwrap_or(Error::ShapeMismatch {
+                    key: key.clone(),
+                    expected: shape.clone(),
+                    found,
+                }));
             }
         }
         let wanted: HashSet<&str> = expected.iter().map(|(k, _)| k.as_str()).collect();
@@ -170,6 +176,38 @@ impl Checkpoint {
             );
         }
         Ok(unexpected)
+    }
+
+    /// When this checkpoint's vision tower is another geometry than `cfg`'s, an error saying
+    /// which preset it looks like (or its width, depth and patch), instead of a list of keys.
+    fn wrong_model(&self, cfg: &ClipConfig) -> Option<Error> {
+        let fits = |c: &ClipConfig| {
+            official_shapes(c)
+                .iter()
+                .filter(|(k, _)| k.starts_with("visual."))
+                .all(|(k, s)| self.entries.get(k).is_some_and(|e| &e.shape() == s))
+        };
+        let (width, patch) = match self.entries.get("visual.conv1.weight").map(Entry::shape).as_deref() {
+            Some([w, 3, p, _]) => (*w, *p),
+            _ => return None,
+        };
+        let layers = (0..)
+            .take_while(|i| self.entries.contains_key(&format!("visual.transformer.resblocks.{i}.ln_1.weight")))
+            .count();
+        let v = &cfg.vision;
+        if (width, patch, layers) == (v.width, v.patch_size, v.layers) {
+            return None;
+        }
+        let geometry = |w: usize, l: usize, p: usize| format!("width {w}, {l} layers, patch {p}");
+        let found = match ClipConfig::presets().into_iter().find(|c| c.name != cfg.name && fits(c)) {
+            Some(c) => format!("looks like {} ({})", c.name, geometry(width, layers, patch)),
+            None => format!("has a vision tower of {}", geometry(width, layers, patch)),
+        };
+        Some(Error::WrongModel {
+            path: self.path.clone(),
+            expected: format!("{} ({})", cfg.name, geometry(v.width, v.layers, v.patch_size)),
+            found,
+        })
     }
 
     /// The entry of `key`, if it is there and readable.
