@@ -82,7 +82,7 @@ impl ModelArgs {
         };
         let started = std::time::Instant::now();
         let model = source
-            .load(&self.options(), std::io::stderr().is_terminal())
+            .load(&self.options(), &mut crate::commands::download::Reporter::new())
             .with_context(|| format!("loading model {what}"))?;
         tracing::info!("loaded {} in {:.2}s", model.config().name, started.elapsed().as_secs_f64());
         Ok(model)

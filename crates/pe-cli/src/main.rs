@@ -36,6 +36,8 @@ enum Command {
     Classify(commands::classify::ClassifyCmd),
     /// Show the token ids of texts.
     Tokenize(commands::tokenize::TokenizeCmd),
+    /// Download presets' official checkpoints into the hub cache (prints each file's path).
+    Download(commands::download::DownloadCmd),
     /// Convert a checkpoint to safetensors (official or open_clip layout, f32/f16/bf16).
     Convert(commands::convert::ConvertCmd),
     /// Measure throughput of the image or text tower (random weights unless --weights).
@@ -66,7 +68,7 @@ impl Command {
             Command::Search(c) => &c.threads,
             Command::Similar(c) => &c.threads,
             Command::Dedupe(c) => &c.threads,
-            Command::Models(_) | Command::Tokenize(_) | Command::Convert(_) => return None,
+            Command::Models(_) | Command::Tokenize(_) | Command::Convert(_) | Command::Download(_) => return None,
         })
     }
 }
@@ -92,6 +94,7 @@ fn main() -> ExitCode {
         Command::Classify(cmd) => commands::classify::run(cmd),
         Command::Tokenize(cmd) => commands::tokenize::run(cmd),
         Command::Convert(cmd) => commands::convert::run(cmd),
+        Command::Download(cmd) => commands::download::run(cmd),
         Command::Bench(cmd) => commands::bench::run(cmd, threads),
         Command::Serve(cmd) => commands::serve::run(cmd),
         Command::Index(cmd) => commands::index::run_index(cmd),

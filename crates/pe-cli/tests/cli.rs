@@ -424,3 +424,51 @@ fn usage_errors_come_first_and_plainly() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not PE-Core-B16-224 (width 768, 12 layers, patch 16)") && err.len() < 500, "{err}");
 }
+
+/// `pe download` fills the hub cache (from a loopback hub), reports progress off a terminal,
+/// and an unreachable hub says what to do instead.
+#[test]
+fn download_fills_the_cache_and_says_so() {
+    let Some(dir) = fixtures() else { return };
+    let bytes = std::fs::read(dir.join("tiny-cls.pt")).unwrap();
+    let url = "/facebook/PE-Core-T16-384/resolve/main/PE-Core-T16-384.pt".to_string();
+    let (endpoint, _) = pe_testutil::hub::serve(vec![(url, bytes.clone())], pe_testutil::hub::Mode::Normal);
+    let home = tempfile::tempdir().unwrap();
+    let run = |args: &[&str], endpoint: &str| {
+        Command::new(env!("CARGO_BIN_EXE_pe"))
+            .args(args)
+            .env("HF_HOME", home.path())
+            .env("HF_ENDPOINT", endpoint)
+            .env("HF_HUB_ETAG_TIMEOUT", "1")
+            .env_remove("HF_HUB_OFFLINE")
+            .env_remove("HF_HUB_CACHE")
+            .env_remove("HF_TOKEN")
+            .output()
+            .unwrap()
+    };
+    let out = run(&["download", "PE-Core-T16-384"], &endpoint);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let path = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(path.starts_with(&s(&home.path().join("hub/models--facebook--PE-Core-T16-384/snapshots"))), "{path}");
+    assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    assert!(
+        err.contains("pe: downloading PE-Core-T16-384.pt") && err.contains("pe: downloaded PE-Core-T16-384.pt"),
+        "{err}"
+    );
+    // Cached now: offline, the same path, nothing downloaded.
+    let out = Command::new(env!("CARGO_BIN_EXE_pe"))
+        .args(["download", "PE-Core-T16-384"])
+        .env("HF_HOME", home.path())
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), path);
+    // Unknown names are refused before anything is fetched; an unreachable hub says what to do.
+    assert_eq!(run(&["download", "PE-Core-Z99"], &endpoint).status.code(), Some(2));
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let out = run(&["download", "PE-Core-S16-384"], &format!("http://{closed}"));
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--weights FILE") && err.contains("HF_HUB_OFFLINE=1"), "{err}");
+}

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+pub mod hub;
 pub mod load;
 
 /// Every image file in the fixtures' `images/` directory.

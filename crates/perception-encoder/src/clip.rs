@@ -102,8 +102,8 @@ impl Clip {
     }
 
     /// A preset with its official weights from the hub cache, downloading them if needed
-    /// (see [`crate::hub`]); `progress` shows a download progress bar on stderr.
-    pub fn from_pretrained(name: &str, opts: &LoadOptions, progress: bool) -> Result<Self> {
+    /// (see [`crate::hub`]); `progress` hears how a download goes (`&mut ()` for nothing).
+    pub fn from_pretrained(name: &str, opts: &LoadOptions, progress: &mut dyn crate::hub::Progress) -> Result<Self> {
         let cfg = ClipConfig::preset(name)?;
         let path = crate::hub::fetch_checkpoint(&cfg.name, progress)?;
         Self::load(&cfg, path, opts)

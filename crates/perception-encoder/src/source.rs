@@ -53,8 +53,8 @@ impl ModelSource {
         }
     }
 
-    /// Load the model; `progress` shows a download progress bar on stderr.
-    pub fn load(&self, opts: &LoadOptions, progress: bool) -> Result<Clip> {
+    /// Load the model; `progress` hears how a download of the weights goes.
+    pub fn load(&self, opts: &LoadOptions, progress: &mut dyn crate::hub::Progress) -> Result<Clip> {
         let cfg = self.config()?;
         let weights = match self {
             ModelSource::Preset { weights: Some(w), .. } | ModelSource::Custom { weights: w, .. } => w.clone(),

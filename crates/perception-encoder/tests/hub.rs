@@ -4,83 +4,39 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+
+use pe_testutil::hub::{serve, Mode, COMMIT};
 
 use common::{assert_close, fixture, fixtures, load_tensors};
 use perception_encoder::{hub, Clip, ClipConfig, Error, LoadOptions};
 
-const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
-
+/// What a download reported.
 #[derive(Default)]
-struct Log {
-    requests: Vec<(String, Option<String>)>, // (path, authorization)
+struct Heard {
+    started: Vec<(String, u64, u64)>,
+    bytes: u64,
+    finished: usize,
 }
 
-/// Serve `files` (url path -> bytes) on 127.0.0.1 until the process ends.
-fn serve(files: Vec<(String, Vec<u8>)>) -> (String, Arc<Mutex<Log>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let log = Arc::new(Mutex::new(Log::default()));
-    let log2 = log.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut line = String::new();
-            if reader.read_line(&mut line).is_err() {
-                continue;
-            }
-            let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
-            let (mut range, mut auth) = (None, None);
-            loop {
-                let mut h = String::new();
-                if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-                    break;
-                }
-                let (k, v) = h.split_once(':').unwrap_or((&h, ""));
-                match k.trim().to_ascii_lowercase().as_str() {
-                    "range" => range = Some(v.trim().to_string()),
-                    "authorization" => auth = Some(v.trim().to_string()),
-                    _ => {}
-                }
-            }
-            log2.lock().unwrap().requests.push((path.clone(), auth));
-            let Some((_, body)) = files.iter().find(|(p, _)| *p == path) else {
-                let _ = stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-                continue;
-            };
-            let n = body.len();
-            let start = range
-                .as_deref()
-                .and_then(|r| r.strip_prefix("bytes="))
-                .and_then(|r| r.split('-').next())
-                .and_then(|s| s.parse::<usize>().ok())
-                .unwrap_or(0);
-            let end = match range.as_deref() {
-                Some("bytes=0-0") => 0,
-                _ => n - 1,
-            };
-            let chunk = &body[start..=end];
-            let head = format!(
-                "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {start}-{end}/{n}\r\n\
-                 ETag: \"etag-{n}\"\r\nX-Repo-Commit: {COMMIT}\r\nConnection: close\r\n\r\n",
-                chunk.len()
-            );
-            let _ = stream.write_all(head.as_bytes());
-            let _ = stream.write_all(chunk);
-        }
-    });
-    (format!("http://{addr}"), log)
+impl hub::Progress for Heard {
+    fn start(&mut self, file: &str, total: u64, done: u64) {
+        self.started.push((file.to_string(), total, done));
+    }
+    fn advance(&mut self, bytes: u64) {
+        self.bytes += bytes;
+    }
+    fn finish(&mut self) {
+        self.finished += 1;
+    }
 }
 
 #[test]
 fn hub_download_cache_offline_and_token() {
     let Some(dir) = fixtures() else { return };
     let bytes = std::fs::read(fixture(&dir, "tiny-cls.pt")).unwrap();
-    let (endpoint, log) = serve(vec![("/facebook/tiny-cls/resolve/main/tiny-cls.pt".into(), bytes.clone())]);
+    let (endpoint, log) =
+        serve(vec![("/facebook/tiny-cls/resolve/main/tiny-cls.pt".into(), bytes.clone())], Mode::Normal);
     let home = tempfile::tempdir().unwrap();
     std::env::set_var("HF_HOME", home.path());
     std::env::set_var("HF_ENDPOINT", &endpoint);
@@ -89,7 +45,10 @@ fn hub_download_cache_offline_and_token() {
     std::env::remove_var("HF_HUB_CACHE");
 
     // First call downloads into the standard cache layout.
-    let path = hub::fetch("facebook/tiny-cls", "tiny-cls.pt", false).unwrap();
+    let mut heard = Heard::default();
+    let path = hub::fetch("facebook/tiny-cls", "tiny-cls.pt", &mut heard).unwrap();
+    assert_eq!(heard.started, [("tiny-cls.pt".to_string(), bytes.len() as u64, 0)]);
+    assert_eq!((heard.bytes, heard.finished), (bytes.len() as u64, 1));
     let expected_dir: PathBuf = home.path().join("hub/models--facebook--tiny-cls/snapshots").join(COMMIT);
     assert_eq!(path, expected_dir.join("tiny-cls.pt"));
     assert_eq!(std::fs::read(&path).unwrap(), bytes);
@@ -97,9 +56,9 @@ fn hub_download_cache_offline_and_token() {
         std::fs::read_to_string(home.path().join("hub/models--facebook--tiny-cls/refs/main")).unwrap().trim(),
         COMMIT
     );
-    let n_requests = log.lock().unwrap().requests.len();
+    let n_requests = log.lock().unwrap().len();
     assert!(n_requests >= 1);
-    assert!(log.lock().unwrap().requests.iter().all(|(_, a)| a.as_deref() == Some("Bearer hf_test_token")));
+    assert!(log.lock().unwrap().iter().all(|r| r.auth.as_deref() == Some("Bearer hf_test_token")));
 
     // The downloaded checkpoint gives the reference's numbers.
     let cfg = ClipConfig::from_json_file(fixture(&dir, "tiny-cls.json")).unwrap();
@@ -112,25 +71,52 @@ fn hub_download_cache_offline_and_token() {
     );
 
     // A second call reuses the cache without any request.
-    assert_eq!(hub::fetch("facebook/tiny-cls", "tiny-cls.pt", false).unwrap(), path);
-    assert_eq!(log.lock().unwrap().requests.len(), n_requests);
+    assert_eq!(hub::fetch("facebook/tiny-cls", "tiny-cls.pt", &mut ()).unwrap(), path);
+    assert_eq!(log.lock().unwrap().len(), n_requests);
 
     // Offline: the cached copy works, anything else is a clear error and no request is made.
     std::env::set_var("HF_HUB_OFFLINE", "1");
-    assert_eq!(hub::fetch("facebook/tiny-cls", "tiny-cls.pt", false).unwrap(), path);
-    let err = hub::fetch_checkpoint("PE-Core-T16-384", false).unwrap_err();
+    assert_eq!(hub::fetch("facebook/tiny-cls", "tiny-cls.pt", &mut ()).unwrap(), path);
+    let err = hub::fetch_checkpoint("PE-Core-T16-384", &mut ()).unwrap_err();
     assert!(matches!(err, Error::Hub { .. }) && err.to_string().contains("HF_HUB_OFFLINE"), "{err}");
-    assert_eq!(log.lock().unwrap().requests.len(), n_requests);
+    assert_eq!(log.lock().unwrap().len(), n_requests);
     std::env::remove_var("HF_HUB_OFFLINE");
 
     // HF_HUB_CACHE points at the cache directly.
     let other = tempfile::tempdir().unwrap();
     std::env::set_var("HF_HUB_CACHE", other.path());
-    let p2 = hub::fetch("facebook/tiny-cls", "tiny-cls.pt", false).unwrap();
+    let p2 = hub::fetch("facebook/tiny-cls", "tiny-cls.pt", &mut ()).unwrap();
     assert!(p2.starts_with(other.path()), "{}", p2.display());
     std::env::remove_var("HF_HUB_CACHE");
 
     // A file the hub does not have.
-    let err = hub::fetch("facebook/tiny-cls", "absent.pt", false).unwrap_err().to_string();
+    let err = hub::fetch("facebook/tiny-cls", "absent.pt", &mut ()).unwrap_err().to_string();
     assert!(err.contains("absent.pt"), "{err}");
+
+    // An interrupted download resumes where it stopped: the second request asks for the rest.
+    let cache = tempfile::tempdir().unwrap();
+    std::env::set_var("HF_HUB_CACHE", cache.path());
+    let (cut_endpoint, cut_log) =
+        serve(vec![("/facebook/tiny-cls/resolve/main/tiny-cls.pt".into(), bytes.clone())], Mode::CutAt(1000));
+    std::env::set_var("HF_ENDPOINT", &cut_endpoint);
+    let mut heard = Heard::default();
+    let p3 = hub::fetch("facebook/tiny-cls", "tiny-cls.pt", &mut heard).unwrap();
+    assert_eq!(std::fs::read(&p3).unwrap(), bytes);
+    let ranges: Vec<Option<String>> = cut_log.lock().unwrap().iter().map(|r| r.range.clone()).collect();
+    assert_eq!(ranges, [Some("bytes=0-0".to_string()), Some("bytes=0-".into()), Some("bytes=1000-".into())]);
+    assert_eq!(heard.bytes, bytes.len() as u64);
+
+    // A hub that accepts and never answers fails within the timeout, saying what to do.
+    let (hang, _) = serve(Vec::new(), Mode::Hang);
+    std::env::set_var("HF_ENDPOINT", &hang);
+    std::env::set_var("HF_HUB_ETAG_TIMEOUT", "1");
+    let started = std::time::Instant::now();
+    let err = hub::fetch("facebook/other", "other.pt", &mut ()).unwrap_err().to_string();
+    assert!(started.elapsed() < std::time::Duration::from_secs(30), "{:?}", started.elapsed());
+    assert!(
+        err.contains("cannot reach the hub") && err.contains("--weights") && err.contains("HF_HUB_OFFLINE=1"),
+        "{err}"
+    );
+    std::env::remove_var("HF_HUB_ETAG_TIMEOUT");
+    std::env::remove_var("HF_HUB_CACHE");
 }

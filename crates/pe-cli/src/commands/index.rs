@@ -47,7 +47,7 @@ impl IndexModelArgs {
         let (config, weights) = match &source {
             ModelSource::Preset { weights: Some(w), .. } => (None, w.clone()),
             ModelSource::Preset { weights: None, .. } => {
-                (None, perception_encoder::hub::fetch_checkpoint(&cfg.name, std::io::stderr().is_terminal())?)
+                (None, perception_encoder::hub::fetch_checkpoint(&cfg.name, &mut super::download::Reporter::new())?)
             }
             ModelSource::Custom { config, weights } => (Some(std::fs::canonicalize(config)?), weights.clone()),
         };
@@ -85,7 +85,10 @@ pub(crate) fn load_model(m: &Manifest) -> anyhow::Result<perception_encoder::Cli
         None => ModelSource::Preset { name: m.model.name.clone(), weights: Some(m.model.weights.clone()) },
     };
     let started = Instant::now();
-    let model = source.load(&LoadOptions { precision: m.precision, ..LoadOptions::default() }, false)?;
+    let model = source.load(
+        &LoadOptions { precision: m.precision, ..LoadOptions::default() },
+        &mut super::download::Reporter::new(),
+    )?;
     tracing::info!("loaded {} in {:.2}s", m.describe(), started.elapsed().as_secs_f64());
     Ok(model)
 }

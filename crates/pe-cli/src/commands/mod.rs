@@ -2,6 +2,7 @@
 pub mod bench;
 pub mod classify;
 pub mod convert;
+pub mod download;
 pub mod embed;
 pub mod index;
 pub mod models;
