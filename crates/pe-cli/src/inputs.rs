@@ -222,7 +222,8 @@ pub fn embed_images(
         }
         if !tensors.is_empty() {
             let x = Tensor::stack(&tensors, 0)?;
-            let rows: Vec<Vec<f32>> = embed(&x)?.to_dtype(DType::F32)?.to_vec2()?;
+            // One row per image, whatever the output's shape (an embedding, or tokens x width).
+            let rows: Vec<Vec<f32>> = embed(&x)?.to_dtype(DType::F32)?.flatten_from(1)?.to_vec2()?;
             each(ok.into_iter().zip(rows).map(|((input, size), row)| (input, size, row)).collect())?;
         }
         bar.inc(chunk.len() as u64);

@@ -32,6 +32,8 @@ enum Command {
     EmbedText(commands::embed::TextCmd),
     /// Embed videos (mean of sampled frame embeddings): one JSON line per video.
     EmbedVideo(commands::embed::VideoCmd),
+    /// Dense features (PE Spatial): the patch-token grid and class token after a block, to .safetensors.
+    Features(commands::features::FeaturesCmd),
     /// Zero-shot classification of images against text labels.
     Classify(commands::classify::ClassifyCmd),
     /// Show the token ids of texts.
@@ -62,6 +64,7 @@ impl Command {
             Command::EmbedText(c) => &c.threads,
             Command::EmbedVideo(c) => &c.threads,
             Command::Classify(c) => &c.threads,
+            Command::Features(c) => &c.threads,
             Command::Bench(c) => &c.threads,
             Command::Serve(c) => &c.threads,
             Command::Index(c) => &c.threads,
@@ -92,6 +95,7 @@ fn main() -> ExitCode {
         Command::EmbedText(cmd) => commands::embed::run_text(cmd),
         Command::EmbedVideo(cmd) => commands::embed::run_video(cmd),
         Command::Classify(cmd) => commands::classify::run(cmd),
+        Command::Features(cmd) => commands::features::run(cmd),
         Command::Tokenize(cmd) => commands::tokenize::run(cmd),
         Command::Convert(cmd) => commands::convert::run(cmd),
         Command::Download(cmd) => commands::download::run(cmd),

@@ -472,3 +472,67 @@ fn download_fills_the_cache_and_says_so() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--weights FILE") && err.contains("HF_HUB_OFFLINE=1"), "{err}");
 }
+
+/// `pe features` writes the reference's `forward_features` as a patch grid plus class token.
+#[test]
+fn features_match_the_reference_grid_and_class_token() {
+    let Some(dir) = fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let (cat, dog) = (s(&dir.join("images/cat.png")), s(&dir.join("images/dog.png")));
+    for (model, ckpt, cls) in [("tiny-cls", "tiny-cls.pt", true), ("tiny-nocls", "tiny-nocls.safetensors", false)] {
+        let cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{model}.json"))).unwrap()).unwrap();
+        let v = &cfg["vision"];
+        let grid = (v["image_size"].as_u64().unwrap() / v["patch_size"].as_u64().unwrap()) as usize;
+        let width = v["width"].as_u64().unwrap() as usize;
+        for (layer, norm) in [("-1", false), ("-1", true), ("0", true), ("1", false)] {
+            let out = tmp.path().join(format!("{model}{layer}{norm}.safetensors"));
+            let cfgp = s(&dir.join(format!("{model}.json")));
+            let w = s(&dir.join(ckpt));
+            let mut args = vec!["features", "--config", &cfgp, "--weights", &w, "--layer", layer, "-o"];
+            let o = s(&out);
+            args.push(&o);
+            if norm {
+                args.push("--norm");
+            }
+            args.extend([cat.as_str(), dog.as_str()]);
+            let r = pe(&args);
+            assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+            let bytes = std::fs::read(&out).unwrap();
+            let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+            let f32s = |name: &str| -> (Vec<usize>, Vec<f32>) {
+                let t = st.tensor(name).unwrap();
+                (
+                    t.shape().to_vec(),
+                    t.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(),
+                )
+            };
+            let (shape, patches) = f32s("patch_tokens");
+            assert_eq!(shape, [2, grid, grid, width]);
+            let want = expected(&dir, model, &format!("features_native_layer{layer}_norm{}_strip0", u8::from(norm)));
+            // Expected rows are (image, token): the class token first when the model has one.
+            let tokens = grid * grid + usize::from(cls);
+            assert_eq!(want.len(), 2 * tokens);
+            let want_patches: Vec<Vec<f32>> =
+                (0..2).flat_map(|i| want[i * tokens + usize::from(cls)..(i + 1) * tokens].to_vec()).collect();
+            let ours: Vec<Vec<f32>> = patches.chunks(width).map(<[f32]>::to_vec).collect();
+            assert_rows_close(&format!("{model} {layer} {norm} patches"), &ours, &want_patches);
+            match st.tensor("cls_token") {
+                Ok(_) => {
+                    assert!(cls);
+                    let (shape, c) = f32s("cls_token");
+                    assert_eq!(shape, [2, width]);
+                    let ours: Vec<Vec<f32>> = c.chunks(width).map(<[f32]>::to_vec).collect();
+                    assert_rows_close(&format!("{model} cls"), &ours, &[want[0].clone(), want[tokens].clone()]);
+                }
+                Err(_) => assert!(!cls, "{model} has a class token"),
+            }
+        }
+    }
+    let cfgp = s(&dir.join("tiny-cls.json"));
+    let w = s(&dir.join("tiny-cls.pt"));
+    let r = pe(&["features", "--config", &cfgp, "--weights", &w, "--layer", "9", "-o", "x.safetensors", &cat]);
+    assert_eq!(r.status.code(), Some(2));
+    let r = pe(&["features", "--config", &cfgp, "--weights", &w, "-o", "x.npy", &cat]);
+    assert_eq!(r.status.code(), Some(2));
+}

@@ -4,6 +4,7 @@ pub mod classify;
 pub mod convert;
 pub mod download;
 pub mod embed;
+pub mod features;
 pub mod index;
 pub mod models;
 pub mod serve;

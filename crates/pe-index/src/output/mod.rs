@@ -23,6 +23,7 @@ use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 pub use names::{display_name, path_line, unescape_line};
+pub use safetensors::TensorsWriter;
 
 use crate::error::{Error, Result};
 
@@ -312,7 +313,7 @@ impl Writer {
         match (self.sink, path) {
             (Sink::Lines(_), _) | (_, None) => {}
             (Sink::Npy(w), Some(p)) => w.finish(&p, dim)?,
-            (Sink::Safetensors(w), Some(p)) => w.finish(&p, dim, metadata)?,
+            (Sink::Safetensors(w), Some(_)) => w.finish(dim, metadata)?,
             (Sink::Parquet(w), Some(_)) => w.finish(dim)?,
         }
         Ok(self.rows)

@@ -1,6 +1,6 @@
-//! `.safetensors` outputs: rows go to a temporary data file as they come; at the end the header
-//! (tensor `embeddings`, names as a JSON list in the metadata key `paths`, and the `pe.*` keys)
-//! is written, followed by the data.
+//! `.safetensors` outputs: rows go to a temporary data file per tensor as they come; at the end
+//! the header (the tensors, names as a JSON list in the metadata key `paths`, and the `pe.*`
+//! keys) is written, followed by the data.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -10,49 +10,112 @@ use std::path::Path;
 use super::{output_err, Row, Temp};
 use crate::error::{Error, Result};
 
-pub(super) struct StWriter {
+/// One tensor being written: its name, the shape of one row, and its rows so far on disk.
+struct Part {
+    name: String,
+    tail: Option<Vec<usize>>,
     data: BufWriter<File>,
-    data_tmp: Temp,
+    tmp: Temp,
+}
+
+/// A `.safetensors` file of several float32 tensors with one row per key (`(N, ...)` each),
+/// written row by row; the names go to the metadata key `paths`.
+pub struct TensorsWriter {
+    path: std::path::PathBuf,
+    parts: Vec<Part>,
     names: Vec<String>,
 }
 
-impl StWriter {
-    pub fn create(path: &Path) -> Result<Self> {
-        let (data_tmp, file) = Temp::create(path, "data")?;
-        Ok(StWriter { data: BufWriter::new(file), data_tmp, names: Vec::new() })
+impl TensorsWriter {
+    /// Start `path` with these tensors: a name and the shape of one row (`None`: one
+    /// dimension, from the first row). Fails before any work if the folder is not writable.
+    pub fn create(path: &Path, tensors: Vec<(String, Option<Vec<usize>>)>) -> Result<Self> {
+        let mut parts = Vec::new();
+        for (i, (name, tail)) in tensors.into_iter().enumerate() {
+            let (tmp, file) = Temp::create(path, &format!("part{i}"))?;
+            parts.push(Part { name, tail, data: BufWriter::new(file), tmp });
+        }
+        Ok(TensorsWriter { path: path.to_path_buf(), parts, names: Vec::new() })
     }
 
-    pub fn push(&mut self, key: String, embedding: &[f32]) -> Result<()> {
-        for v in embedding {
-            self.data.write_all(&v.to_le_bytes()).map_err(|e| Error::io(&self.data_tmp.path, e))?;
+    /// One row of every tensor, in the order given to [`Self::create`].
+    pub fn push(&mut self, key: String, rows: &[&[f32]]) -> Result<()> {
+        if rows.len() != self.parts.len() {
+            return Err(output_err(&self.path, format!("{} tensors given for {}", rows.len(), self.parts.len())));
+        }
+        for (part, row) in self.parts.iter_mut().zip(rows) {
+            let want: usize = part.tail.get_or_insert_with(|| vec![row.len()]).iter().product();
+            if row.len() != want {
+                return Err(output_err(
+                    &self.path,
+                    format!("a row of {} values for `{}`, which takes {want}", row.len(), part.name),
+                ));
+            }
+            for v in *row {
+                part.data.write_all(&v.to_le_bytes()).map_err(|e| Error::io(&part.tmp.path, e))?;
+            }
         }
         self.names.push(key);
         Ok(())
     }
 
-    pub fn finish(self, path: &Path, dim: usize, meta: Vec<(String, String)>) -> Result<()> {
-        let io = |e: std::io::Error| Error::io(path, e);
-        let mut data = self.data.into_inner().map_err(|e| io(e.into_error()))?;
-        let bytes = (self.names.len() * dim * 4) as u64;
+    /// Write the header (with `meta` and `paths`), then every tensor's rows; rename into place.
+    pub fn finish(self, meta: Vec<(String, String)>) -> Result<u64> {
+        let path = self.path.clone();
+        let io = |e: std::io::Error| Error::io(&path, e);
+        let n = self.names.len();
         let mut metadata: serde_json::Map<String, serde_json::Value> =
             meta.into_iter().map(|(k, v)| (k, v.into())).collect();
-        let names = serde_json::to_string(&self.names).map_err(|e| output_err(path, e.to_string()))?;
+        let names = serde_json::to_string(&self.names).map_err(|e| output_err(&path, e.to_string()))?;
         metadata.insert("paths".into(), names.into());
-        let header = serde_json::json!({
-            "__metadata__": metadata,
-            "embeddings": {"dtype": "F32", "shape": [self.names.len(), dim], "data_offsets": [0, bytes]},
-        });
-        let mut header = serde_json::to_vec(&header).map_err(|e| output_err(path, e.to_string()))?;
+        let mut header = serde_json::Map::new();
+        header.insert("__metadata__".into(), metadata.into());
+        let mut offset = 0u64;
+        for part in &self.parts {
+            let tail = part.tail.clone().unwrap_or_else(|| vec![0]);
+            let bytes = (n * tail.iter().product::<usize>() * 4) as u64;
+            let shape: Vec<usize> = std::iter::once(n).chain(tail).collect();
+            header.insert(
+                part.name.clone(),
+                serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + bytes]}),
+            );
+            offset += bytes;
+        }
+        let mut header = serde_json::to_vec(&header).map_err(|e| output_err(&path, e.to_string()))?;
         // Data starts 8-aligned, padded with spaces as the format allows.
         header.resize(header.len().div_ceil(8) * 8, b' ');
-        let (out_tmp, out) = Temp::create(path, "out")?;
+        let (out_tmp, out) = Temp::create(&path, "out")?;
         let mut out = BufWriter::new(out);
         out.write_all(&(header.len() as u64).to_le_bytes()).map_err(io)?;
         out.write_all(&header).map_err(io)?;
-        data.seek(SeekFrom::Start(0)).map_err(io)?;
-        std::io::copy(&mut data, &mut out).map_err(io)?;
+        for part in self.parts {
+            let mut data = part.data.into_inner().map_err(|e| io(e.into_error()))?;
+            data.seek(SeekFrom::Start(0)).map_err(io)?;
+            std::io::copy(&mut data, &mut out).map_err(io)?;
+        }
         let out = out.into_inner().map_err(|e| io(e.into_error()))?;
-        out_tmp.commit(&out, path)
+        out_tmp.commit(&out, &path)?;
+        Ok(n as u64)
+    }
+}
+
+/// The embeddings output: one tensor `embeddings` (N, D).
+pub(super) struct StWriter(TensorsWriter);
+
+impl StWriter {
+    pub fn create(path: &Path) -> Result<Self> {
+        Ok(StWriter(TensorsWriter::create(path, vec![("embeddings".into(), None)])?))
+    }
+
+    pub fn push(&mut self, key: String, embedding: &[f32]) -> Result<()> {
+        self.0.push(key, &[embedding])
+    }
+
+    pub fn finish(mut self, dim: usize, meta: Vec<(String, String)>) -> Result<()> {
+        if let Some(part) = self.0.parts.first_mut() {
+            part.tail.get_or_insert_with(|| vec![dim]);
+        }
+        self.0.finish(meta).map(|_| ())
     }
 }
 
