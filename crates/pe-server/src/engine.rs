@@ -23,21 +23,28 @@ pub(crate) enum Work {
     Images { pixels: Vec<Tensor>, layer: isize },
     /// Token id rows of `context_length` each (tokenized off the model thread).
     Texts { ids: Vec<Vec<u32>> },
+    /// Preprocessed images whose token features after block `layer` are wanted (through
+    /// `ln_post` with `norm`), each as one row of tokens x width.
+    Features { pixels: Vec<Tensor>, layer: isize, norm: bool },
 }
 
 impl Work {
     fn len(&self) -> usize {
         match self {
-            Work::Images { pixels, .. } => pixels.len(),
+            Work::Images { pixels, .. } | Work::Features { pixels, .. } => pixels.len(),
             Work::Texts { ids } => ids.len(),
         }
     }
-    /// Jobs with equal keys can share a forward pass.
-    fn key(&self) -> (bool, isize) {
+    /// Jobs with equal keys can share a forward pass: (kind, layer, norm).
+    fn key(&self) -> (u8, isize, bool) {
         match self {
-            Work::Images { layer, .. } => (true, *layer),
-            Work::Texts { .. } => (false, 0),
+            Work::Images { layer, .. } => (0, *layer, false),
+            Work::Texts { .. } => (1, 0, false),
+            Work::Features { layer, norm, .. } => (2, *layer, *norm),
         }
+    }
+    fn is_text(&self) -> bool {
+        matches!(self, Work::Texts { .. })
     }
 }
 
@@ -126,7 +133,7 @@ fn run(model: Clip, cfg: BatchConfig, rx: Receiver<Job>, stats: &Stats) {
             },
         };
         let key = first.work.key();
-        let limit = if key.0 { cfg.max_batch } else { cfg.max_text_batch }.max(1);
+        let limit = if first.work.is_text() { cfg.max_text_batch } else { cfg.max_batch }.max(1);
         let mut items = first.work.len();
         let mut batch = vec![first];
         // Jobs set aside earlier come first, then new arrivals until full or out of time.
@@ -172,7 +179,7 @@ fn execute(model: &Clip, batch: Vec<Job>, limit: usize, stats: &Stats) {
     let result = forward(model, &batch, limit);
     stats.batches.fetch_add(1, Ordering::Relaxed);
     stats.batch_size.observe(total as f64);
-    let counter = if batch[0].work.key().0 { &stats.images } else { &stats.texts };
+    let counter = if batch[0].work.is_text() { &stats.texts } else { &stats.images };
     counter.fetch_add(total, Ordering::Relaxed);
     match result {
         Ok(rows) => {
@@ -196,11 +203,11 @@ fn forward(model: &Clip, batch: &[Job], limit: usize) -> Result<Vec<Vec<f32>>, S
     let gone = || ServeError::Unavailable("every caller of this batch has gone".into());
     let mut rows = Vec::new();
     match &batch[0].work {
-        Work::Images { layer, .. } => {
+        Work::Images { .. } | Work::Features { .. } => {
             let all: Vec<&Tensor> = batch
                 .iter()
                 .flat_map(|j| match &j.work {
-                    Work::Images { pixels, .. } => pixels.iter().collect::<Vec<_>>(),
+                    Work::Images { pixels, .. } | Work::Features { pixels, .. } => pixels.iter().collect::<Vec<_>>(),
                     Work::Texts { .. } => Vec::new(),
                 })
                 .collect();
@@ -209,8 +216,15 @@ fn forward(model: &Clip, batch: &[Job], limit: usize) -> Result<Vec<Vec<f32>>, S
                     return Err(gone());
                 }
                 let x = Tensor::stack(chunk, 0).map_err(|e| internal(e.into()))?;
-                let y = model.encode_image_at(&x, *layer, false).map_err(internal)?;
-                rows.extend(y.to_dtype(DType::F32).and_then(|t| t.to_vec2::<f32>()).map_err(|e| internal(e.into()))?);
+                let y = match &batch[0].work {
+                    Work::Features { layer, norm, .. } => model.forward_features(&x, *layer, *norm, false),
+                    Work::Images { layer, .. } => model.encode_image_at(&x, *layer, false),
+                    Work::Texts { .. } => unreachable!("texts are batched apart"),
+                }
+                .map_err(internal)?;
+                // One row per image: an embedding, or tokens x width flattened.
+                let y = y.to_dtype(DType::F32).and_then(|t| t.flatten_from(1)).and_then(|t| t.to_vec2::<f32>());
+                rows.extend(y.map_err(|e| internal(e.into()))?);
             }
         }
         Work::Texts { .. } => {
@@ -221,7 +235,7 @@ fn forward(model: &Clip, batch: &[Job], limit: usize) -> Result<Vec<Vec<f32>>, S
                 .iter()
                 .flat_map(|j| match &j.work {
                     Work::Texts { ids } => ids.iter().collect::<Vec<_>>(),
-                    Work::Images { .. } => Vec::new(),
+                    Work::Images { .. } | Work::Features { .. } => Vec::new(),
                 })
                 .collect();
             for chunk in all.chunks(limit) {

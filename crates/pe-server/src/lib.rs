@@ -14,6 +14,9 @@
 //!   or a multipart upload of image files (fields `normalize`, `layer`).
 //! - `POST /embed/video`: multipart upload of video files (fields `frames`, `sampling`, `normalize`).
 //! - `GET /openapi.json`: this API as an OpenAPI 3 document.
+//! - `POST /features`: dense token features (`pe features`): `{"images": [...], "layer": -1,
+//!   "norm": false, "encoding_format": "float"}` or a multipart upload; per image the patch grid
+//!   and the class token.
 //! - `POST /classify`: `{"images": [...], "labels": [...], "templates": ["a photo of a {}."],
 //!   "top_k": 5}`; class vectors are cached across requests per label set.
 //! - With an index (`pe serve --index DIR`, see [`search`]): `POST /search` (text in rclip's
@@ -26,6 +29,7 @@
 mod decode;
 pub mod engine;
 mod error;
+mod features;
 mod handlers;
 mod metrics;
 mod middleware;
@@ -128,6 +132,8 @@ pub(crate) struct AppState {
     pub(crate) tokenizer: ClipTokenizer,
     /// Blocks of the vision tower (valid `layer` values are `-layers..layers`).
     pub(crate) layers: usize,
+    /// The vision tower's geometry (patch size, width, class token) for `/features`.
+    pub(crate) vision: perception_encoder::VisionConfig,
     pub(crate) logit_scale: Option<f32>,
     pub(crate) classifiers: Mutex<VecDeque<(ClassifierKey, Arc<ZeroShotClassifier>)>>,
     pub(crate) requests: metrics::RequestMetrics,
@@ -158,6 +164,7 @@ pub fn router(model: Clip, cfg: ServerConfig) -> Router {
         has_text: model.text().is_some(),
         tokenizer: ClipTokenizer::new(model.text().map_or(2, |t| t.config().context_length)),
         layers: model.config().vision.layers,
+        vision: model.config().vision.clone(),
         logit_scale: model.logit_scale().ok(),
         classifiers: Mutex::new(VecDeque::new()),
         requests: metrics::RequestMetrics::default(),
@@ -175,6 +182,7 @@ pub fn router(model: Clip, cfg: ServerConfig) -> Router {
         .route("/embed/image", post(embed_image))
         .route("/embed/video", post(embed_video))
         .route("/openapi.json", get(openapi_doc))
+        .route("/features", post(features::features))
         .route("/classify", post(classify))
         .route("/metrics", get(metrics_text))
         .route("/", get(search::page))

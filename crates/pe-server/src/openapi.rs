@@ -72,6 +72,14 @@ pub(crate) fn document(model: &str, auth: bool) -> Value {
                 "responses": {"200": plain("results"), "404": plain("not in the index")}}},
             "/thumb": {"get": {"summary": "A JPEG thumbnail of an indexed file (`path`, `size` 16..=512).",
                 "responses": {"200": {"description": "image/jpeg", "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}}}, "404": plain("not in the index")}}},
+            "/features": {"post": op("Dense token features: per image the patch grid (H/p, W/p, C) and the class token.", Some(json!({
+                "application/json": {"schema": {"type": "object", "required": ["images"], "additionalProperties": false, "properties": {
+                    "images": {"type": "array", "items": {"type": "string"}}, "layer": {"type": "integer", "default": -1},
+                    "norm": {"type": "boolean", "default": false}, "encoding_format": {"type": "string", "enum": ["float", "base64"]}}}},
+                "multipart/form-data": {"schema": {"type": "object", "properties": {
+                    "file": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                    "layer": {"type": "integer"}, "norm": {"type": "boolean"}, "encoding_format": {"type": "string"}}}}
+            })), plain("grid, width, and per image cls_token and patch_tokens"))},
             "/classify": {"post": op("Zero-shot classification with prompt ensembling.", Some(json_body("ClassifyRequest")),
                 json!({"description": "top labels per image", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ClassifyResponse"}}}}))},
         },

@@ -46,6 +46,18 @@ pub(crate) struct ImageRequest {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FeaturesRequest {
+    pub(crate) images: Vec<String>,
+    #[serde(default = "last_layer")]
+    pub(crate) layer: isize,
+    #[serde(default)]
+    pub(crate) norm: bool,
+    #[serde(default)]
+    pub(crate) encoding_format: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
 #[serde(untagged)]
 pub(crate) enum OneOrMany {
     One(String),

@@ -356,3 +356,56 @@ fn uploads_and_openapi() {
         assert!(doc["paths"].get(path).is_some(), "{path} missing from /openapi.json");
     }
 }
+
+/// `/features` gives the reference's `forward_features`: the patch grid and the class token,
+/// as JSON floats and as base64 float32, from JSON and from uploads; bad asks are 4xx.
+#[test]
+fn features_match_the_reference() {
+    let Some(dir) = fixtures() else { return };
+    let base = start(&dir, ServerConfig::default());
+    let b64 =
+        |f: &str| base64::engine::general_purpose::STANDARD.encode(std::fs::read(dir.join("images").join(f)).unwrap());
+    let want = expected(&dir, "features_native_layer0_norm1_strip0");
+    let (code, v) = post(
+        &format!("{base}/features"),
+        json!({"images": [b64("cat.png"), b64("dog.png")], "layer": 0, "norm": true}),
+    );
+    assert_eq!(code, 200, "{v}");
+    let (g, width) = (v["grid"][0].as_u64().unwrap() as usize, v["width"].as_u64().unwrap() as usize);
+    let tokens = g * g + 1;
+    assert_eq!(want.len(), 2 * tokens);
+    for (i, d) in v["data"].as_array().unwrap().iter().enumerate() {
+        let cls = rows(&json!([d["cls_token"]]));
+        assert!(close(&cls, &want[i * tokens..i * tokens + 1]) <= 1e-5, "image {i} class token");
+        let grid: Vec<Vec<f32>> = d["patch_tokens"].as_array().unwrap().iter().flat_map(|r| rows(r)).collect();
+        assert_eq!(grid.len(), g * g);
+        assert_eq!(grid[0].len(), width);
+        assert!(close(&grid, &want[i * tokens + 1..(i + 1) * tokens]) <= 1e-5, "image {i} patches");
+    }
+    // base64 float32 from an upload: the same numbers.
+    let (code, v) = send(
+        &format!("{base}/features"),
+        multipart(
+            &[("cat.png", std::fs::read(dir.join("images/cat.png")).unwrap())],
+            &[("layer", "0"), ("norm", "true"), ("encoding_format", "base64")],
+        ),
+    );
+    assert_eq!(code, 200, "{v}");
+    let decode = |s: &Value| -> Vec<f32> {
+        let b = base64::engine::general_purpose::STANDARD.decode(s.as_str().unwrap()).unwrap();
+        b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+    };
+    let patches: Vec<Vec<f32>> = decode(&v["data"][0]["patch_tokens"]).chunks(width).map(<[f32]>::to_vec).collect();
+    assert!(close(&patches, &want[1..tokens]) <= 1e-5);
+    assert!(close(&[decode(&v["data"][0]["cls_token"])], &want[..1]) <= 1e-5);
+    for (body, code) in [
+        (json!({"images": [b64("cat.png")], "layer": 7}), 400),
+        (json!({"images": []}), 400),
+        (json!({"images": [b64("cat.png")], "encoding_format": "int8"}), 400),
+        (json!({"images": [b64("cat.png")], "pool": true}), 400),
+    ] {
+        let (c, v) = post(&format!("{base}/features"), body.clone());
+        assert_eq!(c, code, "{body}: {v}");
+        assert!(v["error"]["message"].is_string(), "{v}");
+    }
+}
