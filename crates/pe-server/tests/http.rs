@@ -377,7 +377,7 @@ fn features_match_the_reference() {
     for (i, d) in v["data"].as_array().unwrap().iter().enumerate() {
         let cls = rows(&json!([d["cls_token"]]));
         assert!(close(&cls, &want[i * tokens..i * tokens + 1]) <= 1e-5, "image {i} class token");
-        let grid: Vec<Vec<f32>> = d["patch_tokens"].as_array().unwrap().iter().flat_map(|r| rows(r)).collect();
+        let grid: Vec<Vec<f32>> = d["patch_tokens"].as_array().unwrap().iter().flat_map(rows).collect();
         assert_eq!(grid.len(), g * g);
         assert_eq!(grid[0].len(), width);
         assert!(close(&grid, &want[i * tokens + 1..(i + 1) * tokens]) <= 1e-5, "image {i} patches");
