@@ -14,6 +14,9 @@ use crate::{decode, engine, ServeError, Shared};
 /// Feature values one request may ask for (images x tokens x width): 256 MiB of float32.
 const MAX_VALUES: usize = 64 << 20;
 
+#[utoipa::path(post, path = "/features", summary = "Dense token features: per image the patch grid (H/p, W/p, C) and the class token.",
+    request_body(content((FeaturesRequest = "application/json"), (FeaturesUpload = "multipart/form-data"))),
+    responses((status = 200, body = crate::openapi::FeaturesResponse), crate::openapi::Errors))]
 pub(crate) async fn features(State(st): State<Shared>, req: Request) -> Result<Json<Value>, ServeError> {
     let (images, layer, norm, format) = if is_multipart(&req) {
         let up = read_upload(req).await?;

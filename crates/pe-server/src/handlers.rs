@@ -14,9 +14,11 @@ use perception_encoder::video::FrameSampling;
 use perception_encoder::zero_shot::{ZeroShotClassifier, DEFAULT_TEMPLATES};
 use serde_json::{json, Value};
 
+use crate::openapi::{ClassifyResponse, Embeddings, Errors, ModelList, OpenAiEmbeddings, Status};
 use crate::requests::*;
-use crate::{decode, engine, metrics, openapi, ServeError, Shared, CLASSIFIER_CACHE};
+use crate::{decode, engine, metrics, ServeError, Shared, CLASSIFIER_CACHE};
 
+#[utoipa::path(get, path = "/metrics", summary = "Prometheus metrics.", responses((status = 200, description = "text exposition format", content_type = "text/plain", body = String), Errors))]
 pub(crate) async fn metrics_text(State(st): State<Shared>) -> Response {
     let mut out = String::new();
     metrics::render_model(&mut out, &st.model_name, st.precision);
@@ -26,10 +28,17 @@ pub(crate) async fn metrics_text(State(st): State<Shared>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
+#[utoipa::path(get, path = "/openapi.json", summary = "This document.", responses((status = 200, description = "OpenAPI 3.1 document", body = Object), Errors))]
 pub(crate) async fn openapi_doc(State(st): State<Shared>) -> Json<Value> {
-    Json(openapi::document(&st.model_name, st.cfg.api_key.is_some()))
+    Json(st.openapi.clone())
 }
 
+#[utoipa::path(get, path = "/health", summary = "The process is up (never needs the API key).", responses((status = 200, body = Status), Errors))]
+pub(crate) async fn health() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+#[utoipa::path(get, path = "/ready", summary = "The model is loaded and its thread runs.", responses((status = 200, body = Status), Errors))]
 pub(crate) async fn ready(State(st): State<Shared>) -> Response {
     if st.engine.ready() {
         Json(json!({"status": "ready", "model": st.model_name, "precision": st.precision})).into_response()
@@ -38,6 +47,7 @@ pub(crate) async fn ready(State(st): State<Shared>) -> Response {
     }
 }
 
+#[utoipa::path(get, path = "/v1/models", summary = "The served model, OpenAI-style.", responses((status = 200, body = ModelList), Errors))]
 pub(crate) async fn models(State(st): State<Shared>) -> Json<Value> {
     Json(json!({"object": "list", "data": [{"id": st.model_name, "object": "model", "owned_by": "facebook"}]}))
 }
@@ -83,6 +93,7 @@ pub(crate) async fn embed_texts(st: &Shared, texts: Vec<String>) -> Result<Vec<V
     st.engine.submit(engine::Work::Texts { ids }).await
 }
 
+#[utoipa::path(post, path = "/embed/text", summary = "Text embeddings.", request_body = TextRequest, responses((status = 200, body = Embeddings), Errors))]
 pub(crate) async fn embed_text(
     State(st): State<Shared>,
     body: Result<Bytes, BytesRejection>,
@@ -96,6 +107,7 @@ pub(crate) async fn embed_text(
     Ok(Json(json!({"model": st.model_name, "embeddings": rows})))
 }
 
+#[utoipa::path(post, path = "/embed/image", summary = "Image embeddings from base64 (JSON) or files (multipart).", request_body(content((ImageRequest = "application/json"), (ImageUpload = "multipart/form-data"))), responses((status = 200, body = Embeddings), Errors))]
 pub(crate) async fn embed_image(State(st): State<Shared>, req: Request) -> Result<Json<Value>, ServeError> {
     let (images, normalize, layer) = if is_multipart(&req) {
         let up = read_upload(req).await?;
@@ -114,6 +126,7 @@ pub(crate) async fn embed_image(State(st): State<Shared>, req: Request) -> Resul
     Ok(Json(json!({"model": st.model_name, "embeddings": rows})))
 }
 
+#[utoipa::path(post, path = "/embed/video", summary = "Video embeddings: the mean of sampled frame embeddings.", request_body(content((VideoUpload = "multipart/form-data"))), responses((status = 200, body = Embeddings), Errors))]
 /// Videos as multipart uploads: `frames` (default 8) sampled by `sampling` (`benchmark` or
 /// `demo`), each frame through the image transform; the result is the mean of the raw frame
 /// embeddings, L2-normalized unless `normalize=false` (as `pe embed-video`).
@@ -202,11 +215,15 @@ async fn classifier(
     Ok(c)
 }
 
+#[utoipa::path(post, path = "/classify", summary = "Zero-shot classification with prompt ensembling.", request_body = ClassifyRequest, responses((status = 200, body = ClassifyResponse), Errors))]
 pub(crate) async fn classify(
     State(st): State<Shared>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ServeError> {
     let req: ClassifyRequest = parse(body)?;
+    if req.top_k == 0 {
+        return Err(ServeError::Invalid("top_k must be at least 1".into()));
+    }
     check_count(req.images.len(), st.cfg.max_items, "images")?;
     check_count(req.labels.len(), st.cfg.max_items.max(1000), "labels")?;
     let templates = req.templates.unwrap_or_else(|| DEFAULT_TEMPLATES.iter().map(|t| t.to_string()).collect());
@@ -236,18 +253,16 @@ pub(crate) async fn classify(
     Ok(Json(json!({"model": st.model_name, "results": results})))
 }
 
+#[utoipa::path(post, path = "/v1/embeddings", summary = "OpenAI-compatible embeddings; data:image/...;base64 inputs are images.", request_body = OpenAiRequest, responses((status = 200, body = OpenAiEmbeddings), Errors))]
 pub(crate) async fn openai_embeddings(
     State(st): State<Shared>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ServeError> {
     let req: OpenAiRequest = parse(body)?;
-    let inputs = match req.input {
-        OneOrMany::One(s) => vec![s],
-        OneOrMany::Many(v) => v,
-    };
+    let inputs = openai_inputs(req.input)?;
     check_count(inputs.len(), st.cfg.max_items, "inputs")?;
     if let Some(m) = &req.model {
-        if !m.is_empty() && m != &st.model_name {
+        if m != &st.model_name {
             return Err(ServeError::Invalid(format!("this server serves `{}`, not `{m}`", st.model_name)));
         }
     }

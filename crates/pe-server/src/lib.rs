@@ -46,7 +46,6 @@ use std::time::Duration;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::middleware::from_fn_with_state;
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use perception_encoder::preprocess::ImageTransform;
 use perception_encoder::tokenizer::ClipTokenizer;
@@ -139,6 +138,8 @@ pub(crate) struct AppState {
     pub(crate) requests: metrics::RequestMetrics,
     pub(crate) decode_budget: Arc<decode::DecodeBudget>,
     pub(crate) cfg: ServerConfig,
+    /// The OpenAPI document served at `/openapi.json`.
+    pub(crate) openapi: serde_json::Value,
     /// The index searched, or why it could not be opened.
     pub(crate) index: Option<Result<Arc<search::Searchable>, String>>,
 }
@@ -157,8 +158,37 @@ pub fn router(model: Clip, cfg: ServerConfig) -> Router {
             e.to_string()
         })
     });
+    use utoipa::OpenApi as _;
+    use utoipa_axum::{router::OpenApiRouter, routes};
+    // Each route is registered with its description, so the document lists exactly these.
+    let (routes, api) = OpenApiRouter::<Shared>::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(health))
+        .routes(routes!(ready))
+        .routes(routes!(models))
+        .routes(routes!(openai_embeddings))
+        .routes(routes!(embed_text))
+        .routes(routes!(embed_image))
+        .routes(routes!(embed_video))
+        .routes(routes!(openapi_doc))
+        .routes(routes!(features::features))
+        .routes(routes!(classify))
+        .routes(routes!(metrics_text))
+        .routes(routes!(search::page))
+        .routes(routes!(search::search))
+        .routes(routes!(search::similar))
+        .routes(routes!(search::thumb))
+        .split_for_parts();
+    let vision = &model.config().vision;
+    let openapi = openapi::finish(
+        api,
+        &model.config().name,
+        vision.layers,
+        model.config().embed_dim(),
+        cfg.api_key.as_ref().is_some_and(|k| !k.is_empty()),
+    );
     let state = Arc::new(AppState {
         index,
+        openapi,
         model_name: model.config().name.clone(),
         precision: model.precision(),
         has_text: model.text().is_some(),
@@ -173,22 +203,7 @@ pub fn router(model: Clip, cfg: ServerConfig) -> Router {
         engine: Engine::start(model, cfg.batch),
         cfg: cfg.clone(),
     });
-    Router::new()
-        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
-        .route("/ready", get(ready))
-        .route("/v1/models", get(models))
-        .route("/v1/embeddings", post(openai_embeddings))
-        .route("/embed/text", post(embed_text))
-        .route("/embed/image", post(embed_image))
-        .route("/embed/video", post(embed_video))
-        .route("/openapi.json", get(openapi_doc))
-        .route("/features", post(features::features))
-        .route("/classify", post(classify))
-        .route("/metrics", get(metrics_text))
-        .route("/", get(search::page))
-        .route("/search", post(search::search))
-        .route("/similar", get(search::similar))
-        .route("/thumb", get(search::thumb))
+    routes
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,

@@ -1,118 +1,241 @@
-//! The OpenAPI 3 description of the service, served at `/openapi.json`.
+//! The OpenAPI 3.1 description served at `/openapi.json`: derived by utoipa from the request
+//! types the handlers parse and from the routes as registered (utoipa-axum), so it cannot drift
+//! from them; then the bounds only the loaded model knows (layers, dimension, its name) are
+//! filled in.
 
+use serde::Serialize;
 use serde_json::{json, Value};
+use utoipa::{OpenApi, ToSchema};
 
-fn error_responses() -> Value {
-    let err = json!({"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
-    json!({"400": err, "401": err, "413": err, "503": err, "504": err, "500": err})
+/// An error: `{"error": {"message", "type", "code"}}`, as OpenAI clients expect.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct ErrorBody {
+    error: ErrorDetail,
 }
 
-fn embeddings_response() -> Value {
-    json!({"description": "embeddings in input order", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Embeddings"}}}})
+/// What went wrong.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct ErrorDetail {
+    message: String,
+    #[serde(rename = "type")]
+    kind: String,
+    code: u16,
 }
 
-fn op(summary: &str, body: Option<Value>, ok: Value) -> Value {
-    let mut responses = error_responses();
-    responses["200"] = ok;
-    let mut o = json!({"summary": summary, "responses": responses});
-    if let Some(b) = body {
-        o["requestBody"] = json!({"required": true, "content": b});
+/// Embeddings in input order.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Embeddings {
+    model: String,
+    embeddings: Vec<Vec<f32>>,
+}
+
+/// Process status.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Status {
+    status: String,
+    model: Option<String>,
+    precision: Option<String>,
+}
+
+/// OpenAI's model list.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct ModelList {
+    object: String,
+    data: Vec<ModelEntry>,
+}
+
+/// One served model.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct ModelEntry {
+    id: String,
+    object: String,
+    owned_by: String,
+}
+
+/// OpenAI's embedding list.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct OpenAiEmbeddings {
+    object: String,
+    data: Vec<OpenAiEmbedding>,
+    model: String,
+    usage: Usage,
+}
+
+/// One OpenAI embedding.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct OpenAiEmbedding {
+    object: String,
+    index: usize,
+    #[schema(value_type = FloatsOrBase64)]
+    embedding: Value,
+}
+
+/// Floats, or base64 of little-endian float32 (`encoding_format`).
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub(crate) enum FloatsOrBase64 {
+    /// JSON numbers.
+    Floats(Vec<f32>),
+    /// Base64.
+    Base64(String),
+}
+
+/// A patch grid: rows of columns of channels, or base64 of little-endian float32.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub(crate) enum GridOrBase64 {
+    /// JSON numbers, (rows, columns, channels).
+    Grid(Vec<Vec<Vec<f32>>>),
+    /// Base64.
+    Base64(String),
+}
+
+/// Token counts (estimated: words plus start and end).
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Usage {
+    prompt_tokens: usize,
+    total_tokens: usize,
+}
+
+/// Top labels per image.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct ClassifyResponse {
+    model: String,
+    results: Vec<Predictions>,
+}
+
+/// One image's top labels.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Predictions {
+    predictions: Vec<Prediction>,
+}
+
+/// A label and its probability.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Prediction {
+    label: String,
+    probability: f32,
+}
+
+/// Dense features per image.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct FeaturesResponse {
+    model: String,
+    layer: isize,
+    norm: bool,
+    /// Patch rows and columns.
+    grid: Vec<usize>,
+    /// Channels per token.
+    width: usize,
+    data: Vec<ImageFeatures>,
+}
+
+/// One image's features: nested lists (grid rows, columns, channels) or base64 float32.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct ImageFeatures {
+    index: usize,
+    /// The class token, when the model has one.
+    #[schema(value_type = Option<FloatsOrBase64>)]
+    cls_token: Value,
+    #[schema(value_type = GridOrBase64)]
+    patch_tokens: Value,
+}
+
+/// Search results, best first.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct SearchResults {
+    model: String,
+    /// `exact` or `approximate`.
+    method: String,
+    took_ms: f64,
+    results: Vec<SearchHit>,
+}
+
+/// One result: an indexed file and its cosine to the query.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct SearchHit {
+    rank: usize,
+    path: String,
+    score: f64,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "pe serve",
+        description = "Perception Encoder embeddings, dense features, zero-shot classification and search."
+    ),
+    components(schemas(ErrorBody))
+)]
+pub(crate) struct ApiDoc;
+
+/// The document for a server of `model` (`layers` vision blocks, embeddings of `dim`); `auth`
+/// adds the bearer scheme.
+pub(crate) fn finish(doc: utoipa::openapi::OpenApi, model: &str, layers: usize, dim: usize, auth: bool) -> Value {
+    let mut v = serde_json::to_value(doc).unwrap_or_else(|_| json!({}));
+    v["info"]["version"] = json!(env!("CARGO_PKG_VERSION"));
+    v["info"]["description"] = json!(format!(
+        "Perception Encoder embeddings, dense features, zero-shot classification and search; model {model}."
+    ));
+    let l = layers as i64;
+    let schemas = &mut v["components"]["schemas"];
+    for name in ["ImageRequest", "FeaturesRequest", "ImageUpload", "FeaturesUpload"] {
+        if let Some(layer) = schemas.get_mut(name).and_then(|s| s["properties"].get_mut("layer")) {
+            layer["minimum"] = json!(-l);
+            layer["maximum"] = json!(l - 1);
+        }
     }
-    o
-}
-
-fn json_body(schema: &str) -> Value {
-    json!({"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}})
-}
-
-/// The document for a server of `model`; `auth` adds the bearer scheme.
-pub(crate) fn document(model: &str, auth: bool) -> Value {
-    let plain = |d: &str| json!({"description": d, "content": {"application/json": {"schema": {"type": "object"}}}});
-    let mut doc = json!({
-        "openapi": "3.0.3",
-        "info": {"title": "pe serve", "version": env!("CARGO_PKG_VERSION"),
-                 "description": format!("Perception Encoder embeddings and zero-shot classification; model {model}.")},
-        "paths": {
-            "/health": {"get": {"summary": "The process is up.", "security": [], "responses": {"200": plain("ok")}}},
-            "/ready": {"get": {"summary": "The model is loaded.", "responses": {"200": plain("ready"), "503": plain("not ready")}}},
-            "/v1/models": {"get": {"summary": "The served model, OpenAI-style.", "responses": {"200": plain("model list")}}},
-            "/metrics": {"get": {"summary": "Prometheus metrics.", "responses": {"200": {"description": "text exposition format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
-            "/openapi.json": {"get": {"summary": "This document.", "responses": {"200": plain("OpenAPI 3 document")}}},
-            "/v1/embeddings": {"post": op("OpenAI-compatible embeddings; data:image/...;base64 inputs are images.", Some(json_body("OpenAiEmbeddingsRequest")),
-                json!({"description": "OpenAI embedding list", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/OpenAiEmbeddings"}}}}))},
-            "/embed/text": {"post": op("Text embeddings.", Some(json_body("TextRequest")), embeddings_response())},
-            "/embed/image": {"post": op("Image embeddings from base64 (JSON) or file uploads (multipart).", Some(json!({
-                "application/json": {"schema": {"$ref": "#/components/schemas/ImageRequest"}},
-                "multipart/form-data": {"schema": {"type": "object", "properties": {
-                    "file": {"type": "array", "items": {"type": "string", "format": "binary"}},
-                    "normalize": {"type": "boolean", "default": true}, "layer": {"type": "integer", "default": -1}}}}
-            })), embeddings_response())},
-            "/embed/video": {"post": op("Video embeddings: mean of sampled frame embeddings.", Some(json!({
-                "multipart/form-data": {"schema": {"type": "object", "properties": {
-                    "file": {"type": "array", "items": {"type": "string", "format": "binary"}},
-                    "frames": {"type": "integer", "default": 8},
-                    "sampling": {"type": "string", "enum": ["benchmark", "demo"], "default": "benchmark"},
-                    "normalize": {"type": "boolean", "default": true}}}}
-            })), embeddings_response())},
-            "/search": {"post": op("Search the index (pe serve --index): text in rclip's grammar, images, indexed files by path, weighted.", Some(json!({
-                "application/json": {"schema": {"type": "object", "properties": {
-                    "query": {"type": "string", "description": "text terms: `2:golden retriever + pool - snow`"},
-                    "terms": {"type": "array", "items": {"type": "object", "properties": {
-                        "text": {"type": "string"}, "image": {"type": "string", "description": "base64 or data URL"},
-                        "path": {"type": "string", "description": "an indexed file"}, "weight": {"type": "number", "default": 1}}}},
-                    "top_k": {"type": "integer", "default": 10, "maximum": 1000}, "threshold": {"type": "number"},
-                    "under": {"type": "string", "description": "only files under this absolute folder"},
-                    "exact": {"type": "boolean", "default": false}}}},
-                "multipart/form-data": {"schema": {"type": "object", "properties": {
-                    "file": {"type": "array", "items": {"type": "string", "format": "binary"}},
-                    "query": {"type": "string"}, "top_k": {"type": "integer"}, "threshold": {"type": "number"},
-                    "under": {"type": "string"}, "exact": {"type": "boolean"}}}}
-            })), plain("results: rank, path, score (cosine), best first"))},
-            "/similar": {"get": {"summary": "The indexed files nearest an indexed file (`path`, `top_k`, `exact`).",
-                "responses": {"200": plain("results"), "404": plain("not in the index")}}},
-            "/thumb": {"get": {"summary": "A JPEG thumbnail of an indexed file (`path`, `size` 16..=512).",
-                "responses": {"200": {"description": "image/jpeg", "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}}}, "404": plain("not in the index")}}},
-            "/features": {"post": op("Dense token features: per image the patch grid (H/p, W/p, C) and the class token.", Some(json!({
-                "application/json": {"schema": {"type": "object", "required": ["images"], "additionalProperties": false, "properties": {
-                    "images": {"type": "array", "items": {"type": "string"}}, "layer": {"type": "integer", "default": -1},
-                    "norm": {"type": "boolean", "default": false}, "encoding_format": {"type": "string", "enum": ["float", "base64"]}}}},
-                "multipart/form-data": {"schema": {"type": "object", "properties": {
-                    "file": {"type": "array", "items": {"type": "string", "format": "binary"}},
-                    "layer": {"type": "integer"}, "norm": {"type": "boolean"}, "encoding_format": {"type": "string"}}}}
-            })), plain("grid, width, and per image cls_token and patch_tokens"))},
-            "/classify": {"post": op("Zero-shot classification with prompt ensembling.", Some(json_body("ClassifyRequest")),
-                json!({"description": "top labels per image", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ClassifyResponse"}}}}))},
-        },
-        "components": {"schemas": {
-            "Error": {"type": "object", "properties": {"error": {"type": "object", "properties": {
-                "message": {"type": "string"}, "type": {"type": "string"}, "code": {"type": "integer"}}}}},
-            "Embeddings": {"type": "object", "properties": {"model": {"type": "string"},
-                "embeddings": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}}}},
-            "TextRequest": {"type": "object", "required": ["texts"], "additionalProperties": false, "properties": {
-                "texts": {"type": "array", "items": {"type": "string"}}, "normalize": {"type": "boolean", "default": true}}},
-            "ImageRequest": {"type": "object", "required": ["images"], "additionalProperties": false, "properties": {
-                "images": {"type": "array", "items": {"type": "string", "description": "base64 or data URL"}},
-                "normalize": {"type": "boolean", "default": true}, "layer": {"type": "integer", "default": -1}}},
-            "ClassifyRequest": {"type": "object", "required": ["images", "labels"], "additionalProperties": false, "properties": {
-                "images": {"type": "array", "items": {"type": "string"}}, "labels": {"type": "array", "items": {"type": "string"}},
-                "templates": {"type": "array", "items": {"type": "string", "description": "contains {}"}},
-                "top_k": {"type": "integer", "default": 5}}},
-            "ClassifyResponse": {"type": "object", "properties": {"model": {"type": "string"}, "results": {"type": "array", "items": {
-                "type": "object", "properties": {"predictions": {"type": "array", "items": {"type": "object", "properties": {
-                    "label": {"type": "string"}, "probability": {"type": "number"}}}}}}}}},
-            "OpenAiEmbeddingsRequest": {"type": "object", "required": ["input"], "additionalProperties": false, "properties": {
-                "input": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
-                "model": {"type": "string"}, "encoding_format": {"type": "string", "enum": ["float", "base64"]},
-                "dimensions": {"type": "integer"}, "user": {"type": "string"}}},
-            "OpenAiEmbeddings": {"type": "object", "properties": {"object": {"type": "string"}, "model": {"type": "string"},
-                "data": {"type": "array", "items": {"type": "object", "properties": {"object": {"type": "string"}, "index": {"type": "integer"},
-                    "embedding": {"oneOf": [{"type": "array", "items": {"type": "number"}}, {"type": "string"}]}}}},
-                "usage": {"type": "object"}}},
-        }},
-    });
+    if let Some(alts) = schemas.get_mut("Input").and_then(|s| s["oneOf"].as_array_mut()) {
+        for alt in alts.iter_mut().filter(|a| a["type"] == "array") {
+            alt["minItems"] = json!(1);
+        }
+    }
+    if let Some(props) = schemas.get_mut("OpenAiRequest").map(|s| &mut s["properties"]) {
+        props["dimensions"]["minimum"] = json!(dim);
+        props["dimensions"]["maximum"] = json!(dim);
+        props["model"]["enum"] = json!([model]);
+    }
     if auth {
-        doc["components"]["securitySchemes"] = json!({"bearer": {"type": "http", "scheme": "bearer"}});
-        doc["security"] = json!([{"bearer": []}]);
+        v["components"]["securitySchemes"] = json!({"bearer": {"type": "http", "scheme": "bearer"}});
+        v["security"] = json!([{"bearer": []}]);
+        // /health and the page never need the key.
+        for (path, method) in [("/health", "get"), ("/", "get")] {
+            if let Some(op) = v["paths"].get_mut(path).and_then(|p| p.get_mut(method)) {
+                op["security"] = json!([]);
+            }
+        }
     }
-    doc
+    v
+}
+
+/// The error answers every operation may give.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub(crate) enum Errors {
+    /// Invalid input.
+    #[response(status = 400, description = "invalid request")]
+    Invalid(ErrorBody),
+    /// Missing or wrong API key.
+    #[response(status = 401, description = "missing or invalid API key")]
+    Unauthorized(ErrorBody),
+    /// Not in the index, or no such route.
+    #[response(status = 404, description = "not found")]
+    NotFound(ErrorBody),
+    /// Wrong method for the route.
+    #[response(status = 405, description = "method not allowed")]
+    Method(ErrorBody),
+    /// Over a size limit.
+    #[response(status = 413, description = "too large")]
+    TooLarge(ErrorBody),
+    /// At capacity, or the model or index is unavailable.
+    #[response(status = 503, description = "unavailable; retry")]
+    Unavailable(ErrorBody),
+    /// Past the time limit.
+    #[response(status = 504, description = "timed out")]
+    Timeout(ErrorBody),
+    /// A failure inside the model.
+    #[response(status = 500, description = "internal error")]
+    Internal(ErrorBody),
 }

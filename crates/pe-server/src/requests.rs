@@ -6,6 +6,7 @@ use axum::extract::{FromRequest, Multipart, Request};
 use axum::http::{header, StatusCode};
 use base64::Engine as _;
 use serde::Deserialize;
+use utoipa::ToSchema;
 
 use crate::ServeError;
 
@@ -27,57 +28,170 @@ pub(crate) fn last_layer() -> isize {
     -1
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /embed/text`.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct TextRequest {
+    /// Texts to embed.
+    #[schema(min_items = 1)]
     pub(crate) texts: Vec<String>,
+    /// L2-normalize the embeddings.
     #[serde(default = "yes")]
+    #[schema(default = true)]
     pub(crate) normalize: bool,
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /embed/image` as JSON.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ImageRequest {
+    /// Images as base64 or `data:image/...;base64,` URLs.
+    #[schema(min_items = 1)]
     pub(crate) images: Vec<String>,
+    /// L2-normalize the embeddings.
     #[serde(default = "yes")]
+    #[schema(default = true)]
     pub(crate) normalize: bool,
+    /// Embed from the blocks up to this one (negative counts from the end).
     #[serde(default = "last_layer")]
+    #[schema(default = -1)]
     pub(crate) layer: isize,
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /embed/image` as a multipart upload.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct ImageUpload {
+    /// Image files.
+    #[schema(min_items = 1, value_type = Vec<String>, format = Binary)]
+    pub(crate) file: Vec<Vec<u8>>,
+    /// L2-normalize the embeddings.
+    #[schema(default = true, required = false)]
+    pub(crate) normalize: bool,
+    /// Embed from the blocks up to this one.
+    #[schema(default = -1, required = false)]
+    pub(crate) layer: isize,
+}
+
+/// `POST /embed/video`: a multipart upload.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct VideoUpload {
+    /// Video files.
+    #[schema(min_items = 1, value_type = Vec<String>, format = Binary)]
+    pub(crate) file: Vec<Vec<u8>>,
+    /// Frames sampled per video.
+    #[schema(default = 8, minimum = 1, required = false)]
+    pub(crate) frames: usize,
+    /// `benchmark` (first and last frame included) or `demo`.
+    #[schema(default = "benchmark", pattern = "^(benchmark|demo)$", required = false)]
+    pub(crate) sampling: String,
+    /// L2-normalize the mean embedding.
+    #[schema(default = true, required = false)]
+    pub(crate) normalize: bool,
+}
+
+/// `POST /features` as JSON.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct FeaturesRequest {
+    /// Images as base64 or `data:image/...;base64,` URLs.
+    #[schema(min_items = 1)]
     pub(crate) images: Vec<String>,
+    /// Features after this block (negative counts from the end).
     #[serde(default = "last_layer")]
+    #[schema(default = -1)]
     pub(crate) layer: isize,
+    /// Through the tower's final LayerNorm.
     #[serde(default)]
     pub(crate) norm: bool,
+    /// `float` (nested lists) or `base64` (little-endian float32).
     #[serde(default)]
+    #[schema(value_type = Option<EncodingFormat>)]
     pub(crate) encoding_format: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /features` as a multipart upload.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct FeaturesUpload {
+    /// Image files.
+    #[schema(min_items = 1, value_type = Vec<String>, format = Binary)]
+    pub(crate) file: Vec<Vec<u8>>,
+    /// Features after this block.
+    #[schema(required = false)]
+    pub(crate) layer: isize,
+    /// Through the tower's final LayerNorm.
+    #[schema(required = false)]
+    pub(crate) norm: bool,
+    /// `float` or `base64`.
+    #[schema(required = false)]
+    pub(crate) encoding_format: EncodingFormat,
+}
+
+/// How float arrays are sent back.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub(crate) enum EncodingFormat {
+    /// JSON numbers.
+    Float,
+    /// Base64 of little-endian float32.
+    Base64,
+}
+
+/// OpenAI's `input`: a string or a list of strings (`data:image/...;base64,` strings are images).
+#[derive(Deserialize, ToSchema)]
 #[serde(untagged)]
-pub(crate) enum OneOrMany {
+#[allow(dead_code)]
+pub(crate) enum Input {
+    /// One input.
     One(String),
+    /// Several inputs (at least one).
     Many(Vec<String>),
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /v1/embeddings`, OpenAI-compatible.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct OpenAiRequest {
-    pub(crate) input: OneOrMany,
+    /// A string or a list of strings; token id arrays are refused with a 400 that says so.
+    #[schema(value_type = Input)]
+    pub(crate) input: serde_json::Value,
+    /// The served model's name (checked when given).
     #[serde(default)]
+    #[schema(min_length = 1)]
     pub(crate) model: Option<String>,
+    /// `float` or `base64`.
     #[serde(default)]
+    #[schema(value_type = Option<EncodingFormat>)]
     pub(crate) encoding_format: Option<String>,
+    /// Must equal the model's dimension when given (`null` is the same as absent).
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub(crate) dimensions: Option<usize>,
     /// Accepted for OpenAI compatibility; unused.
     #[serde(default)]
     #[allow(dead_code)]
     pub(crate) user: Option<String>,
+}
+
+/// OpenAI's `input` as strings; token ids (numbers) are refused by name.
+pub(crate) fn openai_inputs(v: serde_json::Value) -> Result<Vec<String>, ServeError> {
+    use serde_json::Value as V;
+    let tokens = || ServeError::Invalid("token id arrays are not accepted as input; send the text itself".into());
+    match v {
+        V::String(s) => Ok(vec![s]),
+        V::Array(items) => items
+            .into_iter()
+            .map(|i| match i {
+                V::String(s) => Ok(s),
+                V::Number(_) | V::Array(_) => Err(tokens()),
+                _ => Err(ServeError::Invalid("input must be a string or a list of strings".into())),
+            })
+            .collect(),
+        _ => Err(ServeError::Invalid("input must be a string or a list of strings".into())),
+    }
 }
 
 /// An image as a request carries it.
@@ -160,14 +274,23 @@ pub(crate) fn check_fields(up: &Upload, known: &[&str]) -> Result<(), ServeError
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /classify`.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ClassifyRequest {
+    /// Images as base64 or data URLs.
+    #[schema(min_items = 1)]
     pub(crate) images: Vec<String>,
+    /// Class names.
+    #[schema(min_items = 1)]
     pub(crate) labels: Vec<String>,
+    /// Prompt templates, each with `{}` where the label goes (default: "a photo of a {}.").
     #[serde(default)]
+    #[schema(min_items = 1)]
     pub(crate) templates: Option<Vec<String>>,
+    /// Labels returned per image.
     #[serde(default = "default_top_k")]
+    #[schema(default = 5, minimum = 1)]
     pub(crate) top_k: usize,
 }
 

@@ -112,8 +112,8 @@ fn searchable(st: &Shared) -> Result<Arc<Searchable>, ServeError> {
     }
 }
 
-/// One term of a JSON query.
-#[derive(Debug, Deserialize)]
+/// One term of a JSON query: exactly one of `text`, `image` or `path`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct TermRequest {
     #[serde(default)]
@@ -123,8 +123,11 @@ pub(crate) struct TermRequest {
     image: Option<String>,
     /// A file the index holds (its stored embedding).
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     path: Option<PathBuf>,
+    /// Non-zero, within ±1000; negative terms steer away.
     #[serde(default = "one")]
+    #[schema(default = 1.0, minimum = -1000.0, maximum = 1000.0)]
     weight: f32,
 }
 
@@ -137,7 +140,7 @@ fn default_top() -> usize {
 }
 
 /// `POST /search` as JSON.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SearchRequest {
     /// Text in rclip's grammar (`2:golden retriever + pool - snow`); every term is text.
@@ -145,14 +148,44 @@ pub(crate) struct SearchRequest {
     query: Option<String>,
     #[serde(default)]
     terms: Vec<TermRequest>,
+    /// Results wanted.
     #[serde(default = "default_top")]
+    #[schema(default = 10, minimum = 1, maximum = 1000)]
     top_k: usize,
+    /// Only results with at least this cosine.
     #[serde(default)]
+    #[schema(minimum = -1.0, maximum = 1.0)]
     threshold: Option<f32>,
-    /// Only files under this folder.
+    /// Only files under this absolute folder.
     #[serde(default)]
+    #[schema(value_type = Option<String>, pattern = "^/")]
     under: Option<PathBuf>,
+    /// Score every file instead of the approximate index.
     #[serde(default)]
+    exact: bool,
+}
+
+/// `POST /search` as a multipart upload: images, plus text in `query`.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct SearchUpload {
+    /// Images to search by.
+    #[schema(value_type = Vec<String>, format = Binary)]
+    file: Vec<Vec<u8>>,
+    /// Text in rclip's grammar.
+    #[schema(required = false)]
+    query: String,
+    /// Results wanted.
+    #[schema(minimum = 1, maximum = 1000, required = false)]
+    top_k: usize,
+    /// Only results with at least this cosine.
+    #[schema(minimum = -1.0, maximum = 1.0, required = false)]
+    threshold: f32,
+    /// Only files under this absolute folder (empty: no filter).
+    #[schema(required = false, pattern = "^(/.*)?$")]
+    under: String,
+    /// Score every file.
+    #[schema(required = false)]
     exact: bool,
 }
 
@@ -175,6 +208,9 @@ fn check_options(top_k: usize, threshold: Option<f32>, under: &Option<PathBuf>) 
     Ok(())
 }
 
+#[utoipa::path(post, path = "/search", summary = "Search the index (pe serve --index): text in rclip's grammar, images, indexed files, weighted.",
+    request_body(content((SearchRequest = "application/json"), (SearchUpload = "multipart/form-data"))),
+    responses((status = 200, body = crate::openapi::SearchResults), crate::openapi::Errors))]
 pub(crate) async fn search(State(st): State<Shared>, req: Request) -> Result<Json<Value>, ServeError> {
     let index = searchable(&st)?;
     let started = Instant::now();
@@ -187,7 +223,8 @@ pub(crate) async fn search(State(st): State<Shared>, req: Request) -> Result<Jso
         }
         parts.extend(up.files.iter().map(|(_, b)| (1.0, Part::Image(ImageSource::Raw(b.clone())))));
         let threshold = up.fields.get("threshold").map(|_| field(&up, "threshold", 0f32)).transpose()?;
-        let under = up.fields.get("under").map(PathBuf::from);
+        // An empty field (as an HTML form sends) is no filter.
+        let under = up.fields.get("under").filter(|u| !u.is_empty()).map(PathBuf::from);
         (parts, field(&up, "top_k", default_top())?, threshold, under, field(&up, "exact", false)?)
     } else {
         let r: SearchRequest = parse(Bytes::from_request(req, &()).await)?;
@@ -305,16 +342,24 @@ fn results(st: &Shared, hits: Vec<pe_index::Hit>, method: &str, started: Instant
 }
 
 /// `GET /similar?path=...&top_k=...`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct SimilarQuery {
+    /// An indexed file, by its absolute path as indexed.
+    #[param(value_type = String)]
     path: PathBuf,
+    /// Results wanted.
     #[serde(default = "default_top")]
+    #[param(minimum = 1, maximum = 1000)]
     top_k: usize,
+    /// Score every file instead of the approximate index.
     #[serde(default)]
     exact: bool,
 }
 
+#[utoipa::path(get, path = "/similar", summary = "The indexed files nearest an indexed file.", params(SimilarQuery),
+    responses((status = 200, body = crate::openapi::SearchResults), crate::openapi::Errors))]
 pub(crate) async fn similar(
     State(st): State<Shared>,
     q: Result<Query<SimilarQuery>, axum::extract::rejection::QueryRejection>,
@@ -340,11 +385,16 @@ pub(crate) async fn similar(
 }
 
 /// `GET /thumb?path=...&size=...`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ThumbQuery {
+    /// An indexed file, by its absolute path as indexed.
+    #[param(value_type = String)]
     path: PathBuf,
+    /// The longer side in pixels.
     #[serde(default = "thumb_size")]
+    #[param(minimum = 16, maximum = 512)]
     size: u32,
 }
 
@@ -352,6 +402,8 @@ fn thumb_size() -> u32 {
     256
 }
 
+#[utoipa::path(get, path = "/thumb", summary = "A JPEG thumbnail of an indexed file, made on the fly and cached.", params(ThumbQuery),
+    responses((status = 200, description = "the thumbnail", content_type = "image/jpeg", body = Vec<u8>), crate::openapi::Errors))]
 pub(crate) async fn thumb(
     State(st): State<Shared>,
     q: Result<Query<ThumbQuery>, axum::extract::rejection::QueryRejection>,
@@ -473,6 +525,8 @@ fn read_bounded(path: &std::path::Path) -> Result<Vec<u8>, ServeError> {
 }
 
 /// The web page: a search box and a grid of thumbnails, plain HTML, CSS and JS.
+#[utoipa::path(get, path = "/", summary = "The search page (plain HTML, CSS and JavaScript).",
+    responses((status = 200, description = "the page", content_type = "text/html", body = String), crate::openapi::Errors))]
 pub(crate) async fn page() -> Html<&'static str> {
     Html(include_str!("page.html"))
 }

@@ -340,8 +340,24 @@ fn uploads_and_openapi() {
 
     // The OpenAPI document lists every route.
     let doc: Value = ureq::get(&format!("{base}/openapi.json")).call().unwrap().into_json().unwrap();
-    assert_eq!(doc["openapi"], "3.0.3");
+    assert_eq!(doc["openapi"], "3.1.0");
+    // Derived from the request types: lists are non-empty, ranges are the model's.
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(schemas["TextRequest"]["properties"]["texts"]["minItems"], 1);
+    assert_eq!(schemas["TextRequest"]["additionalProperties"], false);
+    assert_eq!(schemas["ImageRequest"]["properties"]["layer"]["minimum"], -3);
+    assert_eq!(schemas["ImageUpload"]["required"], json!(["file"]));
+    assert_eq!(schemas["OpenAiRequest"]["properties"]["model"]["enum"], json!(["tiny-cls"]));
+    // Token id arrays get a 400 that says so, not serde's untagged-enum message.
+    let (code, v) = post(&format!("{base}/v1/embeddings"), json!({"input": [[1, 2, 3]]}));
+    assert_eq!(code, 400, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("token id"), "{v}");
     for path in [
+        "/features",
+        "/search",
+        "/similar",
+        "/thumb",
+        "/",
         "/health",
         "/ready",
         "/v1/models",

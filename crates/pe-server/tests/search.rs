@@ -9,41 +9,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use base64::Engine as _;
-use pe_index::{Index, Manifest, SearchOptions, TransformSpec, UpdateOptions};
+use pe_index::{Index, SearchOptions, UpdateOptions};
 use pe_server::ServerConfig;
 use pe_testutil::fixtures;
-use perception_encoder::preprocess::ImageTransform;
-use perception_encoder::{Clip, ClipConfig, LoadOptions, Precision};
+use perception_encoder::Clip;
 use serde_json::{json, Value};
 
-fn tiny(dir: &Path) -> Clip {
-    let cfg = ClipConfig::from_json_file(dir.join("tiny-cls.json")).unwrap();
-    Clip::load(&cfg, dir.join("tiny-cls.pt"), &LoadOptions::default()).unwrap()
-}
-
-/// The fixture images indexed with the tiny model, as `pe index` does.
-fn build_index(fx: &Path, root: &Path) -> PathBuf {
-    let photos = root.join("photos");
-    std::fs::create_dir_all(&photos).unwrap();
-    for name in pe_testutil::FIXTURE_IMAGES {
-        std::fs::copy(fx.join("images").join(name), photos.join(name)).unwrap();
-    }
-    let photos = std::fs::canonicalize(photos).unwrap();
-    let cfg = ClipConfig::from_json_file(fx.join("tiny-cls.json")).unwrap();
-    let manifest = Manifest {
-        format_version: pe_index::FORMAT_VERSION,
-        model: Manifest::weights_spec(&cfg.name, Some(fx.join("tiny-cls.json")), &fx.join("tiny-cls.pt")).unwrap(),
-        precision: Precision::F32,
-        layer: -1,
-        transform: TransformSpec::of(&ImageTransform::for_config(&cfg.vision)),
-        dim: cfg.vision.output_dim.unwrap(),
-    };
-    let dir = photos.join(".pe-index");
-    let mut index = Index::open_or_create(&dir, &manifest).unwrap();
-    let report = index.update(&tiny(fx), &[photos], &UpdateOptions::default(), &mut |_| {}).unwrap();
-    assert_eq!(report.embedded, pe_testutil::FIXTURE_IMAGES.len());
-    dir
-}
+use common::{build_index, tiny};
 
 fn post(url: &str, body: Value) -> (u16, Value) {
     common::send(ureq::post(url), Some(body))

@@ -2,8 +2,12 @@
 
 use std::time::Duration;
 
+use std::path::{Path, PathBuf};
+
+use pe_index::{Index, Manifest, TransformSpec, UpdateOptions};
 use pe_server::ServerConfig;
-use perception_encoder::Clip;
+use perception_encoder::preprocess::ImageTransform;
+use perception_encoder::{Clip, ClipConfig, LoadOptions, Precision};
 
 /// Serve `model` on 127.0.0.1 (a free port) from a background runtime; returns the base URL.
 #[allow(dead_code)]
@@ -71,4 +75,36 @@ pub fn send(req: ureq::Request, body: Option<serde_json::Value>) -> (u16, serde_
         Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap_or(serde_json::Value::Null)),
         Err(e) => panic!("transport error: {e}"),
     }
+}
+
+/// The fixtures' tiny model.
+#[allow(dead_code)]
+pub fn tiny(dir: &Path) -> Clip {
+    let cfg = ClipConfig::from_json_file(dir.join("tiny-cls.json")).unwrap();
+    Clip::load(&cfg, dir.join("tiny-cls.pt"), &LoadOptions::default()).unwrap()
+}
+
+/// The fixture images indexed with the tiny model, as `pe index` does.
+#[allow(dead_code)]
+pub fn build_index(fx: &Path, root: &Path) -> PathBuf {
+    let photos = root.join("photos");
+    std::fs::create_dir_all(&photos).unwrap();
+    for name in pe_testutil::FIXTURE_IMAGES {
+        std::fs::copy(fx.join("images").join(name), photos.join(name)).unwrap();
+    }
+    let photos = std::fs::canonicalize(photos).unwrap();
+    let cfg = ClipConfig::from_json_file(fx.join("tiny-cls.json")).unwrap();
+    let manifest = Manifest {
+        format_version: pe_index::FORMAT_VERSION,
+        model: Manifest::weights_spec(&cfg.name, Some(fx.join("tiny-cls.json")), &fx.join("tiny-cls.pt")).unwrap(),
+        precision: Precision::F32,
+        layer: -1,
+        transform: TransformSpec::of(&ImageTransform::for_config(&cfg.vision)),
+        dim: cfg.vision.output_dim.unwrap(),
+    };
+    let dir = photos.join(".pe-index");
+    let mut index = Index::open_or_create(&dir, &manifest).unwrap();
+    let report = index.update(&tiny(fx), &[photos], &UpdateOptions::default(), &mut |_| {}).unwrap();
+    assert_eq!(report.embedded, pe_testutil::FIXTURE_IMAGES.len());
+    dir
 }
