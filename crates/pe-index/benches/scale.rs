@@ -3,7 +3,9 @@
 //! approximate index built, and searches measured. Prints one Markdown table row per figure.
 //!
 //! `cargo bench -p pe-index --bench scale -- [ROWS] [DIM] [DIR] [f16|i8|both]` (default 100000,
-//! 1024, a temporary directory, both storages). Numbers for docs/search.md; never a timed test.
+//! 1024, a temporary directory, both storages). `PE_EF` sets the search's ef, `PE_QUERIES` the
+//! queries timed, `PE_RECALL_QUERIES` those recall is measured on. Numbers for docs/search.md;
+//! never a timed test.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -98,7 +100,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     row(&t, "ef", ef.unwrap_or(pe_index::EXPANSION_SEARCH).to_string());
 
     // Exact search, and a plain streaming read of the same bytes on the same threads.
-    let queries: Vec<Vec<f32>> = (0..50).map(|_| clustered(&mut rng, &centres)).collect();
+    // PE_RECALL_QUERIES: queries whose exact answers the recall is measured against (50).
+    let n_recall: usize = std::env::var("PE_RECALL_QUERIES").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
+    let queries: Vec<Vec<f32>> = (0..n_recall.max(2)).map(|_| clustered(&mut rng, &centres)).collect();
     let exact = SearchOptions { exact: true, ..SearchOptions::top(10) };
     let started = Instant::now();
     Index::open(&dir)?.search(&queries[0], &exact)?;
