@@ -64,21 +64,26 @@ pub fn read_stdin() -> anyhow::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Entries of a list (stdin for `-`), split on newlines (a trailing `\r` removed) or on NUL;
-/// empty entries are dropped.
-pub fn read_entries(path: &Path, null: bool) -> anyhow::Result<Vec<Vec<u8>>> {
+/// Entries of a list (stdin for `-`), split on newlines (a trailing `\r` removed) or on NUL.
+/// Empty entries are dropped, or with `keep_empty` kept (a text may be empty) but for the one
+/// after a final separator.
+pub fn read_entries(path: &Path, null: bool, keep_empty: bool) -> anyhow::Result<Vec<Vec<u8>>> {
     let bytes = if path == Path::new("-") {
         read_stdin()?
     } else {
         std::fs::read(path).with_context(|| format!("reading {}", path.display()))?
     };
     let sep = if null { b'\0' } else { b'\n' };
-    Ok(bytes
+    let mut entries: Vec<Vec<u8>> = bytes
         .split(|&b| b == sep)
         .map(|e| if !null && e.ends_with(b"\r") { &e[..e.len() - 1] } else { e })
-        .filter(|e| !e.is_empty())
+        .filter(|e| keep_empty || !e.is_empty())
         .map(<[u8]>::to_vec)
-        .collect())
+        .collect();
+    if keep_empty && entries.last().is_some_and(Vec::is_empty) {
+        entries.pop();
+    }
+    Ok(entries)
 }
 
 fn os_string(bytes: Vec<u8>) -> OsString {
@@ -123,7 +128,7 @@ pub fn resolve(args: &InputArgs, positional: &[PathBuf], videos: bool) -> anyhow
         }
     }
     if let Some(list) = &args.files_from {
-        for entry in read_entries(list, args.null)? {
+        for entry in read_entries(list, args.null, false)? {
             let p = PathBuf::from(os_string(entry));
             if p.is_dir() {
                 walker.walk(&p, &mut |f, _| {
@@ -142,7 +147,7 @@ pub fn resolve(args: &InputArgs, positional: &[PathBuf], videos: bool) -> anyhow
 /// Texts from a file (`-` for stdin), one a line or NUL-separated; invalid UTF-8 is an error
 /// naming the entry.
 pub fn read_texts(path: &Path, null: bool) -> anyhow::Result<Vec<String>> {
-    read_entries_keep_empty(path, null)?
+    read_entries(path, null, true)?
         .into_iter()
         .enumerate()
         .map(|(i, e)| {
@@ -155,25 +160,6 @@ pub fn read_texts(path: &Path, null: bool) -> anyhow::Result<Vec<String>> {
 /// Lines of a UTF-8 file (see [`read_texts`]).
 pub fn read_lines(path: &Path) -> anyhow::Result<Vec<String>> {
     read_texts(path, false)
-}
-
-/// Like [`read_entries`] but keeping empty lines inside the file (a text may be empty), and
-/// dropping only the final empty entry after a trailing separator.
-fn read_entries_keep_empty(path: &Path, null: bool) -> anyhow::Result<Vec<Vec<u8>>> {
-    let bytes = if path == Path::new("-") {
-        read_stdin()?
-    } else {
-        std::fs::read(path).with_context(|| format!("reading {}", path.display()))?
-    };
-    let sep = if null { b'\0' } else { b'\n' };
-    let mut entries: Vec<Vec<u8>> = bytes
-        .split(|&b| b == sep)
-        .map(|e| if !null && e.ends_with(b"\r") { e[..e.len() - 1].to_vec() } else { e.to_vec() })
-        .collect();
-    if entries.last().is_some_and(Vec::is_empty) {
-        entries.pop();
-    }
-    Ok(entries)
 }
 
 /// One embedded image: the input, its pixel size, its embedding.
