@@ -211,3 +211,26 @@ fn resume_skips_what_the_output_holds_and_bad_outputs_fail_first() {
     let r = pe(&args("embed-video", &m, &["--frames", "0", &s(&fx.join("dog.mp4"))]));
     assert_eq!(r.status.code(), Some(2));
 }
+
+#[test]
+fn videos_come_from_stdin_too_and_need_ffmpeg() {
+    let Some(fx) = fixtures() else { return };
+    if !perception_encoder::video::available() {
+        assert!(!std::env::var("PE_REQUIRE_FIXTURES").is_ok_and(|v| v == "1"), "PE_REQUIRE_FIXTURES=1 but no FFmpeg");
+        eprintln!("skipping: no FFmpeg");
+        return;
+    }
+    let m = model(&fx);
+    let video = fx.join("dog.mp4");
+    let from_file = rows(&ok(&pe(&args("embed-video", &m, &[&s(&video)]))), "path");
+    let from_stdin = rows(&ok(&pe_in(&args("embed-video", &m, &["-"]), &std::fs::read(&video).unwrap())), "path");
+    assert_eq!(from_stdin, vec![("-".to_string(), from_file[0].1.clone())]);
+    // Without FFmpeg: a usage error before the model loads, not a skip per file.
+    let out = Command::new(env!("CARGO_BIN_EXE_pe"))
+        .args(args("embed-video", &m, &[&s(&video)]))
+        .env("PE_FFMPEG", "/no/such/ffmpeg")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("FFmpeg"), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -172,7 +172,7 @@ pub struct VideoCmd {
     output: OutputArgs,
     #[command(flatten)]
     input: InputArgs,
-    /// Video files or directories (searched recursively).
+    /// Video files or directories (searched recursively); `-` reads one video from stdin.
     #[arg(required_unless_present = "files_from")]
     inputs: Vec<PathBuf>,
 }
@@ -191,9 +191,14 @@ pub fn run_video(cmd: VideoCmd) -> anyhow::Result<ExitCode> {
         writer.finish()?;
         return Ok(ExitCode::SUCCESS);
     }
-    if inputs.contains(&Input::Stdin) {
-        bail!("videos are read from files; `-` (stdin) is not supported for embed-video");
-    }
+    // FFmpeg seeks in its input, so a video from stdin is stored in a temporary file first.
+    let stdin_file = if inputs.contains(&Input::Stdin) {
+        let mut f = tempfile::NamedTempFile::new()?;
+        std::io::Write::write_all(&mut f, &crate::inputs::read_stdin()?)?;
+        Some(f)
+    } else {
+        None
+    };
     let model = cmd.model.load()?;
     needs_embedding(&model)?;
     let transform = cmd.image.transform(&model)?;
@@ -204,19 +209,27 @@ pub fn run_video(cmd: VideoCmd) -> anyhow::Result<ExitCode> {
     let bar = progress(inputs.len(), "videos");
     let mut failed = 0;
     for input in &inputs {
-        let Input::File(path) = input else { continue };
+        let path = match (input, &stdin_file) {
+            (Input::File(p), _) => p.as_path(),
+            (Input::Stdin, Some(f)) => f.path(),
+            (Input::Stdin, None) => continue,
+        };
         match load_clip(path, cmd.frames, rule, &transform) {
             Ok(clip) => {
                 // The zero-shot benchmark's form: the mean of raw frame embeddings, normalized.
                 let mean = model.encode_video(&clip.unsqueeze(0)?, false)?;
                 let mean = if cmd.no_normalize { mean } else { l2_normalize(&mean)? };
                 let row: Vec<f32> = mean.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-                writer.push(path.as_os_str(), None, &row)?;
+                writer.push(input.name(), None, &row)?;
                 writer.flush()?;
             }
             Err(e) => {
                 failed += 1;
-                bar.suspend(|| skipped(&describe(path, &e)));
+                let message = match input {
+                    Input::File(p) => describe(p, &e),
+                    Input::Stdin => format!("-: {e}"),
+                };
+                bar.suspend(|| skipped(&message));
             }
         }
         bar.inc(1);
