@@ -230,8 +230,9 @@ fn download(repo: &str, file: &str, progress: &mut dyn Progress) -> std::result:
         if !blob.is_file() {
             fetch_blob(&agent, &remote, &blob, file, token.as_deref(), progress)?;
         }
+        // The lock file stays: removing it would let a third process lock a new file while a
+        // second still waits on the old one.
         drop(lock);
-        let _ = std::fs::remove_file(&lock_path);
     }
     let snapshot = dir.join("snapshots").join(&remote.commit);
     std::fs::create_dir_all(&snapshot).map_err(|e| io("creating", &snapshot, e))?;
