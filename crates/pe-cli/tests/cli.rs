@@ -240,6 +240,20 @@ fn video_and_convert() {
     let conv = tmp.path().join("c.safetensors");
     let out = pe(&["convert", &s(&dir.join("tiny-cls.pt")), &s(&conv), "--layout", "openclip", "--dtype", "f32"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Created like any file (0666 less the umask), not the 0600 of a private temporary file.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let probe = tmp.path().join("probe");
+        std::fs::write(&probe, b"").unwrap();
+        let usual = std::fs::metadata(&probe).unwrap().permissions().mode() & 0o777;
+        assert_eq!(std::fs::metadata(&conv).unwrap().permissions().mode() & 0o777, usual);
+        assert!(std::fs::read_dir(tmp.path()).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".tmp")));
+    }
     let a = pe(&["embed-image", "--config", &cfg, "--weights", &s(&conv), &s(&dir.join("images/cat.png"))]);
     let b = pe(&[
         "embed-image",

@@ -298,5 +298,16 @@ pub fn convert(ckpt: &Checkpoint, out: impl AsRef<Path>, layout: CheckpointLayou
         candle_core::Error::Io(io) => Error::io(out, io),
         other => Error::Tensor(other),
     })?;
+    usual_permissions(out)?;
     Ok(n)
+}
+
+/// Give `path` the mode a newly created file gets here (0666 less the umask): the safetensors
+/// writer goes through a private temporary file, whose 0600 would otherwise stay.
+fn usual_permissions(path: &Path) -> Result<()> {
+    let probe = path.with_file_name(format!(".{}.mode.tmp", std::process::id()));
+    let mode = std::fs::File::create(&probe).and_then(|f| f.metadata()).map(|m| m.permissions());
+    let _ = std::fs::remove_file(&probe);
+    let mode = mode.map_err(|e| Error::io(&probe, e))?;
+    std::fs::set_permissions(path, mode).map_err(|e| Error::io(path, e))
 }
