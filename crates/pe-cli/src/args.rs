@@ -67,7 +67,14 @@ impl ModelArgs {
     /// An output's columns for this model: key column `key`, optional pixel sizes.
     pub fn columns(&self, key: &str, sizes: bool, dim: Option<usize>) -> anyhow::Result<pe_index::output::Columns> {
         let cfg = self.config()?;
-        Ok(pe_index::output::Columns { key: key.into(), sizes, model: cfg.name, dtype: self.dtype.name().into(), dim })
+        Ok(pe_index::output::Columns {
+            key: key.into(),
+            sizes,
+            model: cfg.name,
+            dtype: self.dtype.name().into(),
+            dim,
+            shard: None,
+        })
     }
 
     pub fn options(&self) -> LoadOptions {

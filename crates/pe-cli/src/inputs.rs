@@ -32,13 +32,15 @@ pub struct InputArgs {
     pub include_hidden: bool,
 }
 
-/// One input: a file, or stdin (`-`).
+/// One input: a file, stdin (`-`), or bytes already read (a sample of a shard).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Input {
     /// A file, by the name it was given or reached by.
     File(PathBuf),
     /// Standard input.
     Stdin,
+    /// Bytes with the name (key) they go by.
+    Memory(String, std::sync::Arc<Vec<u8>>),
 }
 
 impl Input {
@@ -47,6 +49,7 @@ impl Input {
         match self {
             Input::File(p) => p.as_os_str(),
             Input::Stdin => OsStr::new("-"),
+            Input::Memory(name, _) => OsStr::new(name),
         }
     }
 }
@@ -178,13 +181,19 @@ pub fn embed_images(
 ) -> anyhow::Result<usize> {
     let transform = image.transform(model)?;
     let stdin = if inputs.contains(&Input::Stdin) { Some(read_stdin()) } else { None };
-    let bar = progress(inputs.len(), "images");
+    let bar = if inputs.iter().all(|i| matches!(i, Input::Memory(..))) {
+        // Shard samples come a batch at a time; the caller shows the progress.
+        indicatif::ProgressBar::hidden()
+    } else {
+        progress(inputs.len(), "images")
+    };
     let mut failed = 0;
     for chunk in inputs.chunks(batch_size.max(1)) {
         let loaded: Vec<_> = chunk
             .par_iter()
             .map(|input| match input {
                 Input::File(p) => transform.load_path_sized(p).map_err(|e| describe(p, &e)),
+                Input::Memory(name, bytes) => transform.load_bytes_sized(bytes).map_err(|e| format!("{name}: {e}")),
                 Input::Stdin => match &stdin {
                     Some(Ok(bytes)) => transform.load_bytes_sized(bytes).map_err(|e| format!("-: {e}")),
                     Some(Err(e)) => Err(format!("{e:#}")),

@@ -38,8 +38,10 @@ pub struct ImageCmd {
     output: OutputArgs,
     #[command(flatten)]
     input: InputArgs,
+    #[command(flatten)]
+    shards: super::shards::ShardArgs,
     /// Image files or directories (searched recursively); `-` reads one image from stdin.
-    #[arg(required_unless_present = "files_from")]
+    #[arg(required_unless_present_any = ["files_from", "shard_input"])]
     inputs: Vec<PathBuf>,
 }
 
@@ -57,6 +59,10 @@ fn pending(all: Vec<Input>, writer: &pe_index::output::Writer, what: &str) -> an
 }
 
 pub fn run_image(cmd: ImageCmd) -> anyhow::Result<ExitCode> {
+    if !cmd.shards.shard_input.is_empty() {
+        let normalize = !cmd.no_normalize;
+        return super::shards::run_image(&cmd.model, &cmd.image, cmd.layer, normalize, cmd.batch_size, &cmd.shards);
+    }
     let last = cmd.layer == -1;
     let dim = if last { Some(cmd.model.config()?.embed_dim()) } else { None };
     let mut writer = cmd.output.writer(cmd.model.columns("path", true, dim)?)?;
@@ -212,7 +218,7 @@ pub fn run_video(cmd: VideoCmd) -> anyhow::Result<ExitCode> {
         let path = match (input, &stdin_file) {
             (Input::File(p), _) => p.as_path(),
             (Input::Stdin, Some(f)) => f.path(),
-            (Input::Stdin, None) => continue,
+            (Input::Stdin, None) | (Input::Memory(..), _) => continue,
         };
         match load_clip(path, cmd.frames, rule, &transform) {
             Ok(clip) => {
@@ -227,7 +233,7 @@ pub fn run_video(cmd: VideoCmd) -> anyhow::Result<ExitCode> {
                 failed += 1;
                 let message = match input {
                     Input::File(p) => describe(p, &e),
-                    Input::Stdin => format!("-: {e}"),
+                    Input::Stdin | Input::Memory(..) => format!("{}: {e}", input.name().to_string_lossy()),
                 };
                 bar.suspend(|| skipped(&message));
             }

@@ -8,5 +8,6 @@ pub mod features;
 pub mod index;
 pub mod models;
 pub mod serve;
+pub mod shards;
 pub mod tokenize;
 pub mod transfer;

@@ -71,6 +71,8 @@ pub struct Columns {
     /// The embedding dimension when known before the first row (an empty output then still
     /// has the right shape).
     pub dim: Option<usize>,
+    /// A `shard` column holding this name on every row (Parquet parts of a sharded corpus).
+    pub shard: Option<String>,
 }
 
 /// One row read back from an output.
@@ -303,18 +305,25 @@ impl Writer {
     }
 
     /// Finish the output (header, footer, rename into place); returns the rows it holds.
-    pub fn finish(mut self) -> Result<u64> {
+    pub fn finish(self) -> Result<u64> {
+        self.finish_with(Vec::new())
+    }
+
+    /// [`Self::finish`], adding `extra` key-value pairs to the metadata of formats that have
+    /// one (counts a run only knows at its end).
+    pub fn finish_with(mut self, extra: Vec<(String, String)>) -> Result<u64> {
         if let Some(f) = self.truncate.take() {
             f.set_len(0).map_err(|e| Error::io(self.path.as_deref().unwrap_or(Path::new("-")), e))?;
         }
         self.flush()?;
         let dim = self.dim.unwrap_or(0);
-        let (path, metadata) = (self.path.clone(), self.metadata());
+        let (path, mut metadata) = (self.path.clone(), self.metadata());
+        metadata.extend(extra.iter().cloned());
         match (self.sink, path) {
             (Sink::Lines(_), _) | (_, None) => {}
             (Sink::Npy(w), Some(p)) => w.finish(&p, dim)?,
             (Sink::Safetensors(w), Some(_)) => w.finish(dim, metadata)?,
-            (Sink::Parquet(w), Some(_)) => w.finish(dim)?,
+            (Sink::Parquet(w), Some(_)) => w.finish(dim, extra)?,
         }
         Ok(self.rows)
     }

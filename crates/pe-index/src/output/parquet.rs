@@ -37,6 +37,9 @@ fn schema(columns: &Columns, dim: usize) -> Result<Arc<Schema>> {
     let item = Arc::new(Field::new("item", DataType::Float32, false));
     let d = i32::try_from(dim).map_err(|_| Error::Query("dimension too large".into()))?;
     let mut fields = vec![Field::new(columns.key.as_str(), DataType::Utf8, false)];
+    if columns.shard.is_some() {
+        fields.push(Field::new("shard", DataType::Utf8, false));
+    }
     if columns.sizes {
         fields.push(Field::new("width", DataType::Int32, true));
         fields.push(Field::new("height", DataType::Int32, true));
@@ -106,7 +109,11 @@ impl PqWriter {
         let d = dim as i32;
         let embedding =
             FixedSizeListArray::try_new(item, d, values, None).map_err(|e| output_err(&self.path, e.to_string()))?;
+        let n = self.keys.len();
         let mut cols: Vec<Arc<dyn Array>> = vec![Arc::new(StringArray::from(std::mem::take(&mut self.keys)))];
+        if let Some(shard) = &self.columns.shard {
+            cols.push(Arc::new(StringArray::from(vec![shard.as_str(); n])));
+        }
         if self.columns.sizes {
             cols.push(Arc::new(Int32Array::from(std::mem::take(&mut self.width))));
             cols.push(Arc::new(Int32Array::from(std::mem::take(&mut self.height))));
@@ -118,9 +125,12 @@ impl PqWriter {
         writer.write(&batch).map_err(|e| output_err(&self.path, e.to_string()))
     }
 
-    pub fn finish(mut self, dim: usize) -> Result<()> {
+    pub fn finish(mut self, dim: usize, extra: Vec<(String, String)>) -> Result<()> {
         self.write(dim)?;
-        let writer = self.writer.take().ok_or_else(|| self.err("no writer"))?;
+        let mut writer = self.writer.take().ok_or_else(|| self.err("no writer"))?;
+        for (k, v) in extra {
+            writer.append_key_value_metadata(KeyValue::new(k, v));
+        }
         let file = writer.into_inner().map_err(|e| self.err(e))?;
         let path = self.path.clone();
         self.tmp.commit(&file, &path)

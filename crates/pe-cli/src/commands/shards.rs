@@ -1,0 +1,151 @@
+//! `pe embed-image --input 'shards/{00000..00099}.tar' --output-dir DIR`: a sharded corpus
+//! (WebDataset tars, as img2dataset writes them), one Parquet part per shard, written under a
+//! temporary name and renamed when complete; a shard whose part exists is skipped, so a rerun
+//! (or a retried task of a distributed engine) resumes. `--shard I/N` (or the engines'
+//! variables) picks one worker's shards.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use pe_index::output::Writer;
+use pe_shards::{Samples, Share};
+
+use crate::args::{ImageArgs, ModelArgs};
+use crate::inputs::{embed_images, needs_embedding, Input};
+
+/// Shard inputs of `pe embed-image`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ShardArgs {
+    /// WebDataset tar shards (brace ranges: 'shards/{00000..00099}.tar'; repeatable): one
+    /// Parquet part per shard in --output-dir (columns key, shard, width, height, embedding).
+    #[arg(long = "input", id = "shard_input", value_name = "PATTERN", requires = "output_dir",
+          conflicts_with_all = ["inputs", "files_from", "output"])]
+    pub shard_input: Vec<String>,
+    /// Where the parts go: DIR/<shard name>.parquet. A shard whose part exists is skipped.
+    #[arg(long, value_name = "DIR", requires = "shard_input")]
+    pub output_dir: Option<PathBuf>,
+    /// This worker's share of the shards, I/N (0-based). Default: SLURM_ARRAY_TASK_ID, or
+    /// JOB_COMPLETION_INDEX with --shard-count, else every shard.
+    #[arg(long, value_name = "I/N", requires = "shard_input")]
+    pub shard: Option<String>,
+    /// Workers in all, for JOB_COMPLETION_INDEX (a Kubernetes indexed Job's completions).
+    #[arg(long, value_name = "N", requires = "shard_input")]
+    pub shard_count: Option<u64>,
+}
+
+/// The part of `shard` in `dir`.
+fn part_path(dir: &Path, shard: &str) -> PathBuf {
+    let stem = Path::new(shard).file_stem().map_or_else(|| shard.to_string(), |s| s.to_string_lossy().into_owned());
+    dir.join(format!("{stem}.parquet"))
+}
+
+pub fn run_image(
+    model_args: &ModelArgs,
+    image: &ImageArgs,
+    layer: isize,
+    normalize: bool,
+    batch_size: usize,
+    args: &ShardArgs,
+) -> anyhow::Result<ExitCode> {
+    let dir = args.output_dir.as_deref().context("--input needs --output-dir")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("--output-dir {}", dir.display()))?;
+    let mut all = Vec::new();
+    for pattern in &args.shard_input {
+        all.extend(pe_shards::expand(pattern)?);
+    }
+    let share = match &args.shard {
+        Some(s) => Share::parse(s)?,
+        None => Share::from_env(args.shard_count)?.unwrap_or(Share::ALL),
+    };
+    let mine: Vec<&String> = share.pick(&all);
+    let todo: Vec<&String> = mine.iter().copied().filter(|s| !part_path(dir, s).exists()).collect();
+    eprintln!(
+        "pe: {} of {} shards are this worker's ({}/{}); {} have their part already",
+        mine.len(),
+        all.len(),
+        share.index,
+        share.count,
+        mine.len() - todo.len()
+    );
+    if todo.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let cfg = model_args.config()?;
+    let dim = (layer == -1).then(|| cfg.embed_dim());
+    let model = model_args.load()?;
+    needs_embedding(&model)?;
+    let (mut bad_shards, mut bad_samples) = (0usize, 0usize);
+    for (n, shard) in todo.iter().enumerate() {
+        let samples = match Samples::open(Path::new(shard)) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("pe: skipping shard {e}");
+                bad_shards += 1;
+                continue;
+            }
+        };
+        let part = part_path(dir, shard);
+        let stem = part.file_stem().map(|s| s.to_string_lossy().into_owned());
+        let mut columns = model_args.columns("key", true, dim)?;
+        columns.shard = stem;
+        let mut writer = Writer::create(&part, columns, false)?;
+        let (mut read, mut failed) = (0usize, 0usize);
+        let mut batch: Vec<Input> = Vec::new();
+        let mut error: Option<anyhow::Error> = None;
+        let run = |batch: &mut Vec<Input>, writer: &mut Writer| -> anyhow::Result<usize> {
+            let inputs = std::mem::take(batch);
+            embed_images(
+                &model,
+                &inputs,
+                image,
+                batch_size,
+                |x| Ok(model.encode_image_at(x, layer, normalize)?),
+                |rows| {
+                    for (input, size, row) in rows {
+                        writer.push(input.name(), Some(size), &row)?;
+                    }
+                    Ok(())
+                },
+            )
+        };
+        samples.for_each(|s| {
+            if error.is_some() {
+                return;
+            }
+            match s {
+                Ok(sample) => {
+                    read += 1;
+                    batch.push(Input::Memory(sample.key, Arc::new(sample.image.1)));
+                    if batch.len() >= batch_size.max(1) {
+                        match run(&mut batch, &mut writer) {
+                            Ok(f) => failed += f,
+                            Err(e) => error = Some(e),
+                        }
+                    }
+                }
+                Err(e) => {
+                    eprintln!("pe: {shard}: {e}");
+                    failed += 1;
+                }
+            }
+        })?;
+        if let Some(e) = error {
+            return Err(e.context(format!("shard {shard}")));
+        }
+        failed += run(&mut batch, &mut writer)?;
+        let rows = writer.finish_with(vec![
+            ("pe.shard".into(), shard.to_string()),
+            ("pe.samples_read".into(), read.to_string()),
+            ("pe.samples_failed".into(), failed.to_string()),
+        ])?;
+        bad_samples += failed;
+        eprintln!("pe: [{}/{}] {shard}: {rows} rows, {failed} samples could not be read", n + 1, todo.len());
+    }
+    if bad_shards + bad_samples == 0 {
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!("pe: {bad_shards} shards and {bad_samples} samples could not be read");
+    Ok(ExitCode::from(1))
+}

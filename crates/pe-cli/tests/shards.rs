@@ -1,0 +1,170 @@
+//! A sharded corpus (WebDataset tars made here from the fixture images): one Parquet part per
+//! shard with the same embeddings as `pe embed-image` on the same files, resumable, one
+//! worker's share by `--shard I/N` or Slurm's variables, and bad shards reported.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use pe_testutil::fixtures;
+
+fn pe(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_pe"));
+    c.args(args).env_remove("PE_MODEL").env_remove("SLURM_ARRAY_TASK_ID").env_remove("JOB_COMPLETION_INDEX");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// A tar of `(key, image file)` samples, each with a JSON member; `cut` bytes off the end.
+fn shard(path: &Path, fx: &Path, samples: &[(&str, &str)], cut: usize) {
+    let mut b = tar::Builder::new(Vec::new());
+    for (key, file) in samples {
+        let bytes = std::fs::read(fx.join("images").join(file)).unwrap();
+        let ext = file.rsplit('.').next().unwrap();
+        for (name, data) in
+            [(format!("{key}.{ext}"), bytes), (format!("{key}.json"), format!("{{\"file\": \"{file}\"}}").into_bytes())]
+        {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, name, data.as_slice()).unwrap();
+        }
+    }
+    let bytes = b.into_inner().unwrap();
+    std::fs::write(path, &bytes[..bytes.len() - cut]).unwrap();
+}
+
+/// `(key, embedding)` rows of a part.
+fn part(path: &Path) -> Vec<(String, Vec<f32>)> {
+    pe_index::output::read(path).unwrap().map(|r| r.map(|r| (r.key, r.embedding)).unwrap()).collect()
+}
+
+#[test]
+fn shards_become_parts_equal_to_embed_image_and_resume() {
+    let Some(fx) = fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let shards = tmp.path().join("shards");
+    std::fs::create_dir(&shards).unwrap();
+    let content: [&[(&str, &str)]; 3] = [
+        &[("000000", "cat.png"), ("000001", "dog.png")],
+        &[("000002", "synthetic_card.png"), ("000003", "ocrbench_centre.jpg")],
+        &[("000004", "cat.png"), ("000005", "Rock-climbing-Canada-1920x1147.jpg")],
+    ];
+    for (i, samples) in content.iter().enumerate() {
+        // The last shard is cut inside its second image: its first sample survives.
+        shard(&shards.join(format!("{i:05}.tar")), &fx, samples, if i == 2 { 100_000 } else { 0 });
+    }
+    let (cfg, w) = (s(&fx.join("tiny-cls.json")), s(&fx.join("tiny-cls.safetensors")));
+    let m = ["--config", cfg.as_str(), "--weights", w.as_str()];
+    let pattern = format!("{}/{{00000..00002}}.tar", s(&shards));
+    let out_dir = tmp.path().join("parts");
+    let run = |extra: &[&str], dir: &Path, env: &[(&str, &str)]| {
+        let d = s(dir);
+        let mut a = vec!["embed-image"];
+        a.extend(m);
+        a.extend(["--input", pattern.as_str(), "--output-dir", d.as_str()]);
+        a.extend(extra);
+        pe(&a, env)
+    };
+    let out = run(&[], &out_dir, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "the cut shard loses a sample: {err}");
+    assert!(err.contains("00002.tar: sample 000005: the tar ends early"), "{err}");
+    // Each part equals `pe embed-image` on the same files, bit for bit, keys in shard order.
+    for (i, samples) in content.iter().enumerate() {
+        let got = part(&out_dir.join(format!("{i:05}.parquet")));
+        let files: Vec<String> = samples.iter().map(|(_, f)| s(&fx.join("images").join(f))).collect();
+        let take = if i == 2 { 1 } else { 2 };
+        let mut a = vec!["embed-image"];
+        a.extend(m);
+        a.extend(files[..take].iter().map(String::as_str));
+        let direct = pe(&a, &[]);
+        let want: Vec<Vec<f32>> = String::from_utf8(direct.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+            })
+            .collect();
+        assert_eq!(
+            got.iter().map(|r| r.0.as_str()).collect::<Vec<_>>(),
+            samples[..take].iter().map(|r| r.0).collect::<Vec<_>>()
+        );
+        assert_eq!(got.iter().map(|r| r.1.clone()).collect::<Vec<_>>(), want, "shard {i}");
+        let meta = pe_index::output::metadata(&out_dir.join(format!("{i:05}.parquet"))).unwrap();
+        let get = |k: &str| meta.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+        assert_eq!(get("pe.samples_failed").as_deref(), Some(if i == 2 { "1" } else { "0" }));
+    }
+    // DuckDB reads the directory of parts as one table: every readable sample once.
+    if let Some(py) = pe_testutil::python_with_readers() {
+        let q = format!(
+            "import duckdb; print(duckdb.sql(\"select count(*), count(distinct key), count(distinct shard), min(len(embedding)) from '{}/*.parquet'\").fetchall())",
+            s(&out_dir)
+        );
+        let r = Command::new(py).args(["-c", &q]).output().unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&r.stdout).trim(),
+            "[(5, 5, 3, 32)]",
+            "{}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+    }
+    // A rerun finds every part and does nothing.
+    let before = std::fs::metadata(out_dir.join("00000.parquet")).unwrap().modified().unwrap();
+    let again = run(&[], &out_dir, &[]);
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("3 have their part already"));
+    assert_eq!(std::fs::metadata(out_dir.join("00000.parquet")).unwrap().modified().unwrap(), before);
+
+    // One worker's share: by --shard, and by Slurm's variables.
+    let names = |dir: &Path| {
+        let mut v: Vec<String> =
+            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        v.sort();
+        v
+    };
+    let one = tmp.path().join("one");
+    assert!(run(&["--shard", "1/3"], &one, &[]).status.success());
+    assert_eq!(names(&one), ["00001.parquet"]);
+    let slurm = tmp.path().join("slurm");
+    let r = run(&[], &slurm, &[("SLURM_ARRAY_TASK_ID", "1"), ("SLURM_ARRAY_TASK_COUNT", "2")]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(names(&slurm), ["00001.parquet"], "worker 1 of 2 takes the shards at odd positions");
+    assert_eq!(
+        pe(
+            &[
+                "embed-image",
+                "--config",
+                &cfg,
+                "--weights",
+                &w,
+                "--input",
+                &pattern,
+                "--output-dir",
+                &s(&slurm),
+                "--shard",
+                "3/3"
+            ],
+            &[]
+        )
+        .status
+        .code(),
+        Some(2)
+    );
+
+    // A missing shard is reported and leaves no part.
+    let missing = format!("{}/{{00003..00003}}.tar", s(&shards));
+    let gone = tmp.path().join("gone");
+    let r =
+        pe(&["embed-image", "--config", &cfg, "--weights", &w, "--input", &missing, "--output-dir", &s(&gone)], &[]);
+    assert_eq!(r.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("00003.tar"), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(names(&gone).is_empty());
+}
