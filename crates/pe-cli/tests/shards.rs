@@ -159,6 +159,31 @@ fn shards_become_parts_equal_to_embed_image_and_resume() {
         Some(2)
     );
 
+    // Shards listed on stdin (`--files-from -`), NUL-separated.
+    let listed = tmp.path().join("listed");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pe"))
+        .args([
+            "embed-image",
+            "--config",
+            &cfg,
+            "--weights",
+            &w,
+            "--files-from",
+            "-",
+            "-0",
+            "--output-dir",
+            &s(&listed),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let list = format!("{}\0{}\0", s(&shards.join("00001.tar")), s(&shards.join("00000.tar")));
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), list.as_bytes()).unwrap();
+    assert!(child.wait_with_output().unwrap().status.success());
+    assert_eq!(names(&listed), ["00000.parquet", "00001.parquet"]);
+    assert_eq!(part(&listed.join("00001.parquet")), part(&out_dir.join("00001.parquet")));
+
     // A missing shard is reported and leaves no part.
     let missing = format!("{}/{{00003..00003}}.tar", s(&shards));
     let gone = tmp.path().join("gone");

@@ -59,9 +59,9 @@ fn pending(all: Vec<Input>, writer: &pe_index::output::Writer, what: &str) -> an
 }
 
 pub fn run_image(cmd: ImageCmd) -> anyhow::Result<ExitCode> {
-    if !cmd.shards.shard_input.is_empty() {
-        let normalize = !cmd.no_normalize;
-        return super::shards::run_image(&cmd.model, &cmd.image, cmd.layer, normalize, cmd.batch_size, &cmd.shards);
+    if cmd.shards.output_dir.is_some() {
+        let run = (cmd.layer, !cmd.no_normalize, cmd.batch_size);
+        return super::shards::run_image(&cmd.model, &cmd.image, run, &cmd.shards, &cmd.input);
     }
     let last = cmd.layer == -1;
     let dim = if last { Some(cmd.model.config()?.embed_dim()) } else { None };

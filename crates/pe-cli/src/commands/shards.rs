@@ -21,17 +21,18 @@ pub struct ShardArgs {
     /// WebDataset tar shards (brace ranges: 'shards/{00000..00099}.tar'; repeatable): one
     /// Parquet part per shard in --output-dir (columns key, shard, width, height, embedding).
     #[arg(long = "input", id = "shard_input", value_name = "PATTERN", requires = "output_dir",
-          conflicts_with_all = ["inputs", "files_from", "output"])]
+          conflicts_with_all = ["inputs", "output"])]
     pub shard_input: Vec<String>,
     /// Where the parts go: DIR/<shard name>.parquet. A shard whose part exists is skipped.
-    #[arg(long, value_name = "DIR", requires = "shard_input")]
+    /// With --output-dir, the paths of --files-from are shards too.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["inputs", "output"])]
     pub output_dir: Option<PathBuf>,
     /// This worker's share of the shards, I/N (0-based). Default: SLURM_ARRAY_TASK_ID, or
     /// JOB_COMPLETION_INDEX with --shard-count, else every shard.
-    #[arg(long, value_name = "I/N", requires = "shard_input")]
+    #[arg(long, value_name = "I/N", requires = "output_dir")]
     pub shard: Option<String>,
     /// Workers in all, for JOB_COMPLETION_INDEX (a Kubernetes indexed Job's completions).
-    #[arg(long, value_name = "N", requires = "shard_input")]
+    #[arg(long, value_name = "N", requires = "output_dir")]
     pub shard_count: Option<u64>,
 }
 
@@ -41,20 +42,38 @@ fn part_path(dir: &Path, shard: &str) -> PathBuf {
     dir.join(format!("{stem}.parquet"))
 }
 
-pub fn run_image(
-    model_args: &ModelArgs,
-    image: &ImageArgs,
-    layer: isize,
-    normalize: bool,
-    batch_size: usize,
-    args: &ShardArgs,
-) -> anyhow::Result<ExitCode> {
-    let dir = args.output_dir.as_deref().context("--input needs --output-dir")?;
-    std::fs::create_dir_all(dir).with_context(|| format!("--output-dir {}", dir.display()))?;
+/// Shards named by `--input` patterns, then those listed by `--files-from` (one a line, or
+/// NUL-separated with `-0`), in order, each once.
+fn shard_list(args: &ShardArgs, list: Option<&Path>, null: bool) -> anyhow::Result<Vec<String>> {
     let mut all = Vec::new();
     for pattern in &args.shard_input {
         all.extend(pe_shards::expand(pattern)?);
     }
+    if let Some(list) = list {
+        for entry in crate::inputs::read_entries(list, null, false)? {
+            let name = String::from_utf8(entry)
+                .map_err(|_| anyhow::anyhow!("{}: a shard path is not UTF-8", list.display()))?;
+            all.push(name);
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    all.retain(|s| seen.insert(s.clone()));
+    if all.is_empty() {
+        anyhow::bail!("no shards given (--input PATTERN or --files-from LIST)");
+    }
+    Ok(all)
+}
+
+pub fn run_image(
+    model_args: &ModelArgs,
+    image: &ImageArgs,
+    (layer, normalize, batch_size): (isize, bool, usize),
+    args: &ShardArgs,
+    input: &crate::inputs::InputArgs,
+) -> anyhow::Result<ExitCode> {
+    let dir = args.output_dir.as_deref().context("shards need --output-dir")?;
+    let all = shard_list(args, input.files_from.as_deref(), input.null)?;
+    std::fs::create_dir_all(dir).with_context(|| format!("--output-dir {}", dir.display()))?;
     let share = match &args.shard {
         Some(s) => Share::parse(s)?,
         None => Share::from_env(args.shard_count)?.unwrap_or(Share::ALL),
