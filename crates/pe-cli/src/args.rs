@@ -74,6 +74,7 @@ impl ModelArgs {
             dtype: self.dtype.name().into(),
             dim,
             shard: None,
+            captions: false,
         })
     }
 

@@ -193,3 +193,61 @@ fn shards_become_parts_equal_to_embed_image_and_resume() {
     assert!(String::from_utf8_lossy(&r.stderr).contains("00003.tar"), "{}", String::from_utf8_lossy(&r.stderr));
     assert!(names(&gone).is_empty());
 }
+
+/// `--captions`: each sample's `KEY.txt` and its text embedding beside the image's, null where
+/// a sample has none; read back by DuckDB.
+#[test]
+fn captions_and_their_text_embeddings() {
+    let Some(fx) = fixtures() else { return };
+    let Some(py) = pe_testutil::python_with_readers() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut b = tar::Builder::new(Vec::new());
+    let cat = std::fs::read(fx.join("images/cat.png")).unwrap();
+    let dog = std::fs::read(fx.join("images/dog.png")).unwrap();
+    for (name, data) in
+        [("a.png", cat.as_slice()), ("a.txt", b"a photo of a cat".as_slice()), ("b.png", dog.as_slice())]
+    {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, name, data).unwrap();
+    }
+    let shard = tmp.path().join("00000.tar");
+    std::fs::write(&shard, b.into_inner().unwrap()).unwrap();
+    let (cfg, w) = (s(&fx.join("tiny-cls.json")), s(&fx.join("tiny-cls.safetensors")));
+    let out = tmp.path().join("parts");
+    let r = pe(
+        &[
+            "embed-image",
+            "--config",
+            &cfg,
+            "--weights",
+            &w,
+            "--input",
+            &s(&shard),
+            "--output-dir",
+            &s(&out),
+            "--captions",
+        ],
+        &[],
+    );
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let q = format!(
+        "import duckdb, json; print(json.dumps([[k, c, None if t is None else [float(x) for x in t]] for k, c, t in duckdb.sql(\"select key, caption, text_embedding from '{}/00000.parquet' order by key\").fetchall()]))",
+        s(&out)
+    );
+    let got = Command::new(py).args(["-c", &q]).output().unwrap();
+    let v: serde_json::Value =
+        serde_json::from_slice(&got.stdout).unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&got.stderr)));
+    assert_eq!(v[0][0], "a");
+    assert_eq!(v[0][1], "a photo of a cat");
+    assert_eq!((v[1][0].as_str(), v[1][1].is_null(), v[1][2].is_null()), (Some("b"), true, true));
+    let text = pe(&["embed-text", "--config", &cfg, "--weights", &w, "a photo of a cat"], &[]);
+    let line: serde_json::Value = serde_json::from_slice(&text.stdout).unwrap();
+    let want: Vec<f64> = line["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    let ours: Vec<f64> = v[0][2].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    assert_eq!(ours.len(), want.len());
+    let d = ours.iter().zip(&want).fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+    assert!(d <= 1e-5, "text embedding differs by {d}");
+}

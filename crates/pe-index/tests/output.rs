@@ -7,7 +7,15 @@ use std::path::Path;
 use pe_index::output::{read, Columns, Row, Writer};
 
 fn columns(dtype: &str) -> Columns {
-    Columns { key: "path".into(), sizes: true, model: "tiny".into(), dtype: dtype.into(), dim: Some(3), shard: None }
+    Columns {
+        key: "path".into(),
+        sizes: true,
+        model: "tiny".into(),
+        dtype: dtype.into(),
+        dim: Some(3),
+        shard: None,
+        captions: false,
+    }
 }
 
 /// A name, its pixel size, its embedding.

@@ -34,6 +34,10 @@ pub struct ShardArgs {
     /// Workers in all, for JOB_COMPLETION_INDEX (a Kubernetes indexed Job's completions).
     #[arg(long, value_name = "N", requires = "output_dir")]
     pub shard_count: Option<u64>,
+    /// Also write each sample's caption (`KEY.txt`) and its text embedding: columns `caption`
+    /// and `text_embedding` (null for samples without one).
+    #[arg(long, requires = "output_dir")]
+    pub captions: bool,
 }
 
 /// The part of `shard` in `dir`.
@@ -95,6 +99,11 @@ pub fn run_image(
     let dim = (layer == -1).then(|| cfg.embed_dim());
     let model = model_args.load()?;
     needs_embedding(&model)?;
+    let tokenizer = match (args.captions, model.text()) {
+        (false, _) => None,
+        (true, Some(t)) => Some(perception_encoder::tokenizer::ClipTokenizer::new(t.config().context_length)),
+        (true, None) => anyhow::bail!("--captions needs a text tower; {} is vision-only", cfg.name),
+    };
     let (mut bad_shards, mut bad_samples) = (0usize, 0usize);
     for (n, shard) in todo.iter().enumerate() {
         let samples = match Samples::open(Path::new(shard)) {
@@ -109,12 +118,18 @@ pub fn run_image(
         let stem = part.file_stem().map(|s| s.to_string_lossy().into_owned());
         let mut columns = model_args.columns("key", true, dim)?;
         columns.shard = stem;
+        columns.captions = args.captions;
+        let mut captions: std::collections::HashMap<String, String> = std::collections::HashMap::new();
         let mut writer = Writer::create(&part, columns, false)?;
         let (mut read, mut failed) = (0usize, 0usize);
         let mut batch: Vec<Input> = Vec::new();
         let mut error: Option<anyhow::Error> = None;
-        let run = |batch: &mut Vec<Input>, writer: &mut Writer| -> anyhow::Result<usize> {
+        let run = |batch: &mut Vec<Input>,
+                   captions: &mut std::collections::HashMap<String, String>,
+                   writer: &mut Writer|
+         -> anyhow::Result<usize> {
             let inputs = std::mem::take(batch);
+            let texts = std::mem::take(captions);
             embed_images(
                 &model,
                 &inputs,
@@ -122,8 +137,30 @@ pub fn run_image(
                 batch_size,
                 |x| Ok(model.encode_image_at(x, layer, normalize)?),
                 |rows| {
+                    let Some(tokenizer) = &tokenizer else {
+                        for (input, size, row) in rows {
+                            writer.push(input.name(), Some(size), &row)?;
+                        }
+                        return Ok(());
+                    };
+                    // The captions of this batch's images, through the text tower together.
+                    let with: Vec<&String> =
+                        rows.iter().filter_map(|(i, _, _)| texts.get(&*i.name().to_string_lossy())).collect();
+                    let mut text_rows: Vec<Vec<f32>> = Vec::new();
+                    if !with.is_empty() {
+                        let owned: Vec<String> = with.iter().map(|t| t.to_string()).collect();
+                        let ids = tokenizer.tokenize_batch(&owned, model.visual().device())?;
+                        text_rows = model
+                            .encode_text(&ids, normalize)?
+                            .to_dtype(perception_encoder::candle_core::DType::F32)?
+                            .to_vec2()?;
+                    }
+                    let mut text_rows = text_rows.into_iter();
                     for (input, size, row) in rows {
-                        writer.push(input.name(), Some(size), &row)?;
+                        let caption = texts.get(&*input.name().to_string_lossy());
+                        let text = caption.and_then(|_| text_rows.next());
+                        let pair = caption.zip(text.as_deref()).map(|(c, t)| (c.as_str(), t));
+                        writer.push_captioned(input.name(), Some(size), &row, pair)?;
                     }
                     Ok(())
                 },
@@ -136,9 +173,12 @@ pub fn run_image(
             match s {
                 Ok(sample) => {
                     read += 1;
+                    if let (true, Some(c)) = (args.captions, sample.caption) {
+                        captions.insert(sample.key.clone(), c);
+                    }
                     batch.push(Input::Memory(sample.key, Arc::new(sample.image.1)));
                     if batch.len() >= batch_size.max(1) {
-                        match run(&mut batch, &mut writer) {
+                        match run(&mut batch, &mut captions, &mut writer) {
                             Ok(f) => failed += f,
                             Err(e) => error = Some(e),
                         }
@@ -153,7 +193,7 @@ pub fn run_image(
         if let Some(e) = error {
             return Err(e.context(format!("shard {shard}")));
         }
-        failed += run(&mut batch, &mut writer)?;
+        failed += run(&mut batch, &mut captions, &mut writer)?;
         let rows = writer.finish_with(vec![
             ("pe.shard".into(), shard.to_string()),
             ("pe.samples_read".into(), read.to_string()),

@@ -73,6 +73,8 @@ pub struct Columns {
     pub dim: Option<usize>,
     /// A `shard` column holding this name on every row (Parquet parts of a sharded corpus).
     pub shard: Option<String>,
+    /// `caption` and `text_embedding` columns (Parquet only; null where a row has none).
+    pub captions: bool,
 }
 
 /// One row read back from an output.
@@ -254,6 +256,30 @@ impl Writer {
         }
         self.rows += 1;
         Ok(())
+    }
+
+    /// Append one row with its caption and the caption's text embedding (the `captions`
+    /// columns of a Parquet output; other formats keep the image row only).
+    pub fn push_captioned(
+        &mut self,
+        key: &OsStr,
+        size: Option<(u32, u32)>,
+        embedding: &[f32],
+        caption: Option<(&str, &[f32])>,
+    ) -> Result<()> {
+        if let (Sink::Parquet(w), Some((_, text))) = (&self.sink, caption) {
+            if text.len() != embedding.len() {
+                return Err(w.err(format!(
+                    "a text embedding of {} values beside an image one of {}",
+                    text.len(),
+                    embedding.len()
+                )));
+            }
+        }
+        if let Sink::Parquet(w) = &mut self.sink {
+            w.caption(caption);
+        }
+        self.push(key, size, embedding)
     }
 
     fn check_dim(&mut self, n: usize) -> Result<()> {

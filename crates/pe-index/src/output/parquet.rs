@@ -31,6 +31,9 @@ pub(super) struct PqWriter {
     width: Vec<Option<i32>>,
     height: Vec<Option<i32>>,
     values: Vec<f32>,
+    captions: Vec<Option<String>>,
+    /// Text embeddings of the rows with a caption, in order.
+    text_values: Vec<f32>,
 }
 
 fn schema(columns: &Columns, dim: usize) -> Result<Arc<Schema>> {
@@ -44,7 +47,11 @@ fn schema(columns: &Columns, dim: usize) -> Result<Arc<Schema>> {
         fields.push(Field::new("width", DataType::Int32, true));
         fields.push(Field::new("height", DataType::Int32, true));
     }
-    fields.push(Field::new("embedding", DataType::FixedSizeList(item, d), false));
+    fields.push(Field::new("embedding", DataType::FixedSizeList(item.clone(), d), false));
+    if columns.captions {
+        fields.push(Field::new("caption", DataType::Utf8, true));
+        fields.push(Field::new("text_embedding", DataType::FixedSizeList(item, d), true));
+    }
     Ok(Arc::new(Schema::new(fields)))
 }
 
@@ -62,14 +69,30 @@ impl PqWriter {
             width: Vec::new(),
             height: Vec::new(),
             values: Vec::new(),
+            captions: Vec::new(),
+            text_values: Vec::new(),
         })
     }
 
-    fn err(&self, e: impl std::fmt::Display) -> Error {
+    /// The caption (and its text embedding) of the row pushed next.
+    pub fn caption(&mut self, caption: Option<(&str, &[f32])>) {
+        if self.columns.captions {
+            self.captions.push(caption.map(|c| c.0.to_string()));
+            if let Some((_, v)) = caption {
+                self.text_values.extend_from_slice(v);
+            }
+        }
+    }
+
+    pub(super) fn err(&self, e: impl std::fmt::Display) -> Error {
         output_err(&self.path, e.to_string())
     }
 
     pub fn push(&mut self, key: String, size: Option<(i32, i32)>, embedding: &[f32]) -> Result<()> {
+        if self.columns.captions && self.captions.len() == self.keys.len() {
+            // A row pushed without `caption` has none.
+            self.captions.push(None);
+        }
         self.keys.push(key);
         self.width.push(size.map(|s| s.0));
         self.height.push(size.map(|s| s.1));
@@ -121,6 +144,26 @@ impl PqWriter {
         self.width.clear();
         self.height.clear();
         cols.push(Arc::new(embedding));
+        if self.columns.captions {
+            let captions = std::mem::take(&mut self.captions);
+            let present: Vec<bool> = captions.iter().map(Option::is_some).collect();
+            // Null rows hold zeros in the child values, as Arrow lays out fixed-size lists.
+            let mut given = std::mem::take(&mut self.text_values).into_iter();
+            let values: Vec<f32> = present
+                .iter()
+                .flat_map(|&p| (0..dim).map(|_| if p { given.next().unwrap_or(0.0) } else { 0.0 }).collect::<Vec<_>>())
+                .collect();
+            let item = Arc::new(Field::new("item", DataType::Float32, false));
+            let text = FixedSizeListArray::try_new(
+                item,
+                d,
+                Arc::new(Float32Array::from(values)),
+                Some(arrow_buffer::NullBuffer::from(present)),
+            )
+            .map_err(|e| output_err(&self.path, e.to_string()))?;
+            cols.push(Arc::new(StringArray::from(captions)));
+            cols.push(Arc::new(text));
+        }
         let batch = RecordBatch::try_new(schema, cols).map_err(|e| output_err(&self.path, e.to_string()))?;
         writer.write(&batch).map_err(|e| output_err(&self.path, e.to_string()))
     }
