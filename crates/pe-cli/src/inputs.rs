@@ -11,7 +11,7 @@ use perception_encoder::candle_core::{DType, Tensor};
 use perception_encoder::Clip;
 use rayon::prelude::*;
 
-use crate::args::{progress, ImageArgs};
+use crate::args::ImageArgs;
 
 /// Where inputs come from besides the positional paths.
 #[derive(Debug, Clone, clap::Args)]
@@ -170,23 +170,17 @@ pub type Embedded<'a> = (&'a Input, (u32, u32), Vec<f32>);
 
 /// Decode and transform `inputs` in parallel, embed those that load, and report the others
 /// (`pe: skipping NAME: reason`). `each` gets the successes in input order, a batch at a time;
-/// returns the failure count.
+/// `bar` advances per input (see [`crate::args::progress`]); returns the failure count.
 pub fn embed_images(
     model: &Clip,
     inputs: &[Input],
     image: &ImageArgs,
-    batch_size: usize,
+    (batch_size, bar): (usize, indicatif::ProgressBar),
     mut embed: impl FnMut(&Tensor) -> anyhow::Result<Tensor>,
     mut each: impl FnMut(Vec<Embedded>) -> anyhow::Result<()>,
 ) -> anyhow::Result<usize> {
     let transform = image.transform(model)?;
     let stdin = if inputs.contains(&Input::Stdin) { Some(read_stdin()) } else { None };
-    let bar = if inputs.iter().all(|i| matches!(i, Input::Memory(..))) {
-        // Shard samples come a batch at a time; the caller shows the progress.
-        indicatif::ProgressBar::hidden()
-    } else {
-        progress(inputs.len(), "images")
-    };
     let mut failed = 0;
     for chunk in inputs.chunks(batch_size.max(1)) {
         let loaded: Vec<_> = chunk

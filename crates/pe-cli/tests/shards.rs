@@ -20,23 +20,28 @@ fn s(p: &Path) -> String {
     p.display().to_string()
 }
 
+/// A tar holding `members` (name, bytes) in order.
+fn tar_of(members: Vec<(String, Vec<u8>)>) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data) in members {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, name, data.as_slice()).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
 /// A tar of `(key, image file)` samples, each with a JSON member; `cut` bytes off the end.
 fn shard(path: &Path, fx: &Path, samples: &[(&str, &str)], cut: usize) {
-    let mut b = tar::Builder::new(Vec::new());
+    let mut members = Vec::new();
     for (key, file) in samples {
-        let bytes = std::fs::read(fx.join("images").join(file)).unwrap();
         let ext = file.rsplit('.').next().unwrap();
-        for (name, data) in
-            [(format!("{key}.{ext}"), bytes), (format!("{key}.json"), format!("{{\"file\": \"{file}\"}}").into_bytes())]
-        {
-            let mut h = tar::Header::new_gnu();
-            h.set_size(data.len() as u64);
-            h.set_mode(0o644);
-            h.set_cksum();
-            b.append_data(&mut h, name, data.as_slice()).unwrap();
-        }
+        members.push((format!("{key}.{ext}"), std::fs::read(fx.join("images").join(file)).unwrap()));
+        members.push((format!("{key}.json"), format!("{{\"file\": \"{file}\"}}").into_bytes()));
     }
-    let bytes = b.into_inner().unwrap();
+    let bytes = tar_of(members);
     std::fs::write(path, &bytes[..bytes.len() - cut]).unwrap();
 }
 
@@ -201,20 +206,13 @@ fn captions_and_their_text_embeddings() {
     let Some(fx) = fixtures() else { return };
     let Some(py) = pe_testutil::python_with_readers() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let mut b = tar::Builder::new(Vec::new());
-    let cat = std::fs::read(fx.join("images/cat.png")).unwrap();
-    let dog = std::fs::read(fx.join("images/dog.png")).unwrap();
-    for (name, data) in
-        [("a.png", cat.as_slice()), ("a.txt", b"a photo of a cat".as_slice()), ("b.png", dog.as_slice())]
-    {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        b.append_data(&mut h, name, data).unwrap();
-    }
+    let members = vec![
+        ("a.png".to_string(), std::fs::read(fx.join("images/cat.png")).unwrap()),
+        ("a.txt".to_string(), b"a photo of a cat".to_vec()),
+        ("b.png".to_string(), std::fs::read(fx.join("images/dog.png")).unwrap()),
+    ];
     let shard = tmp.path().join("00000.tar");
-    std::fs::write(&shard, b.into_inner().unwrap()).unwrap();
+    std::fs::write(&shard, tar_of(members)).unwrap();
     let (cfg, w) = (s(&fx.join("tiny-cls.json")), s(&fx.join("tiny-cls.safetensors")));
     let out = tmp.path().join("parts");
     let r = pe(

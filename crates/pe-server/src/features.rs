@@ -5,7 +5,6 @@
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request, State};
 use axum::Json;
-use base64::Engine as _;
 use serde_json::{json, Value};
 
 use crate::requests::*;
@@ -29,23 +28,11 @@ pub(crate) async fn features(State(st): State<Shared>, req: Request) -> Result<J
         let req: FeaturesRequest = parse(Bytes::from_request(req, &()).await)?;
         (req.images.into_iter().map(ImageSource::Base64).collect(), req.layer, req.norm, req.encoding_format)
     };
-    let base64_out = match format.as_deref() {
-        None | Some("float") => false,
-        Some("base64") => true,
-        Some(other) => {
-            return Err(ServeError::Invalid(format!("encoding_format must be `float` or `base64`, not `{other}`")))
-        }
-    };
+    let base64_out = base64_format(format.as_deref())?;
     if images.is_empty() {
         return Err(ServeError::Invalid("no images given".into()));
     }
-    let l = st.layers as isize;
-    if layer < -l || layer >= l {
-        return Err(ServeError::Invalid(format!(
-            "layer {layer} is out of range for a vision tower of {l} layers (use -{l}..={})",
-            l - 1
-        )));
-    }
+    crate::handlers::check_layer(&st, layer)?;
     let grid = st.transform.size / st.vision.patch_size;
     let width = st.vision.width;
     let cls = usize::from(st.vision.use_cls_token);
@@ -59,29 +46,20 @@ pub(crate) async fn features(State(st): State<Shared>, req: Request) -> Result<J
     }
     let pixels = decode::decode_images(&st.decode_budget, st.transform, images).await?;
     let rows = st.engine.submit(engine::Work::Features { pixels, layer, norm }).await?;
-    let encode = |v: &[f32]| -> Value {
-        if base64_out {
-            let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-            json!(base64::engine::general_purpose::STANDARD.encode(bytes))
-        } else {
-            json!(v.chunks(grid * width).map(|r| r.chunks(width).collect::<Vec<_>>()).collect::<Vec<_>>())
-        }
-    };
     let data: Vec<Value> = rows
         .iter()
         .enumerate()
         .map(|(i, row)| {
             let (c, patches) = row.split_at(cls * width);
-            let cls_token = if cls == 1 {
-                if base64_out {
-                    encode(c)
-                } else {
-                    json!(c)
-                }
+            let (cls_token, patch_tokens) = if base64_out {
+                (json!(base64_floats(c)), json!(base64_floats(patches)))
             } else {
-                Value::Null
+                let grid_rows: Vec<Vec<&[f32]>> =
+                    patches.chunks(grid * width).map(|r| r.chunks(width).collect()).collect();
+                (json!(c), json!(grid_rows))
             };
-            json!({"index": i, "cls_token": cls_token, "patch_tokens": encode(patches)})
+            let cls_token = if cls == 1 { cls_token } else { Value::Null };
+            json!({"index": i, "cls_token": cls_token, "patch_tokens": patch_tokens})
         })
         .collect();
     Ok(Json(json!({

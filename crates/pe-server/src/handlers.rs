@@ -8,7 +8,6 @@ use axum::extract::{FromRequest, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use base64::Engine as _;
 use perception_encoder::candle_core::{Device, Tensor};
 use perception_encoder::video::FrameSampling;
 use perception_encoder::zero_shot::{ZeroShotClassifier, DEFAULT_TEMPLATES};
@@ -69,7 +68,8 @@ fn check_count(n: usize, max: usize, what: &str) -> Result<(), ServeError> {
     Ok(())
 }
 
-async fn embed_images(st: &Shared, images: Vec<ImageSource>, layer: isize) -> Result<Vec<Vec<f32>>, ServeError> {
+/// An error unless `layer` names a block of the vision tower.
+pub(crate) fn check_layer(st: &Shared, layer: isize) -> Result<(), ServeError> {
     let l = st.layers as isize;
     if layer < -l || layer >= l {
         return Err(ServeError::Invalid(format!(
@@ -77,6 +77,11 @@ async fn embed_images(st: &Shared, images: Vec<ImageSource>, layer: isize) -> Re
             l - 1
         )));
     }
+    Ok(())
+}
+
+async fn embed_images(st: &Shared, images: Vec<ImageSource>, layer: isize) -> Result<Vec<Vec<f32>>, ServeError> {
+    check_layer(st, layer)?;
     let pixels = decode::decode_images(&st.decode_budget, st.transform, images).await?;
     st.engine.submit(engine::Work::Images { pixels, layer }).await
 }
@@ -266,13 +271,7 @@ pub(crate) async fn openai_embeddings(
             return Err(ServeError::Invalid(format!("this server serves `{}`, not `{m}`", st.model_name)));
         }
     }
-    let base64_out = match req.encoding_format.as_deref() {
-        None | Some("float") => false,
-        Some("base64") => true,
-        Some(other) => {
-            return Err(ServeError::Invalid(format!("encoding_format must be `float` or `base64`, not `{other}`")))
-        }
-    };
+    let base64_out = base64_format(req.encoding_format.as_deref())?;
     let (mut img_idx, mut images, mut txt_idx, mut texts) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (i, s) in inputs.into_iter().enumerate() {
         if s.starts_with("data:image/") {
@@ -310,12 +309,7 @@ pub(crate) async fn openai_embeddings(
         .into_iter()
         .enumerate()
         .map(|(i, v)| {
-            let embedding = if base64_out {
-                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
-            } else {
-                json!(v)
-            };
+            let embedding = if base64_out { json!(base64_floats(&v)) } else { json!(v) };
             json!({"object": "embedding", "index": i, "embedding": embedding})
         })
         .collect();

@@ -21,6 +21,21 @@ pub(crate) fn parse<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRej
     serde_json::from_slice(&body).map_err(|e| ServeError::Invalid(format!("invalid request: {e}")))
 }
 
+/// Whether `encoding_format` asks for base64 (`float`, the default, or `base64`).
+pub(crate) fn base64_format(format: Option<&str>) -> Result<bool, ServeError> {
+    match format {
+        None | Some("float") => Ok(false),
+        Some("base64") => Ok(true),
+        Some(other) => Err(ServeError::Invalid(format!("encoding_format must be `float` or `base64`, not `{other}`"))),
+    }
+}
+
+/// Floats as base64 of little-endian float32 (`encoding_format: base64`).
+pub(crate) fn base64_floats(v: &[f32]) -> String {
+    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
 pub(crate) fn yes() -> bool {
     true
 }

@@ -77,7 +77,7 @@ pub fn run(cmd: ClassifyCmd) -> anyhow::Result<ExitCode> {
         &model,
         &inputs,
         &cmd.image,
-        cmd.batch_size,
+        (cmd.batch_size, crate::args::progress(inputs.len(), "images")),
         |x| Ok(model.encode_image(x, true)?),
         |rows| {
             for (input, _, row) in rows {

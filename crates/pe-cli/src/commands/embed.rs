@@ -78,7 +78,7 @@ pub fn run_image(cmd: ImageCmd) -> anyhow::Result<ExitCode> {
         &model,
         &inputs,
         &cmd.image,
-        cmd.batch_size,
+        (cmd.batch_size, crate::args::progress(inputs.len(), "images")),
         |x| Ok(model.encode_image_at(x, cmd.layer, normalize)?),
         |rows| {
             for (input, size, row) in rows {

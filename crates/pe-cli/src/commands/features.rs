@@ -72,7 +72,7 @@ pub fn run(cmd: FeaturesCmd) -> anyhow::Result<ExitCode> {
         &model,
         &inputs,
         &cmd.image,
-        cmd.batch_size,
+        (cmd.batch_size, crate::args::progress(inputs.len(), "images")),
         |x| Ok(model.forward_features(x, cmd.layer, cmd.norm, false)?),
         |rows| {
             for (input, _, row) in rows {

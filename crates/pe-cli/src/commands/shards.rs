@@ -134,7 +134,7 @@ pub fn run_image(
                 &model,
                 &inputs,
                 image,
-                batch_size,
+                (batch_size, indicatif::ProgressBar::hidden()),
                 |x| Ok(model.encode_image_at(x, layer, normalize)?),
                 |rows| {
                     let Some(tokenizer) = &tokenizer else {

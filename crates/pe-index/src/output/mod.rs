@@ -296,9 +296,11 @@ impl Writer {
     }
 
     fn write_row(&mut self, key: String, size: Option<(i32, i32)>, embedding: &[f32]) -> Result<()> {
-        let at = self.path.clone().unwrap_or_else(|| PathBuf::from("-"));
+        // The output's name, made only for an error (this runs once a row).
+        let path = &self.path;
+        let at = |e| Error::io(path.as_deref().unwrap_or(Path::new("-")), e);
         if let Some(f) = self.truncate.take() {
-            f.set_len(0).map_err(|e| Error::io(&at, e))?;
+            f.set_len(0).map_err(at)?;
         }
         match &mut self.sink {
             Sink::Lines(out) => {
@@ -313,7 +315,7 @@ impl Writer {
                     serde_json::to_writer(&mut *out, embedding)?;
                     out.write_all(b"}\n")
                 };
-                write(out).map_err(|e| Error::io(&at, e))?;
+                write(out).map_err(at)?;
             }
             Sink::Npy(w) => w.push(&path_line(OsStr::new(&key)), embedding)?,
             Sink::Safetensors(w) => w.push(key, embedding)?,

@@ -148,11 +148,15 @@ impl PqWriter {
             let captions = std::mem::take(&mut self.captions);
             let present: Vec<bool> = captions.iter().map(Option::is_some).collect();
             // Null rows hold zeros in the child values, as Arrow lays out fixed-size lists.
-            let mut given = std::mem::take(&mut self.text_values).into_iter();
-            let values: Vec<f32> = present
-                .iter()
-                .flat_map(|&p| (0..dim).map(|_| if p { given.next().unwrap_or(0.0) } else { 0.0 }).collect::<Vec<_>>())
-                .collect();
+            let given = std::mem::take(&mut self.text_values);
+            let mut given = given.chunks_exact(dim.max(1));
+            let mut values = Vec::with_capacity(present.len() * dim);
+            for &p in &present {
+                match if p { given.next() } else { None } {
+                    Some(v) => values.extend_from_slice(v),
+                    None => values.resize(values.len() + dim, 0.0),
+                }
+            }
             let item = Arc::new(Field::new("item", DataType::Float32, false));
             let text = FixedSizeListArray::try_new(
                 item,
