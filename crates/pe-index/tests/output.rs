@@ -156,3 +156,26 @@ fn umask() -> u32 {
     let line = status.lines().find(|l| l.starts_with("Umask:")).unwrap();
     u32::from_str_radix(line.split_whitespace().nth(1).unwrap(), 8).unwrap()
 }
+
+#[test]
+fn resuming_a_damaged_output_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut huge_npy = b"\x93NUMPY\x01\x00\x76\x00".to_vec();
+    huge_npy
+        .extend_from_slice(b"{'descr': '<f4', 'fortran_order': False, 'shape': (18446744073709551615, 4294967295), }");
+    huge_npy.resize(128, b' ');
+    for (name, bytes) in [
+        ("a.jsonl", b"{\"path\": \"x\", \"embedding\": [1, 2, 3]}\nnot json\n".to_vec()),
+        ("b.npy", b"\x93NUMPY\x01\x00garbage".to_vec()),
+        ("c.npy", huge_npy),
+        ("d.safetensors", vec![0xff; 64]),
+        ("e.parquet", b"PAR1 not really PAR1".to_vec()),
+    ] {
+        let p = dir.path().join(name);
+        std::fs::write(&p, &bytes).unwrap();
+        let e = Writer::create(&p, columns("f32"), true).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains(name), "{name}: {e}");
+        // The damaged file is left as it was.
+        assert_eq!(std::fs::read(&p).unwrap(), bytes, "{name}");
+    }
+}
