@@ -6,6 +6,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use pe_testutil::fixtures;
+use pe_testutil::webdataset::{shard, tar_of};
 
 fn pe(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_pe"));
@@ -18,31 +19,6 @@ fn pe(args: &[&str], env: &[(&str, &str)]) -> Output {
 
 fn s(p: &Path) -> String {
     p.display().to_string()
-}
-
-/// A tar holding `members` (name, bytes) in order.
-fn tar_of(members: Vec<(String, Vec<u8>)>) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (name, data) in members {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        b.append_data(&mut h, name, data.as_slice()).unwrap();
-    }
-    b.into_inner().unwrap()
-}
-
-/// A tar of `(key, image file)` samples, each with a JSON member; `cut` bytes off the end.
-fn shard(path: &Path, fx: &Path, samples: &[(&str, &str)], cut: usize) {
-    let mut members = Vec::new();
-    for (key, file) in samples {
-        let ext = file.rsplit('.').next().unwrap();
-        members.push((format!("{key}.{ext}"), std::fs::read(fx.join("images").join(file)).unwrap()));
-        members.push((format!("{key}.json"), format!("{{\"file\": \"{file}\"}}").into_bytes()));
-    }
-    let bytes = tar_of(members);
-    std::fs::write(path, &bytes[..bytes.len() - cut]).unwrap();
 }
 
 /// `(key, embedding)` rows of a part.
@@ -196,6 +172,24 @@ fn shards_become_parts_equal_to_embed_image_and_resume() {
         pe(&["embed-image", "--config", &cfg, "--weights", &w, "--input", &missing, "--output-dir", &s(&gone)], &[]);
     assert_eq!(r.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&r.stderr).contains("00003.tar"), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(names(&gone).is_empty());
+    // --list-shards prints one worker's shards without loading a model (none is given).
+    let r =
+        pe(&["embed-image", "--input", &pattern, "--output-dir", &s(&gone), "--list-shards", "--shard", "1/2"], &[]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(String::from_utf8_lossy(&r.stdout), format!("{}\n", s(&shards.join("00001.tar"))));
+    // Two shards with one file name would share a part: refused before anything runs.
+    let other = tmp.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::copy(shards.join("00000.tar"), other.join("00000.tar")).unwrap();
+    let both = format!("{{{},{}}}", s(&shards.join("00000.tar")), s(&other.join("00000.tar")));
+    let r = pe(&["embed-image", "--config", &cfg, "--weights", &w, "--input", &both, "--output-dir", &s(&gone)], &[]);
+    assert_eq!(r.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("would both be written to"),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
     assert!(names(&gone).is_empty());
 }
 

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 pub mod hub;
 pub mod load;
+pub mod webdataset;
 
 /// Every image file in the fixtures' `images/` directory.
 pub const FIXTURE_IMAGES: &[&str] = &[
@@ -33,7 +34,7 @@ pub fn fixtures() -> Option<PathBuf> {
     None
 }
 
-/// A Python with pyarrow and duckdb (`PE_PYTHON`; `.ci/run` makes one), to read our Parquet
+/// A Python with pyarrow, duckdb and pyspark (`PE_PYTHON`; `.ci/run` makes one), to read our Parquet
 /// back with other readers. Missing, the check is skipped with a printed reason, unless
 /// `PE_REQUIRE_FIXTURES=1`, where it panics.
 pub fn python_with_readers() -> Option<PathBuf> {
@@ -42,7 +43,7 @@ pub fn python_with_readers() -> Option<PathBuf> {
         None => {
             assert!(
                 !std::env::var("PE_REQUIRE_FIXTURES").is_ok_and(|v| v == "1"),
-                "PE_REQUIRE_FIXTURES=1 but PE_PYTHON (a Python with pyarrow and duckdb) is not set"
+                "PE_REQUIRE_FIXTURES=1 but PE_PYTHON (a Python with pyarrow, duckdb and pyspark) is not set"
             );
             eprintln!("skipping the pyarrow/duckdb read-back: PE_PYTHON is not set");
             None

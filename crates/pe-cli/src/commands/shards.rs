@@ -4,6 +4,7 @@
 //! (or a retried task of a distributed engine) resumes. `--shard I/N` (or the engines'
 //! variables) picks one worker's shards.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -38,6 +39,10 @@ pub struct ShardArgs {
     /// and `text_embedding` (null for samples without one).
     #[arg(long, requires = "output_dir")]
     pub captions: bool,
+    /// Print this worker's shards, one a line, and exit (no model is loaded): what a driver
+    /// of a distributed engine hands out.
+    #[arg(long, requires = "output_dir")]
+    pub list_shards: bool,
 }
 
 /// The part of `shard` in `dir`.
@@ -48,7 +53,7 @@ fn part_path(dir: &Path, shard: &str) -> PathBuf {
 
 /// Shards named by `--input` patterns, then those listed by `--files-from` (one a line, or
 /// NUL-separated with `-0`), in order, each once.
-fn shard_list(args: &ShardArgs, list: Option<&Path>, null: bool) -> anyhow::Result<Vec<String>> {
+fn shard_list(args: &ShardArgs, dir: &Path, list: Option<&Path>, null: bool) -> anyhow::Result<Vec<String>> {
     let mut all = Vec::new();
     for pattern in &args.shard_input {
         all.extend(pe_shards::expand(pattern)?);
@@ -65,6 +70,16 @@ fn shard_list(args: &ShardArgs, list: Option<&Path>, null: bool) -> anyhow::Resu
     if all.is_empty() {
         anyhow::bail!("no shards given (--input PATTERN or --files-from LIST)");
     }
+    // Two shards with one name would share a part, and the second would be skipped as done.
+    let mut parts: std::collections::HashMap<PathBuf, &String> = std::collections::HashMap::new();
+    for shard in &all {
+        if let Some(other) = parts.insert(part_path(dir, shard), shard) {
+            anyhow::bail!(
+                "shards {other} and {shard} would both be written to {}; give shards distinct file names",
+                part_path(dir, shard).display()
+            );
+        }
+    }
     Ok(all)
 }
 
@@ -76,13 +91,21 @@ pub fn run_image(
     input: &crate::inputs::InputArgs,
 ) -> anyhow::Result<ExitCode> {
     let dir = args.output_dir.as_deref().context("shards need --output-dir")?;
-    let all = shard_list(args, input.files_from.as_deref(), input.null)?;
-    std::fs::create_dir_all(dir).with_context(|| format!("--output-dir {}", dir.display()))?;
+    let all = shard_list(args, dir, input.files_from.as_deref(), input.null)?;
     let share = match &args.shard {
         Some(s) => Share::parse(s)?,
         None => Share::from_env(args.shard_count)?.unwrap_or(Share::ALL),
     };
     let mine: Vec<&String> = share.pick(&all);
+    if args.list_shards {
+        let mut out = std::io::stdout().lock();
+        for shard in &mine {
+            writeln!(out, "{shard}")?;
+        }
+        out.flush()?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("--output-dir {}", dir.display()))?;
     let todo: Vec<&String> = mine.iter().copied().filter(|s| !part_path(dir, s).exists()).collect();
     eprintln!(
         "pe: {} of {} shards are this worker's ({}/{}); {} have their part already",
@@ -186,6 +209,7 @@ pub fn run_image(
                 }
                 Err(e) => {
                     eprintln!("pe: {shard}: {e}");
+                    read += 1;
                     failed += 1;
                 }
             }
