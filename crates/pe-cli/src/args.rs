@@ -75,6 +75,7 @@ impl ModelArgs {
             dim,
             shard: None,
             captions: false,
+            hashes: false,
         })
     }
 

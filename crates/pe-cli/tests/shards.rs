@@ -243,3 +243,60 @@ fn captions_and_their_text_embeddings() {
     let d = ours.iter().zip(&want).fold(0f64, |m, (a, b)| m.max((a - b).abs()));
     assert!(d <= 1e-5, "text embedding differs by {d}");
 }
+
+/// A folder of parts imports into a searchable index: samples are `SHARD/KEY`, contents keyed
+/// by the `hash` column (BLAKE3 of the image bytes), the model taken from the parts' manifest;
+/// parts of another model are refused.
+#[test]
+fn parts_import_into_a_searchable_index() {
+    let Some(fx) = fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let shards = tmp.path().join("shards");
+    std::fs::create_dir(&shards).unwrap();
+    shard(&shards.join("a.tar"), &fx, &[("k0", "cat.png"), ("k1", "dog.png"), ("k2", "-")], 0);
+    shard(&shards.join("b.tar"), &fx, &[("k0", "synthetic_card.png"), ("sub/k1", "cat.png")], 0);
+    let (cfg, w) = (s(&fx.join("tiny-cls.json")), s(&fx.join("tiny-cls.safetensors")));
+    let parts = tmp.path().join("parts");
+    let input = format!("{}/{{a,b}}.tar", s(&shards));
+    let m = ["--config", cfg.as_str(), "--weights", w.as_str()];
+    let mut a = vec!["embed-image", "--input", &input];
+    let dir = s(&parts);
+    a.extend(["--output-dir", dir.as_str()]);
+    a.extend(m);
+    assert_eq!(pe(&a, &[]).status.code(), Some(1), "k2 is garbage");
+    let meta = pe_index::output::metadata(&parts.join("a.parquet")).unwrap();
+    assert!(meta.iter().any(|(k, v)| k == "pe.manifest" && v.contains("\"weights_blake3\"")), "{meta:?}");
+
+    let idx = tmp.path().join("idx");
+    let out = pe(&["index", "import", &s(&parts), "--index", &s(&idx)], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("imported 4 rows (3 distinct contents)"), "{err}");
+    let search = pe(&["search", "--index", &s(&idx), "--json", "--top", "4", &s(&fx.join("images/cat.png"))], &[]);
+    assert!(search.status.success(), "{}", String::from_utf8_lossy(&search.stderr));
+    let hits: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&search.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let top: Vec<&str> = hits.iter().take(2).map(|h| h["path"].as_str().unwrap()).collect();
+    let mut want = [s(&shards.join("a.tar/k0")), s(&shards.join("b.tar/sub/k1"))];
+    want.sort();
+    let mut got = [top[0].to_string(), top[1].to_string()];
+    got.sort();
+    assert_eq!(got, want, "both copies of cat.png first: {hits:?}");
+    assert!((hits[0]["score"].as_f64().unwrap() - 1.0).abs() < 1e-5, "{hits:?}");
+    let dupes = String::from_utf8_lossy(&pe(&["dedupe", "--index", &s(&idx)], &[]).stdout).to_string();
+    let first: serde_json::Value = serde_json::from_str(dupes.lines().next().unwrap()).unwrap();
+    assert_eq!(first["kind"], "exact", "{dupes}");
+    assert_eq!(first["paths"].as_array().unwrap().len(), 2, "{dupes}");
+
+    // Parts of another precision are another model's: refused, the index left as it was.
+    let other = tmp.path().join("bf16");
+    let mut a = vec!["embed-image", "--input", &input, "--dtype", "bf16"];
+    let dir = s(&other);
+    a.extend(["--output-dir", dir.as_str()]);
+    a.extend(m);
+    assert_eq!(pe(&a, &[]).status.code(), Some(1));
+    let out = pe(&["index", "import", &s(&other), "--index", &s(&idx)], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    let again = pe(&["search", "--index", &s(&idx), "--json", "--top", "10", "cat"], &[]);
+    assert_eq!(String::from_utf8_lossy(&again.stdout).lines().count(), 4);
+}

@@ -5,7 +5,9 @@
 //! `pe.dim` for readers that only want those). DuckDB, pandas and Spark read it as is.
 //!
 //! Import takes these files (or any Parquet with at least `path`, `hash` and `embedding`, as a
-//! fixed-size or plain list of float32) into an index: the dimension is checked against the
+//! fixed-size or plain list of float32), and the parts `pe embed-image --output-dir` writes for
+//! a sharded corpus (`key`, `hash`, `embedding`, and the shard in the metadata; a sample's path
+//! is then `SHARD/KEY`, the shard made absolute from the current directory), into an index: the dimension is checked against the
 //! index before any row is read, every row is checked (a 64-digit hash, finite and normalized
 //! embedding), and each record batch is one catalog transaction. Rows with their file's size and
 //! time are seen as unchanged by the next `pe index`; rows without are hashed again then, and
@@ -220,10 +222,13 @@ pub fn import(catalog: &mut Catalog, dim: usize, files: &[PathBuf]) -> Result<Im
             Ok(t) => return Err(pq_err(file, format!("column `embedding` is {t}, not a list of float32"))),
             Err(_) => return Err(pq_err(file, "no `embedding` column")),
         }
+        let shard = shard_of(&builder, file)?;
         let reader = builder.with_batch_size(BATCH).build().map_err(|e| pq_err(file, e))?;
         for batch in reader {
             let batch = batch.map_err(|e| pq_err(file, e))?;
-            let paths = column::<StringArray>(&batch, "path", file)?.ok_or_else(|| pq_err(file, "no `path` column"))?;
+            let key_column = if shard.is_some() { "key" } else { "path" };
+            let paths = column::<StringArray>(&batch, key_column, file)?
+                .ok_or_else(|| pq_err(file, format!("no `{key_column}` column")))?;
             let hashes =
                 column::<StringArray>(&batch, "hash", file)?.ok_or_else(|| pq_err(file, "no `hash` column"))?;
             let sizes = column::<Int64Array>(&batch, "size", file)?;
@@ -252,7 +257,13 @@ pub fn import(catalog: &mut Catalog, dim: usize, files: &[PathBuf]) -> Result<Im
                 if paths.is_null(i) || hashes.is_null(i) || emb_null(&emb, i) {
                     return Err(pq_err(file, format!("{}: a null path, hash or embedding", at())));
                 }
-                let (path, hash) = (PathBuf::from(paths.value(i)), hashes.value(i).to_ascii_lowercase());
+                let hash = hashes.value(i).to_ascii_lowercase();
+                let path = match &shard {
+                    Some(shard) => {
+                        sample_path(shard, paths.value(i)).map_err(|e| pq_err(file, format!("{}: {e}", at())))?
+                    }
+                    None => PathBuf::from(paths.value(i)),
+                };
                 if !path.is_absolute() {
                     return Err(pq_err(file, format!("{}: path {} is not absolute", at(), path.display())));
                 }
@@ -291,6 +302,29 @@ pub fn import(catalog: &mut Catalog, dim: usize, files: &[PathBuf]) -> Result<Im
     }
     report.contents = seen.len();
     Ok(report)
+}
+
+/// For a shard part (a `key` column and no `path`), its shard (`pe.shard`), made absolute.
+fn shard_of(builder: &ParquetRecordBatchReaderBuilder<File>, file: &Path) -> Result<Option<PathBuf>> {
+    let fields = builder.schema();
+    if fields.field_with_name("path").is_ok() || fields.field_with_name("key").is_err() {
+        return Ok(None);
+    }
+    let kv = builder.metadata().file_metadata().key_value_metadata();
+    let shard = kv.and_then(|kv| kv.iter().find(|k| k.key == "pe.shard")).and_then(|k| k.value.clone());
+    let shard =
+        shard.ok_or_else(|| pq_err(file, "a `key` column but no `path`, and no pe.shard metadata naming the shard"))?;
+    std::path::absolute(&shard).map(Some).map_err(|e| pq_err(file, format!("shard {shard}: {e}")))
+}
+
+/// `SHARD/KEY`: where a sample of a shard is said to be. A key is a relative name, as
+/// WebDataset keys are (no `..`, no root, no empty part), so the path stays inside its shard.
+fn sample_path(shard: &Path, key: &str) -> std::result::Result<PathBuf, String> {
+    if key.split('/').all(|p| !p.is_empty() && p != "." && p != "..") {
+        Ok(shard.join(key))
+    } else {
+        Err(format!("key {key:?} is not a sample name"))
+    }
 }
 
 fn emb_null(e: &Embeddings, i: usize) -> bool {

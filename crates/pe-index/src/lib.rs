@@ -36,7 +36,7 @@ pub use catalog::{Catalog, FileRow, VectorRow};
 pub use dedupe::Group;
 pub use error::{Error, Result};
 pub use export::{manifest_of, ImportReport};
-pub use manifest::{describe, hash_file, Manifest, ModelSpec, TransformSpec, FORMAT_VERSION};
+pub use manifest::{describe, hash_bytes, hash_file, Manifest, ModelSpec, TransformSpec, FORMAT_VERSION};
 pub use matrix::{dot, Hit, Matrix};
 pub use scan::{dir_identity, is_video, scan, Found, ScanOptions, Walker, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS};
 pub use search::{needs_model, query_vector};

@@ -192,6 +192,11 @@ fn short(hash: &str) -> &str {
     &hash[..hash.len().min(12)]
 }
 
+/// BLAKE3 of `bytes`, hex: the content hash the catalog keys vectors by.
+pub fn hash_bytes(bytes: &[u8]) -> String {
+    blake3::hash(bytes).to_hex().to_string()
+}
+
 /// A file's modification time in nanoseconds since the epoch (0 where unknown).
 pub fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
     meta.modified()

@@ -124,7 +124,7 @@ fn prepare(f: &Found, before: Option<&FileRow>, known: &Mutex<HashSet<String>>, 
         Ok(b) => b,
         Err(e) => return Prepared::Failed(row(None, Some(e.to_string()))),
     };
-    let hash = blake3::hash(&bytes).to_hex().to_string();
+    let hash = crate::manifest::hash_bytes(&bytes);
     if let Some(p) = seen_before(f, &hash, before, known) {
         return p;
     }

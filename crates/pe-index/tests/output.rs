@@ -15,6 +15,7 @@ fn columns(dtype: &str) -> Columns {
         dim: Some(3),
         shard: None,
         captions: false,
+        hashes: false,
     }
 }
 

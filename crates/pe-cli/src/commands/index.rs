@@ -44,14 +44,6 @@ impl IndexModelArgs {
     fn manifest(&self) -> anyhow::Result<Manifest> {
         let source = ModelSource::from_options(self.model.as_deref(), self.config.as_deref(), self.weights.as_deref())?;
         let cfg = source.config()?;
-        let (config, weights) = match &source {
-            ModelSource::Preset { weights: Some(w), .. } => (None, w.clone()),
-            ModelSource::Preset { weights: None, .. } => {
-                (None, perception_encoder::hub::fetch_checkpoint(&cfg.name, &mut super::download::Reporter::new())?)
-            }
-            ModelSource::Custom { config, weights } => (Some(std::fs::canonicalize(config)?), weights.clone()),
-        };
-        let dim = embedding_dim(&cfg)?;
         let mut transform = perception_encoder::preprocess::ImageTransform::for_config(&cfg.vision);
         if self.center_crop {
             transform.mode = perception_encoder::preprocess::ResizeMode::CenterCrop;
@@ -59,15 +51,33 @@ impl IndexModelArgs {
         if let Some(p) = self.max_pixels {
             transform.max_pixels = p;
         }
-        Ok(Manifest {
-            format_version: pe_index::FORMAT_VERSION,
-            model: Manifest::weights_spec(&cfg.name, config, &weights)?,
-            precision: self.dtype.unwrap_or_default(),
-            layer: -1,
-            transform: TransformSpec::of(&transform),
-            dim,
-        })
+        manifest_for(&source, self.dtype.unwrap_or_default(), &transform)
     }
+}
+
+/// The manifest of the final-layer, normalized embeddings `source` makes at `precision` from
+/// images through `transform` (hashing the weights, downloading a preset's first).
+pub(crate) fn manifest_for(
+    source: &ModelSource,
+    precision: Precision,
+    transform: &perception_encoder::preprocess::ImageTransform,
+) -> anyhow::Result<Manifest> {
+    let cfg = source.config()?;
+    let (config, weights) = match source {
+        ModelSource::Preset { weights: Some(w), .. } => (None, w.clone()),
+        ModelSource::Preset { weights: None, .. } => {
+            (None, perception_encoder::hub::fetch_checkpoint(&cfg.name, &mut super::download::Reporter::new())?)
+        }
+        ModelSource::Custom { config, weights } => (Some(std::fs::canonicalize(config)?), weights.clone()),
+    };
+    Ok(Manifest {
+        format_version: pe_index::FORMAT_VERSION,
+        model: Manifest::weights_spec(&cfg.name, config, &weights)?,
+        precision,
+        layer: -1,
+        transform: TransformSpec::of(transform),
+        dim: embedding_dim(&cfg)?,
+    })
 }
 
 fn embedding_dim(cfg: &ClipConfig) -> anyhow::Result<usize> {

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use pe_index::output::Writer;
+use pe_index::output::{SampleExtras, Writer};
 use pe_shards::{Samples, Share};
 
 use crate::args::{ImageArgs, ModelArgs};
@@ -43,6 +43,13 @@ pub struct ShardArgs {
     /// of a distributed engine hands out.
     #[arg(long, requires = "output_dir")]
     pub list_shards: bool,
+}
+
+/// The hashes and captions of a batch's samples, by key.
+#[derive(Default)]
+struct Extras {
+    hashes: std::collections::HashMap<String, String>,
+    captions: std::collections::HashMap<String, String>,
 }
 
 /// The part of `shard` in `dir`.
@@ -127,6 +134,15 @@ pub fn run_image(
         (true, Some(t)) => Some(perception_encoder::tokenizer::ClipTokenizer::new(t.config().context_length)),
         (true, None) => anyhow::bail!("--captions needs a text tower; {} is vision-only", cfg.name),
     };
+    // What made the embeddings, so `pe index import` can build an index of the parts and refuse
+    // to mix them with another model's. Only final-layer, normalized embeddings are indexable.
+    let manifest = match (dim, normalize) {
+        (Some(_), true) => {
+            let m = super::index::manifest_for(&model_args.source()?, model_args.dtype, &image.transform(&model)?)?;
+            Some(serde_json::to_string(&m)?)
+        }
+        _ => None,
+    };
     let (mut bad_shards, mut bad_samples) = (0usize, 0usize);
     for (n, shard) in todo.iter().enumerate() {
         let samples = match Samples::open(Path::new(shard)) {
@@ -142,17 +158,16 @@ pub fn run_image(
         let mut columns = model_args.columns("key", true, dim)?;
         columns.shard = stem;
         columns.captions = args.captions;
-        let mut captions: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+        columns.hashes = true;
+        let mut extras = Extras::default();
         let mut writer = Writer::create(&part, columns, false)?;
         let (mut read, mut failed) = (0usize, 0usize);
         let mut batch: Vec<Input> = Vec::new();
         let mut error: Option<anyhow::Error> = None;
-        let run = |batch: &mut Vec<Input>,
-                   captions: &mut std::collections::HashMap<String, String>,
-                   writer: &mut Writer|
-         -> anyhow::Result<usize> {
+        let run = |batch: &mut Vec<Input>, extras: &mut Extras, writer: &mut Writer| -> anyhow::Result<usize> {
             let inputs = std::mem::take(batch);
-            let texts = std::mem::take(captions);
+            let Extras { hashes, captions: texts } = std::mem::take(extras);
+            let hash = |input: &Input| hashes.get(&*input.name().to_string_lossy()).map(String::as_str);
             embed_images(
                 &model,
                 &inputs,
@@ -162,7 +177,8 @@ pub fn run_image(
                 |rows| {
                     let Some(tokenizer) = &tokenizer else {
                         for (input, size, row) in rows {
-                            writer.push(input.name(), Some(size), &row)?;
+                            let extras = SampleExtras { hash: hash(input), caption: None };
+                            writer.push_sample(input.name(), Some(size), &row, extras)?;
                         }
                         return Ok(());
                     };
@@ -183,7 +199,12 @@ pub fn run_image(
                         let caption = texts.get(&*input.name().to_string_lossy());
                         let text = caption.and_then(|_| text_rows.next());
                         let pair = caption.zip(text.as_deref()).map(|(c, t)| (c.as_str(), t));
-                        writer.push_captioned(input.name(), Some(size), &row, pair)?;
+                        writer.push_sample(
+                            input.name(),
+                            Some(size),
+                            &row,
+                            SampleExtras { hash: hash(input), caption: pair },
+                        )?;
                     }
                     Ok(())
                 },
@@ -197,11 +218,12 @@ pub fn run_image(
                 Ok(sample) => {
                     read += 1;
                     if let (true, Some(c)) = (args.captions, sample.caption) {
-                        captions.insert(sample.key.clone(), c);
+                        extras.captions.insert(sample.key.clone(), c);
                     }
+                    extras.hashes.insert(sample.key.clone(), pe_index::hash_bytes(&sample.image.1));
                     batch.push(Input::Memory(sample.key, Arc::new(sample.image.1)));
                     if batch.len() >= batch_size.max(1) {
-                        match run(&mut batch, &mut captions, &mut writer) {
+                        match run(&mut batch, &mut extras, &mut writer) {
                             Ok(f) => failed += f,
                             Err(e) => error = Some(e),
                         }
@@ -217,12 +239,16 @@ pub fn run_image(
         if let Some(e) = error {
             return Err(e.context(format!("shard {shard}")));
         }
-        failed += run(&mut batch, &mut captions, &mut writer)?;
-        let rows = writer.finish_with(vec![
+        failed += run(&mut batch, &mut extras, &mut writer)?;
+        let mut meta = vec![
             ("pe.shard".into(), shard.to_string()),
             ("pe.samples_read".into(), read.to_string()),
             ("pe.samples_failed".into(), failed.to_string()),
-        ])?;
+        ];
+        if let Some(m) = &manifest {
+            meta.push(("pe.manifest".into(), m.clone()));
+        }
+        let rows = writer.finish_with(meta)?;
         bad_samples += failed;
         eprintln!("pe: [{}/{}] {shard}: {rows} rows, {failed} samples could not be read", n + 1, todo.len());
     }

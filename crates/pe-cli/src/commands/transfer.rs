@@ -24,7 +24,8 @@ pub struct ExportCmd {
 /// Arguments of `pe index import`.
 #[derive(Debug, clap::Args)]
 pub struct ImportCmd {
-    /// Parquet files: exports of `pe index`, or any with path, hash and embedding columns.
+    /// Parquet files: exports of `pe index`, parts of `pe embed-image --output-dir` (a folder
+    /// of parts: its *.parquet files), or any with path, hash and embedding columns.
     #[arg(required = true)]
     files: Vec<PathBuf>,
     /// The index directory; created from the first file's manifest when there is none.
@@ -55,12 +56,37 @@ pub fn run_export(cmd: ExportCmd) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn run_import(cmd: ImportCmd) -> anyhow::Result<ExitCode> {
-    for f in &cmd.files {
-        if !f.is_file() {
+/// The files named, a folder standing for its `*.parquet` files (sorted; hidden ones, such as
+/// the temporary files of unfinished parts, left out).
+fn parquet_files(named: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for f in named {
+        if f.is_dir() {
+            let mut parts: Vec<PathBuf> = std::fs::read_dir(f)
+                .with_context(|| format!("{}", f.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.extension().is_some_and(|x| x == "parquet")
+                        && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))
+                        && p.is_file()
+                })
+                .collect();
+            if parts.is_empty() {
+                bail!("{}: a folder without .parquet files", f.display());
+            }
+            parts.sort();
+            files.append(&mut parts);
+        } else if f.is_file() {
+            files.push(f.clone());
+        } else {
             bail!("{}: no such file", f.display());
         }
     }
+    Ok(files)
+}
+
+pub fn run_import(mut cmd: ImportCmd) -> anyhow::Result<ExitCode> {
+    cmd.files = parquet_files(&cmd.files)?;
     let mut index = match Index::open(&cmd.index) {
         Ok(i) => i,
         Err(pe_index::Error::NoIndex(_)) => {

@@ -75,6 +75,18 @@ pub struct Columns {
     pub shard: Option<String>,
     /// `caption` and `text_embedding` columns (Parquet only; null where a row has none).
     pub captions: bool,
+    /// A `hash` column: BLAKE3 of each input's bytes, hex (Parquet only), which is what an
+    /// index keys contents by (`pe index import`).
+    pub hashes: bool,
+}
+
+/// What a row of a sharded corpus carries beside its embedding.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SampleExtras<'a> {
+    /// BLAKE3 of the input's bytes, hex (the `hash` column).
+    pub hash: Option<&'a str>,
+    /// The caption and its text embedding (the `caption` and `text_embedding` columns).
+    pub caption: Option<(&'a str, &'a [f32])>,
 }
 
 /// One row read back from an output.
@@ -258,16 +270,16 @@ impl Writer {
         Ok(())
     }
 
-    /// Append one row with its caption and the caption's text embedding (the `captions`
-    /// columns of a Parquet output; other formats keep the image row only).
-    pub fn push_captioned(
+    /// Append one row with its hash, caption and the caption's text embedding (the `hash`
+    /// and `captions` columns of a Parquet output; other formats keep the image row only).
+    pub fn push_sample(
         &mut self,
         key: &OsStr,
         size: Option<(u32, u32)>,
         embedding: &[f32],
-        caption: Option<(&str, &[f32])>,
+        extras: SampleExtras,
     ) -> Result<()> {
-        if let (Sink::Parquet(w), Some((_, text))) = (&self.sink, caption) {
+        if let (Sink::Parquet(w), Some((_, text))) = (&self.sink, extras.caption) {
             if text.len() != embedding.len() {
                 return Err(w.err(format!(
                     "a text embedding of {} values beside an image one of {}",
@@ -277,7 +289,7 @@ impl Writer {
             }
         }
         if let Sink::Parquet(w) = &mut self.sink {
-            w.caption(caption);
+            w.extras(extras);
         }
         self.push(key, size, embedding)
     }

@@ -14,7 +14,7 @@ use parquet::basic::Compression;
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 
-use super::{output_err, Columns, Row, Temp};
+use super::{output_err, Columns, Row, SampleExtras, Temp};
 use crate::error::{Error, Result};
 
 /// Rows per row group (and per record batch): 4 MiB of 1024-dim float32.
@@ -31,6 +31,7 @@ pub(super) struct PqWriter {
     width: Vec<Option<i32>>,
     height: Vec<Option<i32>>,
     values: Vec<f32>,
+    hashes: Vec<Option<String>>,
     captions: Vec<Option<String>>,
     /// Text embeddings of the rows with a caption, in order.
     text_values: Vec<f32>,
@@ -42,6 +43,9 @@ fn schema(columns: &Columns, dim: usize) -> Result<Arc<Schema>> {
     let mut fields = vec![Field::new(columns.key.as_str(), DataType::Utf8, false)];
     if columns.shard.is_some() {
         fields.push(Field::new("shard", DataType::Utf8, false));
+    }
+    if columns.hashes {
+        fields.push(Field::new("hash", DataType::Utf8, true));
     }
     if columns.sizes {
         fields.push(Field::new("width", DataType::Int32, true));
@@ -69,16 +73,20 @@ impl PqWriter {
             width: Vec::new(),
             height: Vec::new(),
             values: Vec::new(),
+            hashes: Vec::new(),
             captions: Vec::new(),
             text_values: Vec::new(),
         })
     }
 
-    /// The caption (and its text embedding) of the row pushed next.
-    pub fn caption(&mut self, caption: Option<(&str, &[f32])>) {
+    /// The hash, caption and caption's text embedding of the row pushed next.
+    pub fn extras(&mut self, extras: SampleExtras) {
+        if self.columns.hashes {
+            self.hashes.push(extras.hash.map(str::to_string));
+        }
         if self.columns.captions {
-            self.captions.push(caption.map(|c| c.0.to_string()));
-            if let Some((_, v)) = caption {
+            self.captions.push(extras.caption.map(|c| c.0.to_string()));
+            if let Some((_, v)) = extras.caption {
                 self.text_values.extend_from_slice(v);
             }
         }
@@ -89,9 +97,12 @@ impl PqWriter {
     }
 
     pub fn push(&mut self, key: String, size: Option<(i32, i32)>, embedding: &[f32]) -> Result<()> {
+        // A row pushed without `extras` has none.
         if self.columns.captions && self.captions.len() == self.keys.len() {
-            // A row pushed without `caption` has none.
             self.captions.push(None);
+        }
+        if self.columns.hashes && self.hashes.len() == self.keys.len() {
+            self.hashes.push(None);
         }
         self.keys.push(key);
         self.width.push(size.map(|s| s.0));
@@ -136,6 +147,9 @@ impl PqWriter {
         let mut cols: Vec<Arc<dyn Array>> = vec![Arc::new(StringArray::from(std::mem::take(&mut self.keys)))];
         if let Some(shard) = &self.columns.shard {
             cols.push(Arc::new(StringArray::from(vec![shard.as_str(); n])));
+        }
+        if self.columns.hashes {
+            cols.push(Arc::new(StringArray::from(std::mem::take(&mut self.hashes))));
         }
         if self.columns.sizes {
             cols.push(Arc::new(Int32Array::from(std::mem::take(&mut self.width))));
