@@ -76,6 +76,7 @@ impl ModelArgs {
             shard: None,
             captions: false,
             hashes: false,
+            texts: false,
         })
     }
 

@@ -229,7 +229,7 @@ fn captions_and_their_text_embeddings() {
         "import duckdb, json; print(json.dumps([[k, c, None if t is None else [float(x) for x in t]] for k, c, t in duckdb.sql(\"select key, caption, text_embedding from '{}/00000.parquet' order by key\").fetchall()]))",
         s(&out)
     );
-    let got = Command::new(py).args(["-c", &q]).output().unwrap();
+    let got = Command::new(&py).args(["-c", &q]).output().unwrap();
     let v: serde_json::Value =
         serde_json::from_slice(&got.stdout).unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&got.stderr)));
     assert_eq!(v[0][0], "a");
@@ -242,6 +242,31 @@ fn captions_and_their_text_embeddings() {
     assert_eq!(ours.len(), want.len());
     let d = ours.iter().zip(&want).fold(0f64, |m, (a, b)| m.max((a - b).abs()));
     assert!(d <= 1e-5, "text embedding differs by {d}");
+
+    // `pe embed-text` over the shard: the captions alone, the same text embedding bit for bit;
+    // the sample without a caption reported and counted.
+    let texts = tmp.path().join("texts");
+    let r =
+        pe(&["embed-text", "--config", &cfg, "--weights", &w, "--input", &s(&shard), "--output-dir", &s(&texts)], &[]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(1), "{err}");
+    assert!(err.contains("sample b: no caption"), "{err}");
+    let q = format!(
+        "import duckdb, json; print(json.dumps([[k, sh, c, [float(x) for x in e]] for k, sh, c, e in duckdb.sql(\"select key, shard, caption, embedding from '{}/00000.parquet'\").fetchall()]))",
+        s(&texts)
+    );
+    let got = Command::new(py).args(["-c", &q]).output().unwrap();
+    let t: serde_json::Value =
+        serde_json::from_slice(&got.stdout).unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&got.stderr)));
+    assert_eq!(t.as_array().unwrap().len(), 1, "{t}");
+    assert_eq!(
+        (t[0][0].as_str(), t[0][1].as_str(), t[0][2].as_str()),
+        (Some("a"), Some("00000"), Some("a photo of a cat"))
+    );
+    assert_eq!(t[0][3], v[0][2], "the same text embedding as the image part's");
+    let meta = pe_index::output::metadata(&texts.join("00000.parquet")).unwrap();
+    let get = |k: &str| meta.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+    assert_eq!((get("pe.samples_read").as_deref(), get("pe.samples_failed").as_deref()), (Some("2"), Some("1")));
 }
 
 /// A folder of parts imports into a searchable index: samples are `SHARD/KEY`, contents keyed

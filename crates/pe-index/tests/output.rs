@@ -16,6 +16,7 @@ fn columns(dtype: &str) -> Columns {
         shard: None,
         captions: false,
         hashes: false,
+        texts: false,
     }
 }
 

@@ -112,12 +112,17 @@ pub struct TextCmd {
     null: bool,
     #[command(flatten)]
     output: OutputArgs,
+    #[command(flatten)]
+    shards: super::shards_text::TextShardArgs,
     /// Texts to embed.
-    #[arg(required_unless_present = "file")]
+    #[arg(required_unless_present_any = ["file", "input"])]
     texts: Vec<String>,
 }
 
 pub fn run_text(cmd: TextCmd) -> anyhow::Result<ExitCode> {
+    if cmd.shards.output_dir.is_some() {
+        return super::shards_text::run_text(&cmd.model, (!cmd.no_normalize, cmd.batch_size), &cmd.shards);
+    }
     let mut writer = cmd.output.writer(cmd.model.columns("text", false, None)?)?;
     let texts = match &cmd.file {
         Some(f) => read_texts(f, cmd.null)?,

@@ -88,8 +88,34 @@ fn embedding_dim(cfg: &ClipConfig) -> anyhow::Result<usize> {
 }
 
 /// Load the model a manifest names.
-pub(crate) fn load_model(m: &Manifest) -> anyhow::Result<perception_encoder::Clip> {
-    m.check_weights()?;
+///
+/// An index made on another machine (imported parts, a copied folder) names weights at a path
+/// this machine may not have. For a preset, the hub cache's copy is taken instead when its
+/// BLAKE3 is the one recorded, and the index at `dir` is re-pointed to it.
+pub(crate) fn load_model(m: &Manifest, dir: &std::path::Path) -> anyhow::Result<perception_encoder::Clip> {
+    let local;
+    let m = match m.check_weights() {
+        Ok(()) => m,
+        Err(e) if m.model.config.is_none() && !m.model.weights.exists() => {
+            let cached =
+                perception_encoder::hub::fetch_checkpoint(&m.model.name, &mut super::download::Reporter::new())
+                    .map_err(|hub| anyhow::anyhow!("{e}; and the hub cache has no copy: {hub}"))?;
+            let spec = Manifest::weights_spec(&m.model.name, None, &cached)?;
+            if spec.weights_blake3 != m.model.weights_blake3 {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "{} in the hub cache has other weights than those the index was built with",
+                    cached.display()
+                )));
+            }
+            local = Manifest { model: spec, ..m.clone() };
+            match local.write(dir) {
+                Ok(()) => eprintln!("pe: the index now uses {} (the same weights)", cached.display()),
+                Err(w) => tracing::warn!("using {} (the same weights), but cannot record it: {w}", cached.display()),
+            }
+            &local
+        }
+        Err(e) => return Err(e.into()),
+    };
     let source = match &m.model.config {
         Some(config) => ModelSource::Custom { config: config.clone(), weights: m.model.weights.clone() },
         None => ModelSource::Preset { name: m.model.name.clone(), weights: Some(m.model.weights.clone()) },
@@ -242,7 +268,7 @@ pub fn run_index(cmd: IndexCmd) -> anyhow::Result<ExitCode> {
         Err(e) => return Err(e.into()),
     };
     let mut index = Index::open_or_create(&dir, &manifest)?;
-    let model = load_model(index.manifest())?;
+    let model = load_model(index.manifest(), &dir)?;
     let opts = cmd.update_options();
     let started = Instant::now();
     let report = update_with_progress(&mut index, &model, &cmd.paths, &opts)?;
@@ -431,7 +457,7 @@ pub fn run_search(cmd: SearchCmd) -> anyhow::Result<ExitCode> {
     let mut index = Index::open(&dir)?;
     // Only text, or images the index does not hold, need the model.
     let model = if cmd.update || pe_index::needs_model(index.catalog(), &terms)? {
-        Some(load_model(index.manifest())?)
+        Some(load_model(index.manifest(), &dir)?)
     } else {
         None
     };

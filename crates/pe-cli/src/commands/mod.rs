@@ -9,5 +9,6 @@ pub mod index;
 pub mod models;
 pub mod serve;
 pub mod shards;
+pub mod shards_text;
 pub mod tokenize;
 pub mod transfer;

@@ -78,7 +78,7 @@ pub fn run(cmd: ServeCmd) -> anyhow::Result<ExitCode> {
             let index = pe_index::Index::open(dir)?;
             let (_, searchable, _, _) = index.catalog().counts()?;
             eprintln!("pe: index {} holds {searchable} searchable files", dir.display());
-            super::index::load_model(index.manifest())?
+            super::index::load_model(index.manifest(), dir)?
         }
         None => cmd.model.load()?,
     };

@@ -90,15 +90,15 @@ fn shard_list(args: &ShardArgs, dir: &Path, list: Option<&Path>, null: bool) -> 
     Ok(all)
 }
 
-pub fn run_image(
-    model_args: &ModelArgs,
-    image: &ImageArgs,
-    (layer, normalize, batch_size): (isize, bool, usize),
+/// The shards this worker still has to embed, and the output folder; `None` when there is
+/// nothing to do (`--list-shards` printed them, or every part exists).
+pub(crate) fn plan(
     args: &ShardArgs,
-    input: &crate::inputs::InputArgs,
-) -> anyhow::Result<ExitCode> {
-    let dir = args.output_dir.as_deref().context("shards need --output-dir")?;
-    let all = shard_list(args, dir, input.files_from.as_deref(), input.null)?;
+    list: Option<&Path>,
+    null: bool,
+) -> anyhow::Result<Option<(PathBuf, Vec<String>)>> {
+    let dir = args.output_dir.clone().context("shards need --output-dir")?;
+    let all = shard_list(args, &dir, list, null)?;
     let share = match &args.shard {
         Some(s) => Share::parse(s)?,
         None => Share::from_env(args.shard_count)?.unwrap_or(Share::ALL),
@@ -110,10 +110,10 @@ pub fn run_image(
             writeln!(out, "{shard}")?;
         }
         out.flush()?;
-        return Ok(ExitCode::SUCCESS);
+        return Ok(None);
     }
-    std::fs::create_dir_all(dir).with_context(|| format!("--output-dir {}", dir.display()))?;
-    let todo: Vec<&String> = mine.iter().copied().filter(|s| !part_path(dir, s).exists()).collect();
+    std::fs::create_dir_all(&dir).with_context(|| format!("--output-dir {}", dir.display()))?;
+    let todo: Vec<String> = mine.iter().filter(|s| !part_path(&dir, s).exists()).map(|s| s.to_string()).collect();
     eprintln!(
         "pe: {} of {} shards are this worker's ({}/{}); {} have their part already",
         mine.len(),
@@ -122,9 +122,57 @@ pub fn run_image(
         share.count,
         mine.len() - todo.len()
     );
-    if todo.is_empty() {
-        return Ok(ExitCode::SUCCESS);
+    Ok((!todo.is_empty()).then_some((dir, todo)))
+}
+
+/// The writer of `shard`'s part in `dir` (under a temporary name), its `shard` column set.
+pub(crate) fn part_writer(dir: &Path, shard: &str, mut columns: pe_index::output::Columns) -> anyhow::Result<Writer> {
+    let part = part_path(dir, shard);
+    columns.shard = part.file_stem().map(|s| s.to_string_lossy().into_owned());
+    Ok(Writer::create(&part, columns, false)?)
+}
+
+/// Complete a part: its metadata (the shard, the samples read and failed, the manifest), the
+/// rename, and the progress line.
+pub(crate) fn finish_part(
+    writer: Writer,
+    shard: &str,
+    (read, failed): (usize, usize),
+    manifest: Option<&String>,
+    (n, of): (usize, usize),
+) -> anyhow::Result<()> {
+    let mut meta = vec![
+        ("pe.shard".into(), shard.to_string()),
+        ("pe.samples_read".into(), read.to_string()),
+        ("pe.samples_failed".into(), failed.to_string()),
+    ];
+    if let Some(m) = manifest {
+        meta.push(("pe.manifest".into(), m.clone()));
     }
+    let rows = writer.finish_with(meta)?;
+    eprintln!("pe: [{n}/{of}] {shard}: {rows} rows, {failed} samples could not be read");
+    Ok(())
+}
+
+/// The exit code after all shards: 1 when anything was skipped.
+pub(crate) fn closing(bad_shards: usize, bad_samples: usize) -> ExitCode {
+    if bad_shards + bad_samples == 0 {
+        return ExitCode::SUCCESS;
+    }
+    eprintln!("pe: {bad_shards} shards and {bad_samples} samples could not be read");
+    ExitCode::from(1)
+}
+
+pub fn run_image(
+    model_args: &ModelArgs,
+    image: &ImageArgs,
+    (layer, normalize, batch_size): (isize, bool, usize),
+    args: &ShardArgs,
+    input: &crate::inputs::InputArgs,
+) -> anyhow::Result<ExitCode> {
+    let Some((dir, todo)) = plan(args, input.files_from.as_deref(), input.null)? else {
+        return Ok(ExitCode::SUCCESS);
+    };
     let cfg = model_args.config()?;
     let dim = (layer == -1).then(|| cfg.embed_dim());
     let model = model_args.load()?;
@@ -153,14 +201,11 @@ pub fn run_image(
                 continue;
             }
         };
-        let part = part_path(dir, shard);
-        let stem = part.file_stem().map(|s| s.to_string_lossy().into_owned());
         let mut columns = model_args.columns("key", true, dim)?;
-        columns.shard = stem;
         columns.captions = args.captions;
         columns.hashes = true;
         let mut extras = Extras::default();
-        let mut writer = Writer::create(&part, columns, false)?;
+        let mut writer = part_writer(&dir, shard, columns)?;
         let (mut read, mut failed) = (0usize, 0usize);
         let mut batch: Vec<Input> = Vec::new();
         let mut error: Option<anyhow::Error> = None;
@@ -240,21 +285,8 @@ pub fn run_image(
             return Err(e.context(format!("shard {shard}")));
         }
         failed += run(&mut batch, &mut extras, &mut writer)?;
-        let mut meta = vec![
-            ("pe.shard".into(), shard.to_string()),
-            ("pe.samples_read".into(), read.to_string()),
-            ("pe.samples_failed".into(), failed.to_string()),
-        ];
-        if let Some(m) = &manifest {
-            meta.push(("pe.manifest".into(), m.clone()));
-        }
-        let rows = writer.finish_with(meta)?;
+        finish_part(writer, shard, (read, failed), manifest.as_ref(), (n + 1, todo.len()))?;
         bad_samples += failed;
-        eprintln!("pe: [{}/{}] {shard}: {rows} rows, {failed} samples could not be read", n + 1, todo.len());
     }
-    if bad_shards + bad_samples == 0 {
-        return Ok(ExitCode::SUCCESS);
-    }
-    eprintln!("pe: {bad_shards} shards and {bad_samples} samples could not be read");
-    Ok(ExitCode::from(1))
+    Ok(closing(bad_shards, bad_samples))
 }

@@ -75,6 +75,9 @@ pub struct Columns {
     pub shard: Option<String>,
     /// `caption` and `text_embedding` columns (Parquet only; null where a row has none).
     pub captions: bool,
+    /// A `caption` column holding the text each row's embedding is of (Parquet only: the
+    /// parts of `pe embed-text` over a sharded corpus).
+    pub texts: bool,
     /// A `hash` column: BLAKE3 of each input's bytes, hex (Parquet only), which is what an
     /// index keys contents by (`pe index import`).
     pub hashes: bool,
@@ -280,7 +283,7 @@ impl Writer {
         extras: SampleExtras,
     ) -> Result<()> {
         if let (Sink::Parquet(w), Some((_, text))) = (&self.sink, extras.caption) {
-            if text.len() != embedding.len() {
+            if w.text_embeddings() && text.len() != embedding.len() {
                 return Err(w.err(format!(
                     "a text embedding of {} values beside an image one of {}",
                     text.len(),

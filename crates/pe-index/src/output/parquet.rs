@@ -52,8 +52,10 @@ fn schema(columns: &Columns, dim: usize) -> Result<Arc<Schema>> {
         fields.push(Field::new("height", DataType::Int32, true));
     }
     fields.push(Field::new("embedding", DataType::FixedSizeList(item.clone(), d), false));
-    if columns.captions {
+    if columns.captions || columns.texts {
         fields.push(Field::new("caption", DataType::Utf8, true));
+    }
+    if columns.captions {
         fields.push(Field::new("text_embedding", DataType::FixedSizeList(item, d), true));
     }
     Ok(Arc::new(Schema::new(fields)))
@@ -84,12 +86,19 @@ impl PqWriter {
         if self.columns.hashes {
             self.hashes.push(extras.hash.map(str::to_string));
         }
-        if self.columns.captions {
+        if self.columns.captions || self.columns.texts {
             self.captions.push(extras.caption.map(|c| c.0.to_string()));
+        }
+        if self.columns.captions {
             if let Some((_, v)) = extras.caption {
                 self.text_values.extend_from_slice(v);
             }
         }
+    }
+
+    /// Whether rows carry a text embedding beside the image one.
+    pub fn text_embeddings(&self) -> bool {
+        self.columns.captions
     }
 
     pub(super) fn err(&self, e: impl std::fmt::Display) -> Error {
@@ -98,7 +107,7 @@ impl PqWriter {
 
     pub fn push(&mut self, key: String, size: Option<(i32, i32)>, embedding: &[f32]) -> Result<()> {
         // A row pushed without `extras` has none.
-        if self.columns.captions && self.captions.len() == self.keys.len() {
+        if (self.columns.captions || self.columns.texts) && self.captions.len() == self.keys.len() {
             self.captions.push(None);
         }
         if self.columns.hashes && self.hashes.len() == self.keys.len() {
@@ -158,6 +167,9 @@ impl PqWriter {
         self.width.clear();
         self.height.clear();
         cols.push(Arc::new(embedding));
+        if self.columns.texts && !self.columns.captions {
+            cols.push(Arc::new(StringArray::from(std::mem::take(&mut self.captions))));
+        }
         if self.columns.captions {
             let captions = std::mem::take(&mut self.captions);
             let present: Vec<bool> = captions.iter().map(Option::is_some).collect();
