@@ -77,6 +77,7 @@ impl ModelArgs {
             captions: false,
             hashes: false,
             texts: false,
+            json: false,
         })
     }
 

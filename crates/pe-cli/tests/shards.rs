@@ -86,13 +86,13 @@ fn shards_become_parts_equal_to_embed_image_and_resume() {
     // DuckDB reads the directory of parts as one table: every readable sample once.
     if let Some(py) = pe_testutil::python_with_readers() {
         let q = format!(
-            "import duckdb; print(duckdb.sql(\"select count(*), count(distinct key), count(distinct shard), min(len(embedding)) from '{}/*.parquet'\").fetchall())",
+            "import duckdb; print(duckdb.sql(\"select count(*), count(distinct key), count(distinct shard), min(len(embedding)), count(json), min(json) from '{}/*.parquet'\").fetchall())",
             s(&out_dir)
         );
         let r = Command::new(py).args(["-c", &q]).output().unwrap();
         assert_eq!(
             String::from_utf8_lossy(&r.stdout).trim(),
-            "[(5, 5, 3, 32)]",
+            "[(5, 5, 3, 32, 5, '{\"file\": \"cat.png\"}')]",
             "{}",
             String::from_utf8_lossy(&r.stderr)
         );
@@ -225,6 +225,7 @@ fn captions_and_their_text_embeddings() {
         &[],
     );
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let r0 = r;
     let q = format!(
         "import duckdb, json; print(json.dumps([[k, c, None if t is None else [float(x) for x in t]] for k, c, t in duckdb.sql(\"select key, caption, text_embedding from '{}/00000.parquet' order by key\").fetchall()]))",
         s(&out)
@@ -267,6 +268,11 @@ fn captions_and_their_text_embeddings() {
     let meta = pe_index::output::metadata(&texts.join("00000.parquet")).unwrap();
     let get = |k: &str| meta.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
     assert_eq!((get("pe.samples_read").as_deref(), get("pe.samples_failed").as_deref()), (Some("2"), Some("1")));
+    // The image parts: neither sample has a KEY.json, said once for the shard and counted.
+    assert!(String::from_utf8_lossy(&r0.stderr)
+        .contains("2 samples without usable JSON metadata (the first: sample a: no JSON member)"));
+    let meta = pe_index::output::metadata(&out.join("00000.parquet")).unwrap();
+    assert!(meta.contains(&("pe.samples_without_json".to_string(), "2".to_string())), "{meta:?}");
 }
 
 /// A folder of parts imports into a searchable index: samples are `SHARD/KEY`, contents keyed

@@ -17,6 +17,7 @@ fn columns(dtype: &str) -> Columns {
         captions: false,
         hashes: false,
         texts: false,
+        json: false,
     }
 }
 

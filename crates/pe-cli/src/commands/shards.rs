@@ -50,6 +50,14 @@ pub struct ShardArgs {
 struct Extras {
     hashes: std::collections::HashMap<String, String>,
     captions: std::collections::HashMap<String, String>,
+    jsons: std::collections::HashMap<String, String>,
+}
+
+/// A sample's JSON metadata as text, or why it has none usable.
+fn json_text(json: Option<Vec<u8>>) -> Result<String, &'static str> {
+    let bytes = json.ok_or("no JSON member")?;
+    serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).map_err(|_| "its JSON does not parse")?;
+    String::from_utf8(bytes).map_err(|_| "its JSON is not UTF-8")
 }
 
 /// The part of `shard` in `dir`.
@@ -132,13 +140,13 @@ pub(crate) fn part_writer(dir: &Path, shard: &str, mut columns: pe_index::output
     Ok(Writer::create(&part, columns, false)?)
 }
 
-/// Complete a part: its metadata (the shard, the samples read and failed, the manifest), the
+/// Complete a part: its metadata (the shard, the samples read and failed, and `extra`), the
 /// rename, and the progress line.
 pub(crate) fn finish_part(
     writer: Writer,
     shard: &str,
     (read, failed): (usize, usize),
-    manifest: Option<&String>,
+    extra: Vec<(String, String)>,
     (n, of): (usize, usize),
 ) -> anyhow::Result<()> {
     let mut meta = vec![
@@ -146,9 +154,7 @@ pub(crate) fn finish_part(
         ("pe.samples_read".into(), read.to_string()),
         ("pe.samples_failed".into(), failed.to_string()),
     ];
-    if let Some(m) = manifest {
-        meta.push(("pe.manifest".into(), m.clone()));
-    }
+    meta.extend(extra);
     let rows = writer.finish_with(meta)?;
     eprintln!("pe: [{n}/{of}] {shard}: {rows} rows, {failed} samples could not be read");
     Ok(())
@@ -204,15 +210,18 @@ pub fn run_image(
         let mut columns = model_args.columns("key", true, dim)?;
         columns.captions = args.captions;
         columns.hashes = true;
+        columns.json = true;
         let mut extras = Extras::default();
+        let mut without_json = (0usize, None::<String>);
         let mut writer = part_writer(&dir, shard, columns)?;
         let (mut read, mut failed) = (0usize, 0usize);
         let mut batch: Vec<Input> = Vec::new();
         let mut error: Option<anyhow::Error> = None;
         let run = |batch: &mut Vec<Input>, extras: &mut Extras, writer: &mut Writer| -> anyhow::Result<usize> {
             let inputs = std::mem::take(batch);
-            let Extras { hashes, captions: texts } = std::mem::take(extras);
+            let Extras { hashes, captions: texts, jsons } = std::mem::take(extras);
             let hash = |input: &Input| hashes.get(&*input.name().to_string_lossy()).map(String::as_str);
+            let json = |input: &Input| jsons.get(&*input.name().to_string_lossy()).map(String::as_str);
             embed_images(
                 &model,
                 &inputs,
@@ -222,7 +231,7 @@ pub fn run_image(
                 |rows| {
                     let Some(tokenizer) = &tokenizer else {
                         for (input, size, row) in rows {
-                            let extras = SampleExtras { hash: hash(input), caption: None };
+                            let extras = SampleExtras { hash: hash(input), caption: None, json: json(input) };
                             writer.push_sample(input.name(), Some(size), &row, extras)?;
                         }
                         return Ok(());
@@ -248,7 +257,7 @@ pub fn run_image(
                             input.name(),
                             Some(size),
                             &row,
-                            SampleExtras { hash: hash(input), caption: pair },
+                            SampleExtras { hash: hash(input), caption: pair, json: json(input) },
                         )?;
                     }
                     Ok(())
@@ -266,6 +275,15 @@ pub fn run_image(
                         extras.captions.insert(sample.key.clone(), c);
                     }
                     extras.hashes.insert(sample.key.clone(), pe_index::hash_bytes(&sample.image.1));
+                    match json_text(sample.json) {
+                        Ok(j) => {
+                            extras.jsons.insert(sample.key.clone(), j);
+                        }
+                        Err(why) => {
+                            without_json.0 += 1;
+                            without_json.1.get_or_insert_with(|| format!("sample {}: {why}", sample.key));
+                        }
+                    }
                     batch.push(Input::Memory(sample.key, Arc::new(sample.image.1)));
                     if batch.len() >= batch_size.max(1) {
                         match run(&mut batch, &mut extras, &mut writer) {
@@ -285,7 +303,15 @@ pub fn run_image(
             return Err(e.context(format!("shard {shard}")));
         }
         failed += run(&mut batch, &mut extras, &mut writer)?;
-        finish_part(writer, shard, (read, failed), manifest.as_ref(), (n + 1, todo.len()))?;
+        if let (count @ 1.., Some(first)) = without_json {
+            // Embedded all the same, with a null `json`; said once a shard, not once a sample.
+            eprintln!("pe: {shard}: {count} samples without usable JSON metadata (the first: {first})");
+        }
+        let mut meta = vec![("pe.samples_without_json".to_string(), without_json.0.to_string())];
+        if let Some(m) = &manifest {
+            meta.push(("pe.manifest".into(), m.clone()));
+        }
+        finish_part(writer, shard, (read, failed), meta, (n + 1, todo.len()))?;
         bad_samples += failed;
     }
     Ok(closing(bad_shards, bad_samples))

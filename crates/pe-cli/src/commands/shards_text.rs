@@ -88,7 +88,7 @@ pub fn run_text(
             let ids = tokenizer.tokenize_batch(&texts, model.visual().device())?;
             let rows: Vec<Vec<f32>> = model.encode_text(&ids, normalize)?.to_dtype(DType::F32)?.to_vec2()?;
             for ((key, caption), row) in batch.drain(..).zip(rows) {
-                let extras = SampleExtras { hash: None, caption: Some((&caption, &[])) };
+                let extras = SampleExtras { hash: None, caption: Some((&caption, &[])), json: None };
                 writer.push_sample(std::ffi::OsStr::new(&key), None, &row, extras)?;
             }
             Ok(())
@@ -121,7 +121,7 @@ pub fn run_text(
             return Err(e.context(format!("shard {shard}")));
         }
         run(&mut batch, &mut writer)?;
-        finish_part(writer, shard, (read, failed), None, (n + 1, todo.len()))?;
+        finish_part(writer, shard, (read, failed), Vec::new(), (n + 1, todo.len()))?;
         bad_samples += failed;
     }
     Ok(closing(bad_shards, bad_samples))

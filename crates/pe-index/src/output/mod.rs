@@ -78,6 +78,9 @@ pub struct Columns {
     /// A `caption` column holding the text each row's embedding is of (Parquet only: the
     /// parts of `pe embed-text` over a sharded corpus).
     pub texts: bool,
+    /// A `json` column: each sample's metadata (`KEY.json`) as text, null where it has none
+    /// (Parquet only).
+    pub json: bool,
     /// A `hash` column: BLAKE3 of each input's bytes, hex (Parquet only), which is what an
     /// index keys contents by (`pe index import`).
     pub hashes: bool,
@@ -90,6 +93,8 @@ pub struct SampleExtras<'a> {
     pub hash: Option<&'a str>,
     /// The caption and its text embedding (the `caption` and `text_embedding` columns).
     pub caption: Option<(&'a str, &'a [f32])>,
+    /// The sample's JSON metadata (the `json` column).
+    pub json: Option<&'a str>,
 }
 
 /// One row read back from an output.

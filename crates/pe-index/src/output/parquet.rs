@@ -32,6 +32,7 @@ pub(super) struct PqWriter {
     height: Vec<Option<i32>>,
     values: Vec<f32>,
     hashes: Vec<Option<String>>,
+    jsons: Vec<Option<String>>,
     captions: Vec<Option<String>>,
     /// Text embeddings of the rows with a caption, in order.
     text_values: Vec<f32>,
@@ -46,6 +47,9 @@ fn schema(columns: &Columns, dim: usize) -> Result<Arc<Schema>> {
     }
     if columns.hashes {
         fields.push(Field::new("hash", DataType::Utf8, true));
+    }
+    if columns.json {
+        fields.push(Field::new("json", DataType::Utf8, true));
     }
     if columns.sizes {
         fields.push(Field::new("width", DataType::Int32, true));
@@ -76,6 +80,7 @@ impl PqWriter {
             height: Vec::new(),
             values: Vec::new(),
             hashes: Vec::new(),
+            jsons: Vec::new(),
             captions: Vec::new(),
             text_values: Vec::new(),
         })
@@ -85,6 +90,9 @@ impl PqWriter {
     pub fn extras(&mut self, extras: SampleExtras) {
         if self.columns.hashes {
             self.hashes.push(extras.hash.map(str::to_string));
+        }
+        if self.columns.json {
+            self.jsons.push(extras.json.map(str::to_string));
         }
         if self.columns.captions || self.columns.texts {
             self.captions.push(extras.caption.map(|c| c.0.to_string()));
@@ -112,6 +120,9 @@ impl PqWriter {
         }
         if self.columns.hashes && self.hashes.len() == self.keys.len() {
             self.hashes.push(None);
+        }
+        if self.columns.json && self.jsons.len() == self.keys.len() {
+            self.jsons.push(None);
         }
         self.keys.push(key);
         self.width.push(size.map(|s| s.0));
@@ -159,6 +170,9 @@ impl PqWriter {
         }
         if self.columns.hashes {
             cols.push(Arc::new(StringArray::from(std::mem::take(&mut self.hashes))));
+        }
+        if self.columns.json {
+            cols.push(Arc::new(StringArray::from(std::mem::take(&mut self.jsons))));
         }
         if self.columns.sizes {
             cols.push(Arc::new(Int32Array::from(std::mem::take(&mut self.width))));
