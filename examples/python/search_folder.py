@@ -18,8 +18,14 @@ import perception_encoder as pe
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 
 
+def load(model, config, weights, dtype):
+    if config:
+        return pe.Model(config=config, weights=weights, dtype=dtype)
+    return pe.Model(model, dtype=dtype)
+
+
 def index(args):
-    model = pe.Model(args.model, dtype=args.dtype)
+    model = load(args.model, args.config, args.weights, args.dtype)
     paths = sorted(
         os.path.join(root, f)
         for root, _, files in os.walk(args.folder)
@@ -39,13 +45,21 @@ def index(args):
                     kept.append(p)
                 except ValueError as e:
                     print(f"skipping {p}: {e}")
-    np.savez(args.out, embeddings=np.concatenate(rows), paths=np.array(kept), model=args.model, dtype=args.dtype)
+    np.savez(
+        args.out,
+        embeddings=np.concatenate(rows),
+        paths=np.array(kept),
+        model=args.model,
+        config=args.config or "",
+        weights=args.weights or "",
+        dtype=args.dtype,
+    )
     print(f"{len(kept)} images -> {args.out}")
 
 
 def search(args):
     data = np.load(args.index)
-    model = pe.Model(str(data["model"]), dtype=str(data["dtype"]))
+    model = load(str(data["model"]), str(data["config"]), str(data["weights"]), str(data["dtype"]))
     q = model.encode_image(args.query) if os.path.isfile(args.query) else model.encode_text(args.query)
     scores = data["embeddings"] @ q[0]
     for rank, i in enumerate(np.argsort(-scores)[: args.top], 1):
@@ -60,6 +74,8 @@ def main():
     i.add_argument("out")
     i.add_argument("--model", default="PE-Core-B16-224")
     i.add_argument("--dtype", default="f32")
+    i.add_argument("--config", help="a model config (with --weights) instead of a preset")
+    i.add_argument("--weights")
     i.set_defaults(run=index)
     s = sub.add_parser("search")
     s.add_argument("index")

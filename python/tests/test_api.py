@@ -247,3 +247,22 @@ def test_the_spark_example_embeds_a_dataframe(tmp_path):
     model = pe.Model(config=FIXTURES / "tiny-cls.json", weights=FIXTURES / "tiny-cls.safetensors")
     for name in ("cat.png", "dog.png", "synthetic_card.png"):
         np.testing.assert_array_equal(np.array(got[name], np.float32), model.encode_image(str(images / name))[0])
+
+
+def test_the_folder_example_indexes_and_finds_an_image(tmp_path):
+    """examples/python/search_folder.py: a folder to a numpy file, then an image query finds
+    itself first (score 1) and a text query ranks every image."""
+    example = pathlib.Path(__file__).resolve().parents[2] / "examples" / "python" / "search_folder.py"
+    out = tmp_path / "photos.npz"
+    cfg = ["--config", str(FIXTURES / "tiny-cls.json"), "--weights", str(FIXTURES / "tiny-cls.safetensors")]
+    run = subprocess.run([sys.executable, str(example), "index", str(IMAGES), str(out)] + cfg, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert f"{len(os.listdir(IMAGES))} images" in run.stdout
+    hit = subprocess.run([sys.executable, str(example), "search", str(out), str(IMAGES / "dog.png"), "--top", "2"],
+                         capture_output=True, text=True)
+    assert hit.returncode == 0, hit.stderr
+    rank, score, path = hit.stdout.splitlines()[0].split("\t")
+    assert (rank, path) == ("1", str(IMAGES / "dog.png")) and abs(float(score) - 1) < 1e-5, hit.stdout
+    text = subprocess.run([sys.executable, str(example), "search", str(out), "a dog", "--top", "100"],
+                          capture_output=True, text=True)
+    assert len(text.stdout.splitlines()) == len(os.listdir(IMAGES)), text.stderr
