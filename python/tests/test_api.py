@@ -266,3 +266,29 @@ def test_the_folder_example_indexes_and_finds_an_image(tmp_path):
     text = subprocess.run([sys.executable, str(example), "search", str(out), "a dog", "--top", "100"],
                           capture_output=True, text=True)
     assert len(text.stdout.splitlines()) == len(os.listdir(IMAGES)), text.stderr
+
+
+def test_the_gil_is_released_while_the_model_runs():
+    """Python code in another thread keeps running during a long encode call: with the GIL
+    held for the call it could not (it would count near zero)."""
+    model = pe.Model(config=FIXTURES / "tiny-cls.json", weights=FIXTURES / "tiny-cls.safetensors")
+    big = str(IMAGES / "Rock-climbing-Canada-1920x1147.jpg")
+    done = threading.Event()
+    count = [0]
+
+    def spin():
+        while not done.is_set():
+            count[0] += 1
+
+    t = threading.Thread(target=spin)
+    t.start()
+    try:
+        before = count[0]
+        model.encode_image([big] * 48, batch_size=16)
+        during = count[0] - before
+    finally:
+        done.set()
+        t.join()
+    # About 10 M here; with the GIL held the spinner would get at most the one switch interval
+    # (5 ms, a few hundred thousand iterations) before the call took the GIL.
+    assert during > 2_000_000, f"the other thread ran only {during} iterations during encode_image"
