@@ -4,15 +4,7 @@
 use pe_shards::{Sample, Samples};
 
 fn shard(members: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (name, data) in members {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        b.append_data(&mut h, name, *data).unwrap();
-    }
-    b.into_inner().unwrap()
+    pe_testutil::webdataset::tar_of(members.iter().map(|(n, d)| (n.to_string(), d.to_vec())).collect())
 }
 
 fn read(bytes: &[u8]) -> Vec<Result<Sample, String>> {
