@@ -1,46 +1,66 @@
 #!/usr/bin/env bash
-# Side-by-side CPU benchmark: PyTorch (open_clip PE-Core-B-16, random weights) and `pe bench`
-# (PE-Core-B16-224, random weights), same threads and batch sizes, run alternately so that
-# machine noise hits both. Prints a table with the ratios. Not part of CI.
+# Side-by-side CPU benchmark of pe against its peers: PyTorch eager (float32, bf16 autocast),
+# ONNX Runtime (float32, dynamic int8), OpenVINO (float32, bf16, int8 from NNCF), on the same
+# random-weight open_clip models and inputs (bench/peers.py), each measurement in its own
+# process, every implementation once per round before the next round, so that machine noise
+# hits all of them. Writes JSON lines and prints the ratio table (bench/summarize.py) with
+# each one's cosine to PyTorch float32 and its share of this CPU's peak (`pe bench --peak`).
+# The peers are installed from PyPI into a venv the first time; pe's Python package is built
+# from ./python into it. Not part of CI.
 #
-#   bench/compare_torch.sh                      # 2 rounds, batches 1 and 8, both towers
-#   THREADS=1 BATCHES="1 8 32" ROUNDS=3 bench/compare_torch.sh
+#   bench/compare_torch.sh                                  # T16 S16 B16 L14, batches 1 and 8
+#   PRESETS="G14" BATCHES="1 4" ROUNDS=1 bench/compare_torch.sh
+#   PRESETS="B16 L14" TOWERS=text bench/compare_torch.sh
+#   IMPLS="ov pe" PRESETS=L14 BATCHES=1 bench/compare_torch.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 THREADS=${THREADS:-$(nproc)}
-BATCHES=${BATCHES:-"1 8"}
+PRESETS=${PRESETS:-"T16 S16 B16 L14"}
 TOWERS=${TOWERS:-"image text"}
+TEXT_PRESETS=${TEXT_PRESETS:-"B16 L14"}
+BATCHES=${BATCHES:-"1 8"}
+IMPLS=${IMPLS:-"torch torch-bf16 ort ort-int8 ov ov-bf16 ov-int8 pe pe-bf16 pe-int8"}
 ITERS=${ITERS:-5}
 ROUNDS=${ROUNDS:-2}
 VENV=${VENV:-bench/.venv}
-OUT=${OUT:-bench/results-$(date +%Y%m%d-%H%M%S).jsonl}
+DIR=${DIR:-bench/.peers}
+OUT=${OUT:-bench/peers-$(date +%Y%m%d-%H%M%S).jsonl}
 
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --upgrade pip
-  "$VENV/bin/pip" install -q torch open_clip_torch timm
+  "$VENV/bin/pip" install -q torch open_clip_torch timm safetensors onnx onnxscript onnxruntime openvino nncf
+fi
+if ! "$VENV/bin/python" -c "import perception_encoder" 2>/dev/null; then
+  "$VENV/bin/pip" install -q ./python
 fi
 cargo build --release -q -p pe-cli
-PE=./target/release/pe
+PY="$VENV/bin/python"
 
-: > "$OUT"
-for round in $(seq "$ROUNDS"); do
+# This CPU's peaks on the same threads, for the share-of-peak column.
+./target/release/pe bench --peak --threads "$THREADS" --json | sed 's/^{/{"impl":"peak",/' > "$OUT"
+for preset in $PRESETS; do
   for tower in $TOWERS; do
+    [ "$tower" = text ] && [[ " $TEXT_PRESETS " != *" $preset "* ]] && continue
     for b in $BATCHES; do
-      echo "round $round: $tower tower, batch $b, $THREADS thread(s)" >&2
-      "$VENV/bin/python" bench/torch_bench.py --tower "$tower" --batch-size "$b" --threads "$THREADS" --iters "$ITERS" >> "$OUT"
-      "$PE" bench --model PE-Core-B16-224 --tower "$tower" --batch-size "$b" --threads "$THREADS" --iters "$ITERS" --json \
-        | sed 's/^{/{"impl":"pe",/' >> "$OUT"
-      if [ "$tower" = image ]; then
-        "$VENV/bin/python" bench/torch_bench.py --tower image --batch-size "$b" --threads "$THREADS" --iters "$ITERS" --bf16 >> "$OUT"
-        "$PE" bench --model PE-Core-B16-224 --tower image --batch-size "$b" --threads "$THREADS" --iters "$ITERS" --dtype bf16 --json \
-          | sed 's/^{/{"impl":"pe",/' >> "$OUT"
-        "$VENV/bin/python" bench/torch_bench.py --tower image --batch-size "$b" --threads "$THREADS" --iters "$ITERS" --int8 >> "$OUT" || true
-        "$PE" bench --model PE-Core-B16-224 --tower image --batch-size "$b" --threads "$THREADS" --iters "$ITERS" --dtype int8 --json \
-          | sed 's/^{/{"impl":"pe",/' >> "$OUT"
-      fi
+      "$PY" bench/peers.py prepare --preset "$preset" --tower "$tower" --batch "$b" --dir "$DIR" 2> >(grep -v -i warn >&2)
     done
   done
 done
-"$VENV/bin/python" bench/summarize.py "$OUT"
+for round in $(seq "$ROUNDS"); do
+  for preset in $PRESETS; do
+    for tower in $TOWERS; do
+      [ "$tower" = text ] && [[ " $TEXT_PRESETS " != *" $preset "* ]] && continue
+      for b in $BATCHES; do
+        for impl in $IMPLS; do
+          echo "round $round: $preset $tower batch $b $impl, $THREADS thread(s)" >&2
+          "$PY" bench/peers.py run --impl "$impl" --preset "$preset" --tower "$tower" --batch "$b" \
+            --threads "$THREADS" --iters "$ITERS" --dir "$DIR" 2>/dev/null >> "$OUT" \
+            || echo "  $impl failed (see: $PY bench/peers.py run --impl $impl --preset $preset --tower $tower --batch $b)" >&2
+        done
+      done
+    done
+  done
+done
+"$PY" bench/summarize.py "$OUT"

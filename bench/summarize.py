@@ -1,24 +1,62 @@
-"""Table of a compare_torch.sh run: best median per (tower, dtype, batch, impl) and the ratio."""
+"""Table of a bench/compare_torch.sh run: items/s of every implementation (the range over the
+rounds), pe against the best peer of its precision class (the ratio taken within each round,
+then its range), the cosines to PyTorch float32, and pe's share of the CPU's peak."""
 
 import collections
 import json
 import sys
 
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-best = collections.defaultdict(float)
-rss = {}
+CLASSES = {
+    "f32": ("pe", ["torch", "ort", "ov"]),
+    "bf16": ("pe-bf16", ["torch-bf16", "ov-bf16"]),
+    "int8": ("pe-int8", ["ort-int8", "ov-int8"]),
+}
+# The peak (`pe bench --peak`) each class is held to.
+PEAK = {"f32": "f32_gflops", "bf16": "bf16_gflops", "int8": "int8_gops"}
+NAMES = {"torch": "PyTorch", "torch-bf16": "PyTorch autocast", "ort": "ORT", "ort-int8": "ORT int8",
+         "ov": "OpenVINO", "ov-bf16": "OpenVINO bf16", "ov-int8": "OpenVINO int8"}
+
+lines = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+peak = next((l for l in lines if l.get("impl") == "peak"), {})
+rows = [l for l in lines if l.get("impl") != "peak"]
+# (preset, tower, batch, impl) -> per-round results, in the order they were measured.
+runs = collections.defaultdict(list)
 for r in rows:
-    dtype = "bf16" if r["dtype"].startswith("bf16") else r["dtype"]
-    key = (r["tower"], dtype, r["batch_size"], r["impl"])
-    best[key] = max(best[key], r["items_per_s"])
-    rss[key] = max(rss.get(key, 0), r["peak_rss_mb"])
-print(f"| tower | dtype | batch | threads | PyTorch items/s | pe items/s | pe / PyTorch | peak RSS PyTorch / pe (MB) |")
-print("|---|---|---|---|---|---|---|---|")
-threads = rows[0]["threads"] if rows else "?"
-for (tower, dtype, batch) in sorted({k[:3] for k in best}):
-    t = best.get((tower, dtype, batch, "pytorch"))
-    p = best.get((tower, dtype, batch, "pe"))
-    ratio = f"{p / t:.2f}x" if t and p else "-"
-    fmt = lambda v: f"{v:.2f}" if v else "-"
-    print(f"| {tower} | {dtype} | {batch} | {threads} | {fmt(t)} | {fmt(p)} | {ratio} | "
-          f"{rss.get((tower, dtype, batch, 'pytorch'), 0):.0f} / {rss.get((tower, dtype, batch, 'pe'), 0):.0f} |")
+    runs[(r["preset"], r["tower"], r["batch_size"], r["impl"])].append(r)
+
+
+def span(values, fmt="{:.2f}"):
+    if not values:
+        return "-"
+    lo, hi = min(values), max(values)
+    return fmt.format(lo) if fmt.format(lo) == fmt.format(hi) else f"{fmt.format(lo)}-{fmt.format(hi)}"
+
+
+if peak:
+    print(f"Peaks on {peak.get('threads')} threads: float32 FMA {peak['f32_gflops']:.0f} GFLOP/s, "
+          f"bf16 dot {peak['bf16_gflops']:.0f} GFLOP/s, int8 dot {peak['int8_gops']:.0f} GOP/s.\n")
+print("| preset, tower, batch | class | pe items/s | peers items/s (cosine) | pe / best peer | "
+      "pe cosine | pe share of peak |")
+print("|---|---|---|---|---|---|---|")
+for preset, tower, batch in sorted({k[:3] for k in runs}, key=lambda k: (k[1], "TSBLG".index(k[0][0]), k[2])):
+    for cls, (ours, peers) in CLASSES.items():
+        mine = runs.get((preset, tower, batch, ours), [])
+        theirs = {p: runs.get((preset, tower, batch, p), []) for p in peers}
+        if not mine and not any(theirs.values()):
+            continue
+        cells = []
+        for p, rs in theirs.items():
+            if rs:
+                cos = min(r["cosine_min"] for r in rs)
+                cells.append(f"{NAMES[p]} {span([r['items_per_s'] for r in rs])} ({cos:.4f})")
+        ratios = []
+        for i, r in enumerate(mine):
+            best = max((rs[i]["items_per_s"] for rs in theirs.values() if len(rs) > i), default=None)
+            if best:
+                ratios.append(r["items_per_s"] / best)
+        share = "-"
+        if mine and peak.get(PEAK[cls]):
+            share = span([r["items_per_s"] * r["flops_per_item"] / 1e9 / peak[PEAK[cls]] * 100 for r in mine], "{:.0f}") + "%"
+        print(f"| {preset} {tower}, {batch} | {cls} | {span([r['items_per_s'] for r in mine])} | "
+              f"{'; '.join(cells) or '-'} | {span(ratios)}x | "
+              f"{min((r['cosine_min'] for r in mine), default=float('nan')):.4f} | {share} |")

@@ -334,6 +334,24 @@ fn bench_reports_the_documented_fields() {
     assert_eq!(out.status.code(), Some(2));
 }
 
+/// `pe bench --peak` needs no model and reports rates for the threads asked; the rate of an
+/// instruction family the CPU lacks is null, never a made-up number.
+#[test]
+fn bench_peak_reports_rates_per_thread_count() {
+    let out = pe(&["bench", "--peak", "--threads", "1", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v = &lines(&out)[0];
+    assert_eq!(v["threads"].as_u64(), Some(1));
+    // Any CPU this runs on does at least 1 GFLOP/s, and none does 10 TFLOP/s on one thread.
+    let f32 = v["f32_gflops"].as_f64().unwrap();
+    assert!((1.0..10_000.0).contains(&f32), "{v}");
+    for key in ["bf16_gflops", "int8_gops"] {
+        assert!(v[key].is_null() || v[key].as_f64().unwrap() > f32, "{key}: {v}");
+    }
+    let out = pe(&["bench", "--peak", "--model", "PE-Core-T16-384"]);
+    assert_eq!(out.status.code(), Some(2), "--peak takes no model");
+}
+
 /// Links back up the tree and FIFOs named like images: each file is embedded once, the walk
 /// ends, and a FIFO is skipped (or, named explicitly, refused with exit 1) instead of blocking.
 #[cfg(unix)]

@@ -2,7 +2,7 @@
 //! written through the catalog like `pe index` writes them, then the matrix and the
 //! approximate index built, and searches measured. Prints one Markdown table row per figure.
 //!
-//! `cargo bench -p pe-index --bench scale -- [ROWS] [DIM] [DIR] [f16|i8|both]` (default 100000,
+//! `cargo bench -p pe-index --bench scale -- [ROWS] [DIM] [DIR] [f16|i8|bf16|both]` (default 100000,
 //! 1024, a temporary directory, both storages). `PE_EF` sets the search's ef, `PE_QUERIES` the
 //! queries timed, `PE_RECALL_QUERIES` those recall is measured on. Numbers for docs/search.md;
 //! never a timed test.
@@ -134,6 +134,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let storages: Vec<AnnStorage> = match args.get(3).map(String::as_str) {
         Some("f16") => vec![AnnStorage::F16],
         Some("i8") => vec![AnnStorage::I8],
+        Some("bf16") => vec![AnnStorage::Bf16],
         _ => vec![AnnStorage::F16, AnnStorage::I8],
     };
     for storage in storages {

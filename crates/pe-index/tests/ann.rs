@@ -141,6 +141,12 @@ fn approximate_search_recalls_the_exact_top_10_and_follows_the_catalog() {
     assert_eq!((report.size, report.rebuilt), (2900, true));
     let r = recall(&index, &rows, &mut rng);
     assert!(r >= 0.9, "recall@10 with i8 storage {r}");
+    // Another storage is another graph: rebuilt, and as good as f16's.
+    let report = index.refresh_ann(AnnMode::Always, AnnStorage::Bf16, &mut none).unwrap();
+    assert_eq!((report.size, report.rebuilt), (2900, true));
+    assert_eq!(Index::open(&dir).unwrap().ann().unwrap().unwrap().storage(), AnnStorage::Bf16);
+    let r = recall(&index, &rows, &mut rng);
+    assert!(r >= 0.98, "recall@10 with bf16 storage {r}");
 
     index.refresh_ann(AnnMode::Never, AnnStorage::F16, &mut none).unwrap();
     assert!(!bin.exists(), "--ann never deletes the graph");

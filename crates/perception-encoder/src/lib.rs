@@ -46,6 +46,7 @@ mod layers;
 mod source;
 #[doc(hidden)]
 pub use kernels::bench as kernel_bench;
+pub use kernels::peak;
 mod transformer;
 
 pub use clip::{Clip, ClipOutput, LoadOptions};

@@ -20,7 +20,7 @@ pub struct BenchCmd {
     #[command(flatten)]
     pub(crate) threads: crate::args::ThreadsArg,
     /// A preset name (see `pe models`).
-    #[arg(long, short = 'm', required_unless_present = "config", conflicts_with = "config")]
+    #[arg(long, short = 'm', required_unless_present_any = ["config", "peak"], conflicts_with = "config")]
     model: Option<String>,
     /// A model config in the reference's JSON format.
     #[arg(long)]
@@ -43,13 +43,42 @@ pub struct BenchCmd {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Measure this CPU's peak arithmetic rates instead of a model (float32 FMA, bf16 and int8
+    /// dot products, on --threads threads), the limits that model throughput is a share of.
+    #[arg(long, conflicts_with_all = ["model", "config", "weights"])]
+    peak: bool,
+}
+
+/// `pe bench --peak`.
+fn peak(json: bool) -> anyhow::Result<ExitCode> {
+    let p = perception_encoder::peak::measure();
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_value(p)?)?;
+    } else {
+        let or_none =
+            |v: Option<f64>, unit: &str| v.map_or("not on this CPU".to_string(), |v| format!("{v:.0} {unit}"));
+        writeln!(
+            out,
+            "{} thread(s): float32 FMA ({}) {:.0} GFLOP/s; bf16 dot {}; int8 dot {}",
+            p.threads,
+            p.simd,
+            p.f32_gflops,
+            or_none(p.bf16_gflops, "GFLOP/s"),
+            or_none(p.int8_gops, "GOP/s")
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn run(cmd: BenchCmd, threads: usize) -> anyhow::Result<ExitCode> {
+    if cmd.peak {
+        return peak(cmd.json);
+    }
     let cfg = match (&cmd.model, &cmd.config) {
         (Some(name), _) => ClipConfig::preset(name)?,
         (None, Some(path)) => ClipConfig::from_json_file(path)?,
-        (None, None) => unreachable!("clap requires one"),
+        (None, None) => anyhow::bail!("give --model or --config"),
     };
     let opts = LoadOptions { precision: cmd.dtype, ..LoadOptions::default() };
     let started = Instant::now();

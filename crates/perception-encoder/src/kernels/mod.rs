@@ -10,6 +10,7 @@ pub(crate) mod cpu;
 pub(crate) mod int8;
 pub(crate) mod math;
 pub(crate) mod panels;
+pub mod peak;
 pub(crate) mod skinny;
 pub(crate) mod tiles;
 mod transpose;

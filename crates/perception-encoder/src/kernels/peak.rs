@@ -1,0 +1,200 @@
+//! This CPU's peak arithmetic rate on the instructions the kernels use, so that a benchmark can
+//! say what share of the chip's limit a model reaches: float32 FMA, bf16 dot products
+//! (`vdpbf16ps`) and int8 dot products (`vpdpbusd`), each as many independent accumulator
+//! chains as hide the instruction's latency, on every thread at once. AMX tiles are not
+//! measured (where a CPU has them, its bf16/int8 limit is higher than reported here).
+
+use std::time::Instant;
+
+/// Multiply-adds per chain per call of a measuring loop.
+const ROUNDS: usize = 1 << 16;
+/// Independent accumulators: enough to cover a 4-cycle latency on two ports.
+const CHAINS: usize = 24;
+
+/// Operations per second of one instruction family, or `None` where this CPU lacks it.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Peak {
+    /// Threads measured on together.
+    pub threads: usize,
+    /// The vector unit the float32 figure was measured on (`avx512`, `avx2`, `baseline`).
+    pub simd: &'static str,
+    /// Float32 FMA, GFLOP/s (a multiply-add is 2).
+    pub f32_gflops: f64,
+    /// bf16 dot products into float32 (AVX512-BF16), GFLOP/s.
+    pub bf16_gflops: Option<f64>,
+    /// int8 dot products into int32 (AVX512-VNNI), GOP/s.
+    pub int8_gops: Option<f64>,
+}
+
+/// Operations of one call of `f` on one thread; `f` returns a value to keep it from being
+/// optimised away.
+fn rate(threads: usize, ops_per_call: f64, f: fn(usize) -> f32) -> f64 {
+    let run = |calls: usize| {
+        let started = Instant::now();
+        // Every thread of the pool exactly once.
+        let sink: f32 = rayon::broadcast(|_| (0..calls).map(|_| f(ROUNDS)).sum::<f32>()).iter().sum();
+        std::hint::black_box(sink);
+        started.elapsed().as_secs_f64()
+    };
+    run(1);
+    // Long enough (~0.1 s) for clocks to settle; the best of three.
+    let mut calls = 1;
+    while run(calls) < 0.05 && calls < 1 << 20 {
+        calls *= 2;
+    }
+    let best = (0..3).map(|_| run(calls)).fold(f64::INFINITY, f64::min);
+    threads as f64 * calls as f64 * ops_per_call / best / 1e9
+}
+
+/// Measure on every thread of the current rayon pool at once.
+pub fn measure() -> Peak {
+    let threads = rayon::current_num_threads();
+    let simd = super::cpu::simd();
+    let (name, lanes, f32_loop): (&str, f64, fn(usize) -> f32) = match simd {
+        #[cfg(target_arch = "x86_64")]
+        super::cpu::Simd::Avx512 => ("avx512", 16.0, |n| unsafe { x86::fma512(n) }),
+        #[cfg(target_arch = "x86_64")]
+        super::cpu::Simd::Avx2 => ("avx2", 8.0, |n| unsafe { x86::fma256(n) }),
+        _ => ("baseline", 1.0, portable_fma),
+    };
+    let per_call = |lanes: f64, ops_per_lane: f64| (ROUNDS * CHAINS) as f64 * lanes * ops_per_lane;
+    let f32_gflops = rate(threads, per_call(lanes, 2.0), f32_loop);
+    #[cfg(target_arch = "x86_64")]
+    let (bf16_gflops, int8_gops) = (
+        super::cpu::avx512bf16().then(|| rate(threads, per_call(16.0, 4.0), |n| unsafe { x86::dpbf16(n) })),
+        super::cpu::avx512vnni().then(|| rate(threads, per_call(16.0, 8.0), |n| unsafe { x86::dpbusd(n) })),
+    );
+    #[cfg(not(target_arch = "x86_64"))]
+    let (bf16_gflops, int8_gops) = (None, None);
+    Peak { threads, simd: name, f32_gflops, bf16_gflops, int8_gops }
+}
+
+/// Scalar multiply-adds (what a CPU without the vector kernels does).
+fn portable_fma(n: usize) -> f32 {
+    // Distinct starting values, so the compiler cannot merge the chains.
+    let mut acc: [f32; CHAINS] = std::hint::black_box(std::array::from_fn(|i| i as f32));
+    let x = std::hint::black_box(0.999_f32);
+    for _ in 0..n {
+        for a in &mut acc {
+            *a = *a * x + 1e-3;
+        }
+    }
+    acc.iter().sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::CHAINS;
+
+    /// # Safety
+    /// The CPU has AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn fma512(n: usize) -> f32 {
+        let mut acc: [__m512; CHAINS] = std::hint::black_box(std::array::from_fn(|i| _mm512_set1_ps(i as f32)));
+        let (x, y) = (_mm512_set1_ps(std::hint::black_box(0.999)), _mm512_set1_ps(1e-3));
+        for _ in 0..n {
+            for a in &mut acc {
+                *a = _mm512_fmadd_ps(*a, x, y);
+            }
+        }
+        acc.iter().map(|&a| _mm512_reduce_add_ps(a)).sum()
+    }
+
+    /// # Safety
+    /// The CPU has AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn fma256(n: usize) -> f32 {
+        let mut acc: [__m256; CHAINS] = std::hint::black_box(std::array::from_fn(|i| _mm256_set1_ps(i as f32)));
+        let (x, y) = (_mm256_set1_ps(std::hint::black_box(0.999)), _mm256_set1_ps(1e-3));
+        for _ in 0..n {
+            for a in &mut acc {
+                *a = _mm256_fmadd_ps(*a, x, y);
+            }
+        }
+        let mut out = [0f32; 8];
+        acc.iter()
+            .map(|&a| {
+                _mm256_storeu_ps(out.as_mut_ptr(), a);
+                out.iter().sum::<f32>()
+            })
+            .sum()
+    }
+
+    /// # Safety
+    /// The CPU has AVX512-BF16.
+    #[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl")]
+    pub(super) unsafe fn dpbf16(n: usize) -> f32 {
+        let mut acc: [__m512; CHAINS] = std::hint::black_box(std::array::from_fn(|i| _mm512_set1_ps(i as f32)));
+        let v = _mm512_cvtne2ps_pbh(_mm512_set1_ps(std::hint::black_box(1.0)), _mm512_set1_ps(1.0));
+        for _ in 0..n {
+            for a in &mut acc {
+                *a = _mm512_dpbf16_ps(*a, v, v);
+            }
+        }
+        acc.iter().map(|&a| _mm512_reduce_add_ps(a)).sum()
+    }
+
+    /// # Safety
+    /// The CPU has AVX512-VNNI.
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    pub(super) unsafe fn dpbusd(n: usize) -> f32 {
+        let mut acc: [__m512i; CHAINS] = std::hint::black_box(std::array::from_fn(|i| _mm512_set1_epi32(i as i32)));
+        let (u, s) = (_mm512_set1_epi8(std::hint::black_box(1)), _mm512_set1_epi8(1));
+        for _ in 0..n {
+            for a in &mut acc {
+                *a = _mm512_dpbusd_epi32(*a, u, s);
+            }
+        }
+        acc.iter().map(|&a| _mm512_reduce_add_epi32(a) as f32).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The recurrence every float loop runs, summed over its chains, in float64.
+    fn recurrence(n: usize) -> f64 {
+        (0..super::CHAINS)
+            .map(|i| {
+                let mut a = i as f64;
+                for _ in 0..n {
+                    a = a * 0.999 + 1e-3;
+                }
+                a
+            })
+            .sum()
+    }
+
+    /// Each loop does the arithmetic it is counted for.
+    #[test]
+    fn portable_loop_computes_its_recurrence() {
+        let (got, want) = (super::portable_fma(100) as f64, recurrence(100));
+        assert!((got - want).abs() < 1e-4 * want, "{got} vs {want}");
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn vector_loops_compute_their_recurrences() {
+        use crate::kernels::cpu;
+        let starts = 16.0 * (0..super::CHAINS).sum::<usize>() as f64;
+        if cpu::simd() == cpu::Simd::Avx512 {
+            let (got, want) = (unsafe { super::x86::fma512(100) } as f64, 16.0 * recurrence(100));
+            assert!((got - want).abs() < 1e-4 * want, "{got} vs {want}");
+        }
+        if cpu::simd() != cpu::Simd::Baseline {
+            let (got, want) = (unsafe { super::x86::fma256(100) } as f64, 8.0 * recurrence(100));
+            assert!((got - want).abs() < 1e-4 * want, "{got} vs {want}");
+        }
+        if cpu::avx512vnni() {
+            // Each step adds 4 products of 1 x 1 to each of 16 lanes of 24 chains.
+            let want = starts + (24 * 16 * 4 * 100) as f64;
+            assert_eq!(unsafe { super::x86::dpbusd(100) } as f64, want);
+        }
+        if cpu::avx512bf16() {
+            // Each step adds 2 products of 1 x 1 to each of 16 lanes of 24 chains.
+            let want = starts + (24 * 16 * 2 * 100) as f64;
+            assert_eq!(unsafe { super::x86::dpbf16(100) } as f64, want);
+        }
+    }
+}
