@@ -331,3 +331,81 @@ fn parts_import_into_a_searchable_index() {
     let again = pe(&["search", "--index", &s(&idx), "--json", "--top", "10", "cat"], &[]);
     assert_eq!(String::from_utf8_lossy(&again.stdout).lines().count(), 4);
 }
+
+/// Hostile shards for `pe embed-text --input` and hostile parts for `pe index import`: a
+/// missing or truncated shard is reported and counted (exit 1); a part whose keys would leave
+/// its shard (`..`, a root, an empty component) or that names no shard is refused with the
+/// row and key (exit 1), and nothing of it lands in the index.
+#[test]
+fn hostile_shards_and_parts_are_reported_not_followed() {
+    let Some(fx) = fixtures() else { return };
+    let Some(py) = pe_testutil::python_with_readers() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let cat = std::fs::read(fx.join("images/cat.png")).unwrap();
+    let mut members = Vec::new();
+    for (k, caption) in [("k0", "a cat"), ("k1", "a dog"), ("k2", "a bird")] {
+        members.push((format!("{k}.png"), cat.clone()));
+        members.push((format!("{k}.txt"), caption.as_bytes().to_vec()));
+    }
+    let whole = tar_of(members);
+    let shard = tmp.path().join("a.tar");
+    std::fs::write(&shard, &whole).unwrap();
+    let truncated = tmp.path().join("cut.tar");
+    std::fs::write(&truncated, &whole[..3000]).unwrap();
+    let (cfg, w) = (s(&fx.join("tiny-cls.json")), s(&fx.join("tiny-cls.safetensors")));
+    let m = ["--config", cfg.as_str(), "--weights", w.as_str()];
+    let texts = s(&tmp.path().join("texts"));
+    for (input, says) in
+        [(s(&tmp.path().join("missing.tar")), "No such file"), (s(&truncated), "the tar ends early or is damaged")]
+    {
+        let mut a = vec!["embed-text", "--input", input.as_str(), "--output-dir", texts.as_str()];
+        a.extend(m);
+        let r = pe(&a, &[]);
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(1), "{input}: {err}");
+        assert!(err.contains(says), "{input}: {err}");
+    }
+    let meta = pe_index::output::metadata(&tmp.path().join("texts/cut.parquet")).unwrap();
+    assert!(meta.contains(&("pe.samples_failed".to_string(), "1".to_string())), "{meta:?}");
+
+    let parts = tmp.path().join("parts");
+    let mut a = vec!["embed-image", "--input", &shard.to_str().unwrap(), "--output-dir", parts.to_str().unwrap()];
+    a.extend(m);
+    assert!(pe(&a, &[]).status.success());
+    // The same part rewritten by pyarrow with hostile keys, or without its pe.shard.
+    let script = format!(
+        r#"
+import os, pyarrow as pa, pyarrow.parquet as pq
+src = "{src}"
+t = pq.read_table(src)
+meta = {{k: v for k, v in pq.ParquetFile(src).metadata.metadata.items() if k != b"ARROW:schema"}}
+for name, key in [("dotdot", "../../etc/passwd"), ("root", "/etc/passwd"), ("empty", "a//b"), ("noshard", None)]:
+    os.makedirs(f"{out}/{{name}}")
+    tt = t if key is None else t.set_column(t.schema.get_field_index("key"), "key", pa.array([key, "k1", "k2"]))
+    m = {{k: v for k, v in meta.items() if not (key is None and k == b"pe.shard")}}
+    pq.write_table(tt.replace_schema_metadata(m), f"{out}/{{name}}/a.parquet")
+"#,
+        src = s(&parts.join("a.parquet")),
+        out = s(tmp.path()),
+    );
+    let made = Command::new(&py).args(["-c", &script]).output().unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let idx = s(&tmp.path().join("idx"));
+    for (name, says) in [
+        ("dotdot", r#"row 0: key "../../etc/passwd" is not a sample name"#),
+        ("root", r#"row 0: key "/etc/passwd" is not a sample name"#),
+        ("empty", r#"row 0: key "a//b" is not a sample name"#),
+        ("noshard", "no pe.shard metadata naming the shard"),
+    ] {
+        let r = pe(&["index", "import", &s(&tmp.path().join(name)), "--index", &idx], &[]);
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(1), "{name}: {err}");
+        assert!(err.contains(says) && err.lines().count() == 1, "{name}: {err}");
+    }
+    let r = pe(&["search", "--index", &idx, "--json", "cat"], &[]);
+    assert_eq!(String::from_utf8_lossy(&r.stdout).lines().count(), 0, "nothing imported");
+    let r = pe(&["index", "import", &s(&parts), "--index", &idx], &[]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let r = pe(&["search", "--index", &idx, "--json", "--top", "5", "cat"], &[]);
+    assert_eq!(String::from_utf8_lossy(&r.stdout).lines().count(), 3, "the good part imports");
+}

@@ -85,7 +85,18 @@ fn parquet_files(named: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-pub fn run_import(mut cmd: ImportCmd) -> anyhow::Result<ExitCode> {
+pub fn run_import(cmd: ImportCmd) -> anyhow::Result<ExitCode> {
+    match import(cmd) {
+        // A damaged or foreign file is an unreadable input (exit 1), not a usage error.
+        Err(e) if e.downcast_ref::<pe_index::Error>().is_some_and(|e| matches!(e, pe_index::Error::Parquet { .. })) => {
+            eprintln!("pe: {e:#}");
+            Ok(ExitCode::from(1))
+        }
+        other => other,
+    }
+}
+
+fn import(mut cmd: ImportCmd) -> anyhow::Result<ExitCode> {
     cmd.files = parquet_files(&cmd.files)?;
     let mut index = match Index::open(&cmd.index) {
         Ok(i) => i,
