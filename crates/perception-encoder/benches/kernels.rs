@@ -1,5 +1,5 @@
 //! The linear-layer kernels on PE-Core-B16's shapes, every implementation this CPU offers:
-//! `cargo bench -p perception-encoder --bench kernels [-- --threads T --iters N --rows M,...]`.
+//! `cargo bench -p perception-encoder --bench kernels [-- --threads T --iters N --rows M,... --width W]`.
 //! Prints GFLOP/s (2 m n k per product) per dtype, implementation and shape.
 
 use perception_encoder::kernel_bench::{implementations, matmul, prepare};
@@ -20,8 +20,10 @@ fn main() {
     // One B16 image is 197 tokens; a batch of 8 is 1576.
     let rows: Vec<usize> =
         arg("--rows").map(|v| v.split(',').filter_map(|r| r.parse().ok()).collect()).unwrap_or_else(|| vec![197, 1576]);
-    // (n, k): attention qkv, out_proj, mlp c_fc, mlp c_proj.
-    let shapes = [(2304, 768), (768, 768), (3072, 768), (768, 3072)];
+    // (n, k): attention qkv, out_proj, mlp c_fc, mlp c_proj, at B16's width or --width's
+    // (1024: L14; one L14-336 image is 577 tokens).
+    let w: usize = arg("--width").and_then(|v| v.parse().ok()).unwrap_or(768);
+    let shapes = [(3 * w, w), (w, w), (4 * w, w), (w, 4 * w)];
     println!("threads {threads}, {iters} timed runs each (best shown)");
     println!("{:<6} {:<9} {:>6} {:>6} {:>6} {:>9}", "dtype", "impl", "m", "n", "k", "GFLOP/s");
     let mut seed = 0x2545_f491u32;

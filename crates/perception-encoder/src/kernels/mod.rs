@@ -87,6 +87,41 @@ pub(crate) unsafe fn assume_init<T>(v: Vec<std::mem::MaybeUninit<T>>) -> Vec<T> 
 /// first and accumulated onto: one pass over the output instead of candle's zero fill, product
 /// and broadcast add.
 pub(crate) fn dense_matmul(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, bias: Option<&[f32]>) -> Vec<f32> {
+    dense_matmul_with(x, m, k, w, n, bias, column_slabs(m, n))
+}
+
+/// How many column slabs a float32 product is split into (one per thread), or 1 to leave the
+/// split to `gemm` (which splits rows): at one image's 197-577 rows, a row split leaves a
+/// thread with a partial block of rows while the other idles, and both read every weight.
+fn column_slabs(m: usize, n: usize) -> usize {
+    static MODE: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+    let forced = *MODE.get_or_init(|| match std::env::var("PE_F32_SPLIT").as_deref() {
+        Ok("columns") => Some(true),
+        Ok("rows") => Some(false),
+        _ => None,
+    });
+    let threads = rayon::current_num_threads();
+    let columns = forced.unwrap_or(m <= COLUMN_SPLIT_MAX_ROWS) && threads > 1 && n >= 64 * threads;
+    if columns {
+        threads
+    } else {
+        1
+    }
+}
+
+/// Up to this many rows, float32 products are split over columns (see [`column_slabs`]).
+const COLUMN_SPLIT_MAX_ROWS: usize = 1024;
+
+/// [`dense_matmul`] with the column split given (`slabs` 1: `gemm`'s own threading).
+pub(crate) fn dense_matmul_with(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[f32],
+    n: usize,
+    bias: Option<&[f32]>,
+    slabs: usize,
+) -> Vec<f32> {
     assert_eq!((x.len(), w.len()), (m * k, k * n), "dense_matmul operand sizes");
     let mut y = uninit::<f32>(m * n);
     match bias {
@@ -105,29 +140,44 @@ pub(crate) fn dense_matmul(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, b
     }
     // SAFETY: every element was written above.
     let mut y = unsafe { assume_init(y) };
-    // SAFETY: dense row-major matrices with the extents checked above.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            y.as_mut_ptr(),
-            1,
-            n as isize,
-            true,
-            x.as_ptr(),
-            1,
-            k as isize,
-            w.as_ptr(),
-            1,
-            n as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::Rayon(rayon::current_num_threads()),
-        );
+    // Slabs of whole 16-column vectors; the last may be narrower.
+    let width = n.div_ceil(slabs.max(1)).div_ceil(16) * 16;
+    let parallelism =
+        if slabs > 1 { gemm::Parallelism::None } else { gemm::Parallelism::Rayon(rayon::current_num_threads()) };
+    let out = SendPtr(y.as_mut_ptr());
+    let slab = |j0: usize| {
+        let cols = width.min(n - j0);
+        // SAFETY: dense row-major matrices with the extents checked above; the slab's columns
+        // j0..j0 + cols of y and w lie inside them, and no other slab writes them.
+        unsafe {
+            gemm::gemm(
+                m,
+                cols,
+                k,
+                out.at(j0),
+                1,
+                n as isize,
+                true,
+                x.as_ptr(),
+                1,
+                k as isize,
+                w.as_ptr().add(j0),
+                1,
+                n as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism,
+            );
+        }
+    };
+    if slabs > 1 {
+        use rayon::prelude::*;
+        (0..n).step_by(width).collect::<Vec<_>>().into_par_iter().for_each(slab);
+    } else {
+        slab(0);
     }
     y
 }
@@ -151,7 +201,8 @@ pub mod bench {
         match dtype {
             "bf16" => available(&super::bf16::candidates().map(|(n, _, ok)| (n, ok))),
             "int8" => available(&super::int8::candidates().map(|(n, _, ok)| (n, ok))),
-            _ => vec!["gemm"],
+            // gemm's own threading (rows), and one column slab per thread.
+            _ => vec!["gemm", "gemm-cols"],
         }
     }
 
@@ -168,7 +219,10 @@ pub mod bench {
     pub fn matmul(w: &Prepared, which: &str, x: &[f32], m: usize, bias: &[f32]) -> Vec<f32> {
         use super::{bf16, int8};
         match &w.0 {
-            Inner::F32(wt) => super::dense_matmul(x, m, x.len() / m.max(1), wt, bias.len(), Some(bias)),
+            Inner::F32(wt) => {
+                let slabs = if which == "gemm-cols" { rayon::current_num_threads() } else { 1 };
+                super::dense_matmul_with(x, m, x.len() / m.max(1), wt, bias.len(), Some(bias), slabs)
+            }
             Inner::Bf16(p) => {
                 let which = bf16::candidates().into_iter().find(|c| c.0 == which).map_or(bf16::Impl::Portable, |c| c.1);
                 bf16::matmul_with(which, x, m, p)
@@ -176,6 +230,37 @@ pub mod bench {
             Inner::Int8(p) => {
                 let which = int8::candidates().into_iter().find(|c| c.0 == which).map_or(int8::Impl::Portable, |c| c.1);
                 int8::matmul_with(which, x, m, p)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The float32 product with every split (gemm's rows, 2 and 3 column slabs, slabs wider
+    /// than the matrix) against a float64 reference, on sizes that leave partial vectors.
+    #[test]
+    fn dense_matmul_splits_agree_with_float64() {
+        let (m, k) = (37, 29);
+        let mut seed = 7u32;
+        let mut rnd = move || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 8) as f32 / (1 << 24) as f32 - 0.5
+        };
+        for n in [150, 70, 16, 5] {
+            let x: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
+            let w: Vec<f32> = (0..k * n).map(|_| rnd()).collect();
+            let b: Vec<f32> = (0..n).map(|_| rnd()).collect();
+            let want: Vec<f64> = (0..m * n)
+                .map(|i| {
+                    let (r, c) = (i / n, i % n);
+                    b[c] as f64 + (0..k).map(|j| x[r * k + j] as f64 * w[j * n + c] as f64).sum::<f64>()
+                })
+                .collect();
+            for slabs in [1, 2, 3, 64] {
+                let got = super::dense_matmul_with(&x, m, k, &w, n, Some(&b), slabs);
+                let err = got.iter().zip(&want).fold(0f64, |e, (g, w)| e.max((*g as f64 - w).abs()));
+                assert!(err < 1e-5, "n {n}, {slabs} slabs: max error {err}");
             }
         }
     }
