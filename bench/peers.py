@@ -15,6 +15,7 @@ PyTorch float32's (the lowest over the batch).
 
 import argparse
 import json
+import os
 import pathlib
 import resource
 import statistics
@@ -190,8 +191,17 @@ def run(a):
     p = paths(a.dir, a.preset, a.tower, a.batch)
     x, ref = np.load(p["input"]), np.load(p["ref"])
     t0 = time.perf_counter()
-    fn = load(a, p, x)
-    y = fn()
+    # stdout is the JSON line alone: libraries' progress bars (NNCF's) go to stderr.
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        fn = load(a, p, x)
+        y = fn()
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
     load_s = time.perf_counter() - t0
     ms = []
     for _ in range(a.iters):

@@ -16,7 +16,8 @@ PEAK = {"f32": "f32_gflops", "bf16": "bf16_gflops", "int8": "int8_gops"}
 NAMES = {"torch": "PyTorch", "torch-bf16": "PyTorch autocast", "ort": "ORT", "ort-int8": "ORT int8",
          "ov": "OpenVINO", "ov-bf16": "OpenVINO bf16", "ov-int8": "OpenVINO int8"}
 
-lines = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+# Lines that are not JSON (a library's progress output) are skipped.
+lines = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
 peak = next((l for l in lines if l.get("impl") == "peak"), {})
 rows = [l for l in lines if l.get("impl") != "peak"]
 # (preset, tower, batch, impl) -> per-round results, in the order they were measured.
