@@ -232,6 +232,35 @@ fn an_updated_index_equals_a_fresh_one_and_a_killed_run_resumes() {
     assert_same_index(&killed, &fresh);
 }
 
+/// `pe search --update` walks and stores as the last `pe index` did: its --exclude, its
+/// --ann and --ann-storage (not the defaults, which would take excluded files in and rebuild
+/// or delete the graph).
+#[test]
+fn search_update_keeps_the_index_runs_options() {
+    let Some(fx) = fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let photos = tmp.path().join("photos");
+    copy_images(&fx, &photos);
+    let dir = tmp.path().join("idx");
+    let mut args = vec!["index".to_string(), s(&photos), "--index".into(), s(&dir)];
+    args.extend(model_args(&fx));
+    args.extend(["--exclude", "skip-*", "--ann", "always", "--ann-storage", "i8"].map(String::from));
+    ok(&pe(&args.iter().map(String::as_str).collect::<Vec<_>>()));
+    let before = Index::open(&dir).unwrap().catalog().counts().unwrap().0;
+
+    std::fs::copy(photos.join("dog.png"), photos.join("skip-dog.png")).unwrap();
+    noise_images(&photos.join("new"), 2, 7);
+    let out = ok(&pe(&["search", "--update", "--index", &s(&dir), "a photo of a dog", "--top", "100", "--paths-only"]));
+    let paths: Vec<&str> = out.lines().collect();
+    assert!(paths.iter().any(|p| p.ends_with("new/noise-0001.png")), "{out}");
+    assert!(!paths.iter().any(|p| p.contains("skip-")), "an excluded file was indexed: {out}");
+    let index = Index::open(&dir).unwrap();
+    assert_eq!(index.catalog().counts().unwrap().0, before + 2);
+    let ann = index.ann().unwrap().expect("the graph is kept and brought up to date");
+    assert_eq!(ann.storage(), pe_index::AnnStorage::I8);
+    assert_eq!(index.update_options().unwrap().scan.exclude, vec!["skip-*".to_string()]);
+}
+
 #[test]
 fn misuse_gets_clear_errors() {
     let Some(fx) = fixtures() else { return };

@@ -37,7 +37,8 @@ const EXPANSION_ADD: usize = 128;
 pub const EXPANSION_SEARCH: usize = 96;
 
 /// When `pe index` keeps an approximate index.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum AnnMode {
     /// From [`ANN_MIN_ROWS`] distinct contents on.
     #[default]
@@ -49,7 +50,8 @@ pub enum AnnMode {
 }
 
 /// How the graph stores its vectors.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum AnnStorage {
     /// Half precision: recall as float32 at half the memory.
     #[default]

@@ -101,6 +101,7 @@ impl Catalog {
                  embedding BLOB NOT NULL
              );
              CREATE TABLE IF NOT EXISTS roots (path BLOB PRIMARY KEY);
+             CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
              INSERT OR IGNORE INTO meta (key, value) VALUES ('generation', 0);",
         )
         .map_err(err)?;
@@ -210,6 +211,22 @@ impl Catalog {
         let mut stmt = self.conn.prepare("SELECT path FROM roots ORDER BY path").map_err(self.err())?;
         let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0)).map_err(self.err())?;
         rows.map(|r| r.map(key_path).map_err(self.err())).collect()
+    }
+
+    /// A remembered setting (see [`crate::UpdateOptions::remembered`]).
+    pub fn setting(&self, key: &str) -> Result<Option<String>> {
+        self.conn
+            .query_row("SELECT value FROM settings WHERE key = ?1", params![key], |r| r.get(0))
+            .optional()
+            .map_err(self.err())
+    }
+
+    /// Remember a setting, replacing the one before.
+    pub fn set_setting(&mut self, key: &str, value: &str) -> Result<()> {
+        self.conn
+            .execute("INSERT OR REPLACE INTO settings (key, value) VALUES (?1, ?2)", params![key, value])
+            .map_err(self.err())?;
+        Ok(())
     }
 
     /// Drop embeddings no file points to any more; returns how many.

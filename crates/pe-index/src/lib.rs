@@ -167,6 +167,19 @@ impl Index {
         Ok(report)
     }
 
+    /// The options of this index's last update ([`UpdateOptions::remembered`]); for an index
+    /// that has none, the defaults with the approximate index's storage as it is on disk.
+    pub fn update_options(&self) -> Result<UpdateOptions> {
+        if let Some(o) = UpdateOptions::remembered(&self.catalog)? {
+            return Ok(o);
+        }
+        let mut o = UpdateOptions::default();
+        if let Ok(Some(a)) = Ann::open(&self.dir) {
+            o.ann_storage = a.storage();
+        }
+        Ok(o)
+    }
+
     /// Build, update or delete the approximate index as `mode` says (see [`ann::refresh`]).
     pub fn refresh_ann(
         &mut self,
@@ -202,7 +215,8 @@ impl Index {
         }
         let report = export::import(&mut self.catalog, self.manifest.dim, files)?;
         Matrix::build(&self.dir, &self.catalog, self.manifest.dim)?;
-        self.refresh_ann(mode, AnnStorage::F16, progress)?;
+        let storage = self.update_options()?.ann_storage;
+        self.refresh_ann(mode, storage, progress)?;
         Ok(report)
     }
 

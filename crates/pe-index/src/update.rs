@@ -41,6 +41,51 @@ pub struct UpdateOptions {
     pub ann_storage: AnnStorage,
 }
 
+/// The part of [`UpdateOptions`] an index remembers from its last update.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Remembered {
+    exclude: Vec<String>,
+    include_hidden: bool,
+    videos: bool,
+    ann: AnnMode,
+    ann_storage: AnnStorage,
+}
+
+const REMEMBERED_KEY: &str = "update_options";
+
+impl UpdateOptions {
+    /// The options of the catalog's last update (what to skip, whether videos were taken, the
+    /// approximate index's mode and storage), so that a later update without those flags
+    /// (`pe search --update`) walks and stores the same way; `None` before the first update
+    /// or for a catalog from before this was kept.
+    pub fn remembered(catalog: &Catalog) -> Result<Option<Self>> {
+        let Some(json) = catalog.setting(REMEMBERED_KEY)? else { return Ok(None) };
+        // An unreadable value (a newer or damaged catalog) is not fatal: defaults apply.
+        let Ok(r) = serde_json::from_str::<Remembered>(&json) else {
+            tracing::warn!("ignoring the catalog's unreadable update options: {json}");
+            return Ok(None);
+        };
+        Ok(Some(UpdateOptions {
+            scan: ScanOptions { videos: r.videos, exclude: r.exclude, include_hidden: r.include_hidden },
+            ann: r.ann,
+            ann_storage: r.ann_storage,
+            ..UpdateOptions::default()
+        }))
+    }
+
+    fn remember(&self, catalog: &mut Catalog) -> Result<()> {
+        let r = Remembered {
+            exclude: self.scan.exclude.clone(),
+            include_hidden: self.scan.include_hidden,
+            videos: self.scan.videos,
+            ann: self.ann,
+            ann_storage: self.ann_storage,
+        };
+        let json = serde_json::to_string(&r).map_err(|e| Error::Query(format!("update options: {e}")))?;
+        catalog.set_setting(REMEMBERED_KEY, &json)
+    }
+}
+
 impl Default for UpdateOptions {
     fn default() -> Self {
         UpdateOptions { scan: ScanOptions::default(), batch_size: 32, ann: AnnMode::Auto, ann_storage: AnnStorage::F16 }
@@ -170,6 +215,7 @@ pub fn update(
     let scope: Vec<PathBuf> =
         roots.iter().map(|r| std::fs::canonicalize(r).map_err(|e| Error::io(r, e))).collect::<Result<_>>()?;
     catalog.add_roots(&scope)?;
+    opts.remember(catalog)?;
     let before = catalog.files_under(&scope)?;
     let present: HashSet<&PathBuf> = found.iter().map(|f| &f.path).collect();
     let gone: Vec<PathBuf> = before.keys().filter(|p| !present.contains(p)).cloned().collect();

@@ -466,8 +466,9 @@ pub fn run_search(cmd: SearchCmd) -> anyhow::Result<ExitCode> {
     };
     if let (true, Some(model)) = (cmd.update, &model) {
         let roots = index.catalog().roots()?;
-        let mut opts = UpdateOptions::default();
-        opts.scan.videos = videos_available();
+        // As the last `pe index` walked and stored (its --exclude, --ann-storage...).
+        let mut opts = index.update_options()?;
+        opts.scan.videos = opts.scan.videos && videos_available();
         let report = update_with_progress(&mut index, model, &roots, &opts)?;
         tracing::info!("updated: {} embedded, {} removed", report.embedded, report.removed);
     }
