@@ -37,19 +37,11 @@ pub fn exact_groups(matrix: &Matrix, hashes: &[String]) -> Result<Vec<Group>> {
 }
 
 /// Groups of rows linked by a cosine of at least `threshold` (transitively), leaving out links
-/// between identical contents (those are exact groups). Scores every pair: O(rows^2 dim).
+/// between identical contents (those are exact groups). Scores every pair: O(rows^2 dim) time;
+/// the links are joined a block of rows at a time, so memory stays bounded whatever the
+/// threshold (at -1 every pair links).
 pub fn near_groups(matrix: &Matrix, hashes: &[String], threshold: f32) -> Result<Vec<Group>> {
     let n = matrix.rows();
-    let links: Vec<(usize, usize, f32)> = (0..n)
-        .into_par_iter()
-        .flat_map_iter(|i| {
-            let a = matrix.row(i);
-            (i + 1..n).filter_map(move |j| {
-                let s = dot(a, matrix.row(j));
-                (s >= threshold && hashes[i] != hashes[j]).then_some((i, j, s))
-            })
-        })
-        .collect();
     let mut parent: Vec<usize> = (0..n).collect();
     fn root(p: &mut [usize], mut i: usize) -> usize {
         while p[i] != i {
@@ -58,14 +50,31 @@ pub fn near_groups(matrix: &Matrix, hashes: &[String], threshold: f32) -> Result
         }
         i
     }
-    let mut min_link: BTreeMap<usize, f32> = BTreeMap::new();
-    for &(i, j, _) in &links {
-        let (a, b) = (root(&mut parent, i), root(&mut parent, j));
-        if a != b {
-            parent[a.max(b)] = a.min(b);
+    // The lowest cosine of a link from each row to a later one (NaN: no link).
+    let mut lowest = vec![f32::NAN; n];
+    // At most ~4M links (32 MB) held at once.
+    let block = ((1usize << 22) / n.max(1)).clamp(1, 4096);
+    for start in (0..n).step_by(block) {
+        let links: Vec<(usize, usize, f32)> = (start..(start + block).min(n))
+            .into_par_iter()
+            .flat_map_iter(|i| {
+                let a = matrix.row(i);
+                (i + 1..n).filter_map(move |j| {
+                    let s = dot(a, matrix.row(j));
+                    (s >= threshold && hashes[i] != hashes[j]).then_some((i, j, s))
+                })
+            })
+            .collect();
+        for (i, j, s) in links {
+            let (a, b) = (root(&mut parent, i), root(&mut parent, j));
+            if a != b {
+                parent[a.max(b)] = a.min(b);
+            }
+            lowest[i] = if lowest[i].is_nan() { s } else { lowest[i].min(s) };
         }
     }
-    for &(i, _, s) in &links {
+    let mut min_link: BTreeMap<usize, f32> = BTreeMap::new();
+    for (i, &s) in lowest.iter().enumerate().filter(|(_, s)| !s.is_nan()) {
         let r = root(&mut parent, i);
         let m = min_link.entry(r).or_insert(s);
         *m = m.min(s);
