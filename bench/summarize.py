@@ -11,8 +11,9 @@ CLASSES = {
     "bf16": ("pe-bf16", ["torch-bf16", "ov-bf16"]),
     "int8": ("pe-int8", ["ort-int8", "ov-int8"]),
 }
-# The peak (`pe bench --peak`) each class is held to.
-PEAK = {"f32": "f32_gflops", "bf16": "bf16_gflops", "int8": "int8_gops"}
+# The peaks (`pe bench --peak`) each class is held to: the highest this CPU has (AMX tiles
+# where present, which pe's bf16 and int8 kernels then use).
+PEAK = {"f32": ["f32_gflops"], "bf16": ["bf16_gflops", "amx_bf16_gflops"], "int8": ["int8_gops", "amx_int8_gops"]}
 NAMES = {"torch": "PyTorch", "torch-bf16": "PyTorch autocast", "ort": "ORT", "ort-int8": "ORT int8",
          "ov": "OpenVINO", "ov-bf16": "OpenVINO bf16", "ov-int8": "OpenVINO int8"}
 
@@ -34,8 +35,10 @@ def span(values, fmt="{:.2f}"):
 
 
 if peak:
-    print(f"Peaks on {peak.get('threads')} threads: float32 FMA {peak['f32_gflops']:.0f} GFLOP/s, "
-          f"bf16 dot {peak['bf16_gflops']:.0f} GFLOP/s, int8 dot {peak['int8_gops']:.0f} GOP/s.\n")
+    fmt = lambda k: "-" if peak.get(k) is None else f"{peak[k]:.0f}"
+    print(f"Peaks on {peak.get('threads')} threads: float32 FMA {fmt('f32_gflops')} GFLOP/s, "
+          f"bf16 dot {fmt('bf16_gflops')} GFLOP/s, int8 dot {fmt('int8_gops')} GOP/s, "
+          f"AMX bf16 {fmt('amx_bf16_gflops')} GFLOP/s, AMX int8 {fmt('amx_int8_gops')} GOP/s.\n")
 print("| preset, tower, batch | class | pe items/s | peers items/s (cosine) | pe / best peer | "
       "pe cosine | pe share of peak |")
 print("|---|---|---|---|---|---|---|")
@@ -56,8 +59,9 @@ for preset, tower, batch in sorted({k[:3] for k in runs}, key=lambda k: (k[1], "
             if best:
                 ratios.append(r["items_per_s"] / best)
         share = "-"
-        if mine and peak.get(PEAK[cls]):
-            share = span([r["items_per_s"] * r["flops_per_item"] / 1e9 / peak[PEAK[cls]] * 100 for r in mine], "{:.0f}") + "%"
+        limit = max((peak.get(k) or 0 for k in PEAK[cls]), default=0)
+        if mine and limit:
+            share = span([r["items_per_s"] * r["flops_per_item"] / 1e9 / limit * 100 for r in mine], "{:.0f}") + "%"
         print(f"| {preset} {tower}, {batch} | {cls} | {span([r['items_per_s'] for r in mine])} | "
               f"{'; '.join(cells) or '-'} | {span(ratios)}x | "
               f"{min((r['cosine_min'] for r in mine), default=float('nan')):.4f} | {share} |")

@@ -342,11 +342,15 @@ fn bench_peak_reports_rates_per_thread_count() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v = &lines(&out)[0];
     assert_eq!(v["threads"].as_u64(), Some(1));
-    // Any CPU this runs on does at least 1 GFLOP/s, and none does 10 TFLOP/s on one thread.
-    let f32 = v["f32_gflops"].as_f64().unwrap();
-    assert!((1.0..10_000.0).contains(&f32), "{v}");
-    for key in ["bf16_gflops", "int8_gops"] {
-        assert!(v[key].is_null() || v[key].as_f64().unwrap() > f32, "{key}: {v}");
+    // Any CPU this runs on does at least 1 GFLOP/s, and none does 100 TFLOP/s on one thread
+    // (not even this debug build's loops; their ratios depend on the CPU: Sapphire Rapids'
+    // vdpbf16ps is no faster than its FMA, Zen 4's twice as fast).
+    for key in ["f32_gflops", "bf16_gflops", "int8_gops", "amx_bf16_gflops", "amx_int8_gops"] {
+        let ok = match key {
+            "f32_gflops" => v[key].as_f64().is_some_and(|r| (1.0..100_000.0).contains(&r)),
+            _ => v[key].is_null() || v[key].as_f64().is_some_and(|r| (1.0..100_000.0).contains(&r)),
+        };
+        assert!(ok, "{key}: {v}");
     }
     let out = pe(&["bench", "--peak", "--model", "PE-Core-T16-384"]);
     assert_eq!(out.status.code(), Some(2), "--peak takes no model");

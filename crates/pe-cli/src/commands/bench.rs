@@ -44,7 +44,8 @@ pub struct BenchCmd {
     #[arg(long)]
     json: bool,
     /// Measure this CPU's peak arithmetic rates instead of a model (float32 FMA, bf16 and int8
-    /// dot products, on --threads threads), the limits that model throughput is a share of.
+    /// dot products, AMX tile products where present, on --threads threads), the limits that
+    /// model throughput is a share of.
     #[arg(long, conflicts_with_all = ["model", "config", "weights"])]
     peak: bool,
 }
@@ -60,12 +61,14 @@ fn peak(json: bool) -> anyhow::Result<ExitCode> {
             |v: Option<f64>, unit: &str| v.map_or("not on this CPU".to_string(), |v| format!("{v:.0} {unit}"));
         writeln!(
             out,
-            "{} thread(s): float32 FMA ({}) {:.0} GFLOP/s; bf16 dot {}; int8 dot {}",
+            "{} thread(s): float32 FMA ({}) {:.0} GFLOP/s; bf16 dot {}; int8 dot {}; AMX bf16 {}; AMX int8 {}",
             p.threads,
             p.simd,
             p.f32_gflops,
             or_none(p.bf16_gflops, "GFLOP/s"),
-            or_none(p.int8_gops, "GOP/s")
+            or_none(p.int8_gops, "GOP/s"),
+            or_none(p.amx_bf16_gflops, "GFLOP/s"),
+            or_none(p.amx_int8_gops, "GOP/s")
         )?;
     }
     Ok(ExitCode::SUCCESS)

@@ -24,7 +24,14 @@ pub struct Peak {
     pub bf16_gflops: Option<f64>,
     /// int8 dot products into int32 (AVX512-VNNI), GOP/s.
     pub int8_gops: Option<f64>,
+    /// bf16 tile products (AMX-BF16), GFLOP/s.
+    pub amx_bf16_gflops: Option<f64>,
+    /// int8 tile products (AMX-INT8), GOP/s.
+    pub amx_int8_gops: Option<f64>,
 }
+
+/// Accumulator tiles the AMX loops update in turn (tiles 0-5; 6 and 7 hold the operands).
+const AMX_CHAINS: usize = 6;
 
 /// Operations of one call of `f` on one thread; `f` returns a value to keep it from being
 /// optimised away.
@@ -66,7 +73,16 @@ pub fn measure() -> Peak {
     );
     #[cfg(not(target_arch = "x86_64"))]
     let (bf16_gflops, int8_gops) = (None, None);
-    Peak { threads, simd: name, f32_gflops, bf16_gflops, int8_gops }
+    // One tile product: 16 x 16 outputs, each a sum of 32 bf16 or 64 int8 products.
+    let per_tile_call = |products: f64| (ROUNDS * AMX_CHAINS) as f64 * 256.0 * products * 2.0;
+    #[cfg(target_arch = "x86_64")]
+    let (amx_bf16_gflops, amx_int8_gops) = (
+        super::cpu::amx_bf16().then(|| rate(threads, per_tile_call(32.0), |n| unsafe { x86_amx::amx_bf16(n) })),
+        super::cpu::amx_int8().then(|| rate(threads, per_tile_call(64.0), |n| unsafe { x86_amx::amx_int8(n) })),
+    );
+    #[cfg(not(target_arch = "x86_64"))]
+    let (amx_bf16_gflops, amx_int8_gops) = (None, None);
+    Peak { threads, simd: name, f32_gflops, bf16_gflops, int8_gops, amx_bf16_gflops, amx_int8_gops }
 }
 
 /// Scalar multiply-adds (what a CPU without the vector kernels does).
@@ -151,6 +167,55 @@ mod x86 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod x86_amx {
+    use std::arch::asm;
+
+    /// `n` (at least 1) rounds of a tile product into each of the six accumulator tiles, from
+    /// operand tiles of ones; returns the sum of tile 0.
+    macro_rules! tile_loop {
+        ($name:ident, $insn:literal, $one:expr, $elem:ty, $out:ty) => {
+            /// # Safety
+            /// The CPU has this AMX instruction set and this process may use the tile state.
+            pub(super) unsafe fn $name(n: usize) -> f32 {
+                let ones = [$one; 1024 / std::mem::size_of::<$elem>()];
+                let mut out = [<$out>::default(); 256];
+                crate::kernels::amx::load_config();
+                asm!(
+                    "tilezero tmm0",
+                    "tilezero tmm1",
+                    "tilezero tmm2",
+                    "tilezero tmm3",
+                    "tilezero tmm4",
+                    "tilezero tmm5",
+                    "tileloadd tmm6, [{a} + {stride} * 1]",
+                    "tileloadd tmm7, [{a} + {stride} * 1]",
+                    "2:",
+                    concat!($insn, " tmm0, tmm6, tmm7"),
+                    concat!($insn, " tmm1, tmm6, tmm7"),
+                    concat!($insn, " tmm2, tmm6, tmm7"),
+                    concat!($insn, " tmm3, tmm6, tmm7"),
+                    concat!($insn, " tmm4, tmm6, tmm7"),
+                    concat!($insn, " tmm5, tmm6, tmm7"),
+                    "dec {n}",
+                    "jnz 2b",
+                    "tilestored [{out} + {stride} * 1], tmm0",
+                    a = in(reg) ones.as_ptr(),
+                    out = in(reg) out.as_mut_ptr(),
+                    stride = in(reg) 64usize,
+                    n = inout(reg) n.max(1) => _,
+                    options(nostack),
+                );
+                crate::kernels::amx::release();
+                out.iter().map(|&x| x as f32).sum()
+            }
+        };
+    }
+    // bf16 1.0 is 0x3f80.
+    tile_loop!(amx_bf16, "tdpbf16ps", 0x3f80u16, u16, f32);
+    tile_loop!(amx_int8, "tdpbssd", 1i8, i8, i32);
+}
+
 #[cfg(test)]
 mod tests {
     /// The recurrence every float loop runs, summed over its chains, in float64.
@@ -195,6 +260,13 @@ mod tests {
             // Each step adds 2 products of 1 x 1 to each of 16 lanes of 24 chains.
             let want = starts + (24 * 16 * 2 * 100) as f64;
             assert_eq!(unsafe { super::x86::dpbf16(100) } as f64, want);
+        }
+        // Each round adds 32 (bf16) or 64 (int8) products of 1 x 1 to each of 256 outputs.
+        if cpu::amx_bf16() {
+            assert_eq!(unsafe { super::x86_amx::amx_bf16(100) }, (256 * 32 * 100) as f32);
+        }
+        if cpu::amx_int8() {
+            assert_eq!(unsafe { super::x86_amx::amx_int8(100) }, (256 * 64 * 100) as f32);
         }
     }
 }
