@@ -70,7 +70,8 @@ pub fn near_groups(matrix: &Matrix, hashes: &[String], threshold: f32) -> Result
             if a != b {
                 parent[a.max(b)] = a.min(b);
             }
-            lowest[i] = if lowest[i].is_nan() { s } else { lowest[i].min(s) };
+            // f32::min takes the number over NaN.
+            lowest[i] = lowest[i].min(s);
         }
     }
     let mut min_link: BTreeMap<usize, f32> = BTreeMap::new();

@@ -26,7 +26,7 @@ pub fn is_video(path: &Path) -> bool {
 }
 
 /// What to skip.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct ScanOptions {
     /// Take videos too (each embedded as the mean of its frames' embeddings).
     pub videos: bool,

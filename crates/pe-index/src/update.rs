@@ -44,9 +44,7 @@ pub struct UpdateOptions {
 /// The part of [`UpdateOptions`] an index remembers from its last update.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Remembered {
-    exclude: Vec<String>,
-    include_hidden: bool,
-    videos: bool,
+    scan: ScanOptions,
     ann: AnnMode,
     ann_storage: AnnStorage,
 }
@@ -65,22 +63,11 @@ impl UpdateOptions {
             tracing::warn!("ignoring the catalog's unreadable update options: {json}");
             return Ok(None);
         };
-        Ok(Some(UpdateOptions {
-            scan: ScanOptions { videos: r.videos, exclude: r.exclude, include_hidden: r.include_hidden },
-            ann: r.ann,
-            ann_storage: r.ann_storage,
-            ..UpdateOptions::default()
-        }))
+        Ok(Some(UpdateOptions { scan: r.scan, ann: r.ann, ann_storage: r.ann_storage, ..UpdateOptions::default() }))
     }
 
     fn remember(&self, catalog: &mut Catalog) -> Result<()> {
-        let r = Remembered {
-            exclude: self.scan.exclude.clone(),
-            include_hidden: self.scan.include_hidden,
-            videos: self.scan.videos,
-            ann: self.ann,
-            ann_storage: self.ann_storage,
-        };
+        let r = Remembered { scan: self.scan.clone(), ann: self.ann, ann_storage: self.ann_storage };
         let json = serde_json::to_string(&r).map_err(|e| Error::Query(format!("update options: {e}")))?;
         catalog.set_setting(REMEMBERED_KEY, &json)
     }

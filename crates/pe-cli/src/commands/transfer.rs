@@ -89,7 +89,7 @@ pub fn run_import(cmd: ImportCmd) -> anyhow::Result<ExitCode> {
     match import(cmd) {
         // A damaged or foreign file is an unreadable input (exit 1), not a usage error.
         Err(e) if e.downcast_ref::<pe_index::Error>().is_some_and(|e| matches!(e, pe_index::Error::Parquet { .. })) => {
-            eprintln!("pe: {e:#}");
+            eprintln!("pe: {}", crate::said_once(&e));
             Ok(ExitCode::from(1))
         }
         other => other,

@@ -175,7 +175,7 @@ pub(crate) fn dense_matmul_with(
     };
     if slabs > 1 {
         use rayon::prelude::*;
-        (0..n).step_by(width).collect::<Vec<_>>().into_par_iter().for_each(slab);
+        (0..n.div_ceil(width)).into_par_iter().for_each(|s| slab(s * width));
     } else {
         slab(0);
     }
