@@ -228,24 +228,25 @@ impl Ann {
         (u64_at(&self.map, at), &self.map[at + 8..at + 40], u64_at(&self.map, at + 40))
     }
 
-    /// The content hash and matrix row of a key, by binary search in the sorted key table.
-    fn lookup(&self, key: u64) -> Option<(String, u64)> {
+    /// The matrix row of a key (`u64::MAX` when no readable file holds its content), by binary
+    /// search in the sorted key table.
+    fn row_of(&self, key: u64) -> Option<u64> {
         let (mut lo, mut hi) = (0, self.count);
         while lo < hi {
             let mid = (lo + hi) / 2;
-            let (k, hash, row) = self.entry(mid);
+            let (k, _, row) = self.entry(mid);
             match k.cmp(&key) {
                 std::cmp::Ordering::Less => lo = mid + 1,
                 std::cmp::Ordering::Greater => hi = mid,
-                std::cmp::Ordering::Equal => return Some((hex(hash), row)),
+                std::cmp::Ordering::Equal => return Some(row),
             }
         }
         None
     }
 
-    /// The (about) `k` contents nearest `query`: content hash, first matrix row holding it
-    /// (`u64::MAX` when no readable file does) and approximate score.
-    pub fn search(&self, query: &[f32], k: usize, ef: usize) -> Result<Vec<(String, u64, f32)>> {
+    /// The (about) `k` contents nearest `query`: the first matrix row holding each (contents
+    /// no readable file holds are left out) and its approximate score.
+    pub fn search(&self, query: &[f32], k: usize, ef: usize) -> Result<Vec<(usize, f32)>> {
         if self.index.expansion_search() != ef.max(1) {
             // Shared by concurrent searches: one asking for another width only changes how
             // widely the others look, never what they return (they are re-scored exactly).
@@ -261,7 +262,7 @@ impl Ann {
         Ok(m.keys
             .iter()
             .zip(&m.distances)
-            .filter_map(|(&key, &d)| self.lookup(key).map(|(h, r)| (h, r, 1.0 - d)))
+            .filter_map(|(&key, &d)| Some((usize::try_from(self.row_of(key)?).ok()?, 1.0 - d)))
             .collect())
     }
 

@@ -242,12 +242,12 @@ impl Catalog {
     }
 
     /// Every searchable file (one whose content has an embedding), by path, with its
-    /// embedding, in path order: `f(path, embedding)`.
-    pub fn for_each_vector(&self, dim: usize, mut f: impl FnMut(PathBuf, &[f32]) -> Result<()>) -> Result<()> {
+    /// embedding, in path order: `f(path, content hash, embedding)`.
+    pub fn for_each_vector(&self, dim: usize, mut f: impl FnMut(PathBuf, &str, &[f32]) -> Result<()>) -> Result<()> {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT files.path, vectors.embedding FROM files JOIN vectors ON files.hash = vectors.hash
+                "SELECT files.path, vectors.embedding, files.hash FROM files JOIN vectors ON files.hash = vectors.hash
                  WHERE files.error IS NULL ORDER BY files.path",
             )
             .map_err(self.err())?;
@@ -268,7 +268,8 @@ impl Catalog {
             for (d, c) in v.iter_mut().zip(blob.chunks_exact(4)) {
                 *d = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
             }
-            f(path, &v)?;
+            let hash: String = r.get(2).map_err(self.err())?;
+            f(path, &hash, &v)?;
         }
         Ok(())
     }
@@ -339,16 +340,6 @@ impl Catalog {
         let mut v = vec![0f32; dim];
         self.decode_into(hash, &blob, &mut v)?;
         Ok(Some(v))
-    }
-
-    /// The searchable files holding a content hash, in path order.
-    pub fn paths_of(&self, hash: &str) -> Result<Vec<PathBuf>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT path FROM files WHERE hash = ?1 AND error IS NULL ORDER BY path")
-            .map_err(self.err())?;
-        let rows = stmt.query_map(params![hash], |r| r.get::<_, Vec<u8>>(0)).map_err(self.err())?;
-        rows.map(|r| r.map(key_path).map_err(self.err())).collect()
     }
 
     /// Every searchable file with its content's size and embedding, in path order:

@@ -306,7 +306,7 @@ impl Index {
             return l.matrix.exact_in(query, opts.k, opts.threshold, rows);
         }
         match (&l.ann, opts.exact) {
-            (Some(ann), false) => search::approximate(ann, &l.matrix, &self.catalog, query, opts),
+            (Some(ann), false) => search::approximate(ann, &l.matrix, query, opts),
             _ => l.matrix.exact(query, opts.k, opts.threshold),
         }
     }

@@ -1,5 +1,7 @@
 //! The searchable vectors: one contiguous, memory-mapped float32 matrix (`vectors.f32`), a row
-//! per searchable file in path order, with the paths after it. Built from the catalog after an
+//! per searchable file in path order, then for each row the next row of the same content (so
+//! that a content found by the approximate index expands to its files without a catalog
+//! query), then the paths. Built from the catalog after an
 //! update (or when it is older than the catalog), written to a temporary name and renamed, so a
 //! reader sees the old matrix or the new one, never half of one. Search maps it and reads only
 //! what it scores: nothing is parsed at start-up.
@@ -14,10 +16,14 @@ use rayon::prelude::*;
 use crate::catalog::{key_path, path_key, Catalog};
 use crate::error::{Error, Result};
 
-const MAGIC: &[u8; 8] = b"PEVECS01";
+const MAGIC: &[u8; 8] = b"PEVECS02";
 /// Header: magic, generation, rows, dim, paths offset (all u64 little-endian), padded so that
-/// the matrix starts 64-byte aligned.
+/// the matrix starts 64-byte aligned. The same-content table sits between the matrix and the
+/// paths. A matrix of another format is rebuilt from the catalog, as a stale one is.
 const HEADER: usize = 64;
+
+/// "No next row" in the same-content table.
+const NONE: u64 = u64::MAX;
 
 /// One scored file.
 #[derive(Debug, Clone, PartialEq)]
@@ -60,15 +66,25 @@ impl Matrix {
         let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp).map_err(io)?);
         out.write_all(&[0u8; HEADER]).map_err(io)?;
         let mut paths: Vec<Vec<u8>> = Vec::new();
-        catalog.for_each_vector(dim, |p, v| {
+        let mut next = Vec::new();
+        let mut last_of: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+        catalog.for_each_vector(dim, |p, hash, v| {
             for x in v {
                 out.write_all(&x.to_le_bytes()).map_err(io)?;
             }
+            let row = paths.len();
+            if let Some(prev) = last_of.insert(hash.to_string(), row) {
+                next[prev] = row as u64;
+            }
+            next.push(NONE);
             paths.push(path_key(&p));
             Ok(())
         })?;
+        for n in next {
+            out.write_all(&n.to_le_bytes()).map_err(io)?;
+        }
         let rows = paths.len();
-        let paths_at = HEADER + rows * dim * 4;
+        let paths_at = HEADER + rows * dim * 4 + rows * 8;
         // Path table: rows + 1 offsets (u64, relative to the table's byte area), then the bytes.
         let mut offset = 0u64;
         for p in std::iter::once(&Vec::new()).chain(paths.iter()) {
@@ -105,7 +121,12 @@ impl Matrix {
         }
         let (generation, rows, dim, paths_at) =
             (u64_at(&map, 8) as i64, u64_at(&map, 16) as usize, u64_at(&map, 24) as usize, u64_at(&map, 32) as usize);
-        let matrix_end = rows.checked_mul(dim).and_then(|n| n.checked_mul(4)).and_then(|n| n.checked_add(HEADER));
+        // Each row: its float32 embedding and its same-content link (u64).
+        let matrix_end = dim
+            .checked_mul(4)
+            .and_then(|w| w.checked_add(8))
+            .and_then(|w| w.checked_mul(rows))
+            .and_then(|n| n.checked_add(HEADER));
         let table_end = rows.checked_add(1).and_then(|n| n.checked_mul(8)).and_then(|n| n.checked_add(paths_at));
         if dim == 0 || matrix_end != Some(paths_at) || table_end.is_none_or(|e| e > map.len()) {
             return Err(bad("its header does not match its size"));
@@ -192,6 +213,16 @@ impl Matrix {
             return Ok(exact..exact + 1);
         }
         Ok(start..end.max(start))
+    }
+
+    /// The next row (in path order) holding the same content as row `i`, if any.
+    pub fn next_same(&self, i: usize) -> Option<usize> {
+        if i >= self.rows {
+            return None;
+        }
+        let at = HEADER + self.rows * self.dim * 4 + 8 * i;
+        let n = u64_at(&self.map, at);
+        usize::try_from(n).ok().filter(|&n| n > i && n < self.rows)
     }
 
     /// Row `i` of the matrix.

@@ -71,15 +71,10 @@ fn row(t: &Tensor) -> Result<Vec<f32>> {
 
 /// Search through the approximate index: its nearest contents (at least EXPANSION_SEARCH of
 /// them, so that i8 storage's coarse order is corrected), re-scored with their stored float32
-/// embeddings, then expanded to the files holding the best; asks the graph for more when the
-/// threshold or unreadable duplicates leave fewer than `k` files.
-pub fn approximate(
-    ann: &Ann,
-    matrix: &Matrix,
-    catalog: &Catalog,
-    query: &[f32],
-    opts: &SearchOptions,
-) -> Result<Vec<Hit>> {
+/// embeddings, then expanded to the files holding the best (through the matrix's same-content
+/// links: no catalog query); asks the graph for more when the threshold or unreadable
+/// duplicates leave fewer than `k` files.
+pub fn approximate(ann: &Ann, matrix: &Matrix, query: &[f32], opts: &SearchOptions) -> Result<Vec<Hit>> {
     let mut want = opts.k.max(1);
     loop {
         let ef = opts.ef.unwrap_or(EXPANSION_SEARCH);
@@ -87,24 +82,30 @@ pub fn approximate(
         let found = ann.search(query, asked, ef.max(asked))?;
         let mut scored = Vec::with_capacity(found.len());
         let mut below = false;
-        for (hash, row, _) in found.iter() {
+        for &(row, _) in &found {
             // The graph and the matrix come from the same catalog generation (checked by the
             // caller), so the row holds this content's float32 embedding.
-            let Some(row) = usize::try_from(*row).ok().filter(|&r| r < matrix.rows()) else { continue };
+            if row >= matrix.rows() {
+                continue;
+            }
             let score = dot(matrix.row(row), query);
             if score < opts.threshold {
                 below = true;
             } else {
-                scored.push((score, hash));
+                scored.push((score, row));
             }
         }
-        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
         let mut hits = Vec::new();
-        for (score, hash) in scored {
+        for (score, first) in scored {
             if hits.len() >= opts.k {
                 break;
             }
-            hits.extend(catalog.paths_of(hash)?.into_iter().map(|path| Hit { path, score }));
+            let mut row = Some(first);
+            while let Some(r) = row {
+                hits.push(Hit { path: matrix.path_of(r)?, score });
+                row = matrix.next_same(r);
+            }
         }
         hits.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.path.cmp(&b.path)));
         if hits.len() >= opts.k || below || found.len() < asked || asked >= ann.len() {

@@ -151,3 +151,40 @@ fn approximate_search_recalls_the_exact_top_10_and_follows_the_catalog() {
     index.refresh_ann(AnnMode::Never, AnnStorage::F16, &mut none).unwrap();
     assert!(!bin.exists(), "--ann never deletes the graph");
 }
+
+#[test]
+fn files_sharing_a_content_are_all_found_in_path_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("idx");
+    let mut index = Index::open_or_create(&dir, &manifest(DIM)).unwrap();
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let centres: Vec<Vec<f32>> = (0..20)
+        .map(|_| {
+            let mut c: Vec<f32> = (0..DIM).map(|_| rng.next()).collect();
+            normalize(&mut c);
+            c
+        })
+        .collect();
+    let rows: Vec<(VectorRow, FileRow)> =
+        (0..1000).map(|i| row(i, clustered(&mut rng, &centres), ["a", "b"][i % 2])).collect();
+    let (v, mut f): (Vec<_>, Vec<_>) = rows.iter().cloned().unzip();
+    // Copies of every tenth content, named to sort before, between and after the originals.
+    for (i, (_, file)) in rows.iter().enumerate().step_by(10) {
+        for name in [format!("/photos/0/{i}.jpg"), format!("/photos/a0/{i}.jpg"), format!("/photos/z/{i}.jpg")] {
+            f.push(FileRow { path: name.into(), ..file.clone() });
+        }
+    }
+    Catalog::open(&dir).unwrap().commit(&v, &f).unwrap();
+    index.refresh_ann(AnnMode::Always, AnnStorage::F16, &mut |_| {}).unwrap();
+    assert_eq!(index.method().unwrap(), "approximate (1000 contents)");
+    for (i, (v, _)) in rows.iter().enumerate().step_by(25) {
+        let exact = index.search(&v.embedding, &SearchOptions { exact: true, ..SearchOptions::top(12) }).unwrap();
+        let approximate = index.search(&v.embedding, &SearchOptions::top(12)).unwrap();
+        assert_eq!(approximate, exact, "query {i}");
+        let own: Vec<_> = exact.iter().take_while(|h| h.score == exact[0].score).map(|h| h.path.clone()).collect();
+        let mut want: Vec<PathBuf> = f.iter().filter(|x| x.hash == f[i].hash).map(|x| x.path.clone()).collect();
+        want.sort();
+        assert_eq!(own, want, "every file of the content, in path order");
+        assert_eq!(own.len(), if i % 10 == 0 { 4 } else { 1 });
+    }
+}
