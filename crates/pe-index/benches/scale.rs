@@ -97,7 +97,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     // PE_EF: the approximate search's candidate count (default the library's).
     let ef: Option<usize> = std::env::var("PE_EF").ok().and_then(|v| v.parse().ok());
-    row(&t, "ef", ef.unwrap_or(pe_index::EXPANSION_SEARCH).to_string());
+    row(&t, "ef", ef.unwrap_or(pe_index::default_ef(rows)).to_string());
 
     // Exact search, and a plain streaming read of the same bytes on the same threads.
     // PE_RECALL_QUERIES: queries whose exact answers the recall is measured against (50).

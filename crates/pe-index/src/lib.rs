@@ -31,7 +31,7 @@ mod update;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-pub use ann::{Ann, AnnMode, AnnReport, AnnStorage, ANN_MIN_ROWS, EXPANSION_SEARCH};
+pub use ann::{default_ef, Ann, AnnMode, AnnReport, AnnStorage, ANN_MIN_ROWS, EF_GROWS_FROM, EXPANSION_SEARCH};
 pub use catalog::{Catalog, FileRow, VectorRow};
 pub use dedupe::Group;
 pub use error::{Error, Result};
@@ -89,7 +89,7 @@ pub struct SearchOptions {
     /// Only files under this folder (absolute), searched exactly.
     pub under: Option<PathBuf>,
     /// Candidates the approximate search keeps and re-scores (HNSW's `ef`; default
-    /// [`ann::EXPANSION_SEARCH`]): higher finds more of the true neighbours, more slowly.
+    /// [`ann::default_ef`] of the graph's size): higher finds more of the true neighbours, more slowly.
     pub ef: Option<usize>,
 }
 

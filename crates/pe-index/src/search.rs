@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor};
 use perception_encoder::tokenizer::ClipTokenizer;
 use perception_encoder::Clip;
 
-use crate::ann::{Ann, EXPANSION_SEARCH};
+use crate::ann::{default_ef, Ann};
 use crate::catalog::Catalog;
 use crate::error::{Error, Result};
 use crate::manifest::Manifest;
@@ -69,15 +69,15 @@ fn row(t: &Tensor) -> Result<Vec<f32>> {
     Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?)
 }
 
-/// Search through the approximate index: its nearest contents (at least EXPANSION_SEARCH of
-/// them, so that i8 storage's coarse order is corrected), re-scored with their stored float32
+/// Search through the approximate index: its nearest contents (at least ef of them, so that
+/// i8 storage's coarse order is corrected), re-scored with their stored float32
 /// embeddings, then expanded to the files holding the best (through the matrix's same-content
 /// links: no catalog query); asks the graph for more when the threshold or unreadable
 /// duplicates leave fewer than `k` files.
 pub fn approximate(ann: &Ann, matrix: &Matrix, query: &[f32], opts: &SearchOptions) -> Result<Vec<Hit>> {
     let mut want = opts.k.max(1);
     loop {
-        let ef = opts.ef.unwrap_or(EXPANSION_SEARCH);
+        let ef = opts.ef.unwrap_or_else(|| default_ef(ann.len()));
         let asked = want.max(ef).min(ann.len());
         let found = ann.search(query, asked, ef.max(asked))?;
         let mut scored = Vec::with_capacity(found.len());

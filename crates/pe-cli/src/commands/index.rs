@@ -416,8 +416,9 @@ pub struct SearchCmd {
     /// Only files under this folder (searched exactly).
     #[arg(long)]
     under: Option<PathBuf>,
-    /// Candidates the approximate search keeps and re-scores exactly (HNSW's ef; default 96):
-    /// higher finds more of the true top results, more slowly.
+    /// Candidates the approximate search keeps and re-scores exactly (HNSW's ef; default 96
+    /// up to 250,000 contents, then 16 more each time the collection doubles: 128 at a
+    /// million): higher finds more of the true top results, more slowly.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     ef: Option<u64>,
     /// JSON Lines: {"rank", "path", "score"}, best first.
