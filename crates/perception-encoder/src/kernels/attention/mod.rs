@@ -4,7 +4,9 @@
 //!
 //! Work is split over `batch x heads` with rayon; each task runs two single-threaded GEMMs
 //! (`S = q k^T * scale`, `O = softmax(S) v`). Splitting each small head matrix across threads,
-//! as a generic batched matmul does, leaves the cores mostly idle.
+//! as a generic batched matmul does, leaves the cores mostly idle. When there are fewer heads
+//! than a few per thread (T16's 3 heads at batch 1: one thread did two heads, the other one),
+//! each head's queries are split into blocks as well, so the threads get equal shares.
 
 #[cfg(target_arch = "x86_64")]
 mod amx;
@@ -63,18 +65,27 @@ pub(crate) fn attention(qkv: &[f32], s: Shape, causal: bool) -> Vec<f32> {
     let scale = 1.0 / (d as f32).sqrt();
     let mut out = super::uninit::<f32>(s.batch * n * w);
     let out_ptr = SendPtr(out.as_mut_ptr().cast());
-    (0..s.batch * s.heads).into_par_iter().for_each_init(
-        || vec![0f32; n * n],
+    let blocks = query_blocks(s, causal, rayon::current_num_threads());
+    let qb = n.div_ceil(blocks).max(1);
+    (0..s.batch * s.heads * blocks).into_par_iter().for_each_init(
+        || vec![0f32; qb * n],
         |scores, task| {
-            let (b, h) = (task / s.heads, task % s.heads);
+            let (bh, blk) = (task / blocks, task % blocks);
+            let (b, h) = (bh / s.heads, bh % s.heads);
+            let r0 = (blk * qb).min(n);
+            let rows = qb.min(n - r0);
+            if rows == 0 {
+                return;
+            }
+            let scores = &mut scores[..rows * n];
             let base = b * n * 3 * w + h * d;
-            let (q, k, v) = (&qkv[base..], &qkv[base + w..], &qkv[base + 2 * w..]);
+            let (q, k, v) = (&qkv[base + r0 * 3 * w..], &qkv[base + w..], &qkv[base + 2 * w..]);
             let rs = (3 * w) as isize;
             // SAFETY: strides and extents stay inside `qkv` / `scores` / `out` (the last row
             // of each head ends at `base + (n-1)*3w + 2w + d <= qkv.len()`).
             unsafe {
                 gemm::gemm(
-                    n,
+                    rows,
                     n,
                     d,
                     scores.as_mut_ptr(),
@@ -96,11 +107,11 @@ pub(crate) fn attention(qkv: &[f32], s: Shape, causal: bool) -> Vec<f32> {
                 );
             }
             super::math::softmax_rows(scores, n, causal);
-            let o = out_ptr.at(b * n * w + h * d);
-            // SAFETY: this task alone writes columns h*d..(h+1)*d of batch b's rows.
+            let o = out_ptr.at((b * n + r0) * w + h * d);
+            // SAFETY: this task alone writes columns h*d..(h+1)*d of batch b's rows r0..r0+rows.
             unsafe {
                 gemm::gemm(
-                    n,
+                    rows,
                     d,
                     n,
                     o,
@@ -126,6 +137,17 @@ pub(crate) fn attention(qkv: &[f32], s: Shape, causal: bool) -> Vec<f32> {
     // SAFETY: the (batch, head) tasks write every column of every row (the GEMMs do not read
     // their destination: `read_dst` is false).
     unsafe { super::assume_init(out) }
+}
+
+/// Query blocks per head: 1 when `batch x heads` already gives every thread a few tasks (or
+/// under a causal mask, whose rows are numbered from the block's start), else enough for about
+/// four tasks a thread, of at least 32 queries each.
+fn query_blocks(s: Shape, causal: bool, threads: usize) -> usize {
+    let tasks = s.batch * s.heads;
+    if causal || tasks == 0 || tasks >= 4 * threads {
+        return 1;
+    }
+    (4 * threads).div_ceil(tasks).clamp(1, (s.seq / 32).max(1))
 }
 
 /// [`attention`] with bfloat16 operands on AMX tiles (the `--dtype bf16` path, as PyTorch's
@@ -170,7 +192,11 @@ mod tests {
 
     /// Attention with the bf16 path's roundings (q * scale, k, softmax output, v), in f64.
     fn rounded_reference(qkv: &[f32], s: Shape, causal: bool) -> Vec<f32> {
-        let r = |x: f32| crate::kernels::bf16::from_bf16(crate::kernels::bf16::to_bf16(x)) as f64;
+        reference(qkv, s, causal, |x: f32| crate::kernels::bf16::from_bf16(crate::kernels::bf16::to_bf16(x)) as f64)
+    }
+
+    /// Attention in f64, each operand (q * scale, k, softmax output, v) through `r` first.
+    fn reference(qkv: &[f32], s: Shape, causal: bool, r: impl Fn(f32) -> f64) -> Vec<f32> {
         let (n, d, w) = (s.seq, s.head_dim, s.width());
         let scale = 1.0 / (d as f32).sqrt();
         let mut out = vec![0f32; s.batch * n * w];
@@ -192,6 +218,36 @@ mod tests {
             }
         }
         out
+    }
+
+    /// Float32 attention against float64, with heads whole and split into query blocks (few
+    /// heads at batch 1 on 2 or more threads), causal and not.
+    #[test]
+    fn float32_attention_matches_float64_with_query_blocks() {
+        let (n, d) = (197, 64);
+        let plain = |x: f32| x as f64;
+        for s in
+            [Shape { batch: 1, seq: n, heads: 3, head_dim: d }, Shape { batch: 2, seq: 80, heads: 1, head_dim: 32 }]
+        {
+            assert!(query_blocks(s, false, 2) > 1, "{s:?} is split");
+            assert_eq!(query_blocks(s, true, 2), 1, "causal rows are never split");
+            assert_eq!(query_blocks(Shape { heads: 12, ..s }, false, 2), 1, "12 heads are enough");
+            let mut seed = 0x2545_f491u32;
+            let qkv: Vec<f32> = (0..s.batch * s.seq * 3 * s.width())
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 17;
+                    seed ^= seed << 5;
+                    (seed as f32 / u32::MAX as f32) * 2.0 - 1.0
+                })
+                .collect();
+            for causal in [false, true] {
+                let want = reference(&qkv, s, causal, plain);
+                let got = attention(&qkv, s, causal);
+                let worst = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                assert!(worst <= 1e-5, "{s:?} causal {causal}: worst {worst}");
+            }
+        }
     }
 
     #[test]
