@@ -220,6 +220,18 @@ mod tests {
         out
     }
 
+    /// A QKV buffer for `s`, uniform in `[-range, range)` (xorshift from `seed`, which advances).
+    fn random_qkv(s: Shape, seed: &mut u32, range: f32) -> Vec<f32> {
+        (0..s.batch * s.seq * 3 * s.width())
+            .map(|_| {
+                *seed ^= *seed << 13;
+                *seed ^= *seed >> 17;
+                *seed ^= *seed << 5;
+                (*seed as f32 / u32::MAX as f32) * 2.0 * range - range
+            })
+            .collect()
+    }
+
     /// Float32 attention against float64, with heads whole and split into query blocks (few
     /// heads at batch 1 on 2 or more threads), causal and not.
     #[test]
@@ -232,15 +244,7 @@ mod tests {
             assert!(query_blocks(s, false, 2) > 1, "{s:?} is split");
             assert_eq!(query_blocks(s, true, 2), 1, "causal rows are never split");
             assert_eq!(query_blocks(Shape { heads: 12, ..s }, false, 2), 1, "12 heads are enough");
-            let mut seed = 0x2545_f491u32;
-            let qkv: Vec<f32> = (0..s.batch * s.seq * 3 * s.width())
-                .map(|_| {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 17;
-                    seed ^= seed << 5;
-                    (seed as f32 / u32::MAX as f32) * 2.0 - 1.0
-                })
-                .collect();
+            let qkv = random_qkv(s, &mut 0x2545_f491, 1.0);
             for causal in [false, true] {
                 let want = reference(&qkv, s, causal, plain);
                 let got = attention(&qkv, s, causal);
@@ -259,14 +263,7 @@ mod tests {
         ];
         let mut seed = 0x51ed_270bu32;
         for s in shapes {
-            let qkv: Vec<f32> = (0..s.batch * s.seq * 3 * s.width())
-                .map(|_| {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 17;
-                    seed ^= seed << 5;
-                    (seed as f32 / u32::MAX as f32) * 4.0 - 2.0
-                })
-                .collect();
+            let qkv = random_qkv(s, &mut seed, 2.0);
             for causal in [false, true] {
                 let Some(got) = attention_bf16(&qkv, s, causal) else {
                     eprintln!("no AMX bf16 here: the bf16 attention kernel is not used, nothing to test");
