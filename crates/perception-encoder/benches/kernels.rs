@@ -1,8 +1,10 @@
 //! The linear-layer kernels on PE-Core-B16's shapes, every implementation this CPU offers:
 //! `cargo bench -p perception-encoder --bench kernels [-- --threads T --iters N --rows M,... --width W]`.
 //! Prints GFLOP/s (2 m n k per product) per dtype, implementation and shape.
+//! With `--attention`, the float32 attention instead, on each preset's shape at batch 1 (and
+//! B16 at 8): GFLOP/s counted as `4 batch heads seq^2 head_dim` (both products).
 
-use perception_encoder::kernel_bench::{implementations, matmul, prepare};
+use perception_encoder::kernel_bench::{attention, attention_implementations, implementations, matmul, prepare};
 use std::time::Instant;
 
 fn arg(name: &str) -> Option<String> {
@@ -25,6 +27,10 @@ fn main() {
     let w: usize = arg("--width").and_then(|v| v.parse().ok()).unwrap_or(768);
     let shapes = [(3 * w, w), (w, w), (4 * w, w), (w, 4 * w)];
     println!("threads {threads}, {iters} timed runs each (best shown)");
+    if std::env::args().any(|a| a == "--attention") {
+        attention_shapes(iters);
+        return;
+    }
     println!("{:<6} {:<9} {:>6} {:>6} {:>6} {:>9}", "dtype", "impl", "m", "n", "k", "GFLOP/s");
     let mut seed = 0x2545_f491u32;
     let mut rnd = move || {
@@ -59,6 +65,42 @@ fn main() {
                     println!("{dtype:<6} {which:<9} {m:>6} {n:>6} {k:>6} {gflops:>9.1}");
                 }
             }
+        }
+    }
+}
+
+/// The float32 attention of each preset's image tower at batch 1 (and B16 at 8).
+fn attention_shapes(iters: usize) {
+    // (preset, batch, tokens, heads, head dim)
+    let shapes = [
+        ("T16-384", 1, 577, 3, 64),
+        ("S16-384", 1, 577, 6, 64),
+        ("B16-224", 1, 197, 12, 64),
+        ("B16-224", 8, 197, 12, 64),
+        ("L14-336", 1, 577, 16, 64),
+        ("G14-448", 1, 1025, 16, 96),
+    ];
+    println!("{:<8} {:>5} {:>5} {:>5} {:>4} {:<6} {:>9}", "preset", "batch", "seq", "heads", "dim", "impl", "GFLOP/s");
+    let mut seed = 0x9e37_79b9u32;
+    for (preset, batch, seq, heads, d) in shapes {
+        let qkv: Vec<f32> = (0..batch * seq * 3 * heads * d)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 17;
+                seed ^= seed << 5;
+                (seed as f32 / u32::MAX as f32) * 2.0 - 1.0
+            })
+            .collect();
+        for which in attention_implementations() {
+            std::hint::black_box(attention(which, &qkv, batch, seq, heads, d));
+            let mut best = f64::MAX;
+            for _ in 0..iters {
+                let t = Instant::now();
+                std::hint::black_box(attention(which, &qkv, batch, seq, heads, d));
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+            let gflops = 4.0 * (batch * heads * seq * seq * d) as f64 / best / 1e9;
+            println!("{preset:<8} {batch:>5} {seq:>5} {heads:>5} {d:>4} {which:<6} {gflops:>9.1}");
         }
     }
 }

@@ -233,6 +233,23 @@ pub mod bench {
             }
         }
     }
+
+    /// The float32 attention implementations this CPU offers (`fused`, `gemm`).
+    pub fn attention_implementations() -> Vec<&'static str> {
+        if super::attention::fused_available(64) {
+            vec!["fused", "gemm"]
+        } else {
+            vec!["gemm"]
+        }
+    }
+
+    /// Softmax attention (no mask) over a packed QKV buffer `(batch, seq, 3 * heads * head_dim)`
+    /// with the named implementation (one of [`attention_implementations`]).
+    pub fn attention(which: &str, qkv: &[f32], batch: usize, seq: usize, heads: usize, head_dim: usize) -> Vec<f32> {
+        use super::attention::{attention_with, Impl, Shape};
+        let which = if which == "fused" { Impl::Fused } else { Impl::Gemm };
+        attention_with(which, qkv, Shape { batch, seq, heads, head_dim }, false)
+    }
 }
 
 #[cfg(test)]

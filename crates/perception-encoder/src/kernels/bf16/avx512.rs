@@ -74,7 +74,7 @@ pub(crate) unsafe fn softmax_to_bf16(s: &mut [f32], dst: &mut [u16]) {
 /// ulp of it, not bit-identical).
 #[inline]
 #[target_feature(enable = "avx512f,fma")]
-unsafe fn exp16(x: __m512) -> __m512 {
+pub(crate) unsafe fn exp16(x: __m512) -> __m512 {
     const ROUND: f32 = 12_582_912.0;
     let x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0)), _mm512_set1_ps(88.0));
     let shifted = _mm512_fmadd_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E), _mm512_set1_ps(ROUND));
