@@ -234,21 +234,37 @@ pub mod bench {
         }
     }
 
-    /// The float32 attention implementations this CPU offers (`fused`, `gemm`).
+    /// The attention implementations this CPU offers for heads of 64: float32 `fused` and
+    /// `gemm`, and `bf16` (the bf16 path's: AMX, or fused on AVX512-BF16).
     pub fn attention_implementations() -> Vec<&'static str> {
+        let mut all = vec!["gemm"];
         if super::attention::fused_available(64) {
-            vec!["fused", "gemm"]
-        } else {
-            vec!["gemm"]
+            all.insert(0, "fused");
         }
+        if super::attention::attention_bf16(
+            &[0.0; 3 * 64],
+            super::attention::Shape { batch: 1, seq: 1, heads: 1, head_dim: 64 },
+            false,
+        )
+        .is_some()
+        {
+            all.push("bf16");
+        }
+        all
     }
 
     /// Softmax attention (no mask) over a packed QKV buffer `(batch, seq, 3 * heads * head_dim)`
     /// with the named implementation (one of [`attention_implementations`]).
     pub fn attention(which: &str, qkv: &[f32], batch: usize, seq: usize, heads: usize, head_dim: usize) -> Vec<f32> {
         use super::attention::{attention_with, Impl, Shape};
+        let s = Shape { batch, seq, heads, head_dim };
+        if which == "bf16" {
+            if let Some(out) = super::attention::attention_bf16(qkv, s, false) {
+                return out;
+            }
+        }
         let which = if which == "fused" { Impl::Fused } else { Impl::Gemm };
-        attention_with(which, qkv, Shape { batch, seq, heads, head_dim }, false)
+        attention_with(which, qkv, s, false)
     }
 }
 

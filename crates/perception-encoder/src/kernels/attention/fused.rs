@@ -235,7 +235,7 @@ impl Product {
 }
 
 /// The first `count` (1 to 16) lanes.
-fn mask(count: usize) -> __mmask16 {
+pub(super) fn mask(count: usize) -> __mmask16 {
     if count >= 16 {
         0xffff
     } else {
