@@ -18,10 +18,14 @@ use crate::kernels::bf16::avx512::{round_row, softmax_to_bf16};
 const MAX_HEAD_DIM: usize = 128;
 
 /// Whether this kernel runs here for heads of `head_dim`: AVX512-BF16 is the bf16 kernel in
-/// use (no AMX), and heads have whole pairs of dims.
+/// use (no AMX), heads have whole pairs of dims, and `PE_ATTENTION_KERNEL=gemm` does not ask
+/// for the float32 attention (the bf16 path's attention before this kernel).
 pub(super) fn available(head_dim: usize) -> bool {
     use crate::kernels::bf16::{selected, Impl};
-    selected() == Impl::Avx512 && head_dim.is_multiple_of(2) && (2..=MAX_HEAD_DIM).contains(&head_dim)
+    selected() == Impl::Avx512
+        && head_dim.is_multiple_of(2)
+        && (2..=MAX_HEAD_DIM).contains(&head_dim)
+        && super::selected(head_dim) == super::Impl::Fused
 }
 
 /// One head's keys and values packed for the products.
