@@ -287,6 +287,9 @@ fn attention_bf16_fused(qkv: &[f32], s: Shape) -> Vec<f32> {
     let (n, d) = (s.seq, s.head_dim);
     assert!(fused_bf16::available(d), "bf16 fused attention selected for head dim {d}");
     assert_eq!(qkv.len(), s.batch * n * 3 * w, "packed qkv size");
+    if n == 0 {
+        return Vec::new();
+    }
     let heads: Vec<fused_bf16::HeadOperands> = (0..s.batch * s.heads)
         .into_par_iter()
         .map(|bh| {
@@ -409,6 +412,10 @@ mod tests {
             let worst = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
             assert!(worst <= 1e-5 * scale, "{s:?} with large scores: worst {worst} of {scale}");
         }
+        // No tokens: nothing to attend, and no panic on either path.
+        let empty = Shape { batch: 1, seq: 0, heads: 2, head_dim: 64 };
+        assert!(attention_with(Impl::Fused, &[], empty, false).is_empty());
+        assert!(attention_bf16(&[], empty, false).is_none_or(|o| o.is_empty()));
     }
 
     #[test]
