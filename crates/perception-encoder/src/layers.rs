@@ -69,7 +69,7 @@ pub(crate) enum LinearWeights {
 
 /// The modules' view of `vb` for `precision`, and how the linear layers keep their weights.
 /// On the CPU (with the kernels on) bf16 and int8 keep only the linear layers' weights in
-/// reduced precision and run their kernels (with AMX, bf16 attention products too); everything
+/// reduced precision and run their kernels (with AMX or AVX512-BF16, bf16 attention too); everything
 /// else (LayerNorm, softmax, GELU, residuals, embeddings) computes in float32, as PyTorch's bf16
 /// autocast does. Elsewhere bf16 means every tensor in bfloat16, and int8 is refused. `F32`
 /// builds in `vb`'s own dtype (float32, or the F16/F64 of a `VarBuilder` given to `Clip::new`).
@@ -283,7 +283,7 @@ pub(crate) fn mlp(c_fc: &Linear, c_proj: &Linear, x: &Tensor) -> candle_core::Re
 }
 
 /// Self-attention of `x` `(batch, seq, width)` through the CPU kernels: the `in_proj` product
-/// (rows q, k, v), RoPE in place, softmax attention (bf16 on AMX for reduced-precision layers),
+/// (rows q, k, v), RoPE in place, softmax attention (bf16 on AMX or AVX512-BF16 for reduced-precision layers),
 /// heads merged back into `(batch, seq, width)`. `None` when the kernels do not run for `x`
 /// (other dtypes and devices): the caller then computes the reference's formula with candle.
 pub(crate) fn kernel_attention(
@@ -304,7 +304,7 @@ pub(crate) fn kernel_attention(
     if let Some(t) = rope {
         kernels::attention::rope_in_place(&mut qkv, shape, t.cos_f32, t.sin_f32, t.rope.rot_dim());
     }
-    // Reduced-precision layers (bf16 and int8) take the bf16 attention where AMX runs it:
+    // Reduced-precision layers (bf16 and int8) take the bf16 attention where AMX or AVX512-BF16 runs it:
     // for int8 it replaced a float32 attention that was a fifth of the time.
     let reduced = !matches!(in_proj.weight, Weight::Dense(_));
     let out = match reduced.then(|| kernels::attention::attention_bf16(&qkv, shape, causal)).flatten() {

@@ -240,9 +240,10 @@ fn query_blocks(s: Shape, causal: bool, threads: usize) -> usize {
     (4 * threads).div_ceil(tasks).clamp(1, (s.seq / 32).max(1))
 }
 
-/// [`attention`] with bfloat16 operands on AMX tiles (the `--dtype bf16` path, as PyTorch's
-/// autocast runs attention in bf16): `None` where that kernel is not in use (no AMX, or a head
-/// dim that is not a multiple of 32), for the caller to take the float32 path.
+/// [`attention`] with bfloat16 operands (the `--dtype bf16` path, as PyTorch's autocast runs
+/// attention in bf16): on AVX512-BF16 without AMX, fused per block of queries (no causal mask,
+/// even head dims); on AMX, as tile products (head dims a multiple of 32). `None` where neither
+/// runs, for the caller to take the float32 path.
 pub(crate) fn attention_bf16(qkv: &[f32], s: Shape, causal: bool) -> Option<Vec<f32>> {
     #[cfg(target_arch = "x86_64")]
     {

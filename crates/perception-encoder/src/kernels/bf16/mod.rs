@@ -7,7 +7,8 @@
 //! Activations are rounded to bfloat16 (round to nearest even) as they enter the product;
 //! products are exact in float32 and summed in float32, as PyTorch's bf16 autocast does. On AMX
 //! two more paths keep bf16 operands: the MLP ([`mlp`]: GELU and rounding in the first
-//! product's epilogue) and attention (`attention::amx::attention_head`: `q k^T` and `P v`).
+//! product's epilogue) and attention (`attention::amx::attention_head`: `q k^T` and `P v`);
+//! on AVX512-BF16 without AMX, attention keeps them too (`attention::fused_bf16`).
 //!
 //! Three implementations, chosen at run time (`PE_BF16_KERNEL=amx|avx512|portable` forces one):
 //! - AMX tiles (Sapphire Rapids and later), when the CPU has AMX-BF16 and Linux grants the
