@@ -108,6 +108,20 @@ pub(crate) fn attention_with(which: Impl, qkv: &[f32], s: Shape, causal: bool) -
     }
 }
 
+/// `body(scratch, batch, head, first query, queries)` for every block of [`fused::BLOCK`]
+/// queries of every (batch, head), in parallel: the fused kernels' tasks, many for every
+/// thread even at batch 1. Each rayon job reuses one `scratch`.
+#[cfg(target_arch = "x86_64")]
+fn for_each_query_block<S: Default>(s: Shape, body: impl Fn(&mut S, usize, usize, usize, usize) + Sync + Send) {
+    let n = s.seq;
+    let blocks = n.div_ceil(fused::BLOCK);
+    (0..s.batch * s.heads * blocks).into_par_iter().for_each_init(S::default, |scratch, task| {
+        let (bh, blk) = (task / blocks, task % blocks);
+        let r0 = blk * fused::BLOCK;
+        body(scratch, bh / s.heads, bh % s.heads, r0, fused::BLOCK.min(n - r0));
+    });
+}
+
 /// [`attention`] through the fused kernel (no causal mask): one task per block of
 /// [`fused::BLOCK`] queries of one head, so every thread gets many even at batch 1.
 #[cfg(target_arch = "x86_64")]
@@ -118,12 +132,7 @@ fn attention_fused(qkv: &[f32], s: Shape) -> Vec<f32> {
     assert_eq!(qkv.len(), s.batch * n * 3 * w, "packed qkv size");
     let mut out = super::uninit::<f32>(s.batch * n * w);
     let out_ptr = SendPtr(out.as_mut_ptr().cast());
-    let blocks = n.div_ceil(fused::BLOCK);
-    (0..s.batch * s.heads * blocks).into_par_iter().for_each_init(fused::Scratch::default, |scratch, task| {
-        let (bh, blk) = (task / blocks, task % blocks);
-        let (b, h) = (bh / s.heads, bh % s.heads);
-        let r0 = blk * fused::BLOCK;
-        let rows = fused::BLOCK.min(n - r0);
+    for_each_query_block(s, |scratch: &mut fused::Scratch, b, h, r0, rows| {
         let base = b * n * 3 * w + h * d;
         let block = fused::Block {
             q: &qkv[base + r0 * 3 * w..],
@@ -301,14 +310,9 @@ fn attention_bf16_fused(qkv: &[f32], s: Shape) -> Vec<f32> {
         .collect();
     let mut out = super::uninit::<f32>(s.batch * n * w);
     let out_ptr = SendPtr(out.as_mut_ptr().cast());
-    let blocks = n.div_ceil(fused::BLOCK);
-    (0..s.batch * s.heads * blocks).into_par_iter().for_each_init(fused_bf16::Scratch::default, |scratch, task| {
-        let (bh, blk) = (task / blocks, task % blocks);
-        let (b, h) = (bh / s.heads, bh % s.heads);
-        let r0 = blk * fused::BLOCK;
-        let rows = fused::BLOCK.min(n - r0);
+    for_each_query_block(s, |scratch: &mut fused_bf16::Scratch, b, h, r0, rows| {
         let q = &qkv[b * n * 3 * w + h * d + r0 * 3 * w..];
-        let block = fused_bf16::Block { q, head: &heads[bh], rs: 3 * w, n, d, rows };
+        let block = fused_bf16::Block { q, head: &heads[b * s.heads + h], rs: 3 * w, n, d, rows };
         // SAFETY: available (asserted above); the head was packed for n and d; q holds the
         // block's rows at stride 3w; this task alone writes columns h*d..(h+1)*d of batch b's
         // rows r0..r0 + rows.
