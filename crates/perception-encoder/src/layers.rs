@@ -46,6 +46,18 @@ impl Module for LayerNorm {
     }
 }
 
+impl LayerNorm {
+    /// The parameters the packed products apply to their operand's rows, when this LayerNorm
+    /// runs on the CPU kernels (float32 weights).
+    fn kernel_norm(&self) -> Option<kernels::activations::Norm<'_>> {
+        (!self.weight_f32.is_empty()).then_some(kernels::activations::Norm {
+            weight: &self.weight_f32,
+            bias: &self.bias_f32,
+            eps: LN_EPS as f32,
+        })
+    }
+}
+
 pub(crate) fn ln(width: usize, vb: VarBuilder) -> Result<LayerNorm> {
     let (weight, bias) = (vb.get(width, "weight")?, vb.get(width, "bias")?);
     let (weight_f32, bias_f32) = if weight.dtype() == DType::F32 && weight.device().is_cpu() {
@@ -179,6 +191,13 @@ fn with_f32<T>(x: &Tensor, f: impl FnOnce(&[f32]) -> T) -> candle_core::Result<T
 impl Linear {
     /// The packed kernels' result as a float32 vector, or `None` for dense weights.
     pub(crate) fn forward_packed(&self, x: &Tensor) -> candle_core::Result<Option<Vec<f32>>> {
+        self.forward_packed_after(None, x)
+    }
+
+    /// [`Self::forward_packed`] of `norm(x)`, the LayerNorm applied to each row of `x` as the
+    /// kernel takes it (`None` also when `norm` does not run on the kernels: the caller then
+    /// applies it first).
+    fn forward_packed_after(&self, norm: Option<&LayerNorm>, x: &Tensor) -> candle_core::Result<Option<Vec<f32>>> {
         let in_dim = x.dims().last().copied().unwrap_or(0);
         let rows = x.elem_count() / in_dim.max(1);
         let expects = match &self.weight {
@@ -191,11 +210,30 @@ impl Linear {
                 "linear layer expects {expects} input features, got {in_dim}"
             )));
         }
-        with_f32(x, |xs| match &self.weight {
-            Weight::Bf16(p) => Some(kernels::bf16::matmul(xs, rows, p)),
-            Weight::Int8(p) => Some(kernels::int8::matmul(xs, rows, p)),
-            Weight::Dense(_) => None,
+        let norm = match norm.map(|n| n.kernel_norm().filter(|k| k.weight.len() == in_dim)) {
+            Some(None) => return Ok(None),
+            Some(Some(n)) => Some(n),
+            None => None,
+        };
+        with_f32(x, |xs| {
+            let a = match norm {
+                Some(n) => kernels::activations::Activations::normed(xs, n),
+                None => kernels::activations::Activations::plain(xs),
+            };
+            match &self.weight {
+                Weight::Bf16(p) => Some(kernels::bf16::matmul(a, rows, p)),
+                Weight::Int8(p) => Some(kernels::int8::matmul(a, rows, p)),
+                Weight::Dense(_) => None,
+            }
         })
+    }
+
+    /// `self.forward(norm.forward(x))`, with the LayerNorm folded into packed products.
+    pub(crate) fn forward_after(&self, norm: &LayerNorm, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self.forward_packed_after(Some(norm), x)? {
+            Some(y) => Tensor::from_vec(y, self.out_shape(x)?, x.device()),
+            None => self.forward(&norm.forward(x)?),
+        }
     }
 
     /// `x`'s shape with the last dimension replaced by the output features.
@@ -267,26 +305,35 @@ impl Module for Linear {
     }
 }
 
-/// `c_proj(gelu_erf(c_fc(x)))`: one fused pass through the bf16 kernel when both layers hold
-/// packed bfloat16 weights, the two layers one after the other otherwise.
-pub(crate) fn mlp(c_fc: &Linear, c_proj: &Linear, x: &Tensor) -> candle_core::Result<Tensor> {
-    if let (Weight::Bf16(fc), Weight::Bf16(proj)) = (&c_fc.weight, &c_proj.weight) {
+/// `c_proj(gelu_erf(c_fc(norm(x))))`. With packed weights the LayerNorm runs on each row as
+/// the first product takes it; with bf16 weights in both layers, the whole MLP is one call to
+/// the bf16 kernels. Otherwise the layers one after the other.
+pub(crate) fn mlp(norm: &LayerNorm, c_fc: &Linear, c_proj: &Linear, x: &Tensor) -> candle_core::Result<Tensor> {
+    if let (Weight::Bf16(fc), Weight::Bf16(proj), Some(n)) = (&c_fc.weight, &c_proj.weight, norm.kernel_norm()) {
         let in_dim = x.dims().last().copied().unwrap_or(0);
-        if in_dim != fc.in_dim() {
+        if in_dim != fc.in_dim() || n.weight.len() != in_dim {
             return Err(candle_core::Error::Msg(format!("MLP expects {} input features, got {in_dim}", fc.in_dim())));
         }
         let rows = x.elem_count() / in_dim.max(1);
-        let y = with_f32(x, |xs| kernels::bf16::mlp(xs, rows, fc, proj))?;
+        let y = with_f32(x, |xs| kernels::bf16::mlp(kernels::activations::Activations::normed(xs, n), rows, fc, proj))?;
         return Tensor::from_vec(y, c_proj.out_shape(x)?, x.device());
     }
-    c_proj.forward(&c_fc.forward_gelu(x)?)
+    let h = match c_fc.forward_packed_after(Some(norm), x)? {
+        Some(mut y) => {
+            kernels::math::gelu_in_place(&mut y);
+            Tensor::from_vec(y, c_fc.out_shape(x)?, x.device())?
+        }
+        None => c_fc.forward_gelu(&norm.forward(x)?)?,
+    };
+    c_proj.forward(&h)
 }
 
-/// Self-attention of `x` `(batch, seq, width)` through the CPU kernels: the `in_proj` product
-/// (rows q, k, v), RoPE in place, softmax attention (bf16 on AMX or AVX512-BF16 for reduced-precision layers),
+/// Self-attention of `norm(x)`, `x` `(batch, seq, width)`, through the CPU kernels: the
+/// `in_proj` product (rows q, k, v; the LayerNorm folded into packed products), RoPE in place, softmax attention (bf16 on AMX or AVX512-BF16 for reduced-precision layers),
 /// heads merged back into `(batch, seq, width)`. `None` when the kernels do not run for `x`
 /// (other dtypes and devices): the caller then computes the reference's formula with candle.
 pub(crate) fn kernel_attention(
+    norm: &LayerNorm,
     in_proj: &Linear,
     x: &Tensor,
     heads: usize,
@@ -296,9 +343,9 @@ pub(crate) fn kernel_attention(
     let (batch, seq, width) = x.dims3()?;
     let shape = kernels::attention::Shape { batch, seq, heads, head_dim: width / heads };
     // Packed weights hand their product over as a vector: no tensor, no copy out of it.
-    let mut qkv = match in_proj.forward_packed(x)? {
+    let mut qkv = match in_proj.forward_packed_after(Some(norm), x)? {
         Some(qkv) => qkv,
-        None if kernels::enabled_for(x) => in_proj.forward(x)?.flatten_all()?.to_vec1()?,
+        None if kernels::enabled_for(x) => in_proj.forward_after(norm, x)?.flatten_all()?.to_vec1()?,
         None => return Ok(None),
     };
     if let Some(t) = rope {

@@ -40,9 +40,10 @@ impl Mlp {
     }
 }
 
-impl Module for Mlp {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        layers::mlp(&self.c_fc, &self.c_proj, x)
+impl Mlp {
+    /// `mlp(norm(x))`, the LayerNorm folded into the first product where the kernels allow.
+    pub(crate) fn forward_after(&self, norm: &LayerNorm, x: &Tensor) -> candle_core::Result<Tensor> {
+        layers::mlp(norm, &self.c_fc, &self.c_proj, x)
     }
 }
 
@@ -76,13 +77,20 @@ impl SelfAttention {
         })
     }
 
-    /// `rope` rotates q and k with the given `(cos, sin)` tables; `causal` masks later keys.
-    pub(crate) fn forward(&self, x: &Tensor, rope: Option<RopeTables>, causal: bool) -> Result<Tensor> {
-        let o = match layers::kernel_attention(&self.in_proj, x, self.heads, rope, causal)? {
+    /// Attention over `norm(x)`: `rope` rotates q and k with the given `(cos, sin)` tables;
+    /// `causal` masks later keys.
+    pub(crate) fn forward_after(
+        &self,
+        norm: &LayerNorm,
+        x: &Tensor,
+        rope: Option<RopeTables>,
+        causal: bool,
+    ) -> Result<Tensor> {
+        let o = match layers::kernel_attention(norm, &self.in_proj, x, self.heads, rope, causal)? {
             Some(o) => o,
             None => {
                 let (b, n, w) = x.dims3()?;
-                let qkv = self.in_proj.forward(x)?;
+                let qkv = self.in_proj.forward_after(norm, x)?;
                 let qkv = qkv.reshape((b, n, 3, self.heads, w / self.heads))?.permute((2, 0, 3, 1, 4))?;
                 let (mut q, mut k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
                 if let Some(t) = rope {
@@ -133,9 +141,9 @@ impl ResidualAttentionBlock {
     }
 
     pub(crate) fn forward(&self, x: &Tensor, rope: Option<RopeTables>, causal: bool) -> Result<Tensor> {
-        let h = self.attn.forward(&self.ln_1.forward(x)?, rope, causal)?;
+        let h = self.attn.forward_after(&self.ln_1, x, rope, causal)?;
         let x = residual(x, &h, self.ls_1.as_ref())?;
-        let h = self.mlp.forward(&self.ln_2.forward(&x)?)?;
+        let h = self.mlp.forward_after(&self.ln_2, &x)?;
         residual(&x, &h, self.ls_2.as_ref())
     }
 }

@@ -112,13 +112,30 @@ fn layer_norm_rows(
     eps: f32,
 ) {
     for (o, row) in out.chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
-        let mean = sum16(row, |v| v) / dim as f32;
-        let var = sum16(row, |v| (v - mean) * (v - mean)) / dim as f32;
-        let inv = 1.0 / (var + eps).sqrt();
-        for (((o, &v), &w), &b) in o.iter_mut().zip(row).zip(weight).zip(bias) {
-            o.write((v - mean) * inv * w + b);
-        }
+        layer_norm_row(o, row, weight, bias, eps);
     }
+}
+
+/// One row of [`layer_norm`]; every caller (the whole-matrix pass and the packed products'
+/// operands) runs this same code, so they agree to the bit.
+#[inline(always)]
+fn layer_norm_row(out: &mut [std::mem::MaybeUninit<f32>], row: &[f32], weight: &[f32], bias: &[f32], eps: f32) {
+    let dim = row.len();
+    let mean = sum16(row, |v| v) / dim as f32;
+    let var = sum16(row, |v| (v - mean) * (v - mean)) / dim as f32;
+    let inv = 1.0 / (var + eps).sqrt();
+    for (((o, &v), &w), &b) in out.iter_mut().zip(row).zip(weight).zip(bias) {
+        o.write((v - mean) * inv * w + b);
+    }
+}
+
+/// `row` through the LayerNorm `norm` into `out` (as long as `row`).
+pub(crate) fn layer_norm_row_into(row: &[f32], out: &mut [f32], norm: super::activations::Norm) {
+    assert!(out.len() == row.len() && norm.weight.len() == row.len() && norm.bias.len() == row.len());
+    // SAFETY: viewing initialized floats as possibly-uninitialized ones only ever writes
+    // initialized values through the view.
+    let out = unsafe { &mut *(out as *mut [f32] as *mut [std::mem::MaybeUninit<f32>]) };
+    dispatch!(layer_norm_row(out, row, norm.weight, norm.bias, norm.eps))
 }
 
 #[inline(always)]
@@ -158,22 +175,36 @@ pub(crate) fn softmax_rows(scores: &mut [f32], n: usize, causal: bool) {
 }
 
 #[inline(always)]
-fn add_scaled_impl(x: &[f32], h: &[f32], gamma: Option<&[f32]>, out: &mut Vec<f32>) {
+fn add_scaled_rows(out: &mut [std::mem::MaybeUninit<f32>], x: &[f32], h: &[f32], gamma: Option<&[f32]>) {
     match gamma {
         Some(g) => {
-            for (xr, hr) in x.chunks_exact(g.len()).zip(h.chunks_exact(g.len())) {
-                out.extend(xr.iter().zip(hr).zip(g).map(|((a, b), c)| a + b * c));
+            let w = g.len();
+            for ((o, xr), hr) in out.chunks_exact_mut(w).zip(x.chunks_exact(w)).zip(h.chunks_exact(w)) {
+                for (((o, a), b), c) in o.iter_mut().zip(xr).zip(hr).zip(g) {
+                    o.write(a + b * c);
+                }
             }
         }
-        None => out.extend(x.iter().zip(h).map(|(a, b)| a + b)),
+        None => {
+            for ((o, a), b) in out.iter_mut().zip(x).zip(h) {
+                o.write(a + b);
+            }
+        }
     }
 }
 
-/// `x + h * gamma` (gamma per column of rows `gamma.len()` wide), or `x + h`.
+/// `x + h * gamma` (gamma per column of rows `gamma.len()` wide), or `x + h`, on every thread.
 pub(crate) fn add_scaled(x: &[f32], h: &[f32], gamma: Option<&[f32]>) -> Vec<f32> {
-    let mut out = Vec::with_capacity(x.len());
-    dispatch!(add_scaled_impl(x, h, gamma, &mut out));
-    out
+    let w = gamma.map_or(1, <[f32]>::len);
+    assert!(x.len() == h.len() && w > 0 && x.len().is_multiple_of(w), "residual shapes");
+    // Whole rows per task, ~64 KB of output each.
+    let chunk = w * (16 * 1024 / w).max(1);
+    let mut out = super::uninit::<f32>(x.len());
+    out.par_chunks_mut(chunk)
+        .zip(x.par_chunks(chunk).zip(h.par_chunks(chunk)))
+        .for_each(|(o, (x, h))| dispatch!(add_scaled_rows(o, x, h, gamma)));
+    // SAFETY: every chunk holds whole rows, and every value of them was written.
+    unsafe { super::assume_init(out) }
 }
 
 /// LayerNorm over rows of `dim`: two passes (mean, then the mean of squared deviations), which

@@ -2,6 +2,7 @@
 //! candle's generic operations. Each kernel has a plain reference (candle's ops) that the
 //! parity tests hold it to.
 
+pub(crate) mod activations;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod amx;
 pub(crate) mod attention;
@@ -225,11 +226,11 @@ pub mod bench {
             }
             Inner::Bf16(p) => {
                 let which = bf16::candidates().into_iter().find(|c| c.0 == which).map_or(bf16::Impl::Portable, |c| c.1);
-                bf16::matmul_with(which, x, m, p)
+                bf16::matmul_with(which, super::activations::Activations::plain(x), m, p)
             }
             Inner::Int8(p) => {
                 let which = int8::candidates().into_iter().find(|c| c.0 == which).map_or(int8::Impl::Portable, |c| c.1);
-                int8::matmul_with(which, x, m, p)
+                int8::matmul_with(which, super::activations::Activations::plain(x), m, p)
             }
         }
     }

@@ -5,7 +5,6 @@
 use rayon::prelude::*;
 
 use super::panels::{Panels, PANEL};
-use super::SendPtr;
 
 /// `$tile::<R>($t)` with `R = $rows` (1 to 12): the register-tile kernels are compiled once per
 /// row count so their accumulators stay in registers.
@@ -68,14 +67,15 @@ pub(crate) fn par_blocks<S>(
 
 /// Where one register tile of a panel product reads and writes: `rows` rows (from `r0`) of the
 /// A operand at `a` (row stride `lda` elements, the padded `k`), panel `panel` of the packed
-/// weight at `b`, its output rows at `c` (stride `ldc`), of which `cols` columns are valid.
+/// weight at `b`, its output rows at `c` (stride `ldc` elements of the output's type), of
+/// which `cols` columns are valid.
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
-pub(crate) struct TileOperands<A, B> {
+pub(crate) struct TileOperands<A, B, C = f32> {
     pub a: *const A,
     pub lda: usize,
     pub b: *const B,
-    pub c: *mut f32,
+    pub c: *mut C,
     pub ldc: usize,
     pub cols: usize,
     pub r0: usize,
@@ -100,10 +100,39 @@ pub(crate) unsafe fn by_register_tiles<A: Sync, B: Copy + Default + Send + Sync>
     mr: usize,
     tile: impl Fn(TileOperands<A, B>) + Sync,
 ) -> Vec<f32> {
+    let mut y = super::uninit::<f32>(m * w.n);
+    into_register_tiles(a, m, w, mc, mr, y.as_mut_ptr().cast::<f32>(), tile);
+    // SAFETY: the caller's tiles cover every row and column.
+    super::assume_init(y)
+}
+
+/// [`by_register_tiles`] into `out`, `m` rows of `w.n` values of any type.
+///
+/// # Safety
+/// `out` is valid for `m * w.n` writes, and `tile` writes only its rows of the panel's valid
+/// columns there.
+#[cfg(target_arch = "x86_64")]
+pub(crate) unsafe fn into_register_tiles<A: Sync, B: Copy + Default + Send + Sync, C>(
+    a: &[A],
+    m: usize,
+    w: &Panels<B>,
+    mc: usize,
+    mr: usize,
+    out: *mut C,
+    tile: impl Fn(TileOperands<A, B, C>) + Sync,
+) {
+    /// The output, shared by tasks that each write their own (rows, panel) block.
+    struct Out<C>(*mut C);
+    // SAFETY: see above: no two tasks write the same element.
+    unsafe impl<C> Sync for Out<C> {}
+    impl<C> Out<C> {
+        fn at(&self, offset: usize) -> *mut C {
+            self.0.wrapping_add(offset)
+        }
+    }
     let (n, lda) = (w.n, w.k_pad);
     assert!(a.len() >= m * lda, "A operand rows");
-    let mut y = super::uninit::<f32>(m * n);
-    let out = SendPtr(y.as_mut_ptr().cast());
+    let out = Out(out);
     let body = |_: &mut (), rows: std::ops::Range<usize>, panel: usize| {
         let mut r0 = rows.start;
         while r0 < rows.end {
@@ -123,6 +152,4 @@ pub(crate) unsafe fn by_register_tiles<A: Sync, B: Copy + Default + Send + Sync>
         }
     };
     par_blocks(m, mc, w.panels(), || (), body, |_| ());
-    // SAFETY: the caller's tiles cover every row and column.
-    super::assume_init(y)
 }

@@ -52,7 +52,7 @@ impl AttnPool {
         let v = self.v.forward(x)?.reshape((b, n, self.heads, hd))?.transpose(1, 2)?;
         let y = attention(&q, &k, &v, None)?.transpose(1, 2)?.reshape((b, 1, w))?;
         let y = self.out_proj.forward(&y)?;
-        let y = (&y + self.mlp.forward(&self.layernorm.forward(&y)?)?)?;
+        let y = (&y + self.mlp.forward_after(&self.layernorm, &y)?)?;
         Ok(y.reshape((b, w))?)
     }
 }

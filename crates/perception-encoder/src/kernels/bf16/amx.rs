@@ -66,7 +66,7 @@ pub(crate) unsafe fn block_ldc(a: *const u16, lda: usize, b: *const u16, k_pad: 
     );
 }
 
-pub(super) fn matmul(x: &[f32], m: usize, w: &PackedBf16) -> Vec<f32> {
+pub(super) fn matmul(x: crate::kernels::activations::Activations, m: usize, w: &PackedBf16) -> Vec<f32> {
     // Whole 32-row blocks: the padding rows are zeros and their results are dropped.
     let a = round_rows(x, m, w.k, w.k_pad, m.div_ceil(MB) * MB);
     matmul_rows(&a, m, w)

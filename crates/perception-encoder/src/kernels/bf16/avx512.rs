@@ -5,7 +5,7 @@ use std::arch::x86_64::*;
 
 use super::{round_rows, to_bf16, PackedBf16};
 use crate::kernels::panels::PANEL;
-use crate::kernels::tiles::{by_register_tiles, panel_masks, TileOperands};
+use crate::kernels::tiles::{by_register_tiles, into_register_tiles, panel_masks, TileOperands};
 
 /// Rows per register tile: 12 rows x 32 columns = 24 accumulators.
 const MR: usize = 12;
@@ -91,14 +91,16 @@ pub(crate) unsafe fn exp16(x: __m512) -> __m512 {
 
 /// One register tile: its operands (bf16 rows, a panel of pairs) and the panel's bias.
 #[derive(Clone, Copy)]
-struct Tile {
-    op: TileOperands<u16, u16>,
+struct Tile<C> {
+    op: TileOperands<u16, u16, C>,
     bias: *const f32,
 }
 
+/// The tile's `R x 32` sums (columns 0..16 and 16..32), before any bias.
+#[inline]
 #[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn tile<const R: usize>(t: Tile) {
-    let Tile { op: TileOperands { a, lda, b, c, ldc, cols, .. }, bias } = t;
+unsafe fn products<const R: usize, C>(op: &TileOperands<u16, u16, C>) -> ([__m512; R], [__m512; R]) {
+    let (a, lda, b) = (op.a, op.lda, op.b);
     let kp = lda / 2;
     let mut acc0 = [_mm512_setzero_ps(); R];
     let mut acc1 = [_mm512_setzero_ps(); R];
@@ -112,7 +114,15 @@ unsafe fn tile<const R: usize>(t: Tile) {
             acc1[r] = _mm512_dpbf16_ps(acc1[r], av, b1);
         }
     }
-    let (bias0, bias1) = (_mm512_loadu_ps(bias), _mm512_loadu_ps(bias.add(16)));
+    (acc0, acc1)
+}
+
+/// Sums plus bias, stored as float32 in the panel's valid columns.
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn tile<const R: usize>(t: Tile<f32>) {
+    let (acc0, acc1) = products::<R, f32>(&t.op);
+    let TileOperands { c, ldc, cols, .. } = t.op;
+    let (bias0, bias1) = (_mm512_loadu_ps(t.bias), _mm512_loadu_ps(t.bias.add(16)));
     let (m0, m1) = panel_masks(cols);
     for r in 0..R {
         let row = c.add(r * ldc);
@@ -121,8 +131,34 @@ unsafe fn tile<const R: usize>(t: Tile) {
     }
 }
 
-pub(super) fn matmul(x: &[f32], m: usize, w: &PackedBf16) -> Vec<f32> {
-    let a = round_rows(x, m, w.k, w.k_pad, m);
+/// `bf16(gelu(sums + bias))` into all 32 columns (the next product's operand): the same
+/// float32 values and rounding as the separate GELU and rounding passes.
+#[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl,avx2,fma")]
+unsafe fn tile_gelu<const R: usize>(t: Tile<u16>) {
+    let (acc0, acc1) = products::<R, u16>(&t.op);
+    let TileOperands { c, ldc, .. } = t.op;
+    let (bias0, bias1) = (_mm512_loadu_ps(t.bias), _mm512_loadu_ps(t.bias.add(16)));
+    let mut v = [0f32; PANEL];
+    for r in 0..R {
+        _mm512_storeu_ps(v.as_mut_ptr(), _mm512_add_ps(acc0[r], bias0));
+        _mm512_storeu_ps(v.as_mut_ptr().add(16), _mm512_add_ps(acc1[r], bias1));
+        for x in v.iter_mut() {
+            *x = crate::kernels::math::gelu(*x);
+        }
+        let lo = _mm512_cvtneps_pbh(_mm512_loadu_ps(v.as_ptr()));
+        let hi = _mm512_cvtneps_pbh(_mm512_loadu_ps(v.as_ptr().add(16)));
+        let row = c.add(r * ldc);
+        _mm256_storeu_si256(row.cast(), std::mem::transmute::<__m256bh, __m256i>(lo));
+        _mm256_storeu_si256(row.add(16).cast(), std::mem::transmute::<__m256bh, __m256i>(hi));
+    }
+}
+
+pub(super) fn matmul(x: crate::kernels::activations::Activations, m: usize, w: &PackedBf16) -> Vec<f32> {
+    matmul_rows(&round_rows(x, m, w.k, w.k_pad, m), m, w)
+}
+
+/// `a W^T + b` for the `m` rows of the rounded operand `a` (`w.k_pad` wide).
+pub(super) fn matmul_rows(a: &[u16], m: usize, w: &PackedBf16) -> Vec<f32> {
     let tile_at = |op: TileOperands<u16, u16>| {
         let t = Tile { op, bias: w.bias[op.panel * PANEL..].as_ptr() };
         // SAFETY: the CPU has AVX512-BF16 (this implementation is only selected then);
@@ -131,5 +167,25 @@ pub(super) fn matmul(x: &[f32], m: usize, w: &PackedBf16) -> Vec<f32> {
         // are masked to the panel's valid columns.
         unsafe { crate::kernels::tiles::rows_1_to_12!(op.rows, tile, t) }
     };
-    unsafe { by_register_tiles(&a, m, w, MC, MR, tile_at) }
+    unsafe { by_register_tiles(a, m, w, MC, MR, tile_at) }
+}
+
+/// `gelu(a W^T + b)` rounded to bf16 for the `m` rows of `a`: the A operand of the next
+/// product (`w.n` wide, a multiple of 32, checked by the caller); the float32 hidden layer is
+/// never stored.
+pub(super) fn matmul_gelu_rows(a: &[u16], m: usize, w: &PackedBf16) -> Vec<u16> {
+    assert!(w.n.is_multiple_of(PANEL), "whole panels");
+    let mut h = crate::kernels::uninit::<u16>(m * w.n);
+    let tile_at = |op: TileOperands<u16, u16, u16>| {
+        let t = Tile { op, bias: w.bias[op.panel * PANEL..].as_ptr() };
+        // SAFETY: as in `matmul_rows`; every panel is whole (asserted), so the 32-value
+        // stores stay in the tile's rows of its panel.
+        unsafe { crate::kernels::tiles::rows_1_to_12!(op.rows, tile_gelu, t) }
+    };
+    // SAFETY: `h` holds m rows of n; the tiles write only their own rows of their panel.
+    unsafe {
+        into_register_tiles(a, m, w, MC, MR, h.as_mut_ptr().cast::<u16>(), tile_at);
+        // Every (row, panel) block was written.
+        crate::kernels::assume_init(h)
+    }
 }

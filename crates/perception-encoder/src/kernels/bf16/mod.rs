@@ -23,6 +23,7 @@ pub(crate) mod amx;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512;
 
+use super::activations::Activations;
 use super::panels::{per_column, Panels, PANEL};
 
 /// `K` is padded to this (one AMX tile row of bf16).
@@ -105,12 +106,13 @@ pub(crate) fn selected() -> Impl {
     })
 }
 
-/// `x` `(m, k)` float32 row-major times the packed weight: `(m, n)` float32.
-pub(crate) fn matmul(x: &[f32], m: usize, w: &PackedBf16) -> Vec<f32> {
+/// `x` `(m, k)` float32 row-major (each row through its LayerNorm first, when it has one)
+/// times the packed weight: `(m, n)` float32.
+pub(crate) fn matmul(x: Activations, m: usize, w: &PackedBf16) -> Vec<f32> {
     matmul_with(selected(), x, m, w)
 }
 
-pub(crate) fn matmul_with(which: Impl, x: &[f32], m: usize, w: &PackedBf16) -> Vec<f32> {
+pub(crate) fn matmul_with(which: Impl, x: Activations, m: usize, w: &PackedBf16) -> Vec<f32> {
     assert_eq!(x.len(), m * w.k, "input size");
     match which {
         #[cfg(target_arch = "x86_64")]
@@ -122,11 +124,11 @@ pub(crate) fn matmul_with(which: Impl, x: &[f32], m: usize, w: &PackedBf16) -> V
 }
 
 /// `gelu(x W1^T + b1) W2^T + b2`, an MLP whose hidden activations are rounded to bf16 as the
-/// second product takes them. On AMX the first product's epilogue applies the GELU and writes
-/// the bf16 operand of the second directly; the float32 hidden layer (the largest activation
-/// of a block) is never stored. Elsewhere: the two products with GELU in place between them.
-/// Both give the same numbers.
-pub(crate) fn mlp(x: &[f32], m: usize, fc: &PackedBf16, proj: &PackedBf16) -> Vec<f32> {
+/// second product takes them. On AMX and AVX512-BF16 the first product's epilogue applies the
+/// GELU and writes the bf16 operand of the second directly; the float32 hidden layer (the
+/// largest activation of a block) is never stored. Elsewhere: the two products with GELU in
+/// place between them. Both give the same numbers.
+pub(crate) fn mlp(x: Activations, m: usize, fc: &PackedBf16, proj: &PackedBf16) -> Vec<f32> {
     assert_eq!(fc.n, proj.k, "MLP hidden sizes");
     #[cfg(target_arch = "x86_64")]
     if selected() == Impl::Amx && fc.n.is_multiple_of(PANEL) {
@@ -135,23 +137,29 @@ pub(crate) fn mlp(x: &[f32], m: usize, fc: &PackedBf16, proj: &PackedBf16) -> Ve
         let h = amx::matmul_gelu_rows(&a, m, fc);
         return amx::matmul_rows(&h, m, proj);
     }
+    #[cfg(target_arch = "x86_64")]
+    if selected() == Impl::Avx512 && fc.n.is_multiple_of(PANEL) {
+        assert_eq!(x.len(), m * fc.k, "input size");
+        let h = avx512::matmul_gelu_rows(&round_rows(x, m, fc.k, fc.k_pad, m), m, fc);
+        return avx512::matmul_rows(&h, m, proj);
+    }
     let mut h = matmul(x, m, fc);
     super::math::gelu_in_place(&mut h);
-    matmul(&h, m, proj)
+    matmul(Activations::plain(&h), m, proj)
 }
 
 /// Rows of `x` rounded to bf16, `k_pad` wide (zero padded), `rows_pad` rows (zero rows after `m`).
-pub(crate) fn round_rows(x: &[f32], m: usize, k: usize, k_pad: usize, rows_pad: usize) -> Vec<u16> {
+pub(crate) fn round_rows(x: Activations, m: usize, k: usize, k_pad: usize, rows_pad: usize) -> Vec<u16> {
     // Written in place without a zero fill first: a pass over megabytes per product saved.
     let mut a = super::uninit::<u16>(rows_pad * k_pad);
-    a.par_chunks_mut(k_pad).enumerate().for_each(|(i, row)| {
+    a.par_chunks_mut(k_pad).enumerate().for_each_init(Vec::new, |scratch, (i, row)| {
         let zero = std::mem::MaybeUninit::new(0);
         if i >= m {
             row.fill(zero);
             return;
         }
         row[k..].fill(zero);
-        let (src, dst) = (&x[i * k..(i + 1) * k], row.as_mut_ptr().cast::<u16>());
+        let (src, dst) = (x.row(i, k, scratch), row.as_mut_ptr().cast::<u16>());
         #[cfg(target_arch = "x86_64")]
         if crate::kernels::cpu::avx512bf16() {
             // SAFETY: the CPU has AVX512-BF16 (checked above); `dst` has room for k values.
@@ -168,8 +176,8 @@ pub(crate) fn round_rows(x: &[f32], m: usize, k: usize, k_pad: usize, rows_pad: 
 }
 
 /// Any CPU: the rounded operands widened to float32, one float32 GEMM.
-fn portable(x: &[f32], m: usize, w: &PackedBf16) -> Vec<f32> {
-    let xr: Vec<f32> = x.iter().map(|&v| from_bf16(to_bf16(v))).collect();
+fn portable(x: Activations, m: usize, w: &PackedBf16) -> Vec<f32> {
+    let xr: Vec<f32> = x.to_f32(w.k).iter().map(|&v| from_bf16(to_bf16(v))).collect();
     super::dense_matmul(&xr, m, w.k, &w.unpack_t(), w.n, Some(&w.bias[..w.n]))
 }
 
@@ -201,7 +209,7 @@ mod tests {
         let w: Vec<f32> = (0..n * k).map(|_| rnd()).collect();
         let bias: Vec<f32> = (0..n).map(|_| rnd()).collect();
         let packed = PackedBf16::pack(&w, n, k, Some(&bias));
-        let got = matmul_with(which, &x, m, &packed);
+        let got = matmul_with(which, Activations::plain(&x), m, &packed);
         let want = reference(&x, m, &w, n, k, &bias);
         let err = got.iter().zip(&want).fold(0f32, |e, (a, b)| e.max((a - b).abs()));
         // float32 sums of k exact products: error ~ k * 2^-24 * |terms|.
@@ -242,10 +250,15 @@ mod tests {
             let b2: Vec<f32> = (0..width).map(|_| rnd()).collect();
             let (fc, proj) =
                 (PackedBf16::pack(&w1, hidden, width, Some(&b1)), PackedBf16::pack(&w2, width, hidden, Some(&b2)));
-            let mut h = matmul(&x, m, &fc);
+            let mut h = matmul(Activations::plain(&x), m, &fc);
             crate::kernels::math::gelu_in_place(&mut h);
-            let want = matmul(&h, m, &proj);
-            assert_eq!(mlp(&x, m, &fc, &proj), want, "m={m} width={width} hidden={hidden} ({:?})", selected());
+            let want = matmul(Activations::plain(&h), m, &proj);
+            assert_eq!(
+                mlp(Activations::plain(&x), m, &fc, &proj),
+                want,
+                "m={m} width={width} hidden={hidden} ({:?})",
+                selected()
+            );
         }
     }
 

@@ -56,9 +56,9 @@ unsafe fn block(a: *const i8, lda: usize, b: *const i8, k_pad: usize, c: *mut i3
     );
 }
 
-pub(super) fn matmul(x: &[f32], m: usize, w: &PackedI8) -> Vec<f32> {
+pub(super) fn matmul(x: crate::kernels::activations::Activations, m: usize, w: &PackedI8) -> Vec<f32> {
     let (k, n, k_pad) = (w.k, w.n, w.k_pad);
-    let (a, sx) = quantize_rows(x, m, k, k_pad, m.div_ceil(MB) * MB);
+    let (a, sx) = quantize_rows(x, m, k, k_pad, m.div_ceil(MB) * MB, false);
     let mut y = crate::kernels::uninit::<f32>(m * n);
     let out = SendPtr(y.as_mut_ptr().cast());
     let body = |c: &mut [i32; MB * PANEL], rows: std::ops::Range<usize>, p: usize| {

@@ -19,6 +19,7 @@ mod vnni;
 
 use rayon::prelude::*;
 
+use super::activations::Activations;
 use super::panels::{per_column, Panels};
 
 /// `K` is padded to this (one AMX tile row of int8).
@@ -117,14 +118,36 @@ pub(crate) fn selected() -> Impl {
     })
 }
 
-/// Rows of `x` quantized per row: `(values k_pad wide, rows_pad rows; row scales)`.
-pub(crate) fn quantize_rows(x: &[f32], m: usize, k: usize, k_pad: usize, rows_pad: usize) -> (Vec<i8>, Vec<f32>) {
+/// Rows of `x` quantized per row: `(values k_pad wide, rows_pad rows; row scales)`. With
+/// `unsigned`, every byte is stored plus 128 (as `u8`): `vpdpbusd`'s left operand.
+pub(crate) fn quantize_rows(
+    x: Activations,
+    m: usize,
+    k: usize,
+    k_pad: usize,
+    rows_pad: usize,
+    unsigned: bool,
+) -> (Vec<i8>, Vec<f32>) {
     let mut a = vec![0i8; rows_pad * k_pad];
     let mut scales = vec![0f32; m];
-    a.par_chunks_mut(k_pad).zip(scales.par_iter_mut()).enumerate().for_each(|(i, (row, s))| {
-        *s = super::math::dispatch!(quantize_row(&x[i * k..(i + 1) * k], row));
+    a.par_chunks_mut(k_pad).zip(scales.par_iter_mut()).enumerate().for_each_init(Vec::new, |scratch, (i, (row, s))| {
+        *s = super::math::dispatch!(quantize_row(x.row(i, k, scratch), row));
+        if unsigned {
+            super::math::dispatch!(flip_sign_bits(row));
+        }
     });
+    if unsigned {
+        a[m * k_pad..].fill(i8::MIN);
+    }
     (a, scales)
+}
+
+/// `v + 128` as an unsigned byte, stored in the same bits: the sign bit flipped.
+#[inline(always)]
+fn flip_sign_bits(row: &mut [i8]) {
+    for v in row {
+        *v ^= i8::MIN;
+    }
 }
 
 /// One row quantized symmetrically into the front of `out`; returns its scale.
@@ -139,12 +162,13 @@ fn quantize_row(src: &[f32], out: &mut [i8]) -> f32 {
     scale
 }
 
-/// `x` `(m, k)` float32 row-major times the quantized weight: `(m, n)` float32.
-pub(crate) fn matmul(x: &[f32], m: usize, w: &PackedI8) -> Vec<f32> {
+/// `x` `(m, k)` float32 row-major (each row through its LayerNorm first, when it has one)
+/// times the quantized weight: `(m, n)` float32.
+pub(crate) fn matmul(x: Activations, m: usize, w: &PackedI8) -> Vec<f32> {
     matmul_with(selected(), x, m, w)
 }
 
-pub(crate) fn matmul_with(which: Impl, x: &[f32], m: usize, w: &PackedI8) -> Vec<f32> {
+pub(crate) fn matmul_with(which: Impl, x: Activations, m: usize, w: &PackedI8) -> Vec<f32> {
     assert_eq!(x.len(), m * w.k, "input size");
     match which {
         #[cfg(target_arch = "x86_64")]
@@ -155,9 +179,9 @@ pub(crate) fn matmul_with(which: Impl, x: &[f32], m: usize, w: &PackedI8) -> Vec
     }
 }
 
-fn portable(x: &[f32], m: usize, w: &PackedI8) -> Vec<f32> {
+fn portable(x: Activations, m: usize, w: &PackedI8) -> Vec<f32> {
     let (k, n) = (w.k, w.n);
-    let (qa, sx) = quantize_rows(x, m, k, k, m);
+    let (qa, sx) = quantize_rows(x, m, k, k, m, false);
     let a: Vec<f32> = qa.iter().map(|&v| v as f32).collect();
     let mut y = super::dense_matmul(&a, m, k, &w.unpack_t(), n, None);
     for (i, row) in y.chunks_exact_mut(n).enumerate() {
@@ -196,10 +220,10 @@ mod tests {
                 let w: Vec<f32> = (0..n * k).map(|_| rnd()).collect();
                 let bias: Vec<f32> = (0..n).map(|_| rnd()).collect();
                 let packed = PackedI8::pack(&w, n, k, Some(&bias));
-                let got = matmul_with(which, &x, m, &packed);
+                let got = matmul_with(which, Activations::plain(&x), m, &packed);
                 by_impl.insert((which, m, n, k), got.clone());
                 // The same quantization, summed exactly in integers.
-                let (qa, sx) = quantize_rows(&x, m, k, k, m);
+                let (qa, sx) = quantize_rows(Activations::plain(&x), m, k, k, m, false);
                 let mut worst = 0f32;
                 let mut exact_err = 0f32;
                 for i in 0..m {

@@ -53,10 +53,10 @@ unsafe fn tile<const R: usize>(t: Tile) {
     }
 }
 
-pub(super) fn matmul(x: &[f32], m: usize, w: &PackedI8) -> Vec<f32> {
-    let (a, sx) = quantize_rows(x, m, w.k, w.k_pad, m);
+pub(super) fn matmul(x: crate::kernels::activations::Activations, m: usize, w: &PackedI8) -> Vec<f32> {
     // Shifted to unsigned (a + 128), the operand type `vpdpbusd` takes on its left.
-    let a: Vec<u8> = a.into_iter().map(|v| (v as u8) ^ 0x80).collect();
+    let (a, sx) = quantize_rows(x, m, w.k, w.k_pad, m, true);
+    let a: &[u8] = bytemuck_u8(&a);
     let tile_at = |op: TileOperands<u8, i8>| {
         let t = Tile { op, w, row_scale: &sx[op.r0..op.r0 + op.rows] };
         // SAFETY: the CPU has AVX512-VNNI (this implementation is only selected then);
@@ -65,5 +65,11 @@ pub(super) fn matmul(x: &[f32], m: usize, w: &PackedI8) -> Vec<f32> {
         // alone and the stores are masked to the panel's valid columns.
         unsafe { crate::kernels::tiles::rows_1_to_12!(op.rows, tile, t) }
     };
-    unsafe { by_register_tiles(&a, m, w, MC, MR, tile_at) }
+    unsafe { by_register_tiles(a, m, w, MC, MR, tile_at) }
+}
+
+/// The same bytes seen as unsigned.
+fn bytemuck_u8(a: &[i8]) -> &[u8] {
+    // SAFETY: i8 and u8 have the same size, alignment and no invalid values.
+    unsafe { std::slice::from_raw_parts(a.as_ptr().cast::<u8>(), a.len()) }
 }
