@@ -202,8 +202,9 @@ pub mod bench {
         match dtype {
             "bf16" => available(&super::bf16::candidates().map(|(n, _, ok)| (n, ok))),
             "int8" => available(&super::int8::candidates().map(|(n, _, ok)| (n, ok))),
-            // gemm's own threading (rows), and one column slab per thread.
-            _ => vec!["gemm", "gemm-cols"],
+            // gemm's own threading (rows), one column slab per thread, and the few-rows kernel
+            // (the model takes it up to `skinny::MAX_ROWS` rows).
+            _ => vec!["gemm", "gemm-cols", "skinny"],
         }
     }
 
@@ -220,6 +221,9 @@ pub mod bench {
     pub fn matmul(w: &Prepared, which: &str, x: &[f32], m: usize, bias: &[f32]) -> Vec<f32> {
         use super::{bf16, int8};
         match &w.0 {
+            Inner::F32(wt) if which == "skinny" => {
+                super::skinny::matmul(x, m, x.len() / m.max(1), wt, bias.len(), Some(bias))
+            }
             Inner::F32(wt) => {
                 let slabs = if which == "gemm-cols" { rayon::current_num_threads() } else { 1 };
                 super::dense_matmul_with(x, m, x.len() / m.max(1), wt, bias.len(), Some(bias), slabs)
