@@ -191,13 +191,18 @@ fn with_f32<T>(x: &Tensor, f: impl FnOnce(&[f32]) -> T) -> candle_core::Result<T
 impl Linear {
     /// The packed kernels' result as a float32 vector, or `None` for dense weights.
     pub(crate) fn forward_packed(&self, x: &Tensor) -> candle_core::Result<Option<Vec<f32>>> {
-        self.forward_packed_after(None, x)
+        self.forward_packed_after(None, x, false)
     }
 
     /// [`Self::forward_packed`] of `norm(x)`, the LayerNorm applied to each row of `x` as the
     /// kernel takes it (`None` also when `norm` does not run on the kernels: the caller then
-    /// applies it first).
-    fn forward_packed_after(&self, norm: Option<&LayerNorm>, x: &Tensor) -> candle_core::Result<Option<Vec<f32>>> {
+    /// applies it first); with `gelu`, the GELU of the result (in the int8 kernel's epilogue).
+    fn forward_packed_after(
+        &self,
+        norm: Option<&LayerNorm>,
+        x: &Tensor,
+        gelu: bool,
+    ) -> candle_core::Result<Option<Vec<f32>>> {
         let in_dim = x.dims().last().copied().unwrap_or(0);
         let rows = x.elem_count() / in_dim.max(1);
         let expects = match &self.weight {
@@ -220,17 +225,22 @@ impl Linear {
                 Some(n) => kernels::activations::Activations::normed(xs, n),
                 None => kernels::activations::Activations::plain(xs),
             };
-            match &self.weight {
-                Weight::Bf16(p) => Some(kernels::bf16::matmul(a, rows, p)),
-                Weight::Int8(p) => Some(kernels::int8::matmul(a, rows, p)),
-                Weight::Dense(_) => None,
+            let mut y = match &self.weight {
+                Weight::Int8(p) if gelu => return Some(kernels::int8::matmul_gelu(a, rows, p)),
+                Weight::Bf16(p) => kernels::bf16::matmul(a, rows, p),
+                Weight::Int8(p) => kernels::int8::matmul(a, rows, p),
+                Weight::Dense(_) => return None,
+            };
+            if gelu {
+                kernels::math::gelu_in_place(&mut y);
             }
+            Some(y)
         })
     }
 
     /// `self.forward(norm.forward(x))`, with the LayerNorm folded into packed products.
     pub(crate) fn forward_after(&self, norm: &LayerNorm, x: &Tensor) -> candle_core::Result<Tensor> {
-        match self.forward_packed_after(Some(norm), x)? {
+        match self.forward_packed_after(Some(norm), x, false)? {
             Some(y) => Tensor::from_vec(y, self.out_shape(x)?, x.device()),
             None => self.forward(&norm.forward(x)?),
         }
@@ -318,11 +328,8 @@ pub(crate) fn mlp(norm: &LayerNorm, c_fc: &Linear, c_proj: &Linear, x: &Tensor) 
         let y = with_f32(x, |xs| kernels::bf16::mlp(kernels::activations::Activations::normed(xs, n), rows, fc, proj))?;
         return Tensor::from_vec(y, c_proj.out_shape(x)?, x.device());
     }
-    let h = match c_fc.forward_packed_after(Some(norm), x)? {
-        Some(mut y) => {
-            kernels::math::gelu_in_place(&mut y);
-            Tensor::from_vec(y, c_fc.out_shape(x)?, x.device())?
-        }
+    let h = match c_fc.forward_packed_after(Some(norm), x, true)? {
+        Some(y) => Tensor::from_vec(y, c_fc.out_shape(x)?, x.device())?,
         None => c_fc.forward_gelu(&norm.forward(x)?)?,
     };
     c_proj.forward(&h)
@@ -343,7 +350,7 @@ pub(crate) fn kernel_attention(
     let (batch, seq, width) = x.dims3()?;
     let shape = kernels::attention::Shape { batch, seq, heads, head_dim: width / heads };
     // Packed weights hand their product over as a vector: no tensor, no copy out of it.
-    let mut qkv = match in_proj.forward_packed_after(Some(norm), x)? {
+    let mut qkv = match in_proj.forward_packed_after(Some(norm), x, false)? {
         Some(qkv) => qkv,
         None if kernels::enabled_for(x) => in_proj.forward_after(norm, x)?.flatten_all()?.to_vec1()?,
         None => return Ok(None),

@@ -128,18 +128,26 @@ pub(crate) fn quantize_rows(
     rows_pad: usize,
     unsigned: bool,
 ) -> (Vec<i8>, Vec<f32>) {
-    let mut a = vec![0i8; rows_pad * k_pad];
+    // Each row zeroed as it is written (in cache), not the whole buffer first.
+    let mut a = super::uninit::<i8>(rows_pad * k_pad);
     let mut scales = vec![0f32; m];
-    a.par_chunks_mut(k_pad).zip(scales.par_iter_mut()).enumerate().for_each_init(Vec::new, |scratch, (i, (row, s))| {
-        *s = super::math::dispatch!(quantize_row(x.row(i, k, scratch), row));
-        if unsigned {
-            super::math::dispatch!(flip_sign_bits(row));
-        }
-    });
-    if unsigned {
-        a[m * k_pad..].fill(i8::MIN);
-    }
-    (a, scales)
+    let zero = if unsigned { i8::MIN } else { 0 };
+    let (rows, pad) = a.split_at_mut(m * k_pad);
+    rows.par_chunks_mut(k_pad).zip(scales.par_iter_mut()).enumerate().for_each_init(
+        Vec::new,
+        |scratch, (i, (row, s))| {
+            row.fill(std::mem::MaybeUninit::new(0));
+            // SAFETY: every value of the row was just written.
+            let row = unsafe { &mut *(row as *mut [std::mem::MaybeUninit<i8>] as *mut [i8]) };
+            *s = super::math::dispatch!(quantize_row(x.row(i, k, scratch), row));
+            if unsigned {
+                super::math::dispatch!(flip_sign_bits(row));
+            }
+        },
+    );
+    pad.fill(std::mem::MaybeUninit::new(zero));
+    // SAFETY: rows 0..m were written above, the rest just now.
+    (unsafe { super::assume_init(a) }, scales)
 }
 
 /// `v + 128` as an unsigned byte, stored in the same bits: the sign bit flipped.
@@ -166,6 +174,19 @@ fn quantize_row(src: &[f32], out: &mut [i8]) -> f32 {
 /// times the quantized weight: `(m, n)` float32.
 pub(crate) fn matmul(x: Activations, m: usize, w: &PackedI8) -> Vec<f32> {
     matmul_with(selected(), x, m, w)
+}
+
+/// `gelu(x W^T + b)`, the GELU in the product's epilogue where the kernel has one (VNNI),
+/// else a pass of its own: the same bits either way.
+pub(crate) fn matmul_gelu(x: Activations, m: usize, w: &PackedI8) -> Vec<f32> {
+    #[cfg(target_arch = "x86_64")]
+    if selected() == Impl::Vnni {
+        assert_eq!(x.len(), m * w.k, "input size");
+        return vnni::matmul_gelu(x, m, w);
+    }
+    let mut y = matmul(x, m, w);
+    super::math::gelu_in_place(&mut y);
+    y
 }
 
 pub(crate) fn matmul_with(which: Impl, x: Activations, m: usize, w: &PackedI8) -> Vec<f32> {
@@ -195,6 +216,28 @@ fn portable(x: Activations, m: usize, w: &PackedI8) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_gelu_epilogue_equals_the_separate_pass() {
+        let mut seed = 0x7f4a_7c15u32;
+        let mut rnd = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            (seed as f32 / u32::MAX as f32) * 2.0 - 1.0
+        };
+        // Partial panels (40, 70 columns) and row tiles (1, 13, 37 rows).
+        for (m, n, k) in [(1, 32, 64), (13, 40, 70), (37, 70, 130)] {
+            let x: Vec<f32> = (0..m * k).map(|_| 2.0 * rnd()).collect();
+            let w: Vec<f32> = (0..n * k).map(|_| rnd()).collect();
+            let b: Vec<f32> = (0..n).map(|_| rnd()).collect();
+            let packed = PackedI8::pack(&w, n, k, Some(&b));
+            let mut want = matmul(Activations::plain(&x), m, &packed);
+            crate::kernels::math::gelu_in_place(&mut want);
+            let got = matmul_gelu(Activations::plain(&x), m, &packed);
+            assert_eq!(got, want, "{m}x{n}x{k} ({:?})", selected());
+        }
+    }
 
     #[test]
     fn every_available_implementation_matches_the_integer_reference() {

@@ -4,6 +4,7 @@
 use std::arch::x86_64::*;
 
 use super::{quantize_rows, PackedI8};
+use crate::kernels::activations::Activations;
 use crate::kernels::panels::PANEL;
 use crate::kernels::tiles::{by_register_tiles, panel_masks, TileOperands};
 
@@ -21,8 +22,11 @@ struct Tile<'a> {
     row_scale: &'a [f32],
 }
 
-#[target_feature(enable = "avx512f,avx512vnni")]
-unsafe fn tile<const R: usize>(t: Tile) {
+/// The tile's sums, scaled back to float32 with the bias added; with `GELU`, through the GELU
+/// (the same float32 operations as the separate pass, so the same bits).
+#[inline]
+#[target_feature(enable = "avx512f,avx512vnni,avx2,fma")]
+unsafe fn tile_with<const R: usize, const GELU: bool>(t: Tile) {
     let Tile { op: TileOperands { a, lda, b, c, ldc, cols, panel, .. }, w, row_scale } = t;
     let groups = lda / 4;
     let mut acc0 = [_mm512_setzero_si512(); R];
@@ -43,17 +47,47 @@ unsafe fn tile<const R: usize>(t: Tile) {
     let comp = w.shift_comp.as_ptr().add(j);
     let (z0, z1) = (_mm512_loadu_si512(comp.cast()), _mm512_loadu_si512(comp.add(16).cast()));
     let (m0, m1) = panel_masks(cols);
+    let mut v = [0f32; PANEL];
     for r in 0..R {
         let row = c.add(r * ldc);
         let sr = _mm512_set1_ps(row_scale[r]);
         let v0 = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc0[r], z0));
         let v1 = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc1[r], z1));
-        _mm512_mask_storeu_ps(row, m0, _mm512_fmadd_ps(v0, _mm512_mul_ps(sr, s0), b0));
-        _mm512_mask_storeu_ps(row.add(16), m1, _mm512_fmadd_ps(v1, _mm512_mul_ps(sr, s1), b1));
+        let (mut y0, mut y1) =
+            (_mm512_fmadd_ps(v0, _mm512_mul_ps(sr, s0), b0), _mm512_fmadd_ps(v1, _mm512_mul_ps(sr, s1), b1));
+        if GELU {
+            _mm512_storeu_ps(v.as_mut_ptr(), y0);
+            _mm512_storeu_ps(v.as_mut_ptr().add(16), y1);
+            for x in v.iter_mut() {
+                *x = crate::kernels::math::gelu(*x);
+            }
+            (y0, y1) = (_mm512_loadu_ps(v.as_ptr()), _mm512_loadu_ps(v.as_ptr().add(16)));
+        }
+        _mm512_mask_storeu_ps(row, m0, y0);
+        _mm512_mask_storeu_ps(row.add(16), m1, y1);
     }
 }
 
-pub(super) fn matmul(x: crate::kernels::activations::Activations, m: usize, w: &PackedI8) -> Vec<f32> {
+#[target_feature(enable = "avx512f,avx512vnni,avx2,fma")]
+unsafe fn tile<const R: usize>(t: Tile) {
+    tile_with::<R, false>(t)
+}
+
+#[target_feature(enable = "avx512f,avx512vnni,avx2,fma")]
+unsafe fn tile_gelu<const R: usize>(t: Tile) {
+    tile_with::<R, true>(t)
+}
+
+pub(super) fn matmul(x: Activations, m: usize, w: &PackedI8) -> Vec<f32> {
+    product::<false>(x, m, w)
+}
+
+/// `gelu(x W^T + b)`: the GELU in the product's epilogue instead of a pass of its own.
+pub(super) fn matmul_gelu(x: Activations, m: usize, w: &PackedI8) -> Vec<f32> {
+    product::<true>(x, m, w)
+}
+
+fn product<const GELU: bool>(x: Activations, m: usize, w: &PackedI8) -> Vec<f32> {
     // Shifted to unsigned (a + 128), the operand type `vpdpbusd` takes on its left.
     let (a, sx) = quantize_rows(x, m, w.k, w.k_pad, m, true);
     let a: &[u8] = bytemuck_u8(&a);
@@ -63,7 +97,13 @@ pub(super) fn matmul(x: crate::kernels::activations::Activations, m: usize, w: &
         // the operands hold the tile's rows of k_pad bytes and the panel's k_pad/4 groups
         // of 128, the per-column vectors a whole panel; the output block is this task's
         // alone and the stores are masked to the panel's valid columns.
-        unsafe { crate::kernels::tiles::rows_1_to_12!(op.rows, tile, t) }
+        unsafe {
+            if GELU {
+                crate::kernels::tiles::rows_1_to_12!(op.rows, tile_gelu, t)
+            } else {
+                crate::kernels::tiles::rows_1_to_12!(op.rows, tile, t)
+            }
+        }
     };
     unsafe { by_register_tiles(a, m, w, MC, MR, tile_at) }
 }
