@@ -336,8 +336,9 @@ pub(crate) fn mlp(norm: &LayerNorm, c_fc: &Linear, c_proj: &Linear, x: &Tensor) 
 }
 
 /// Self-attention of `norm(x)`, `x` `(batch, seq, width)`, through the CPU kernels: the
-/// `in_proj` product (rows q, k, v; the LayerNorm folded into packed products), RoPE in place, softmax attention (bf16 on AMX or AVX512-BF16 for reduced-precision layers),
-/// heads merged back into `(batch, seq, width)`. `None` when the kernels do not run for `x`
+/// `in_proj` product (rows q, k, v; the LayerNorm folded into packed products), RoPE in place,
+/// softmax attention (bf16 on AMX or AVX512-BF16 for reduced-precision layers), heads merged
+/// back into `(batch, seq, width)`. `None` when the kernels do not run for `x`
 /// (other dtypes and devices): the caller then computes the reference's formula with candle.
 pub(crate) fn kernel_attention(
     norm: &LayerNorm,

@@ -221,10 +221,11 @@ fn matmul_with(
         }
         out
     };
-    let parts: Vec<Vec<f32>> = (0..ranges).into_par_iter().map(partial).collect();
-    // The bias and the partial sums, in a fixed order (the result does not depend on timing).
-    let mut y = parts[0].clone();
-    for part in &parts[1..] {
+    let mut parts: Vec<Vec<f32>> = (0..ranges).into_par_iter().map(partial).collect();
+    // The partial sums and the bias, in a fixed order (the result does not depend on timing).
+    let rest = parts.split_off(1);
+    let mut y = parts.pop().unwrap_or_default();
+    for part in &rest {
         for (a, b) in y.iter_mut().zip(part) {
             *a += b;
         }
