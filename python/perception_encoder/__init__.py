@@ -17,7 +17,7 @@ import os
 import numpy as np
 
 from . import _native
-from ._native import list_models, set_threads
+from ._native import list_models, release_freed_memory, set_threads
 
 __all__ = [
     "Model",
@@ -26,6 +26,7 @@ __all__ = [
     "transform",
     "list_models",
     "set_threads",
+    "release_freed_memory",
     "get_image_transform",
     "get_text_tokenizer",
 ]

@@ -484,12 +484,26 @@ fn set_threads(n: usize) -> usize {
     perception_encoder::runtime::set_threads(n)
 }
 
+/// Hand the heap's freed memory back to the operating system (after a spike such as a large
+/// batch: the package keeps freed buffers for reuse, see the module set-up below).
+#[pyfunction]
+fn release_freed_memory() {
+    perception_encoder::runtime::release_freed_memory();
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // As the `pe` binary does first thing: without it glibc unmaps every freed layer output and
+    // page-faults the next one in, 20-40% of a forward pass in a Python process (docs/python.md).
+    // Process-wide, so `PE_KEEP_FREED_MEMORY=0` leaves the allocator's defaults alone.
+    if std::env::var("PE_KEEP_FREED_MEMORY").map_or(true, |v| v.trim() != "0") {
+        perception_encoder::runtime::keep_freed_memory();
+    }
     m.add_class::<Model>()?;
     m.add_function(wrap_pyfunction!(tokenize, m)?)?;
     m.add_function(wrap_pyfunction!(transform, m)?)?;
     m.add_function(wrap_pyfunction!(list_models, m)?)?;
     m.add_function(wrap_pyfunction!(set_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(release_freed_memory, m)?)?;
     Ok(())
 }

@@ -292,3 +292,33 @@ def test_the_gil_is_released_while_the_model_runs():
     # About 10 M here; with the GIL held the spinner would get at most the one switch interval
     # (5 ms, a few hundred thousand iterations) before the call took the GIL.
     assert during > 2_000_000, f"the other thread ran only {during} iterations during encode_image"
+
+
+RSS_PROBE = """
+import os, sys, numpy as np
+import perception_encoder as pe
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+a = np.ones(32 << 20)  # 256 MB through malloc
+before = rss()
+del a
+kept = before - rss()
+pe.release_freed_memory()
+print(kept, before - rss())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator settings")
+@pytest.mark.parametrize("keep", ["1", "0"])
+def test_freed_memory_is_kept_for_reuse_until_released(keep):
+    """The import keeps freed heap memory (a freed 256 MB buffer stays resident) unless
+    PE_KEEP_FREED_MEMORY=0; release_freed_memory hands it back either way."""
+    env = dict(os.environ, PE_KEEP_FREED_MEMORY=keep)
+    out = subprocess.run([sys.executable, "-c", RSS_PROBE], env=env, capture_output=True, text=True, check=True)
+    kept, released = (int(v) for v in out.stdout.split())
+    mb = 1 << 20
+    assert released > 240 * mb, out.stdout
+    if keep == "1":
+        assert kept < 16 * mb, f"the freed buffer was unmapped: {out.stdout}"
+    else:
+        assert kept > 240 * mb, f"the allocator's default should unmap it: {out.stdout}"
