@@ -495,7 +495,9 @@ fn release_freed_memory() {
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // As the `pe` binary does first thing: without it glibc unmaps every freed layer output and
     // page-faults the next one in, 20-40% of a forward pass in a Python process (docs/python.md).
-    // Process-wide, so `PE_KEEP_FREED_MEMORY=0` leaves the allocator's defaults alone.
+    // Process-wide, so `PE_KEEP_FREED_MEMORY=0` leaves the allocator's defaults alone. The import
+    // is the earliest a module runs; glibc's mallopt takes the arena lock, so threads the
+    // interpreter already has (numpy's BLAS pool) are safe.
     if std::env::var("PE_KEEP_FREED_MEMORY").map_or(true, |v| v.trim() != "0") {
         perception_encoder::runtime::keep_freed_memory();
     }
