@@ -65,14 +65,27 @@ pub(crate) fn par_blocks<S>(
     });
 }
 
+/// The row stride, in elements of `bytes` bytes, of a register-tile kernel's A operand `k_pad`
+/// deep: `k_pad`, plus 64 bytes when a row is a multiple of 1 KB. A tile reads 12 rows side by
+/// side; rows 4 KB apart (L14's 4,096-deep `c_proj` in bf16, 2,048 apart at 1,024 deep) all fall
+/// in one or two sets of the 8-way L1 and evict each other on every step.
+pub(crate) fn operand_stride(k_pad: usize, bytes: usize) -> usize {
+    if k_pad > 0 && (k_pad * bytes).is_multiple_of(1024) {
+        k_pad + 64 / bytes
+    } else {
+        k_pad
+    }
+}
+
 /// Where one register tile of a panel product reads and writes: `rows` rows (from `r0`) of the
-/// A operand at `a` (row stride `lda` elements, the padded `k`), panel `panel` of the packed
-/// weight at `b`, its output rows at `c` (stride `ldc` elements of the output's type), of
-/// which `cols` columns are valid.
+/// A operand at `a` (`k` deep, the padded `k`, at row stride `lda` elements), panel `panel` of
+/// the packed weight at `b`, its output rows at `c` (stride `ldc` elements of the output's
+/// type), of which `cols` columns are valid.
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 pub(crate) struct TileOperands<A, B, C = f32> {
     pub a: *const A,
+    pub k: usize,
     pub lda: usize,
     pub b: *const B,
     pub c: *mut C,
@@ -83,7 +96,8 @@ pub(crate) struct TileOperands<A, B, C = f32> {
     pub panel: usize,
 }
 
-/// The `(m, n)` float32 output of a register-tile kernel over `a` (`m` rows of `w.k_pad`) and
+/// The `(m, n)` float32 output of a register-tile kernel over `a` (`m` rows of `w.k_pad` at
+/// the stride [`operand_stride`] gives) and
 /// the packed `w`: every (block of `mc` rows, panel) in parallel ([`par_blocks`]), cut into
 /// tiles of at most `mr` rows, each handed to `tile`, which writes its rows of the panel's
 /// valid columns.
@@ -101,16 +115,16 @@ pub(crate) unsafe fn by_register_tiles<A: Sync, B: Copy + Default + Send + Sync>
     tile: impl Fn(TileOperands<A, B>) + Sync,
 ) -> Vec<f32> {
     let mut y = super::uninit::<f32>(m * w.n);
-    into_register_tiles(a, m, w, mc, mr, y.as_mut_ptr().cast::<f32>(), tile);
+    into_register_tiles(a, m, w, mc, mr, (y.as_mut_ptr().cast::<f32>(), w.n), tile);
     // SAFETY: the caller's tiles cover every row and column.
     super::assume_init(y)
 }
 
-/// [`by_register_tiles`] into `out`, `m` rows of `w.n` values of any type.
+/// [`by_register_tiles`] into `out`: `m` rows of `w.n` values of any type at row stride `ldc`.
 ///
 /// # Safety
-/// `out` is valid for `m * w.n` writes, and `tile` writes only its rows of the panel's valid
-/// columns there.
+/// `out` is valid for `m * ldc` writes (`ldc >= w.n`), and `tile` writes only its rows of the
+/// panel's valid columns there.
 #[cfg(target_arch = "x86_64")]
 pub(crate) unsafe fn into_register_tiles<A: Sync, B: Copy + Default + Send + Sync, C>(
     a: &[A],
@@ -118,7 +132,7 @@ pub(crate) unsafe fn into_register_tiles<A: Sync, B: Copy + Default + Send + Syn
     w: &Panels<B>,
     mc: usize,
     mr: usize,
-    out: *mut C,
+    (out, ldc): (*mut C, usize),
     tile: impl Fn(TileOperands<A, B, C>) + Sync,
 ) {
     /// The output, shared by tasks that each write their own (rows, panel) block.
@@ -130,8 +144,9 @@ pub(crate) unsafe fn into_register_tiles<A: Sync, B: Copy + Default + Send + Syn
             self.0.wrapping_add(offset)
         }
     }
-    let (n, lda) = (w.n, w.k_pad);
-    assert!(a.len() >= m * lda, "A operand rows");
+    let (n, k) = (w.n, w.k_pad);
+    let lda = operand_stride(k, std::mem::size_of::<A>());
+    assert!(a.len() >= m * lda && ldc >= n, "A operand rows, output stride");
     let out = Out(out);
     let body = |_: &mut (), rows: std::ops::Range<usize>, panel: usize| {
         let mut r0 = rows.start;
@@ -139,10 +154,11 @@ pub(crate) unsafe fn into_register_tiles<A: Sync, B: Copy + Default + Send + Syn
             let r = mr.min(rows.end - r0);
             tile(TileOperands {
                 a: a[r0 * lda..].as_ptr(),
+                k,
                 lda,
                 b: w.panel(panel).as_ptr(),
-                c: out.at(r0 * n + panel * PANEL),
-                ldc: n,
+                c: out.at(r0 * ldc + panel * PANEL),
+                ldc,
                 cols: PANEL.min(n - panel * PANEL),
                 r0,
                 rows: r,

@@ -5,7 +5,7 @@ use std::arch::x86_64::*;
 
 use super::{round_rows, to_bf16, PackedBf16};
 use crate::kernels::panels::PANEL;
-use crate::kernels::tiles::{by_register_tiles, into_register_tiles, panel_masks, TileOperands};
+use crate::kernels::tiles::{by_register_tiles, into_register_tiles, operand_stride, panel_masks, TileOperands};
 
 /// Rows per register tile: 12 rows x 32 columns = 24 accumulators.
 const MR: usize = 12;
@@ -101,7 +101,7 @@ struct Tile<C> {
 #[target_feature(enable = "avx512f,avx512bf16")]
 unsafe fn products<const R: usize, C>(op: &TileOperands<u16, u16, C>) -> ([__m512; R], [__m512; R]) {
     let (a, lda, b) = (op.a, op.lda, op.b);
-    let kp = lda / 2;
+    let kp = op.k / 2;
     let mut acc0 = [_mm512_setzero_ps(); R];
     let mut acc1 = [_mm512_setzero_ps(); R];
     for j in 0..kp {
@@ -154,10 +154,11 @@ unsafe fn tile_gelu<const R: usize>(t: Tile<u16>) {
 }
 
 pub(super) fn matmul(x: crate::kernels::activations::Activations, m: usize, w: &PackedBf16) -> Vec<f32> {
-    matmul_rows(&round_rows(x, m, w.k, w.k_pad, m), m, w)
+    matmul_rows(&round_rows(x, m, w.k, operand_stride(w.k_pad, 2), m), m, w)
 }
 
-/// `a W^T + b` for the `m` rows of the rounded operand `a` (`w.k_pad` wide).
+/// `a W^T + b` for the `m` rows of the rounded operand `a` (`w.k_pad` deep, rows
+/// [`operand_stride`] apart).
 pub(super) fn matmul_rows(a: &[u16], m: usize, w: &PackedBf16) -> Vec<f32> {
     let tile_at = |op: TileOperands<u16, u16>| {
         let t = Tile { op, bias: w.bias[op.panel * PANEL..].as_ptr() };
@@ -171,11 +172,15 @@ pub(super) fn matmul_rows(a: &[u16], m: usize, w: &PackedBf16) -> Vec<f32> {
 }
 
 /// `gelu(a W^T + b)` rounded to bf16 for the `m` rows of `a`: the A operand of the next
-/// product (`w.n` wide, a multiple of 32, checked by the caller); the float32 hidden layer is
-/// never stored.
+/// product (`w.n` deep, a multiple of 32, checked by the caller; rows [`operand_stride`]
+/// apart, the padding zero); the float32 hidden layer is never stored.
 pub(super) fn matmul_gelu_rows(a: &[u16], m: usize, w: &PackedBf16) -> Vec<u16> {
     assert!(w.n.is_multiple_of(PANEL), "whole panels");
-    let mut h = crate::kernels::uninit::<u16>(m * w.n);
+    let ldh = operand_stride(w.n, 2);
+    let mut h = crate::kernels::uninit::<u16>(m * ldh);
+    for row in h.chunks_mut(ldh) {
+        row[w.n..].fill(std::mem::MaybeUninit::new(0));
+    }
     let tile_at = |op: TileOperands<u16, u16, u16>| {
         let t = Tile { op, bias: w.bias[op.panel * PANEL..].as_ptr() };
         // SAFETY: as in `matmul_rows`; every panel is whole (asserted), so the 32-value
@@ -184,7 +189,7 @@ pub(super) fn matmul_gelu_rows(a: &[u16], m: usize, w: &PackedBf16) -> Vec<u16> 
     };
     // SAFETY: `h` holds m rows of n; the tiles write only their own rows of their panel.
     unsafe {
-        into_register_tiles(a, m, w, MC, MR, h.as_mut_ptr().cast::<u16>(), tile_at);
+        into_register_tiles(a, m, w, MC, MR, (h.as_mut_ptr().cast::<u16>(), ldh), tile_at);
         // Every (row, panel) block was written.
         crate::kernels::assume_init(h)
     }

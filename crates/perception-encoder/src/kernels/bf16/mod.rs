@@ -140,7 +140,10 @@ pub(crate) fn mlp(x: Activations, m: usize, fc: &PackedBf16, proj: &PackedBf16) 
     #[cfg(target_arch = "x86_64")]
     if selected() == Impl::Avx512 && fc.n.is_multiple_of(PANEL) {
         assert_eq!(x.len(), m * fc.k, "input size");
-        let h = avx512::matmul_gelu_rows(&round_rows(x, m, fc.k, fc.k_pad, m), m, fc);
+        // The hidden rows are as wide as the second product's operand rows.
+        assert_eq!(proj.k_pad, fc.n, "MLP hidden padding");
+        let a = round_rows(x, m, fc.k, crate::kernels::tiles::operand_stride(fc.k_pad, 2), m);
+        let h = avx512::matmul_gelu_rows(&a, m, fc);
         return avx512::matmul_rows(&h, m, proj);
     }
     let mut h = matmul(x, m, fc);
@@ -148,7 +151,8 @@ pub(crate) fn mlp(x: Activations, m: usize, fc: &PackedBf16, proj: &PackedBf16) 
     matmul(Activations::plain(&h), m, proj)
 }
 
-/// Rows of `x` rounded to bf16, `k_pad` wide (zero padded), `rows_pad` rows (zero rows after `m`).
+/// Rows of `x` rounded to bf16, `k_pad` wide (zero padded: a row stride of at least `k`),
+/// `rows_pad` rows (zero rows after `m`).
 pub(crate) fn round_rows(x: Activations, m: usize, k: usize, k_pad: usize, rows_pad: usize) -> Vec<u16> {
     // Written in place without a zero fill first: a pass over megabytes per product saved.
     let mut a = super::uninit::<u16>(rows_pad * k_pad);
@@ -227,7 +231,9 @@ mod tests {
         }
         eprintln!("testing {impls:?}");
         for which in impls {
-            for (m, n, k) in [(1, 32, 32), (5, 40, 70), (33, 64, 96), (200, 96, 768), (13, 1024, 64), (130, 17, 33)] {
+            for (m, n, k) in
+                [(1, 32, 32), (5, 40, 70), (33, 64, 96), (200, 96, 768), (13, 1024, 64), (130, 17, 33), (29, 40, 512)]
+            {
                 check(which, m, n, k);
             }
         }
@@ -242,7 +248,7 @@ mod tests {
             seed ^= seed << 5;
             (seed as f32 / u32::MAX as f32) * 2.0 - 1.0
         };
-        for (m, width, hidden) in [(1, 40, 64), (37, 96, 128), (70, 64, 256)] {
+        for (m, width, hidden) in [(1, 40, 64), (37, 96, 128), (70, 64, 256), (29, 64, 512)] {
             let x: Vec<f32> = (0..m * width).map(|_| rnd()).collect();
             let w1: Vec<f32> = (0..hidden * width).map(|_| rnd()).collect();
             let b1: Vec<f32> = (0..hidden).map(|_| rnd()).collect();

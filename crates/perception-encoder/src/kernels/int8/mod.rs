@@ -251,7 +251,7 @@ mod tests {
         eprintln!("testing {impls:?}");
         let mut by_impl = std::collections::HashMap::new();
         for which in impls {
-            for (m, n, k) in [(1, 32, 64), (5, 40, 70), (33, 64, 130), (200, 96, 768), (13, 1024, 64)] {
+            for (m, n, k) in [(1, 32, 64), (5, 40, 70), (33, 64, 130), (200, 96, 768), (13, 1024, 64), (29, 40, 1024)] {
                 let mut seed = 0x2545_f491u32 ^ (m * 31 + n * 17 + k) as u32;
                 let mut rnd = || {
                     seed ^= seed << 13;

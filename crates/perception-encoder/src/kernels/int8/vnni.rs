@@ -28,7 +28,7 @@ struct Tile<'a> {
 #[target_feature(enable = "avx512f,avx512vnni,avx2,fma")]
 unsafe fn tile_with<const R: usize, const GELU: bool>(t: Tile) {
     let Tile { op: TileOperands { a, lda, b, c, ldc, cols, panel, .. }, w, row_scale } = t;
-    let groups = lda / 4;
+    let groups = t.op.k / 4;
     let mut acc0 = [_mm512_setzero_si512(); R];
     let mut acc1 = [_mm512_setzero_si512(); R];
     for g in 0..groups {
@@ -89,7 +89,8 @@ pub(super) fn matmul_gelu(x: Activations, m: usize, w: &PackedI8) -> Vec<f32> {
 
 fn product<const GELU: bool>(x: Activations, m: usize, w: &PackedI8) -> Vec<f32> {
     // Shifted to unsigned (a + 128), the operand type `vpdpbusd` takes on its left.
-    let (a, sx) = quantize_rows(x, m, w.k, w.k_pad, m, true);
+    let lda = crate::kernels::tiles::operand_stride(w.k_pad, 1);
+    let (a, sx) = quantize_rows(x, m, w.k, lda, m, true);
     let a: &[u8] = bytemuck_u8(&a);
     let tile_at = |op: TileOperands<u8, i8>| {
         let t = Tile { op, w, row_scale: &sx[op.r0..op.r0 + op.rows] };
