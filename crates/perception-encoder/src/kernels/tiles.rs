@@ -96,11 +96,10 @@ pub(crate) struct TileOperands<A, B, C = f32> {
     pub panel: usize,
 }
 
-/// The `(m, n)` float32 output of a register-tile kernel over `a` (`m` rows of `w.k_pad` at
-/// the stride [`operand_stride`] gives) and
-/// the packed `w`: every (block of `mc` rows, panel) in parallel ([`par_blocks`]), cut into
-/// tiles of at most `mr` rows, each handed to `tile`, which writes its rows of the panel's
-/// valid columns.
+/// The `(m, n)` float32 output of a register-tile kernel over `a` (`m` rows of `w.k_pad`, at
+/// the stride [`operand_stride`] gives) and the packed `w`: every (block of `mc` rows, panel)
+/// in parallel ([`par_blocks`]), cut into tiles of at most `mr` rows, each handed to `tile`,
+/// which writes its rows of the panel's valid columns.
 ///
 /// # Safety
 /// `tile` must write every value of its rows in the panel's valid columns (the result is read

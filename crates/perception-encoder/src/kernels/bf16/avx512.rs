@@ -187,7 +187,8 @@ pub(super) fn matmul_gelu_rows(a: &[u16], m: usize, w: &PackedBf16) -> Vec<u16> 
         // stores stay in the tile's rows of its panel.
         unsafe { crate::kernels::tiles::rows_1_to_12!(op.rows, tile_gelu, t) }
     };
-    // SAFETY: `h` holds m rows of n; the tiles write only their own rows of their panel.
+    // SAFETY: `h` holds m rows of `ldh` >= n; the tiles write only their own rows of their
+    // panel, and the padding after n was zeroed above.
     unsafe {
         into_register_tiles(a, m, w, MC, MR, (h.as_mut_ptr().cast::<u16>(), ldh), tile_at);
         // Every (row, panel) block was written.
