@@ -228,11 +228,11 @@ fn matmul_with(
         }
         out
     };
-    let mut parts: Vec<Vec<f32>> = (0..ranges).into_par_iter().map(partial).collect();
+    let parts: Vec<Vec<f32>> = (0..ranges).into_par_iter().map(partial).collect();
     // The partial sums and the bias, in a fixed order (the result does not depend on timing).
-    let rest = parts.split_off(1);
-    let mut y = parts.pop().unwrap_or_default();
-    for part in &rest {
+    let mut parts = parts.into_iter();
+    let mut y = parts.next().unwrap_or_default();
+    for part in parts {
         for (a, b) in y.iter_mut().zip(part) {
             *a += b;
         }

@@ -154,7 +154,12 @@ unsafe fn tile_gelu<const R: usize>(t: Tile<u16>) {
 }
 
 pub(super) fn matmul(x: crate::kernels::activations::Activations, m: usize, w: &PackedBf16) -> Vec<f32> {
-    matmul_rows(&round_rows(x, m, w.k, operand_stride(w.k_pad, 2), m), m, w)
+    matmul_rows(&operand(x, m, w), m, w)
+}
+
+/// The `m` rows of `x` rounded to bf16 as `w`'s register tiles read them ([`operand_stride`]).
+pub(super) fn operand(x: crate::kernels::activations::Activations, m: usize, w: &PackedBf16) -> Vec<u16> {
+    round_rows(x, m, w.k, operand_stride(w.k_pad, 2), m)
 }
 
 /// `a W^T + b` for the `m` rows of the rounded operand `a` (`w.k_pad` deep, rows

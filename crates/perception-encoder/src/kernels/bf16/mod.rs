@@ -142,8 +142,7 @@ pub(crate) fn mlp(x: Activations, m: usize, fc: &PackedBf16, proj: &PackedBf16) 
         assert_eq!(x.len(), m * fc.k, "input size");
         // The hidden rows are as wide as the second product's operand rows.
         assert_eq!(proj.k_pad, fc.n, "MLP hidden padding");
-        let a = round_rows(x, m, fc.k, crate::kernels::tiles::operand_stride(fc.k_pad, 2), m);
-        let h = avx512::matmul_gelu_rows(&a, m, fc);
+        let h = avx512::matmul_gelu_rows(&avx512::operand(x, m, fc), m, fc);
         return avx512::matmul_rows(&h, m, proj);
     }
     let mut h = matmul(x, m, fc);
