@@ -118,6 +118,9 @@ pub struct AnnReport {
     pub rebuilt: bool,
     /// Contents left to exact search because their 64-bit key collided with another's.
     pub collisions: usize,
+    /// Added contents a search for their own vector did not find, added again on one thread
+    /// (a race in USearch's parallel insertion; see `relink.rs`).
+    pub relinked: usize,
 }
 
 /// An approximate index, viewed in place from its memory map.
@@ -345,6 +348,7 @@ pub fn refresh(
     let mut report = AnnReport { removed: gone.len(), rebuilt: rebuild, ..Default::default() };
     let total = new.len();
     let mut batch: Vec<(u64, Vec<f32>)> = Vec::with_capacity(4096);
+    let mut added: Vec<u64> = Vec::with_capacity(total);
     let mut flush = |batch: &mut Vec<(u64, Vec<f32>)>, report: &mut AnnReport| -> Result<()> {
         let failed = std::sync::Mutex::new(None);
         std::thread::scope(|s| {
@@ -379,6 +383,7 @@ pub fn refresh(
             return Ok(());
         }
         keys.insert(key, hash.to_string());
+        added.push(key);
         batch.push((key, v.to_vec()));
         if batch.len() == batch.capacity() {
             flush(&mut batch, &mut report)?;
@@ -388,6 +393,13 @@ pub fn refresh(
     if !batch.is_empty() {
         flush(&mut batch, &mut report)?;
     }
+    report.relinked =
+        crate::relink::relink_unreachable(&index, &added, threads).map_err(|e| Error::corrupt(&file, e))?;
+    tracing::debug!(
+        "{} of {} added contents linked again after a self-search missed them",
+        report.relinked,
+        added.len()
+    );
     let removed = if rebuild { 0 } else { previously_removed + gone.len() as u64 };
     let mut rows: HashMap<String, u64> = HashMap::with_capacity(keys.len());
     for (i, h) in catalog.searchable_hashes()?.into_iter().enumerate() {

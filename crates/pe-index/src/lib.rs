@@ -24,6 +24,7 @@ mod manifest;
 mod matrix;
 pub mod output;
 pub mod query;
+mod relink;
 mod scan;
 mod search;
 mod update;

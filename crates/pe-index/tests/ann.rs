@@ -177,14 +177,64 @@ fn files_sharing_a_content_are_all_found_in_path_order() {
     Catalog::open(&dir).unwrap().commit(&v, &f).unwrap();
     index.refresh_ann(AnnMode::Always, AnnStorage::F16, &mut |_| {}).unwrap();
     assert_eq!(index.method().unwrap(), "approximate (1000 contents)");
+    let score_of = |path: &PathBuf, q: &[f32]| {
+        let hash = &f.iter().find(|x| &x.path == path).expect("a result is an indexed file").hash;
+        let (v, _) = rows.iter().find(|(_, x)| &x.hash == hash).unwrap();
+        pe_index::dot(&v.embedding, q)
+    };
+    let (mut found, mut asked) = (0, 0);
     for (i, (v, _)) in rows.iter().enumerate().step_by(25) {
         let exact = index.search(&v.embedding, &SearchOptions { exact: true, ..SearchOptions::top(12) }).unwrap();
         let approximate = index.search(&v.embedding, &SearchOptions::top(12)).unwrap();
-        assert_eq!(approximate, exact, "query {i}");
-        let own: Vec<_> = exact.iter().take_while(|h| h.score == exact[0].score).map(|h| h.path.clone()).collect();
+        assert_eq!(approximate.len(), 12, "query {i}");
+        for (j, h) in approximate.iter().enumerate() {
+            assert_eq!(h.score, score_of(&h.path, &v.embedding), "query {i}: scores are exact cosines");
+            assert!(j == 0 || approximate[j - 1].score >= h.score, "query {i}: best first");
+        }
         let mut want: Vec<PathBuf> = f.iter().filter(|x| x.hash == f[i].hash).map(|x| x.path.clone()).collect();
         want.sort();
-        assert_eq!(own, want, "every file of the content, in path order");
-        assert_eq!(own.len(), if i % 10 == 0 { 4 } else { 1 });
+        assert_eq!(want.len(), if i % 10 == 0 { 4 } else { 1 });
+        for hits in [&exact, &approximate] {
+            let own: Vec<_> = hits.iter().take_while(|h| h.score == hits[0].score).map(|h| h.path.clone()).collect();
+            assert_eq!(own, want, "query {i}: every file of the content first, in path order");
+        }
+        // Below the content's own files the graph may miss a neighbour now and then (HNSW is
+        // approximate and built on several threads); it must find nearly all of them.
+        found += approximate.iter().filter(|h| exact.iter().any(|e| e.path == h.path)).count();
+        asked += exact.len();
+    }
+    let recall = found as f64 / asked as f64;
+    assert!(recall >= 0.95, "recall@12 {recall}");
+}
+
+/// USearch's parallel insertion can leave a node no search reaches (unum-cloud/USearch#735):
+/// before the check that re-links them, 2-3 of these 1,000 were missed in every two-thread
+/// build. Each content must be the first hit for its own vector.
+#[test]
+fn every_content_is_found_by_its_own_vector_after_a_parallel_build() {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    for seed in [0x2545_f491_4f6c_dd1d, 0x9e37_79b9_7f4a_7c15] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("idx");
+        let mut index = Index::open_or_create(&dir, &manifest(DIM)).unwrap();
+        let mut rng = Rng(seed);
+        let centres: Vec<Vec<f32>> = (0..20)
+            .map(|_| {
+                let mut c: Vec<f32> = (0..DIM).map(|_| rng.next()).collect();
+                normalize(&mut c);
+                c
+            })
+            .collect();
+        let rows: Vec<(VectorRow, FileRow)> = (0..1000).map(|i| row(i, clustered(&mut rng, &centres), "a")).collect();
+        let (v, f): (Vec<_>, Vec<_>) = rows.iter().cloned().unzip();
+        Catalog::open(&dir).unwrap().commit(&v, &f).unwrap();
+        let report = pool.install(|| index.refresh_ann(AnnMode::Always, AnnStorage::F16, &mut |_| {})).unwrap();
+        assert_eq!((report.size, report.added), (1000, 1000));
+        let missed: Vec<_> = rows
+            .iter()
+            .filter(|(v, f)| index.search(&v.embedding, &SearchOptions::top(1)).unwrap()[0].path != f.path)
+            .map(|(_, f)| f.path.clone())
+            .collect();
+        assert!(missed.is_empty(), "{} contents not found by their own vector: {missed:?}", missed.len());
     }
 }
