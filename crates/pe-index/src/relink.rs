@@ -35,7 +35,8 @@ pub fn relink_unreachable(index: &Index, keys: &[u64], threads: usize) -> Result
 
 fn relink_rounds(index: &Index, keys: &[u64], threads: usize) -> Result<usize, String> {
     let mut missing = unreachable(index, keys, threads)?;
-    let mut relinked = 0;
+    // Later rounds re-link some of these again, never others.
+    let relinked = missing.len();
     for _ in 0..ROUNDS {
         if missing.is_empty() {
             return Ok(relinked);
@@ -46,7 +47,6 @@ fn relink_rounds(index: &Index, keys: &[u64], threads: usize) -> Result<usize, S
             index.remove(key).map_err(|e| format!("USearch remove: {e}"))?;
             index.add(key, &v).map_err(|e| format!("USearch add: {e}"))?;
         }
-        relinked += missing.len();
         missing = unreachable(index, &missing, threads)?;
     }
     if !missing.is_empty() {
