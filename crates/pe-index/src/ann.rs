@@ -393,8 +393,7 @@ pub fn refresh(
     if !batch.is_empty() {
         flush(&mut batch, &mut report)?;
     }
-    report.relinked =
-        crate::relink::relink_unreachable(&index, &added, threads).map_err(|e| Error::corrupt(&file, e))?;
+    report.relinked = crate::relink::relink_unreachable(&index, &added).map_err(|e| Error::corrupt(&file, e))?;
     tracing::debug!(
         "{} of {} added contents linked again after a self-search missed them",
         report.relinked,

@@ -9,6 +9,7 @@
 //! added content searches for its own (stored) vector, and those not found are removed and added
 //! again on one thread, where the race cannot happen.
 
+use rayon::prelude::*;
 use usearch::Index;
 
 /// The self-searches' ef. An unlinked node is missed at any ef, so this only trades the
@@ -23,18 +24,18 @@ const CHECK_K: usize = 10;
 /// found by exact search).
 const ROUNDS: usize = 3;
 
-/// Re-link every key of `keys` that a search with its own stored vector does not find, using
-/// `threads` threads for the searches; returns how many were re-linked.
-pub fn relink_unreachable(index: &Index, keys: &[u64], threads: usize) -> Result<usize, String> {
+/// Re-link every key of `keys` that a search with its own stored vector does not find; returns
+/// how many were re-linked.
+pub fn relink_unreachable(index: &Index, keys: &[u64]) -> Result<usize, String> {
     let restore = index.expansion_search();
     index.change_expansion_search(CHECK_EF);
-    let result = relink_rounds(index, keys, threads);
+    let result = relink_rounds(index, keys);
     index.change_expansion_search(restore);
     result
 }
 
-fn relink_rounds(index: &Index, keys: &[u64], threads: usize) -> Result<usize, String> {
-    let mut missing = unreachable(index, keys, threads)?;
+fn relink_rounds(index: &Index, keys: &[u64]) -> Result<usize, String> {
+    let mut missing = unreachable(index, keys)?;
     // Later rounds re-link some of these again, never others.
     let relinked = missing.len();
     for _ in 0..ROUNDS {
@@ -47,7 +48,7 @@ fn relink_rounds(index: &Index, keys: &[u64], threads: usize) -> Result<usize, S
             index.remove(key).map_err(|e| format!("USearch remove: {e}"))?;
             index.add(key, &v).map_err(|e| format!("USearch add: {e}"))?;
         }
-        missing = unreachable(index, &missing, threads)?;
+        missing = unreachable(index, &missing)?;
     }
     if !missing.is_empty() {
         tracing::warn!("{} contents stay unreachable in the approximate index; --exact finds them", missing.len());
@@ -55,31 +56,19 @@ fn relink_rounds(index: &Index, keys: &[u64], threads: usize) -> Result<usize, S
     Ok(relinked)
 }
 
-/// The keys of `keys` their own vector's search does not return.
-fn unreachable(index: &Index, keys: &[u64], threads: usize) -> Result<Vec<u64>, String> {
-    let threads = threads.clamp(1, keys.len().max(1));
-    let found: Vec<Result<Vec<u64>, String>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                s.spawn(move || {
-                    let mut v = vec![0f32; index.dimensions()];
-                    let mut missing = Vec::new();
-                    for &key in keys.iter().skip(t).step_by(threads) {
-                        index.get(key, &mut v).map_err(|e| format!("USearch get: {e}"))?;
-                        let m = index.search(&v, CHECK_K).map_err(|e| format!("USearch search: {e}"))?;
-                        if !m.keys.contains(&key) {
-                            missing.push(key);
-                        }
-                    }
-                    Ok(missing)
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("a check thread panicked".into()))).collect()
-    });
-    let mut all = Vec::new();
-    for f in found {
-        all.extend(f?);
-    }
-    Ok(all)
+/// The keys of `keys` their own vector's search does not return, searched on rayon's threads
+/// (the index reserved a search slot for each when it was built).
+fn unreachable(index: &Index, keys: &[u64]) -> Result<Vec<u64>, String> {
+    let missing: Result<Vec<Option<u64>>, String> = keys
+        .par_iter()
+        .map_init(
+            || vec![0f32; index.dimensions()],
+            |v, &key| {
+                index.get(key, v).map_err(|e| format!("USearch get: {e}"))?;
+                let m = index.search(v, CHECK_K).map_err(|e| format!("USearch search: {e}"))?;
+                Ok((!m.keys.contains(&key)).then_some(key))
+            },
+        )
+        .collect();
+    Ok(missing?.into_iter().flatten().collect())
 }

@@ -11,7 +11,18 @@ use pe_index::{AnnMode, AnnStorage, Catalog, FileRow, Index, SearchOptions, Vect
 
 const DIM: usize = 64;
 
-/// Vectors around 40 random centres, like embeddings of a photo collection.
+/// `n` random unit vectors for [`clustered`] to scatter around.
+fn centres(rng: &mut Rng, n: usize) -> Vec<Vec<f32>> {
+    (0..n)
+        .map(|_| {
+            let mut c: Vec<f32> = (0..DIM).map(|_| rng.next()).collect();
+            normalize(&mut c);
+            c
+        })
+        .collect()
+}
+
+/// Vectors around random centres, like embeddings of a photo collection.
 fn clustered(rng: &mut Rng, centres: &[Vec<f32>]) -> Vec<f32> {
     let c = &centres[((rng.next() + 1.0) * 0.5 * centres.len() as f32) as usize % centres.len()];
     let mut v: Vec<f32> = c.iter().map(|x| x + 0.25 * rng.next()).collect();
@@ -46,13 +57,7 @@ fn approximate_search_recalls_the_exact_top_10_and_follows_the_catalog() {
     let dir = tmp.path().join("idx");
     let mut index = Index::open_or_create(&dir, &manifest(DIM)).unwrap();
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let centres: Vec<Vec<f32>> = (0..40)
-        .map(|_| {
-            let mut c: Vec<f32> = (0..DIM).map(|_| rng.next()).collect();
-            normalize(&mut c);
-            c
-        })
-        .collect();
+    let centres = centres(&mut rng, 40);
     let folders = ["a", "a-b", "ab"];
     let mut rows: Vec<(VectorRow, FileRow)> =
         (0..3000).map(|i| row(i, clustered(&mut rng, &centres), folders[i % 3])).collect();
@@ -158,13 +163,7 @@ fn files_sharing_a_content_are_all_found_in_path_order() {
     let dir = tmp.path().join("idx");
     let mut index = Index::open_or_create(&dir, &manifest(DIM)).unwrap();
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
-    let centres: Vec<Vec<f32>> = (0..20)
-        .map(|_| {
-            let mut c: Vec<f32> = (0..DIM).map(|_| rng.next()).collect();
-            normalize(&mut c);
-            c
-        })
-        .collect();
+    let centres = centres(&mut rng, 20);
     let rows: Vec<(VectorRow, FileRow)> =
         (0..1000).map(|i| row(i, clustered(&mut rng, &centres), ["a", "b"][i % 2])).collect();
     let (v, mut f): (Vec<_>, Vec<_>) = rows.iter().cloned().unzip();
@@ -218,13 +217,7 @@ fn every_content_is_found_by_its_own_vector_after_a_parallel_build() {
         let dir = tmp.path().join("idx");
         let mut index = Index::open_or_create(&dir, &manifest(DIM)).unwrap();
         let mut rng = Rng(seed);
-        let centres: Vec<Vec<f32>> = (0..20)
-            .map(|_| {
-                let mut c: Vec<f32> = (0..DIM).map(|_| rng.next()).collect();
-                normalize(&mut c);
-                c
-            })
-            .collect();
+        let centres = centres(&mut rng, 20);
         let rows: Vec<(VectorRow, FileRow)> = (0..1000).map(|i| row(i, clustered(&mut rng, &centres), "a")).collect();
         let (v, f): (Vec<_>, Vec<_>) = rows.iter().cloned().unzip();
         Catalog::open(&dir).unwrap().commit(&v, &f).unwrap();
