@@ -1,6 +1,8 @@
 //! The linear-layer kernels on PE-Core-B16's shapes, every implementation this CPU offers:
-//! `cargo bench -p perception-encoder --bench kernels [-- --threads T --iters N --rows M,... --width W]`.
-//! Prints GFLOP/s (2 m n k per product) per dtype, implementation and shape.
+//! `cargo bench -p perception-encoder --bench kernels [-- --threads T --iters N --rows M,... --width W
+//! --shapes NxK,...]`.
+//! Prints GFLOP/s (2 m n k per product) per dtype, implementation and shape, of the fastest and
+//! the median timed run (a model runs each product once, so the median is what it gets).
 //! With `--attention`, the float32 attention instead, on each preset's shape at batch 1 (and
 //! B16 at 8): GFLOP/s counted as `4 batch heads seq^2 head_dim` (both products).
 
@@ -25,13 +27,21 @@ fn main() {
     // (n, k): attention qkv, out_proj, mlp c_fc, mlp c_proj, at B16's width or --width's
     // (1024: L14; one L14-336 image is 577 tokens).
     let w: usize = arg("--width").and_then(|v| v.parse().ok()).unwrap_or(768);
-    let shapes = [(3 * w, w), (w, w), (4 * w, w), (w, 4 * w)];
-    println!("threads {threads}, {iters} timed runs each (best shown)");
+    // Or any (n, k) list: `--shapes 4608x1536,8960x1536` (G14's qkv and MLP).
+    let shapes: Vec<(usize, usize)> = arg("--shapes")
+        .map(|v| {
+            v.split(',')
+                .filter_map(|s| s.split_once('x'))
+                .filter_map(|(n, k)| Some((n.parse().ok()?, k.parse().ok()?)))
+                .collect()
+        })
+        .unwrap_or_else(|| vec![(3 * w, w), (w, w), (4 * w, w), (w, 4 * w)]);
+    println!("threads {threads}, {iters} timed runs each (fastest and median GFLOP/s; attention: fastest)");
     if std::env::args().any(|a| a == "--attention") {
         attention_shapes(iters);
         return;
     }
-    println!("{:<6} {:<9} {:>6} {:>6} {:>6} {:>9}", "dtype", "impl", "m", "n", "k", "GFLOP/s");
+    println!("{:<6} {:<9} {:>6} {:>6} {:>6} {:>9} {:>9}", "dtype", "impl", "m", "n", "k", "best", "median");
     let mut seed = 0x2545_f491u32;
     let mut rnd = move || {
         seed ^= seed << 13;
@@ -55,14 +65,17 @@ fn main() {
                     .filter(|w| only.as_deref().is_none_or(|o| o.split(',').any(|x| x == *w)))
                 {
                     std::hint::black_box(matmul(&prepared, which, &x, m, &bias));
-                    let mut best = f64::MAX;
-                    for _ in 0..iters {
-                        let t = Instant::now();
-                        std::hint::black_box(matmul(&prepared, which, &x, m, &bias));
-                        best = best.min(t.elapsed().as_secs_f64());
-                    }
-                    let gflops = 2.0 * (m * n * k) as f64 / best / 1e9;
-                    println!("{dtype:<6} {which:<9} {m:>6} {n:>6} {k:>6} {gflops:>9.1}");
+                    let mut times: Vec<f64> = (0..iters.max(1))
+                        .map(|_| {
+                            let t = Instant::now();
+                            std::hint::black_box(matmul(&prepared, which, &x, m, &bias));
+                            t.elapsed().as_secs_f64()
+                        })
+                        .collect();
+                    times.sort_by(f64::total_cmp);
+                    let rate = |s: f64| 2.0 * (m * n * k) as f64 / s / 1e9;
+                    let (best, median) = (rate(times[0]), rate(times[times.len() / 2]));
+                    println!("{dtype:<6} {which:<9} {m:>6} {n:>6} {k:>6} {best:>9.1} {median:>9.1}");
                 }
             }
         }
