@@ -74,6 +74,12 @@ class Tower:
         return _T().eval()
 
 
+def drop_unused_text(model, tower):
+    """Frees the text tower of a model whose image tower alone is timed."""
+    if tower == "image" and hasattr(model, "text"):
+        model.text = None
+
+
 def torch_model(preset, weights=None, tower=None):
     """open_clip's model with random weights, or those of `weights`; with `tower="image"` its text
     tower is dropped first (G14's whole model is 10 GB, its image tower 7.5)."""
@@ -82,8 +88,7 @@ def torch_model(preset, weights=None, tower=None):
 
     torch.manual_seed(0)
     model = open_clip.create_model(PRESETS[preset][1], pretrained=None).eval()
-    if tower == "image" and hasattr(model, "text"):
-        model.text = None
+    drop_unused_text(model, tower)
     if weights is not None:
         from safetensors import safe_open
 
@@ -108,8 +113,7 @@ def prepare(a):
         # pe reads the whole model's file whichever tower it runs.
         model = torch_model(a.preset)
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(p["weights"]))
-        if a.tower == "image" and hasattr(model, "text"):
-            model.text = None
+        drop_unused_text(model, a.tower)
     else:
         model = torch_model(a.preset, p["weights"], a.tower)
     tower = Tower(model, a.tower)
