@@ -36,7 +36,7 @@ fn main() {
                 .collect()
         })
         .unwrap_or_else(|| vec![(3 * w, w), (w, w), (4 * w, w), (w, 4 * w)]);
-    println!("threads {threads}, {iters} timed runs each (fastest and median GFLOP/s; attention: fastest)");
+    println!("threads {threads}, {iters} timed runs each (fastest and median GFLOP/s)");
     if std::env::args().any(|a| a == "--attention") {
         attention_shapes(iters);
         return;
@@ -93,7 +93,15 @@ fn attention_shapes(iters: usize) {
         ("L14-336", 1, 577, 16, 64),
         ("G14-448", 1, 1025, 16, 96),
     ];
-    println!("{:<8} {:>5} {:>5} {:>5} {:>4} {:<6} {:>9}", "preset", "batch", "seq", "heads", "dim", "impl", "GFLOP/s");
+    println!(
+        "{:<8} {:>5} {:>5} {:>5} {:>4} {:<9} {:>9} {:>9}",
+        "preset", "batch", "seq", "heads", "dim", "impl", "best", "median"
+    );
+    let only = arg("--impls");
+    let impls: Vec<&str> = attention_implementations()
+        .into_iter()
+        .filter(|w| only.as_deref().is_none_or(|o| o.split(',').any(|x| x == *w)))
+        .collect();
     let mut seed = 0x9e37_79b9u32;
     for (preset, batch, seq, heads, d) in shapes {
         let qkv: Vec<f32> = (0..batch * seq * 3 * heads * d)
@@ -104,16 +112,24 @@ fn attention_shapes(iters: usize) {
                 (seed as f32 / u32::MAX as f32) * 2.0 - 1.0
             })
             .collect();
-        for which in attention_implementations() {
+        for which in &impls {
             std::hint::black_box(attention(which, &qkv, batch, seq, heads, d));
-            let mut best = f64::MAX;
-            for _ in 0..iters {
+        }
+        // The implementations take turns, run by run, so a noisy spell on a shared machine
+        // falls on all of them alike.
+        let mut times = vec![Vec::with_capacity(iters); impls.len()];
+        for _ in 0..iters.max(1) {
+            for (which, times) in impls.iter().zip(&mut times) {
                 let t = Instant::now();
                 std::hint::black_box(attention(which, &qkv, batch, seq, heads, d));
-                best = best.min(t.elapsed().as_secs_f64());
+                times.push(t.elapsed().as_secs_f64());
             }
-            let gflops = 4.0 * (batch * heads * seq * seq * d) as f64 / best / 1e9;
-            println!("{preset:<8} {batch:>5} {seq:>5} {heads:>5} {d:>4} {which:<6} {gflops:>9.1}");
+        }
+        for (which, times) in impls.iter().zip(&mut times) {
+            times.sort_by(f64::total_cmp);
+            let rate = |s: f64| 4.0 * (batch * heads * seq * seq * d) as f64 / s / 1e9;
+            let (best, median) = (rate(times[0]), rate(times[times.len() / 2]));
+            println!("{preset:<8} {batch:>5} {seq:>5} {heads:>5} {d:>4} {which:<9} {best:>9.1} {median:>9.1}");
         }
     }
 }

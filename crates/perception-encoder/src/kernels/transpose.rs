@@ -53,9 +53,13 @@ pub(crate) unsafe fn transpose_tile16_bits(src: *const u32, src_stride: usize, d
 
 /// A 16 x 16 float32 tile from `src` (row stride `src_stride`) to `dst` transposed (row stride
 /// `dst_stride`): three rounds of unpack/shuffle, the usual in-register transpose.
+///
+/// # Safety
+/// AVX-512F; `src` holds 16 rows of 16 values at stride `src_stride`, `dst` 16 writable rows
+/// of 16 at stride `dst_stride`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn transpose_tile16(src: *const f32, src_stride: usize, dst: *mut f32, dst_stride: usize) {
+pub(crate) unsafe fn transpose_tile16(src: *const f32, src_stride: usize, dst: *mut f32, dst_stride: usize) {
     use std::arch::x86_64::*;
     let mut r = [_mm512_setzero_ps(); 16];
     for (i, v) in r.iter_mut().enumerate() {

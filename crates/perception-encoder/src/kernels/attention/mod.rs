@@ -391,8 +391,10 @@ mod tests {
     }
 
     /// The fused kernel against float64 on head dims that fill whole vectors and that leave a
-    /// partial one (the tiny fixtures' 16 and 20, PE's 64, G14's 96, the widest 128), with key
-    /// counts that leave partial groups of keys and blocks of 1 to 48 queries.
+    /// partial one (the tiny fixtures' 16 and 20, PE's 64, G14's 96, the widest 128; 12 and 20
+    /// end `P v` with an overlapping group of dims), with key counts that leave partial groups
+    /// of keys and blocks of 1 to 48 queries; 4 is below the kernel's narrowest head and takes
+    /// the two-product path.
     #[test]
     fn fused_attention_matches_float64() {
         if !fused_available(64) {
@@ -400,9 +402,16 @@ mod tests {
             return;
         }
         let mut seed = 0x9e37_79b9u32;
-        for (batch, seq, heads, head_dim) in
-            [(1, 197, 3, 64), (2, 50, 2, 20), (1, 97, 4, 16), (1, 49, 2, 96), (2, 17, 1, 128), (1, 1, 1, 8)]
-        {
+        for (batch, seq, heads, head_dim) in [
+            (1, 197, 3, 64),
+            (2, 50, 2, 20),
+            (1, 97, 4, 16),
+            (1, 49, 2, 96),
+            (2, 17, 1, 128),
+            (1, 1, 1, 8),
+            (1, 30, 2, 12),
+            (1, 5, 1, 4),
+        ] {
             let s = Shape { batch, seq, heads, head_dim };
             let qkv = random_qkv(s, &mut seed, 1.0);
             let want = reference(&qkv, s, false, |x| x as f64);
