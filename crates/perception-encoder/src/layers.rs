@@ -276,42 +276,55 @@ impl Linear {
     }
 }
 
-impl Module for Linear {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+impl Linear {
+    /// The product as a float32 vector when the CPU kernels run it (packed weights, or dense
+    /// float32 ones with the kernels on), `None` otherwise: the attention takes its `qkv` as a
+    /// vector without copying it out of a tensor.
+    pub(crate) fn forward_vec(&self, x: &Tensor) -> candle_core::Result<Option<Vec<f32>>> {
         if let Some(y) = self.forward_packed(x)? {
-            return Tensor::from_vec(y, self.out_shape(x)?, x.device());
+            return Ok(Some(y));
         }
         let Weight::Dense(w) = &self.weight else { unreachable!("packed weights are handled above") };
-        let dims = x.dims();
-        let in_dim = dims[dims.len() - 1];
-        let rows = x.elem_count() / in_dim.max(1);
-        let out_dim = w.dim(1)?;
-        let out_dims = self.out_shape(x)?;
-        if kernels::enabled_for(x) && in_dim > 0 {
-            let (w, _) = w.storage_and_layout();
-            let candle_core::Storage::Cpu(w) = &*w else {
-                return Err(candle_core::Error::Msg("weights and input are on different devices".into()));
-            };
-            let w = w.as_slice::<f32>()?;
-            let bias = match &self.bias {
-                Some(b) => Some(b.to_vec1::<f32>()?),
-                None => None,
-            };
-            let y = with_f32(x, |xs| {
-                if rows <= kernels::skinny::MAX_ROWS {
-                    kernels::skinny::matmul(xs, rows, in_dim, w, out_dim, bias.as_deref())
-                } else {
-                    kernels::dense_matmul(xs, rows, in_dim, w, out_dim, bias.as_deref())
-                }
-            })?;
-            return Tensor::from_vec(y, out_dims, x.device());
+        let in_dim = x.dims().last().copied().unwrap_or(0);
+        if !kernels::enabled_for(x) || in_dim == 0 {
+            return Ok(None);
         }
+        let rows = x.elem_count() / in_dim;
+        let out_dim = w.dim(1)?;
+        let (w, _) = w.storage_and_layout();
+        let candle_core::Storage::Cpu(w) = &*w else {
+            return Err(candle_core::Error::Msg("weights and input are on different devices".into()));
+        };
+        let w = w.as_slice::<f32>()?;
+        let bias = match &self.bias {
+            Some(b) => Some(b.to_vec1::<f32>()?),
+            None => None,
+        };
+        with_f32(x, |xs| {
+            if rows <= kernels::skinny::MAX_ROWS {
+                kernels::skinny::matmul(xs, rows, in_dim, w, out_dim, bias.as_deref())
+            } else {
+                kernels::dense_matmul(xs, rows, in_dim, w, out_dim, bias.as_deref())
+            }
+        })
+        .map(Some)
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if let Some(y) = self.forward_vec(x)? {
+            return Tensor::from_vec(y, self.out_shape(x)?, x.device());
+        }
+        let Weight::Dense(w) = &self.weight else { unreachable!("packed weights are handled in forward_vec") };
+        let in_dim = x.dims().last().copied().unwrap_or(0);
+        let rows = x.elem_count() / in_dim.max(1);
         let y = x.reshape((rows, in_dim))?.matmul(w)?;
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
         };
-        y.reshape(out_dims)
+        y.reshape(self.out_shape(x)?)
     }
 }
 
@@ -353,7 +366,13 @@ pub(crate) fn kernel_attention(
     // Packed weights hand their product over as a vector: no tensor, no copy out of it.
     let mut qkv = match in_proj.forward_packed_after(Some(norm), x, false)? {
         Some(qkv) => qkv,
-        None if kernels::enabled_for(x) => in_proj.forward_after(norm, x)?.flatten_all()?.to_vec1()?,
+        None if kernels::enabled_for(x) => {
+            let normed = norm.forward(x)?;
+            match in_proj.forward_vec(&normed)? {
+                Some(qkv) => qkv,
+                None => in_proj.forward(&normed)?.flatten_all()?.to_vec1()?,
+            }
+        }
         None => return Ok(None),
     };
     if let Some(t) = rope {

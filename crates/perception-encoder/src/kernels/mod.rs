@@ -85,8 +85,8 @@ pub(crate) unsafe fn assume_init<T>(v: Vec<std::mem::MaybeUninit<T>>) -> Vec<T> 
 }
 
 /// `x (m, k) * w (k, n) + bias` through the `gemm` crate, the bias written into the output
-/// first and accumulated onto: one pass over the output instead of candle's zero fill, product
-/// and broadcast add.
+/// first (by the thread that then computes those columns, or rows) and accumulated onto: one
+/// pass over the output instead of candle's zero fill, product and broadcast add.
 pub(crate) fn dense_matmul(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, bias: Option<&[f32]>) -> Vec<f32> {
     dense_matmul_with(x, m, k, w, n, bias, column_slabs(m, n))
 }
@@ -124,32 +124,31 @@ pub(crate) fn dense_matmul_with(
     slabs: usize,
 ) -> Vec<f32> {
     assert_eq!((x.len(), w.len()), (m * k, k * n), "dense_matmul operand sizes");
+    assert!(bias.is_none_or(|b| b.len() >= n), "dense_matmul bias size");
     let mut y = uninit::<f32>(m * n);
-    match bias {
-        Some(b) => {
-            for row in y.chunks_exact_mut(n) {
-                for (d, &v) in row.iter_mut().zip(b) {
-                    d.write(v);
-                }
-            }
-        }
-        None => {
-            for d in y.iter_mut() {
-                d.write(0.0);
-            }
-        }
-    }
-    // SAFETY: every element was written above.
-    let mut y = unsafe { assume_init(y) };
     // Slabs of whole 16-column vectors; the last may be narrower.
     let width = n.div_ceil(slabs.max(1)).div_ceil(16) * 16;
     let parallelism =
         if slabs > 1 { gemm::Parallelism::None } else { gemm::Parallelism::Rayon(rayon::current_num_threads()) };
-    let out = SendPtr(y.as_mut_ptr());
+    let out = SendPtr(y.as_mut_ptr().cast());
+    // Columns j0..j0 + cols of `rows` rows from `r0` set to the bias (the product adds onto it).
+    let init = |r0: usize, rows: usize, j0: usize, cols: usize| {
+        if let Some(b) = bias {
+            for r in r0..r0 + rows {
+                // SAFETY: row r < m, columns j0..j0 + cols <= n of the m x n output.
+                let row = unsafe { std::slice::from_raw_parts_mut(out.at(r * n + j0), cols) };
+                row.copy_from_slice(&b[j0..j0 + cols]);
+            }
+        }
+    };
     let slab = |j0: usize| {
         let cols = width.min(n - j0);
+        if slabs > 1 {
+            init(0, m, j0, cols);
+        }
         // SAFETY: dense row-major matrices with the extents checked above; the slab's columns
-        // j0..j0 + cols of y and w lie inside them, and no other slab writes them.
+        // j0..j0 + cols of y and w lie inside them, and no other slab writes them. Without a
+        // bias the product does not read the output (`read_dst` false).
         unsafe {
             gemm::gemm(
                 m,
@@ -158,7 +157,7 @@ pub(crate) fn dense_matmul_with(
                 out.at(j0),
                 1,
                 n as isize,
-                true,
+                bias.is_some(),
                 x.as_ptr(),
                 1,
                 k as isize,
@@ -178,9 +177,16 @@ pub(crate) fn dense_matmul_with(
         use rayon::prelude::*;
         (0..n.div_ceil(width)).into_par_iter().for_each(|s| slab(s * width));
     } else {
+        if bias.is_some() {
+            use rayon::prelude::*;
+            let per = m.div_ceil(rayon::current_num_threads().max(1)).max(1);
+            (0..m.div_ceil(per)).into_par_iter().for_each(|c| init(c * per, per.min(m - c * per), 0, n));
+        }
         slab(0);
     }
-    y
+    // SAFETY: every element was written: the bias first (then the product added onto it), or
+    // by the product alone.
+    unsafe { assume_init(y) }
 }
 
 /// Entry points for `benches/kernels.rs`, which times each matmul implementation on PE's
@@ -276,7 +282,8 @@ pub mod bench {
 #[cfg(test)]
 mod tests {
     /// The float32 product with every split (gemm's rows, 2 and 3 column slabs, slabs wider
-    /// than the matrix) against a float64 reference, on sizes that leave partial vectors.
+    /// than the matrix), with and without a bias, against a float64 reference, on sizes that
+    /// leave partial vectors.
     #[test]
     fn dense_matmul_splits_agree_with_float64() {
         let (m, k) = (37, 29);
@@ -289,16 +296,19 @@ mod tests {
             let x: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
             let w: Vec<f32> = (0..k * n).map(|_| rnd()).collect();
             let b: Vec<f32> = (0..n).map(|_| rnd()).collect();
-            let want: Vec<f64> = (0..m * n)
-                .map(|i| {
-                    let (r, c) = (i / n, i % n);
-                    b[c] as f64 + (0..k).map(|j| x[r * k + j] as f64 * w[j * n + c] as f64).sum::<f64>()
-                })
-                .collect();
-            for slabs in [1, 2, 3, 64] {
-                let got = super::dense_matmul_with(&x, m, k, &w, n, Some(&b), slabs);
-                let err = got.iter().zip(&want).fold(0f64, |e, (g, w)| e.max((*g as f64 - w).abs()));
-                assert!(err < 1e-5, "n {n}, {slabs} slabs: max error {err}");
+            for bias in [Some(&b[..]), None] {
+                let want: Vec<f64> = (0..m * n)
+                    .map(|i| {
+                        let (r, c) = (i / n, i % n);
+                        let dot = (0..k).map(|j| x[r * k + j] as f64 * w[j * n + c] as f64).sum::<f64>();
+                        bias.map_or(0.0, |b| b[c] as f64) + dot
+                    })
+                    .collect();
+                for slabs in [1, 2, 3, 64] {
+                    let got = super::dense_matmul_with(&x, m, k, &w, n, bias, slabs);
+                    let err = got.iter().zip(&want).fold(0f64, |e, (g, w)| e.max((*g as f64 - w).abs()));
+                    assert!(err < 1e-5, "n {n}, {slabs} slabs, bias {}: max error {err}", bias.is_some());
+                }
             }
         }
     }
