@@ -13,6 +13,7 @@ use std::arch::x86_64::*;
 
 use super::fused::{mask, BLOCK};
 use crate::kernels::bf16::avx512::{round_row, softmax_to_bf16};
+use crate::kernels::transpose_tile16_bits;
 
 /// Widest head this kernel takes.
 const MAX_HEAD_DIM: usize = 128;
@@ -49,12 +50,31 @@ fn keys_padded(n: usize) -> usize {
 pub(super) unsafe fn pack_head(k: &[f32], v: &[f32], rs: usize, n: usize, d: usize) -> HeadOperands {
     assert!(n > 0 && k.len() >= (n - 1) * rs + d && v.len() >= (n - 1) * rs + d);
     let (dp, n_pad) = (d / 2, keys_padded(n));
-    let mut kt = vec![0u32; dp * n_pad];
-    let mut row = vec![0u32; dp];
-    for j in 0..n {
-        round_row(&k[j * rs..j * rs + d], row.as_mut_ptr().cast());
-        for (c, &pair) in row.iter().enumerate() {
-            kt[c * n_pad + j] = pair;
+    // Every element of `kt` and `vp` is written below, padding included: no zero fill first.
+    let mut kt = crate::kernels::uninit::<u32>(dp * n_pad);
+    // 16 keys at a time rounded into rows of whole vectors of pairs (zero beyond `dp`, and
+    // beyond `n` in the last 16), then transposed in 16 x 16 tiles into `kt`'s rows.
+    let dp16 = dp.div_ceil(16) * 16;
+    let mut rows = vec![0u32; 16 * dp16];
+    let mut tile = [0u32; 256];
+    for j0 in (0..n_pad).step_by(16) {
+        for r in 0..16 {
+            let row = &mut rows[r * dp16..(r + 1) * dp16];
+            match k.get((j0 + r) * rs..(j0 + r) * rs + d) {
+                Some(key) if j0 + r < n => round_row(key, row.as_mut_ptr().cast()),
+                _ => row.fill(0),
+            }
+        }
+        for c0 in (0..dp).step_by(16) {
+            let dst = kt.as_mut_ptr().cast::<u32>().add(c0 * n_pad + j0);
+            if dp - c0 >= 16 {
+                transpose_tile16_bits(rows.as_ptr().add(c0), dp16, dst, n_pad);
+            } else {
+                transpose_tile16_bits(rows.as_ptr().add(c0), dp16, tile.as_mut_ptr(), 16);
+                for c in 0..dp - c0 {
+                    std::ptr::copy_nonoverlapping(tile.as_ptr().add(16 * c), dst.add(c * n_pad), 16);
+                }
+            }
         }
     }
     // Lane i of the result takes element i of the first operand and element i of the second:
@@ -64,7 +84,7 @@ pub(super) unsafe fn pack_head(k: &[f32], v: &[f32], rs: usize, n: usize, d: usi
         16, 0,
     );
     let pairs = n.div_ceil(2);
-    let mut vp = vec![0u32; pairs * d];
+    let mut vp = crate::kernels::uninit::<u32>(pairs * d);
     for p in 0..pairs {
         let (a, b) = (v.as_ptr().add(2 * p * rs), v.as_ptr().add((2 * p + 1) * rs));
         let second = 2 * p + 1 < n;
@@ -78,7 +98,9 @@ pub(super) unsafe fn pack_head(k: &[f32], v: &[f32], rs: usize, n: usize, d: usi
             _mm512_mask_storeu_epi32(vp.as_mut_ptr().add(p * d + c0).cast(), m, paired);
         }
     }
-    HeadOperands { kt, vp }
+    // SAFETY: the tiles wrote every pair of every key of `kt` (`n_pad` keys, `dp` pairs); the
+    // masked stores every dim of every pair of keys of `vp`.
+    unsafe { HeadOperands { kt: crate::kernels::assume_init(kt), vp: crate::kernels::assume_init(vp) } }
 }
 
 /// A task's reusable buffers: the block's rounded queries, scores and probabilities.
