@@ -1,7 +1,7 @@
 //! The pre-LN residual blocks shared by both towers (`ResidualAttentionBlock` and
 //! `Transformer` in the reference's `pe.py`), written over the layers in [`crate::layers`].
 
-use candle_core::{Module, Tensor, D};
+use candle_core::{Tensor, D};
 use candle_nn::VarBuilder;
 
 use crate::error::Result;
@@ -45,6 +45,12 @@ impl Mlp {
     pub(crate) fn forward_after(&self, norm: &LayerNorm, x: &Tensor) -> candle_core::Result<Tensor> {
         layers::mlp(norm, &self.c_fc, &self.c_proj, x)
     }
+
+    /// [`Self::forward_after`] with `c_proj`'s bias left to the residual (see
+    /// [`Linear::forward_unbiased`]).
+    fn forward_unbiased(&self, norm: &LayerNorm, x: &Tensor) -> candle_core::Result<(Tensor, Option<Vec<f32>>)> {
+        layers::mlp_unbiased(norm, &self.c_fc, &self.c_proj, x)
+    }
 }
 
 /// Softmax attention over `(batch, heads, seq, head_dim)` tensors with scale `head_dim^-0.5`.
@@ -78,14 +84,15 @@ impl SelfAttention {
     }
 
     /// Attention over `norm(x)`: `rope` rotates q and k with the given `(cos, sin)` tables;
-    /// `causal` masks later keys.
+    /// `causal` masks later keys. `out_proj`'s bias is left to the caller's residual where the
+    /// kernels allow ([`Linear::forward_unbiased`]).
     pub(crate) fn forward_after(
         &self,
         norm: &LayerNorm,
         x: &Tensor,
         rope: Option<RopeTables>,
         causal: bool,
-    ) -> Result<Tensor> {
+    ) -> Result<(Tensor, Option<Vec<f32>>)> {
         let o = match layers::kernel_attention(norm, &self.in_proj, x, self.heads, rope, causal)? {
             Some(o) => o,
             None => {
@@ -102,7 +109,7 @@ impl SelfAttention {
                 o.transpose(1, 2)?.reshape((b, n, w))?
             }
         };
-        Ok(self.out_proj.forward(&o)?)
+        Ok(self.out_proj.forward_unbiased(&o)?)
     }
 }
 
@@ -141,10 +148,10 @@ impl ResidualAttentionBlock {
     }
 
     pub(crate) fn forward(&self, x: &Tensor, rope: Option<RopeTables>, causal: bool) -> Result<Tensor> {
-        let h = self.attn.forward_after(&self.ln_1, x, rope, causal)?;
-        let x = residual(x, &h, self.ls_1.as_ref())?;
-        let h = self.mlp.forward_after(&self.ln_2, &x)?;
-        residual(&x, &h, self.ls_2.as_ref())
+        let (h, bias) = self.attn.forward_after(&self.ln_1, x, rope, causal)?;
+        let x = residual(x, &h, bias.as_deref(), self.ls_1.as_ref())?;
+        let (h, bias) = self.mlp.forward_unbiased(&self.ln_2, &x)?;
+        residual(&x, &h, bias.as_deref(), self.ls_2.as_ref())
     }
 }
 
@@ -169,9 +176,15 @@ impl Transformer {
     /// Run blocks `0..=stop` over `x` `(batch, seq, width)`. On the CPU a batch of more than
     /// [`CHUNK_ROWS`] token rows goes through the blocks in even chunks of whole items: every
     /// operation is per item, and the activations of a large batch at once leave the caches.
+    ///
+    /// On the CPU the blocks run on a thread of rayon's pool: every kernel's parallel loop then
+    /// shares its work from there, instead of the caller's thread handing each one over and
+    /// sleeping until it ends (two thread switches per operation, ~5% of T16 at batch 1).
     pub(crate) fn forward(&self, x: &Tensor, stop: usize, rope: Option<RopeTables>, causal: bool) -> Result<Tensor> {
-        let rows = if x.device().is_cpu() { CHUNK_ROWS } else { usize::MAX };
-        self.forward_in_chunks(x, stop, rope, causal, rows)
+        if x.device().is_cpu() {
+            return rayon::scope(|_| self.forward_in_chunks(x, stop, rope, causal, CHUNK_ROWS));
+        }
+        self.forward_in_chunks(x, stop, rope, causal, usize::MAX)
     }
 
     /// [`Self::forward`] with chunks of at most `rows` token rows (at least one item each).

@@ -88,6 +88,23 @@ pub(crate) fn gelu_in_place(xs: &mut [f32]) {
     xs.par_chunks_mut(16 * 1024).for_each(|chunk| dispatch!(gelu_chunk(chunk)));
 }
 
+#[inline(always)]
+fn gelu_bias_rows(rows: &mut [f32], bias: &[f32]) {
+    for row in rows.chunks_exact_mut(bias.len()) {
+        for (v, &b) in row.iter_mut().zip(bias) {
+            *v = gelu(*v + b);
+        }
+    }
+}
+
+/// `gelu(x + bias)` in place, `bias` per column of rows `bias.len()` wide: a product's bias
+/// added in the GELU's pass instead of a pass of its own.
+pub(crate) fn gelu_bias_in_place(xs: &mut [f32], bias: &[f32]) {
+    let w = bias.len();
+    assert!(w > 0 && xs.len().is_multiple_of(w), "gelu bias shapes");
+    xs.par_chunks_mut(w * (16 * 1024 / w).max(1)).for_each(|rows| dispatch!(gelu_bias_rows(rows, bias)));
+}
+
 /// Sum of a slice with 16 independent partial sums (vectorizes; a single running sum does not).
 #[inline(always)]
 pub(crate) fn sum16(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
@@ -175,35 +192,45 @@ pub(crate) fn softmax_rows(scores: &mut [f32], n: usize, causal: bool) {
 }
 
 #[inline(always)]
-fn add_scaled_rows(out: &mut [std::mem::MaybeUninit<f32>], x: &[f32], h: &[f32], gamma: Option<&[f32]>) {
-    match gamma {
-        Some(g) => {
-            let w = g.len();
-            for ((o, xr), hr) in out.chunks_exact_mut(w).zip(x.chunks_exact(w)).zip(h.chunks_exact(w)) {
-                for (((o, a), b), c) in o.iter_mut().zip(xr).zip(hr).zip(g) {
-                    o.write(a + b * c);
-                }
-            }
-        }
-        None => {
-            for ((o, a), b) in out.iter_mut().zip(x).zip(h) {
-                o.write(a + b);
-            }
+fn add_scaled_rows(out: &mut [std::mem::MaybeUninit<f32>], x: &[f32], h: &[f32], bias: &[f32], gamma: &[f32]) {
+    let w = gamma.len();
+    for ((o, xr), hr) in out.chunks_exact_mut(w).zip(x.chunks_exact(w)).zip(h.chunks_exact(w)) {
+        for ((((o, a), b), c), d) in o.iter_mut().zip(xr).zip(hr).zip(bias).zip(gamma) {
+            o.write(a + (b + c) * d);
         }
     }
 }
 
-/// `x + h * gamma` (gamma per column of rows `gamma.len()` wide), or `x + h`, on every thread.
-pub(crate) fn add_scaled(x: &[f32], h: &[f32], gamma: Option<&[f32]>) -> Vec<f32> {
-    let w = gamma.map_or(1, <[f32]>::len);
-    assert!(x.len() == h.len() && w > 0 && x.len().is_multiple_of(w), "residual shapes");
-    // Whole rows per task, ~64 KB of output each.
-    let chunk = w * (16 * 1024 / w).max(1);
+#[inline(always)]
+fn add_rows(out: &mut [std::mem::MaybeUninit<f32>], x: &[f32], h: &[f32]) {
+    for ((o, a), b) in out.iter_mut().zip(x).zip(h) {
+        o.write(a + b);
+    }
+}
+
+/// `x + (h + bias) * gamma` (each per column of rows as wide as whichever is given; a missing
+/// one is 0 or 1), or `x + h`, on every thread: the residual, with the layer scale and the
+/// bias of the product that made `h` in the same pass.
+pub(crate) fn add_scaled(x: &[f32], h: &[f32], bias: Option<&[f32]>, gamma: Option<&[f32]>) -> Vec<f32> {
+    assert!(x.len() == h.len(), "residual shapes");
     let mut out = super::uninit::<f32>(x.len());
-    out.par_chunks_mut(chunk)
-        .zip(x.par_chunks(chunk).zip(h.par_chunks(chunk)))
-        .for_each(|(o, (x, h))| dispatch!(add_scaled_rows(o, x, h, gamma)));
-    // SAFETY: every chunk holds whole rows, and every value of them was written.
+    let w = gamma.or(bias).map_or(0, <[f32]>::len);
+    if w == 0 {
+        out.par_chunks_mut(16 * 1024)
+            .zip(x.par_chunks(16 * 1024).zip(h.par_chunks(16 * 1024)))
+            .for_each(|(o, (x, h))| dispatch!(add_rows(o, x, h)));
+    } else {
+        let (zeros, ones) = (vec![0f32; w], vec![1f32; w]);
+        let (bias, gamma) = (bias.unwrap_or(&zeros), gamma.unwrap_or(&ones));
+        assert!(bias.len() == w && gamma.len() == w && x.len().is_multiple_of(w), "residual shapes");
+        // Whole rows per task, ~64 KB of output each.
+        let chunk = w * (16 * 1024 / w).max(1);
+        out.par_chunks_mut(chunk)
+            .zip(x.par_chunks(chunk).zip(h.par_chunks(chunk)))
+            .for_each(|(o, (x, h))| dispatch!(add_scaled_rows(o, x, h, bias, gamma)));
+    }
+    // SAFETY: every chunk holds whole rows (or, without rows, any values), and every value of
+    // them was written.
     unsafe { super::assume_init(out) }
 }
 
@@ -283,6 +310,40 @@ mod tests {
                     assert!((y[r * dim + j] as f64 - want).abs() < 1e-5, "row {r} col {j}");
                 }
             }
+        }
+    }
+
+    /// The residual with every combination of a deferred bias and a layer scale, and the GELU
+    /// with a deferred bias, against their formulas in float64 (rows of 33 leave partial
+    /// vectors; 700 rows span several tasks).
+    #[test]
+    fn residual_and_gelu_add_a_deferred_bias() {
+        let (rows, w) = (700, 33);
+        let v = |i: usize, s: usize| ((i * s) % 1000) as f32 * 0.004 - 2.0;
+        let x: Vec<f32> = (0..rows * w).map(|i| v(i, 7919)).collect();
+        let h: Vec<f32> = (0..rows * w).map(|i| v(i, 104_729)).collect();
+        let b: Vec<f32> = (0..w).map(|i| v(i, 31)).collect();
+        let g: Vec<f32> = (0..w).map(|i| 0.5 + v(i, 17)).collect();
+        for (bias, gamma) in [(None, None), (Some(&b[..]), None), (None, Some(&g[..])), (Some(&b[..]), Some(&g[..]))] {
+            let y = add_scaled(&x, &h, bias, gamma);
+            for (i, &y) in y.iter().enumerate() {
+                let (c, bi, ga) =
+                    (i % w, bias.map_or(0.0, |b| b[i % w] as f64), gamma.map_or(1.0, |g| g[i % w] as f64));
+                let want = x[i] as f64 + (h[i] as f64 + bi) * ga;
+                assert!(
+                    (y as f64 - want).abs() < 1e-5,
+                    "bias {} gamma {} at {i} (column {c})",
+                    bias.is_some(),
+                    gamma.is_some()
+                );
+            }
+        }
+        let mut y = h.clone();
+        gelu_bias_in_place(&mut y, &b);
+        for (i, &y) in y.iter().enumerate() {
+            let z = h[i] as f64 + b[i % w] as f64;
+            let want = 0.5 * z * (1.0 + erf_reference(z / std::f64::consts::SQRT_2));
+            assert!((y as f64 - want).abs() < 2e-6, "gelu at {i}: {y} against {want}");
         }
     }
 

@@ -40,18 +40,25 @@ impl Shape {
 
 /// RoPE on the q and k parts of `qkv`, in place: for each adjacent pair `(a, b)` of the first
 /// `rot_dim` dims of every head, `(a cos - b sin, b cos + a sin)`. `cos` / `sin` are
-/// `(seq, rot_dim)` with each angle repeated for its pair, as the reference's table.
-pub(crate) fn rope_in_place(qkv: &mut [f32], s: Shape, cos: &[f32], sin: &[f32], rot_dim: usize) {
+/// `(seq, rot_dim)` with each angle repeated for its pair, as the reference's table. With
+/// `bias` (`3 * width`), the product's bias is added to every row first, in the same pass.
+pub(crate) fn rope_in_place(qkv: &mut [f32], s: Shape, cos: &[f32], sin: &[f32], rot_dim: usize, bias: Option<&[f32]>) {
     let w = s.width();
+    assert!(bias.is_none_or(|b| b.len() == 3 * w), "qkv bias size");
     qkv.par_chunks_mut(3 * w).enumerate().for_each(|(row, token)| {
         let pos = row % s.seq;
         let (c, sn) = (&cos[pos * rot_dim..(pos + 1) * rot_dim], &sin[pos * rot_dim..(pos + 1) * rot_dim]);
-        super::math::dispatch!(rope_token(token, s, w, c, sn, rot_dim));
+        super::math::dispatch!(rope_token(token, s, w, c, sn, rot_dim, bias));
     });
 }
 
 #[inline(always)]
-fn rope_token(token: &mut [f32], s: Shape, w: usize, c: &[f32], sn: &[f32], rot_dim: usize) {
+fn rope_token(token: &mut [f32], s: Shape, w: usize, c: &[f32], sn: &[f32], rot_dim: usize, bias: Option<&[f32]>) {
+    if let Some(b) = bias {
+        for (v, &b) in token.iter_mut().zip(b) {
+            *v += b;
+        }
+    }
     for part in 0..2 {
         for h in 0..s.heads {
             let x = &mut token[part * w + h * s.head_dim..part * w + h * s.head_dim + rot_dim];
