@@ -18,7 +18,7 @@ mod transpose;
 
 pub(crate) use transpose::transpose;
 #[cfg(target_arch = "x86_64")]
-pub(crate) use transpose::{transpose_tile16, transpose_tile16_bits};
+pub(crate) use transpose::{transpose_tile16, transpose_tile16_bits, transpose_tile16_part};
 
 /// Whether the CPU kernels are in use for `x`: float32 on the CPU, unless `PE_KERNELS=generic`
 /// asks for candle's generic operations everywhere (for comparison and debugging).

@@ -51,6 +51,36 @@ pub(crate) unsafe fn transpose_tile16_bits(src: *const u32, src_stride: usize, d
     transpose_tile16(src.cast(), src_stride, dst.cast(), dst_stride)
 }
 
+/// The first `rows` rows and `cols` columns of the transposed 16 x 16 tile at `src` (32-bit
+/// values: float32, or pairs of bf16 moved as bits) written to `dst` at row stride
+/// `dst_stride`: straight when the whole tile is wanted, through a tile on the stack when not.
+///
+/// # Safety
+/// AVX-512F; `src` holds 16 rows of 16 values at stride `src_stride`, `dst` `rows` writable
+/// rows of `cols` (both at most 16) at stride `dst_stride`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub(crate) unsafe fn transpose_tile16_part<T: Copy>(
+    src: *const T,
+    src_stride: usize,
+    dst: *mut T,
+    dst_stride: usize,
+    rows: usize,
+    cols: usize,
+) {
+    const { assert!(std::mem::size_of::<T>() == 4, "32-bit values") };
+    debug_assert!(rows <= 16 && cols <= 16);
+    if rows == 16 && cols == 16 {
+        transpose_tile16(src.cast(), src_stride, dst.cast(), dst_stride);
+        return;
+    }
+    let mut tile = [0f32; 256];
+    transpose_tile16(src.cast(), src_stride, tile.as_mut_ptr(), 16);
+    for r in 0..rows {
+        std::ptr::copy_nonoverlapping(tile.as_ptr().add(16 * r).cast::<T>(), dst.add(r * dst_stride), cols);
+    }
+}
+
 /// A 16 x 16 float32 tile from `src` (row stride `src_stride`) to `dst` transposed (row stride
 /// `dst_stride`): three rounds of unpack/shuffle, the usual in-register transpose.
 ///

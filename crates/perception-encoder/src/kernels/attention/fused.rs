@@ -16,7 +16,7 @@ use std::arch::x86_64::*;
 
 use crate::kernels::bf16::avx512::exp16;
 use crate::kernels::cpu::{simd, Simd};
-use crate::kernels::transpose_tile16;
+use crate::kernels::{transpose_tile16, transpose_tile16_part};
 
 /// Queries per block: three vectors of 16.
 pub(super) const BLOCK: usize = 48;
@@ -104,21 +104,12 @@ unsafe fn block_with<const NQ: usize>(b: Block, out: *mut f32, ldo: usize, scrat
     let inv = softmax_columns::<NQ>(st.as_mut_ptr(), n, ldq, max);
     ot.resize(d16 * ldq, 0.0);
     product::<NQ>(st.as_ptr(), ldq, v.as_ptr(), rs, n, d, inv, ot.as_mut_ptr());
-    // `O^T` back to rows: whole tiles straight into `out`, ragged ones through a copy.
-    let mut tile = [0f32; 256];
+    // `O^T` back to the block's rows of `out`, a tile at a time.
     for it in 0..NQ {
         let (r0, nr) = (16 * it, (rows - 16 * it).min(16));
         for c0 in (0..d).step_by(16) {
-            let nc = (d - c0).min(16);
             let src = ot.as_ptr().add(c0 * ldq + r0);
-            if nr == 16 && nc == 16 {
-                transpose_tile16(src, ldq, out.add(r0 * ldo + c0), ldo);
-            } else {
-                transpose_tile16(src, ldq, tile.as_mut_ptr(), 16);
-                for i in 0..nr {
-                    std::ptr::copy_nonoverlapping(tile.as_ptr().add(16 * i), out.add((r0 + i) * ldo + c0), nc);
-                }
-            }
+            transpose_tile16_part(src, ldq, out.add(r0 * ldo + c0), ldo, nr, (d - c0).min(16));
         }
     }
 }

@@ -13,7 +13,7 @@ use std::arch::x86_64::*;
 
 use super::fused::{mask, BLOCK};
 use crate::kernels::bf16::avx512::{round_row, softmax_to_bf16};
-use crate::kernels::transpose_tile16_bits;
+use crate::kernels::transpose_tile16_part;
 
 /// Widest head this kernel takes.
 const MAX_HEAD_DIM: usize = 128;
@@ -56,7 +56,6 @@ pub(super) unsafe fn pack_head(k: &[f32], v: &[f32], rs: usize, n: usize, d: usi
     // beyond `n` in the last 16), then transposed in 16 x 16 tiles into `kt`'s rows.
     let dp16 = dp.div_ceil(16) * 16;
     let mut rows = vec![0u32; 16 * dp16];
-    let mut tile = [0u32; 256];
     for j0 in (0..n_pad).step_by(16) {
         for r in 0..16 {
             let row = &mut rows[r * dp16..(r + 1) * dp16];
@@ -67,14 +66,7 @@ pub(super) unsafe fn pack_head(k: &[f32], v: &[f32], rs: usize, n: usize, d: usi
         }
         for c0 in (0..dp).step_by(16) {
             let dst = kt.as_mut_ptr().cast::<u32>().add(c0 * n_pad + j0);
-            if dp - c0 >= 16 {
-                transpose_tile16_bits(rows.as_ptr().add(c0), dp16, dst, n_pad);
-            } else {
-                transpose_tile16_bits(rows.as_ptr().add(c0), dp16, tile.as_mut_ptr(), 16);
-                for c in 0..dp - c0 {
-                    std::ptr::copy_nonoverlapping(tile.as_ptr().add(16 * c), dst.add(c * n_pad), 16);
-                }
-            }
+            transpose_tile16_part(rows.as_ptr().add(c0), dp16, dst, n_pad, (dp - c0).min(16), 16);
         }
     }
     // Lane i of the result takes element i of the first operand and element i of the second:
