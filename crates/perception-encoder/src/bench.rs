@@ -49,7 +49,7 @@ pub struct BenchReport {
     pub peak_rss_mb: f64,
 }
 
-/// The vector unit of the element-wise and skinny kernels in this process: `"avx512"`,
+/// The vector unit of the element-wise kernels in this process: `"avx512"`,
 /// `"avx2"` or `"baseline"` (see `PE_SIMD` in docs/performance.md).
 pub fn simd_level() -> &'static str {
     match crate::kernels::cpu::simd() {

@@ -98,9 +98,11 @@ pub(crate) fn plan(vb: VarBuilder, precision: Precision) -> Result<(VarBuilder, 
 
 #[derive(Debug, Clone)]
 enum Weight {
-    /// `W^T` contiguous `(in, out)`, prepared once at load: GEMM kernels run at full speed on
-    /// that layout, while a transposed view halves throughput at small batch sizes.
+    /// `W^T` contiguous `(in, out)` for candle's product (other dtypes and devices, or the
+    /// kernels off): a transposed view halves its throughput at small batch sizes.
     Dense(Tensor),
+    /// float32 on the CPU kernels: panels in the GEMM micro-kernel's operand layout.
+    F32(Arc<kernels::dense::DensePanels>),
     /// Packed bfloat16 with the bias folded in.
     Bf16(Arc<kernels::bf16::PackedBf16>),
     /// Packed int8 with scales and the bias folded in.
@@ -119,13 +121,11 @@ impl Linear {
     pub(crate) fn new(weight: Tensor, bias: Option<Tensor>, kind: LinearWeights) -> Result<Self> {
         if kind == LinearWeights::Native {
             let (n, k) = weight.dims2()?;
-            let weight_t = if weight.dtype() == DType::F32 && weight.device().is_cpu() {
-                let w = with_f32(&weight, |w| kernels::transpose(w, n, k))?;
-                Tensor::from_vec(w, (k, n), weight.device())?
-            } else {
-                weight.t()?.contiguous()?
-            };
-            return Ok(Linear { weight: Weight::Dense(weight_t), bias });
+            if on_kernels(&weight) {
+                let panels = with_f32(&weight, |w| kernels::dense::DensePanels::from_out_in(w, n, k))?;
+                return Ok(Linear { weight: Weight::F32(Arc::new(panels)), bias });
+            }
+            return Ok(Linear { weight: Weight::Dense(weight.t()?.contiguous()?), bias });
         }
         let (n, k) = weight.dims2()?;
         let b: Option<Vec<f32>> = match &bias {
@@ -162,7 +162,14 @@ impl Linear {
         let b = vb.get(out_dim, bias)?;
         let transposed = format!("{weight}{}", crate::weights::TRANSPOSED);
         if kind == LinearWeights::Native && vb.contains_tensor(&transposed) {
-            return Ok(Linear { weight: Weight::Dense(vb.get((in_dim, out_dim), &transposed)?), bias: Some(b) });
+            let wt = vb.get((in_dim, out_dim), &transposed)?;
+            let weight = if on_kernels(&wt) {
+                let panels = with_f32(&wt, |wt| kernels::dense::DensePanels::from_in_out(wt, in_dim, out_dim))?;
+                Weight::F32(Arc::new(panels))
+            } else {
+                Weight::Dense(wt)
+            };
+            return Ok(Linear { weight, bias: Some(b) });
         }
         Self::new(vb.get((out_dim, in_dim), weight)?, Some(b), kind)
     }
@@ -170,10 +177,16 @@ impl Linear {
     fn out_dim(&self) -> candle_core::Result<usize> {
         match &self.weight {
             Weight::Dense(w) => w.dim(1),
+            Weight::F32(p) => Ok(p.out_dim()),
             Weight::Bf16(p) => Ok(p.out_dim()),
             Weight::Int8(p) => Ok(p.out_dim()),
         }
     }
+}
+
+/// Whether a float32 weight is kept for the CPU kernels (float32 on the CPU, kernels on).
+fn on_kernels(w: &Tensor) -> bool {
+    w.dtype() == DType::F32 && w.device().is_cpu() && kernels::enabled()
 }
 
 /// `f` over `x`'s float32 values, without a copy when `x` is a contiguous float32 CPU tensor.
@@ -206,7 +219,7 @@ impl Linear {
         let in_dim = x.dims().last().copied().unwrap_or(0);
         let rows = x.elem_count() / in_dim.max(1);
         let expects = match &self.weight {
-            Weight::Dense(_) => return Ok(None),
+            Weight::Dense(_) | Weight::F32(_) => return Ok(None),
             Weight::Bf16(p) => p.in_dim(),
             Weight::Int8(p) => p.in_dim(),
         };
@@ -229,7 +242,7 @@ impl Linear {
                 Weight::Int8(p) if gelu => return Some(kernels::int8::matmul_gelu(a, rows, p)),
                 Weight::Bf16(p) => kernels::bf16::matmul(a, rows, p),
                 Weight::Int8(p) => kernels::int8::matmul(a, rows, p),
-                Weight::Dense(_) => return None,
+                Weight::Dense(_) | Weight::F32(_) => return None,
             };
             if gelu {
                 kernels::math::gelu_in_place(&mut y);
@@ -311,30 +324,24 @@ impl Linear {
     /// The kernels' product of dense float32 weights (`None` for packed weights, or where the
     /// kernels do not run), with the bias (`with_bias`) or without it and the bias returned.
     fn dense_vec(&self, x: &Tensor, with_bias: bool) -> candle_core::Result<Option<Unbiased>> {
-        let Weight::Dense(w) = &self.weight else { return Ok(None) };
+        let Weight::F32(w) = &self.weight else { return Ok(None) };
         let in_dim = x.dims().last().copied().unwrap_or(0);
         if !kernels::enabled_for(x) || in_dim == 0 {
             return Ok(None);
         }
+        if in_dim != w.in_dim() {
+            return Err(candle_core::Error::Msg(format!(
+                "linear layer expects {} input features, got {in_dim}",
+                w.in_dim()
+            )));
+        }
         let rows = x.elem_count() / in_dim;
-        let out_dim = w.dim(1)?;
-        let (w, _) = w.storage_and_layout();
-        let candle_core::Storage::Cpu(w) = &*w else {
-            return Err(candle_core::Error::Msg("weights and input are on different devices".into()));
-        };
-        let w = w.as_slice::<f32>()?;
         let bias = match &self.bias {
             Some(b) => Some(b.to_vec1::<f32>()?),
             None => None,
         };
         let b = if with_bias { bias.as_deref() } else { None };
-        let y = with_f32(x, |xs| {
-            if rows <= kernels::skinny::MAX_ROWS {
-                kernels::skinny::matmul(xs, rows, in_dim, w, out_dim, b)
-            } else {
-                kernels::dense_matmul(xs, rows, in_dim, w, out_dim, b)
-            }
-        })?;
+        let y = with_f32(x, |xs| kernels::dense::matmul(xs, rows, w, b))?;
         Ok(Some((y, if with_bias { None } else { bias })))
     }
 }
@@ -344,10 +351,17 @@ impl Module for Linear {
         if let Some(y) = self.forward_vec(x)? {
             return Tensor::from_vec(y, self.out_shape(x)?, x.device());
         }
-        let Weight::Dense(w) = &self.weight else { unreachable!("packed weights are handled in forward_vec") };
         let in_dim = x.dims().last().copied().unwrap_or(0);
         let rows = x.elem_count() / in_dim.max(1);
-        let y = x.reshape((rows, in_dim))?.matmul(w)?;
+        let y = match &self.weight {
+            Weight::Dense(w) => x.reshape((rows, in_dim))?.matmul(w)?,
+            // Float32 panels with an input the kernels do not take (another dtype or device).
+            Weight::F32(p) => {
+                let w = Tensor::from_vec(p.unpack_t(), (p.in_dim(), p.out_dim()), x.device())?.to_dtype(x.dtype())?;
+                x.reshape((rows, in_dim))?.matmul(&w)?
+            }
+            _ => unreachable!("packed weights are handled in forward_vec"),
+        };
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
@@ -434,7 +448,7 @@ pub(crate) fn kernel_attention(
     }
     // Reduced-precision layers (bf16 and int8) take the bf16 attention where AMX or AVX512-BF16 runs it:
     // for int8 it replaced a float32 attention that was a fifth of the time.
-    let reduced = !matches!(in_proj.weight, Weight::Dense(_));
+    let reduced = matches!(in_proj.weight, Weight::Bf16(_) | Weight::Int8(_));
     let out = match reduced.then(|| kernels::attention::attention_bf16(&qkv, shape, causal)).flatten() {
         Some(out) => out,
         None => kernels::attention::attention(&qkv, shape, causal),

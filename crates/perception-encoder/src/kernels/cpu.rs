@@ -4,7 +4,7 @@
 //! hides the AVX-512 extensions and AMX too.
 
 /// The widest vector unit this CPU has, asked once. The crate is built for baseline x86-64
-/// (SSE2), so the element-wise loops (`math`, `skinny`) are compiled again inside
+/// (SSE2), so the element-wise loops (`math`) are compiled again inside
 /// `target_feature` wrappers and picked at run time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Simd {

@@ -8,11 +8,11 @@ pub(crate) mod amx;
 pub(crate) mod attention;
 pub(crate) mod bf16;
 pub(crate) mod cpu;
+pub(crate) mod dense;
 pub(crate) mod int8;
 pub(crate) mod math;
 pub(crate) mod panels;
 pub mod peak;
-pub(crate) mod skinny;
 pub(crate) mod tiles;
 mod transpose;
 
@@ -84,111 +84,6 @@ pub(crate) unsafe fn assume_init<T>(v: Vec<std::mem::MaybeUninit<T>>) -> Vec<T> 
     Vec::from_raw_parts(v.as_mut_ptr().cast::<T>(), v.len(), v.capacity())
 }
 
-/// `x (m, k) * w (k, n) + bias` through the `gemm` crate, the bias written into the output
-/// first (by the thread that then computes those columns, or rows) and accumulated onto: one
-/// pass over the output instead of candle's zero fill, product and broadcast add.
-pub(crate) fn dense_matmul(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, bias: Option<&[f32]>) -> Vec<f32> {
-    dense_matmul_with(x, m, k, w, n, bias, column_slabs(m, n))
-}
-
-/// How many column slabs a float32 product is split into (one per thread), or 1 to leave the
-/// split to `gemm` (which splits rows): at one image's 197-577 rows, a row split leaves a
-/// thread with a partial block of rows while the other idles, and both read every weight.
-fn column_slabs(m: usize, n: usize) -> usize {
-    static MODE: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
-    let forced = *MODE.get_or_init(|| match std::env::var("PE_F32_SPLIT").as_deref() {
-        Ok("columns") => Some(true),
-        Ok("rows") => Some(false),
-        _ => None,
-    });
-    let threads = rayon::current_num_threads();
-    let columns = forced.unwrap_or(m <= COLUMN_SPLIT_MAX_ROWS) && threads > 1 && n >= 64 * threads;
-    if columns {
-        threads
-    } else {
-        1
-    }
-}
-
-/// Up to this many rows, float32 products are split over columns (see [`column_slabs`]).
-const COLUMN_SPLIT_MAX_ROWS: usize = 1024;
-
-/// [`dense_matmul`] with the column split given (`slabs` 1: `gemm`'s own threading).
-pub(crate) fn dense_matmul_with(
-    x: &[f32],
-    m: usize,
-    k: usize,
-    w: &[f32],
-    n: usize,
-    bias: Option<&[f32]>,
-    slabs: usize,
-) -> Vec<f32> {
-    assert_eq!((x.len(), w.len()), (m * k, k * n), "dense_matmul operand sizes");
-    assert!(bias.is_none_or(|b| b.len() >= n), "dense_matmul bias size");
-    let mut y = uninit::<f32>(m * n);
-    // Slabs of whole 16-column vectors; the last may be narrower.
-    let width = n.div_ceil(slabs.max(1)).div_ceil(16) * 16;
-    let parallelism =
-        if slabs > 1 { gemm::Parallelism::None } else { gemm::Parallelism::Rayon(rayon::current_num_threads()) };
-    let out = SendPtr(y.as_mut_ptr().cast());
-    // Columns j0..j0 + cols of `rows` rows from `r0` set to the bias (the product adds onto it).
-    let init = |r0: usize, rows: usize, j0: usize, cols: usize| {
-        if let Some(b) = bias {
-            for r in r0..r0 + rows {
-                // SAFETY: row r < m, columns j0..j0 + cols <= n of the m x n output.
-                let row = unsafe { std::slice::from_raw_parts_mut(out.at(r * n + j0), cols) };
-                row.copy_from_slice(&b[j0..j0 + cols]);
-            }
-        }
-    };
-    let slab = |j0: usize| {
-        let cols = width.min(n - j0);
-        if slabs > 1 {
-            init(0, m, j0, cols);
-        }
-        // SAFETY: dense row-major matrices with the extents checked above; the slab's columns
-        // j0..j0 + cols of y and w lie inside them, and no other slab writes them. Without a
-        // bias the product does not read the output (`read_dst` false).
-        unsafe {
-            gemm::gemm(
-                m,
-                cols,
-                k,
-                out.at(j0),
-                1,
-                n as isize,
-                bias.is_some(),
-                x.as_ptr(),
-                1,
-                k as isize,
-                w.as_ptr().add(j0),
-                1,
-                n as isize,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                parallelism,
-            );
-        }
-    };
-    if slabs > 1 {
-        use rayon::prelude::*;
-        (0..n.div_ceil(width)).into_par_iter().for_each(|s| slab(s * width));
-    } else {
-        if bias.is_some() {
-            use rayon::prelude::*;
-            let per = m.div_ceil(rayon::current_num_threads().max(1)).max(1);
-            (0..m.div_ceil(per)).into_par_iter().for_each(|c| init(c * per, per.min(m - c * per), 0, n));
-        }
-        slab(0);
-    }
-    // SAFETY: every element was written: the bias first (then the product added onto it), or
-    // by the product alone.
-    unsafe { assume_init(y) }
-}
-
 /// Entry points for `benches/kernels.rs`, which times each matmul implementation on PE's
 /// shapes; not part of the public API.
 #[doc(hidden)]
@@ -197,7 +92,7 @@ pub mod bench {
     pub struct Prepared(Inner);
 
     enum Inner {
-        F32(Vec<f32>),
+        F32(Vec<f32>, super::dense::DensePanels),
         Bf16(super::bf16::PackedBf16),
         Int8(super::int8::PackedI8),
     }
@@ -208,9 +103,9 @@ pub mod bench {
         match dtype {
             "bf16" => available(&super::bf16::candidates().map(|(n, _, ok)| (n, ok))),
             "int8" => available(&super::int8::candidates().map(|(n, _, ok)| (n, ok))),
-            // gemm's own threading (rows), one column slab per thread, and the few-rows kernel
-            // (the model takes it up to `skinny::MAX_ROWS` rows).
-            _ => vec!["gemm", "gemm-cols", "skinny"],
+            // The model's panels, and `gemm` on the plain `(k, n)` weight (packing it on every
+            // call, its own threading) for comparison.
+            _ => vec!["panels", "gemm"],
         }
     }
 
@@ -219,7 +114,7 @@ pub mod bench {
         match dtype {
             "bf16" => Prepared(Inner::Bf16(super::bf16::PackedBf16::pack(w, n, k, Some(bias)))),
             "int8" => Prepared(Inner::Int8(super::int8::PackedI8::pack(w, n, k, Some(bias)))),
-            _ => Prepared(Inner::F32(super::transpose(w, n, k))),
+            _ => Prepared(Inner::F32(super::transpose(w, n, k), super::dense::DensePanels::from_out_in(w, n, k))),
         }
     }
 
@@ -227,13 +122,8 @@ pub mod bench {
     pub fn matmul(w: &Prepared, which: &str, x: &[f32], m: usize, bias: &[f32]) -> Vec<f32> {
         use super::{bf16, int8};
         match &w.0 {
-            Inner::F32(wt) if which == "skinny" => {
-                super::skinny::matmul(x, m, x.len() / m.max(1), wt, bias.len(), Some(bias))
-            }
-            Inner::F32(wt) => {
-                let slabs = if which == "gemm-cols" { rayon::current_num_threads() } else { 1 };
-                super::dense_matmul_with(x, m, x.len() / m.max(1), wt, bias.len(), Some(bias), slabs)
-            }
+            Inner::F32(_, p) if which == "panels" => super::dense::matmul(x, m, p, Some(bias)),
+            Inner::F32(wt, _) => gemm_plain(x, m, wt, bias),
             Inner::Bf16(p) => {
                 let which = bf16::candidates().into_iter().find(|c| c.0 == which).map_or(bf16::Impl::Portable, |c| c.1);
                 bf16::matmul_with(which, super::activations::Activations::plain(x), m, p)
@@ -243,6 +133,38 @@ pub mod bench {
                 int8::matmul_with(which, super::activations::Activations::plain(x), m, p)
             }
         }
+    }
+
+    /// `x (m, k) wt (k, n) + bias` by one `gemm` call over rayon's threads.
+    fn gemm_plain(x: &[f32], m: usize, wt: &[f32], bias: &[f32]) -> Vec<f32> {
+        let (n, k) = (bias.len(), x.len() / m.max(1));
+        assert_eq!(wt.len(), k * n, "weight size");
+        let mut y: Vec<f32> = bias.iter().copied().cycle().take(m * n).collect();
+        // SAFETY: row-major operands of the sizes checked above.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                y.as_mut_ptr(),
+                1,
+                n as isize,
+                true,
+                x.as_ptr(),
+                1,
+                k as isize,
+                wt.as_ptr(),
+                1,
+                n as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::Rayon(rayon::current_num_threads()),
+            );
+        }
+        y
     }
 
     /// The attention implementations this CPU offers for heads of 64: float32 `fused` and
@@ -276,40 +198,5 @@ pub mod bench {
         }
         let which = if which == "fused" { Impl::Fused } else { Impl::Gemm };
         attention_with(which, qkv, s, false)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    /// The float32 product with every split (gemm's rows, 2 and 3 column slabs, slabs wider
-    /// than the matrix), with and without a bias, against a float64 reference, on sizes that
-    /// leave partial vectors.
-    #[test]
-    fn dense_matmul_splits_agree_with_float64() {
-        let (m, k) = (37, 29);
-        let mut seed = 7u32;
-        let mut rnd = move || {
-            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            (seed >> 8) as f32 / (1 << 24) as f32 - 0.5
-        };
-        for n in [150, 70, 16, 5] {
-            let x: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
-            let w: Vec<f32> = (0..k * n).map(|_| rnd()).collect();
-            let b: Vec<f32> = (0..n).map(|_| rnd()).collect();
-            for bias in [Some(&b[..]), None] {
-                let want: Vec<f64> = (0..m * n)
-                    .map(|i| {
-                        let (r, c) = (i / n, i % n);
-                        let dot = (0..k).map(|j| x[r * k + j] as f64 * w[j * n + c] as f64).sum::<f64>();
-                        bias.map_or(0.0, |b| b[c] as f64) + dot
-                    })
-                    .collect();
-                for slabs in [1, 2, 3, 64] {
-                    let got = super::dense_matmul_with(&x, m, k, &w, n, bias, slabs);
-                    let err = got.iter().zip(&want).fold(0f64, |e, (g, w)| e.max((*g as f64 - w).abs()));
-                    assert!(err < 1e-5, "n {n}, {slabs} slabs, bias {}: max error {err}", bias.is_some());
-                }
-            }
-        }
     }
 }

@@ -40,6 +40,38 @@ fn transpose_with(src: &[f32], rows: usize, cols: usize, avx512: bool) -> Vec<f3
     unsafe { super::assume_init(dst) }
 }
 
+/// `src` row-major `(rows, cols)` transposed into the first `rows` columns of `dst`'s `cols`
+/// rows at stride `dst_stride` (one thread; 16 x 16 register tiles with AVX-512, element by
+/// element elsewhere and at ragged edges).
+pub(crate) fn transpose_into(src: &[f32], rows: usize, cols: usize, dst: &mut [f32], dst_stride: usize) {
+    const B: usize = 16;
+    assert!(src.len() >= rows * cols && rows <= dst_stride, "transpose_into: source size");
+    assert!(cols == 0 || dst.len() >= (cols - 1) * dst_stride + rows, "transpose_into: destination size");
+    let (full_r, full_c) =
+        if super::cpu::simd() == super::cpu::Simd::Avx512 { (rows / B * B, cols / B * B) } else { (0, 0) };
+    #[cfg(target_arch = "x86_64")]
+    for r0 in (0..full_r).step_by(B) {
+        for c0 in (0..full_c).step_by(B) {
+            // SAFETY: AVX-512F; rows r0..r0+16, columns c0..c0+16 of `src` and rows c0..c0+16,
+            // columns r0..r0+16 of `dst` lie inside them (sizes checked above).
+            unsafe {
+                transpose_tile16(
+                    src.as_ptr().add(r0 * cols + c0),
+                    cols,
+                    dst.as_mut_ptr().add(c0 * dst_stride + r0),
+                    dst_stride,
+                )
+            };
+        }
+    }
+    for r in 0..rows {
+        let c_start = if r < full_r { full_c } else { 0 };
+        for c in c_start..cols {
+            dst[c * dst_stride + r] = src[r * cols + c];
+        }
+    }
+}
+
 /// [`transpose_tile16`] on 32-bit patterns (pairs of bf16): the shuffles move bits unchanged.
 ///
 /// # Safety

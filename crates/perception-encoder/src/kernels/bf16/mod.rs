@@ -181,7 +181,8 @@ pub(crate) fn round_rows(x: Activations, m: usize, k: usize, k_pad: usize, rows_
 /// Any CPU: the rounded operands widened to float32, one float32 GEMM.
 fn portable(x: Activations, m: usize, w: &PackedBf16) -> Vec<f32> {
     let xr: Vec<f32> = x.to_f32(w.k).iter().map(|&v| from_bf16(to_bf16(v))).collect();
-    super::dense_matmul(&xr, m, w.k, &w.unpack_t(), w.n, Some(&w.bias[..w.n]))
+    let wf = super::dense::DensePanels::from_in_out(&w.unpack_t(), w.k, w.n);
+    super::dense::matmul(&xr, m, &wf, Some(&w.bias[..w.n]))
 }
 
 #[cfg(test)]

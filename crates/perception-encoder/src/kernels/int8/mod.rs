@@ -204,7 +204,7 @@ fn portable(x: Activations, m: usize, w: &PackedI8) -> Vec<f32> {
     let (k, n) = (w.k, w.n);
     let (qa, sx) = quantize_rows(x, m, k, k, m, false);
     let a: Vec<f32> = qa.iter().map(|&v| v as f32).collect();
-    let mut y = super::dense_matmul(&a, m, k, &w.unpack_t(), n, None);
+    let mut y = super::dense::matmul(&a, m, &super::dense::DensePanels::from_in_out(&w.unpack_t(), k, n), None);
     for (i, row) in y.chunks_exact_mut(n).enumerate() {
         for (j, v) in row.iter_mut().enumerate() {
             *v = *v * sx[i] * w.scale[j] + w.bias[j];

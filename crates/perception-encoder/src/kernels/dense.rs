@@ -1,0 +1,190 @@
+//! Float32 linear layers on `gemm`'s micro-kernel, with the weight stored once at load in the
+//! micro-kernel's own operand layout.
+//!
+//! `gemm` packs its operands into that layout on every call. At one image's 197-577 rows the
+//! packing of the weight was an eighth of B16's time (every weight element read and written for
+//! 2 x 197 flops). Here the weight `(n, k)` is kept as panels of 64 output columns, each panel
+//! `k` rows of 64 contiguous values: the AVX-512 micro-kernel's 64-value (4-vector) side, which
+//! `gemm` reads in place when it is contiguous along those 64 values and the call has at most
+//! `8 x 6` rows (its default threshold for packing that operand anyway; the thresholds are
+//! process-wide settings of `gemm`, so they are left alone). Each call is one panel and a
+//! chunk of at most [`CHUNK_ROWS`] rows; the calls are spread over rayon's threads, which also
+//! splits one image's rows over both cores without either reading all the weight.
+
+use rayon::prelude::*;
+
+use super::{assume_init, uninit, SendPtr};
+
+/// Output columns per panel: `gemm`'s AVX-512 float32 micro-kernel is 64 values by 6 (4 x 16
+/// lanes; with AVX2 it is 16 by 6, four tiles per panel).
+pub(crate) const PANEL: usize = 64;
+
+/// Rows per call: `gemm` reads the panel in place up to 8 micro-kernel columns (48 rows), and
+/// packs it (the cost this layout removes) above.
+const CHUNK_ROWS: usize = 48;
+
+/// A float32 weight `(n, k)` (PyTorch's `(out, in)`) as panels of [`PANEL`] output columns:
+/// panel `p` holds, for each input feature `kk`, the values of columns `64p..64p+64`
+/// side by side; the last panel is padded with zeros.
+#[derive(Debug, Clone)]
+pub(crate) struct DensePanels {
+    k: usize,
+    n: usize,
+    data: Vec<f32>,
+}
+
+impl DensePanels {
+    /// From a row-major `(n, k)` weight (PyTorch's layout).
+    pub(crate) fn from_out_in(w: &[f32], n: usize, k: usize) -> Self {
+        assert_eq!(w.len(), n * k, "weight size");
+        Self::build(n, k, |p, panel| {
+            // A 64 x k block of `w` transposed into k x 64, in 16 x 16 tiles where the CPU has them.
+            let cols = PANEL.min(n - p * PANEL);
+            super::transpose::transpose_into(&w[p * PANEL * k..(p * PANEL + cols) * k], cols, k, panel, PANEL);
+        })
+    }
+
+    /// From a row-major `(k, n)` weight (`W^T`, as some checkpoints are read).
+    pub(crate) fn from_in_out(wt: &[f32], k: usize, n: usize) -> Self {
+        assert_eq!(wt.len(), n * k, "weight size");
+        Self::build(n, k, |p, panel| {
+            let (j0, cols) = (p * PANEL, PANEL.min(n - p * PANEL));
+            for (kk, row) in panel.chunks_exact_mut(PANEL).enumerate() {
+                row[..cols].copy_from_slice(&wt[kk * n + j0..kk * n + j0 + cols]);
+            }
+        })
+    }
+
+    /// Zero-filled panels, each written by `fill(p, panel)` in parallel.
+    fn build(n: usize, k: usize, fill: impl Fn(usize, &mut [f32]) + Sync) -> Self {
+        let mut data = vec![0f32; n.div_ceil(PANEL) * PANEL * k];
+        if k > 0 {
+            data.par_chunks_mut(PANEL * k).enumerate().for_each(|(p, panel)| fill(p, panel));
+        }
+        DensePanels { k, n, data }
+    }
+
+    /// Input features.
+    pub(crate) fn in_dim(&self) -> usize {
+        self.k
+    }
+
+    /// Output features.
+    pub(crate) fn out_dim(&self) -> usize {
+        self.n
+    }
+
+    /// Panel `p`: `k` rows of [`PANEL`] values.
+    pub(crate) fn panel(&self, p: usize) -> &[f32] {
+        &self.data[p * PANEL * self.k..(p + 1) * PANEL * self.k]
+    }
+
+    /// The weight back as row-major `(k, n)` (`W^T`), for candle's generic product.
+    pub(crate) fn unpack_t(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.k * self.n];
+        for p in 0..self.n.div_ceil(PANEL) {
+            let (j0, cols) = (p * PANEL, PANEL.min(self.n - p * PANEL));
+            for (kk, row) in self.panel(p).chunks_exact(PANEL).enumerate() {
+                out[kk * self.n + j0..kk * self.n + j0 + cols].copy_from_slice(&row[..cols]);
+            }
+        }
+        out
+    }
+}
+
+/// `x (m, k) W^T + bias`, the bias (when given) written into each call's block of the output
+/// first and accumulated onto.
+pub(crate) fn matmul(x: &[f32], m: usize, w: &DensePanels, bias: Option<&[f32]>) -> Vec<f32> {
+    let (k, n) = (w.k, w.n);
+    assert_eq!(x.len(), m * k, "dense matmul input size");
+    assert!(bias.is_none_or(|b| b.len() >= n), "dense matmul bias size");
+    let mut y = uninit::<f32>(m * n);
+    if m == 0 || n == 0 {
+        // SAFETY: empty.
+        return unsafe { assume_init(y) };
+    }
+    // Row chunks of equal size (whole micro-kernel columns where possible), at most CHUNK_ROWS.
+    let chunks = m.div_ceil(CHUNK_ROWS);
+    let rows = m.div_ceil(chunks).div_ceil(6).saturating_mul(6).min(CHUNK_ROWS);
+    let chunks = m.div_ceil(rows);
+    let panels = n.div_ceil(PANEL);
+    let out = SendPtr(y.as_mut_ptr().cast());
+    // Panel-major order: consecutive tasks share a panel (in cache) and cover its rows.
+    (0..panels * chunks).into_par_iter().for_each(|t| {
+        let (p, c) = (t / chunks, t % chunks);
+        let (j0, cols) = (p * PANEL, PANEL.min(n - p * PANEL));
+        let (r0, rs) = (c * rows, rows.min(m - c * rows));
+        if let Some(b) = bias {
+            for r in r0..r0 + rs {
+                // SAFETY: row r < m, columns j0..j0 + cols <= n of the m x n output; no other
+                // task writes this block.
+                let row = unsafe { std::slice::from_raw_parts_mut(out.at(r * n + j0), cols) };
+                row.copy_from_slice(&b[j0..j0 + cols]);
+            }
+        }
+        // SAFETY: the block rows r0..r0 + rs, columns j0..j0 + cols of the m x n output (row
+        // stride n), the same rows of x (m x k, stride k) and the panel's k rows of PANEL
+        // values (stride PANEL, `cols` of them used) lie inside their buffers, checked above.
+        // Without a bias the output is not read (`read_dst` false).
+        unsafe {
+            gemm::gemm(
+                rs,
+                cols,
+                k,
+                out.at(r0 * n + j0),
+                1,
+                n as isize,
+                bias.is_some(),
+                x.as_ptr().add(r0 * k),
+                1,
+                k as isize,
+                w.panel(p).as_ptr(),
+                1,
+                PANEL as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    });
+    // SAFETY: the tasks cover every row chunk of every panel: each element was written, by
+    // the bias and then the product, or by the product alone.
+    unsafe { assume_init(y) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both packings and the product, with and without a bias, against float64, on sizes that
+    /// leave a partial panel, partial row chunks and rows that are no whole micro-kernel.
+    #[test]
+    fn panels_match_float64() {
+        let mut seed = 11u32;
+        let mut rnd = move || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 8) as f32 / (1 << 24) as f32 - 0.5
+        };
+        for (m, k, n) in [(1, 7, 5), (5, 33, 64), (49, 29, 150), (197, 40, 128), (101, 64, 70)] {
+            let x: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
+            let w: Vec<f32> = (0..n * k).map(|_| rnd()).collect();
+            let b: Vec<f32> = (0..n).map(|_| rnd()).collect();
+            let panels = DensePanels::from_out_in(&w, n, k);
+            let wt = super::super::transpose(&w, n, k);
+            assert_eq!(panels.unpack_t(), wt, "({n}, {k}) unpacked");
+            assert_eq!(DensePanels::from_in_out(&wt, k, n).data, panels.data, "({n}, {k}) from (k, n)");
+            for bias in [Some(&b[..]), None] {
+                let got = matmul(&x, m, &panels, bias);
+                let err = (0..m * n).fold(0f64, |e, i| {
+                    let (r, c) = (i / n, i % n);
+                    let dot = (0..k).map(|j| x[r * k + j] as f64 * w[c * k + j] as f64).sum::<f64>();
+                    e.max((got[i] as f64 - dot - bias.map_or(0.0, |b| b[c] as f64)).abs())
+                });
+                assert!(err < 1e-5, "m {m}, k {k}, n {n}, bias {}: max error {err}", bias.is_some());
+            }
+        }
+    }
+}
