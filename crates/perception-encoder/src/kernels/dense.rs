@@ -103,17 +103,34 @@ pub(crate) fn matmul(x: &[f32], m: usize, w: &DensePanels, bias: Option<&[f32]>)
         // SAFETY: empty.
         return unsafe { assume_init(y) };
     }
-    // Row chunks of equal size (whole micro-kernel columns where possible), at most CHUNK_ROWS.
+    if m == 1 {
+        // `gemm` takes a single row through its matrix-vector path, which sums in another
+        // order: a row's last bits would depend on whether it came alone or in a batch. Two
+        // copies of it take the path every other call takes (the weight's reading dominates).
+        let mut y = matmul(&[x, x].concat(), 2, w, bias);
+        y.truncate(n);
+        return y;
+    }
+    // Row chunks of equal size (whole micro-kernel columns where possible), at most CHUNK_ROWS;
+    // a last chunk of one row (that path again) takes 6 rows of the one before.
     let chunks = m.div_ceil(CHUNK_ROWS);
     let rows = m.div_ceil(chunks).div_ceil(6).saturating_mul(6).min(CHUNK_ROWS);
     let chunks = m.div_ceil(rows);
+    let short = chunks > 1 && m - (chunks - 1) * rows == 1;
+    let span = |c: usize| match c + 1 == chunks {
+        true => {
+            let r0 = c * rows - if short { 6 } else { 0 };
+            (r0, m - r0)
+        }
+        false => (c * rows, if short && c + 2 == chunks { rows - 6 } else { rows }),
+    };
     let panels = n.div_ceil(PANEL);
     let out = SendPtr(y.as_mut_ptr().cast());
     // Panel-major order: consecutive tasks share a panel (in cache) and cover its rows.
     (0..panels * chunks).into_par_iter().for_each(|t| {
         let (p, c) = (t / chunks, t % chunks);
         let (j0, cols) = (p * PANEL, PANEL.min(n - p * PANEL));
-        let (r0, rs) = (c * rows, rows.min(m - c * rows));
+        let (r0, rs) = span(c);
         if let Some(b) = bias {
             for r in r0..r0 + rs {
                 // SAFETY: row r < m, columns j0..j0 + cols <= n of the m x n output; no other
@@ -158,6 +175,25 @@ pub(crate) fn matmul(x: &[f32], m: usize, w: &DensePanels, bias: Option<&[f32]>)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each row's result is the same to the bit whether it is computed alone or among any
+    /// number of rows (an image embedded alone or in a batch), including a last row chunk of
+    /// one row (4,081 = 85 x 48 + 1).
+    #[test]
+    fn rows_do_not_depend_on_their_batch() {
+        let (k, n) = (24, 80);
+        let w: Vec<f32> = (0..n * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 97.0).collect();
+        let b: Vec<f32> = (0..n).map(|i| i as f32 / 31.0).collect();
+        let panels = DensePanels::from_out_in(&w, n, k);
+        let x: Vec<f32> = (0..4081 * k).map(|i| ((i * 53 % 89) as f32 - 44.0) / 71.0).collect();
+        let alone: Vec<Vec<f32>> = x.chunks_exact(k).map(|row| matmul(row, 1, &panels, Some(&b))).collect();
+        for m in [2, 7, 49, 97, 4081] {
+            let y = matmul(&x[..m * k], m, &panels, Some(&b));
+            for (r, row) in y.chunks_exact(n).enumerate() {
+                assert_eq!(row, &alone[r][..], "row {r} of {m}");
+            }
+        }
+    }
 
     /// Both packings and the product, with and without a bias, against float64, on sizes that
     /// leave a partial panel, partial row chunks and rows that are no whole micro-kernel.
