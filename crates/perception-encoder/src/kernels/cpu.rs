@@ -45,6 +45,11 @@ fn leaf7_edx() -> u32 {
     })
 }
 
+/// AVX2 and FMA, in use (also where AVX-512 is).
+pub(crate) fn avx2() -> bool {
+    matches!(simd(), Simd::Avx512 | Simd::Avx2)
+}
+
 /// AVX512-BF16 (`vdpbf16ps`), with AVX-512 in use.
 pub(crate) fn avx512bf16() -> bool {
     #[cfg(target_arch = "x86_64")]

@@ -14,12 +14,15 @@
 //! - AMX tiles (Sapphire Rapids and later), when the CPU has AMX-BF16 and Linux grants the
 //!   tile state to the process;
 //! - AVX512-BF16 `vdpbf16ps` (Zen 4, Cooper Lake, Sapphire Rapids);
+//! - AVX2: the bf16 weight widened to float32 in registers as it is read, float32 FMAs;
 //! - portable: the rounded operands widened to float32 and multiplied by the `gemm` crate.
 
 use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod amx;
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512;
 
@@ -83,14 +86,16 @@ impl PackedBf16 {
 pub(crate) enum Impl {
     Amx,
     Avx512,
+    Avx2,
     Portable,
 }
 
 /// Every implementation, fastest first, with whether it runs here.
-pub(crate) fn candidates() -> [super::Candidate<Impl>; 3] {
+pub(crate) fn candidates() -> [super::Candidate<Impl>; 4] {
     [
         ("amx", Impl::Amx, crate::kernels::cpu::amx_bf16()),
         ("avx512", Impl::Avx512, crate::kernels::cpu::avx512bf16()),
+        ("avx2", Impl::Avx2, crate::kernels::cpu::avx2()),
         ("portable", Impl::Portable, true),
     ]
 }
@@ -119,6 +124,8 @@ pub(crate) fn matmul_with(which: Impl, x: Activations, m: usize, w: &PackedBf16)
         Impl::Amx => amx::matmul(x, m, w),
         #[cfg(target_arch = "x86_64")]
         Impl::Avx512 => avx512::matmul(x, m, w),
+        #[cfg(target_arch = "x86_64")]
+        Impl::Avx2 => avx2::matmul(x, m, w),
         _ => portable(x, m, w),
     }
 }
@@ -228,6 +235,9 @@ mod tests {
         }
         if crate::kernels::cpu::amx_bf16() {
             impls.push(Impl::Amx);
+        }
+        if crate::kernels::cpu::avx2() {
+            impls.push(Impl::Avx2);
         }
         eprintln!("testing {impls:?}");
         for which in impls {

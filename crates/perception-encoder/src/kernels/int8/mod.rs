@@ -9,11 +9,14 @@
 //! AMX's `tdpbssd` tile operand and, 16 columns at a time, AVX512-VNNI's `vpdpbusd` operand.
 //! Implementations, chosen at run time (`PE_INT8_KERNEL=amx|vnni|portable` forces one):
 //! AMX-INT8 tiles where the CPU has them and Linux grants the tile state; AVX512-VNNI (Ice Lake,
-//! Zen 4 and later); else a portable path (the integer operands as float32 through the `gemm`
-//! crate: exact products, float32 sums). AMX and VNNI give bit-identical integer sums.
+//! Zen 4 and later); AVX2 (`vpmaddubsw` with the activations' signs moved onto the weights);
+//! else a portable path (the integer operands as float32 through the `gemm` crate: exact
+//! products, float32 sums). AMX, VNNI and AVX2 give bit-identical results.
 
 #[cfg(target_arch = "x86_64")]
 mod amx;
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod vnni;
 
@@ -95,14 +98,16 @@ impl PackedI8 {
 pub(crate) enum Impl {
     Amx,
     Vnni,
+    Avx2,
     Portable,
 }
 
 /// Every implementation, fastest first, with whether it runs here.
-pub(crate) fn candidates() -> [super::Candidate<Impl>; 3] {
+pub(crate) fn candidates() -> [super::Candidate<Impl>; 4] {
     [
         ("amx", Impl::Amx, crate::kernels::cpu::amx_int8()),
         ("vnni", Impl::Vnni, crate::kernels::cpu::avx512vnni()),
+        ("avx2", Impl::Avx2, crate::kernels::cpu::avx2()),
         ("portable", Impl::Portable, true),
     ]
 }
@@ -176,13 +181,20 @@ pub(crate) fn matmul(x: Activations, m: usize, w: &PackedI8) -> Vec<f32> {
     matmul_with(selected(), x, m, w)
 }
 
-/// `gelu(x W^T + b)`, the GELU in the product's epilogue where the kernel has one (VNNI),
-/// else a pass of its own: the same bits either way.
+/// `gelu(x W^T + b)`, the GELU in the product's epilogue where the kernel has one (VNNI,
+/// AVX2), else a pass of its own: the same bits either way.
 pub(crate) fn matmul_gelu(x: Activations, m: usize, w: &PackedI8) -> Vec<f32> {
     #[cfg(target_arch = "x86_64")]
-    if selected() == Impl::Vnni {
-        assert_eq!(x.len(), m * w.k, "input size");
-        return vnni::matmul_gelu(x, m, w);
+    match selected() {
+        Impl::Vnni => {
+            assert_eq!(x.len(), m * w.k, "input size");
+            return vnni::matmul_gelu(x, m, w);
+        }
+        Impl::Avx2 => {
+            assert_eq!(x.len(), m * w.k, "input size");
+            return avx2::matmul_gelu(x, m, w);
+        }
+        _ => {}
     }
     let mut y = matmul(x, m, w);
     super::math::gelu_in_place(&mut y);
@@ -196,6 +208,8 @@ pub(crate) fn matmul_with(which: Impl, x: Activations, m: usize, w: &PackedI8) -
         Impl::Amx => amx::matmul(x, m, w),
         #[cfg(target_arch = "x86_64")]
         Impl::Vnni => vnni::matmul(x, m, w),
+        #[cfg(target_arch = "x86_64")]
+        Impl::Avx2 => avx2::matmul(x, m, w),
         _ => portable(x, m, w),
     }
 }
@@ -248,6 +262,9 @@ mod tests {
         if crate::kernels::cpu::avx512vnni() {
             impls.push(Impl::Vnni);
         }
+        if crate::kernels::cpu::avx2() {
+            impls.push(Impl::Avx2);
+        }
         eprintln!("testing {impls:?}");
         let mut by_impl = std::collections::HashMap::new();
         for which in impls {
@@ -285,11 +302,13 @@ mod tests {
                 assert!(worst <= 0.02 * (k as f32).sqrt(), "{which:?} {m}x{n}x{k}: {worst}");
             }
         }
-        // AMX and VNNI sum the same integers exactly and share the epilogue's arithmetic.
+        // AMX, VNNI and AVX2 sum the same integers exactly and share the epilogue's arithmetic.
         for ((which, m, n, k), got) in &by_impl {
-            if *which == Impl::Vnni {
-                if let Some(amx) = by_impl.get(&(Impl::Amx, *m, *n, *k)) {
-                    assert_eq!(got, amx, "VNNI and AMX differ at {m}x{n}x{k}");
+            for other in [Impl::Vnni, Impl::Amx] {
+                if matches!(which, Impl::Vnni | Impl::Avx2) && *which != other {
+                    if let Some(want) = by_impl.get(&(other, *m, *n, *k)) {
+                        assert_eq!(got, want, "{which:?} and {other:?} differ at {m}x{n}x{k}");
+                    }
                 }
             }
         }
