@@ -10,7 +10,7 @@
 //! product's epilogue) and attention (`attention::amx::attention_head`: `q k^T` and `P v`);
 //! on AVX512-BF16 without AMX, attention keeps them too (`attention::fused_bf16`).
 //!
-//! Three implementations, chosen at run time (`PE_BF16_KERNEL=amx|avx512|portable` forces one):
+//! Four implementations, chosen at run time (`PE_BF16_KERNEL=amx|avx512|avx2|portable` forces one):
 //! - AMX tiles (Sapphire Rapids and later), when the CPU has AMX-BF16 and Linux grants the
 //!   tile state to the process;
 //! - AVX512-BF16 `vdpbf16ps` (Zen 4, Cooper Lake, Sapphire Rapids);

@@ -1,74 +1,72 @@
 //! int8 products on AVX2 alone (CPUs without AVX512-VNNI, or with AVX-512 hidden by a
-//! hypervisor): `vpmaddubsw` multiplies unsigned by signed bytes into int16 pair sums, which
-//! saturate for `u8 x s8` operands, so the activations go in as their magnitudes and their
-//! signs are moved onto the weights (`vpsignb`): every pair sum is then at most
-//! `2 x 127 x 127 = 32,258`, exact in int16, and `vpmaddwd` by ones widens each lane's four
-//! products to an exact int32. The integer sums are those of VNNI and AMX, and the epilogue is
-//! the same float32 arithmetic, so all three give the same bits. Register tiles are 4 rows by
-//! 16 columns (8 int32 accumulators; AVX2 has 16 vector registers).
+//! hypervisor). `vpmaddubsw`, the byte product AVX2 has, saturates its int16 pair sums for
+//! `u8 x s8` operands and needs a `vpsignb` per product for signed ones, three uops on the two
+//! multiply pipes per 32 products. Here both operands are int16 instead: the packed int8
+//! weight is sign-extended as it is read (`vpmovsxbw`, 4 columns x 4 inputs a vector, amortized
+//! over the tile's rows), the activations are widened once per product, and `vpmaddwd` sums
+//! each pair exactly into int32: one multiply uop per 16 products. Each accumulator lane holds
+//! half of a column's sum; the epilogue adds the halves (`vphaddd`). The integer sums are those
+//! of VNNI and AMX and the epilogue is the same float32 arithmetic, so all three give the same
+//! bits. Register tiles are 6 rows by 8 columns (12 accumulators of AVX2's 16 registers).
 
 use std::arch::x86_64::*;
+
+use rayon::prelude::*;
 
 use super::{quantize_rows, PackedI8};
 use crate::kernels::activations::Activations;
 use crate::kernels::panels::PANEL;
-use crate::kernels::tiles::{by_register_tiles, TileOperands};
+use crate::kernels::tiles::{by_register_tiles, operand_stride, TileOperands};
 
 /// Rows per register tile.
-const MR: usize = 4;
+const MR: usize = 6;
 /// Rows per task.
 const MC: usize = 96;
 
-/// One register tile's operands (signed activations, a panel of quadruples), the weight's
-/// per-column data and the rows' scales.
+/// One register tile's operands (activations widened to int16, a panel of int8 quadruples),
+/// the weight's per-column data and the rows' scales.
 #[derive(Clone, Copy)]
 struct Tile<'a> {
-    op: TileOperands<i8, i8>,
+    op: TileOperands<i16, i8>,
     w: &'a PackedI8,
     row_scale: &'a [f32],
 }
 
-/// Columns `half * 16 .. half * 16 + 16` of the tile's panel: sums, scale and bias, and with
-/// `GELU` the GELU (scalar, as the separate pass computes it), stored to the valid columns.
+/// Columns `8q .. 8q + 8` of the tile's panel: sums, scale and bias, and with `GELU` the GELU
+/// (scalar, as the separate pass computes it), stored to the valid columns.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn half_tile<const R: usize, const GELU: bool>(t: Tile, half: usize) {
+unsafe fn eighth<const R: usize, const GELU: bool>(t: Tile, q: usize) {
     let Tile { op: TileOperands { a, lda, b, c, ldc, cols, panel, .. }, w, row_scale } = t;
     let groups = t.op.k / 4;
-    let ones = _mm256_set1_epi16(1);
-    let mut acc0 = [_mm256_setzero_si256(); R];
-    let mut acc1 = [_mm256_setzero_si256(); R];
-    let b = b.add(half * 64);
+    // Columns 8q..8q+4 and 8q+4..8q+8: each lane pair is one column's two half sums.
+    let mut lo = [_mm256_setzero_si256(); R];
+    let mut hi = [_mm256_setzero_si256(); R];
+    let b = b.add(q * 32);
     for g in 0..groups {
-        let w0 = _mm256_loadu_si256(b.add(g * 128).cast());
-        let w1 = _mm256_loadu_si256(b.add(g * 128 + 32).cast());
+        let w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(b.add(g * 128).cast()));
+        let w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(b.add(g * 128 + 16).cast()));
         for r in 0..R {
-            let quad = std::ptr::read_unaligned(a.add(r * lda + 4 * g).cast::<i32>());
-            let av = _mm256_set1_epi32(quad);
-            let mag = _mm256_abs_epi8(av);
-            let p0 = _mm256_maddubs_epi16(mag, _mm256_sign_epi8(w0, av));
-            let p1 = _mm256_maddubs_epi16(mag, _mm256_sign_epi8(w1, av));
-            acc0[r] = _mm256_add_epi32(acc0[r], _mm256_madd_epi16(p0, ones));
-            acc1[r] = _mm256_add_epi32(acc1[r], _mm256_madd_epi16(p1, ones));
+            let quad = _mm256_set1_epi64x(std::ptr::read_unaligned(a.add(r * lda + 4 * g).cast::<i64>()));
+            lo[r] = _mm256_add_epi32(lo[r], _mm256_madd_epi16(quad, w0));
+            hi[r] = _mm256_add_epi32(hi[r], _mm256_madd_epi16(quad, w1));
         }
     }
-    let j = panel * PANEL + half * 16;
-    let (s0, s1) = (_mm256_loadu_ps(w.scale.as_ptr().add(j)), _mm256_loadu_ps(w.scale.as_ptr().add(j + 8)));
-    let (b0, b1) = (_mm256_loadu_ps(w.bias.as_ptr().add(j)), _mm256_loadu_ps(w.bias.as_ptr().add(j + 8)));
-    let valid = cols.saturating_sub(half * 16).min(16);
-    let mut v = [0f32; 16];
+    let j = panel * PANEL + q * 8;
+    let (s, bias) = (_mm256_loadu_ps(w.scale.as_ptr().add(j)), _mm256_loadu_ps(w.bias.as_ptr().add(j)));
+    let valid = cols.saturating_sub(q * 8).min(8);
+    let mut v = [0f32; 8];
     for r in 0..R {
+        // hadd gives columns (0, 1, 4, 5 | 2, 3, 6, 7); the 64-bit permute puts them in order.
+        let sums = _mm256_permute4x64_epi64::<0xd8>(_mm256_hadd_epi32(lo[r], hi[r]));
         let sr = _mm256_set1_ps(row_scale[r]);
-        let y0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc0[r]), _mm256_mul_ps(sr, s0), b0);
-        let y1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc1[r]), _mm256_mul_ps(sr, s1), b1);
-        let row = c.add(r * ldc + half * 16);
-        if !GELU && valid == 16 {
-            _mm256_storeu_ps(row, y0);
-            _mm256_storeu_ps(row.add(8), y1);
+        let y = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_mul_ps(sr, s), bias);
+        let row = c.add(r * ldc + q * 8);
+        if !GELU && valid == 8 {
+            _mm256_storeu_ps(row, y);
             continue;
         }
-        _mm256_storeu_ps(v.as_mut_ptr(), y0);
-        _mm256_storeu_ps(v.as_mut_ptr().add(8), y1);
+        _mm256_storeu_ps(v.as_mut_ptr(), y);
         if GELU {
             for x in v.iter_mut().take(valid) {
                 *x = crate::kernels::math::gelu(*x);
@@ -80,9 +78,8 @@ unsafe fn half_tile<const R: usize, const GELU: bool>(t: Tile, half: usize) {
 
 #[target_feature(enable = "avx2,fma")]
 unsafe fn tile<const R: usize, const GELU: bool>(t: Tile) {
-    half_tile::<R, GELU>(t, 0);
-    if t.op.cols > 16 {
-        half_tile::<R, GELU>(t, 1);
+    for q in 0..t.op.cols.div_ceil(8) {
+        eighth::<R, GELU>(t, q);
     }
 }
 
@@ -96,16 +93,25 @@ pub(super) fn matmul_gelu(x: Activations, m: usize, w: &PackedI8) -> Vec<f32> {
 }
 
 fn product<const GELU: bool>(x: Activations, m: usize, w: &PackedI8) -> Vec<f32> {
-    let lda = crate::kernels::tiles::operand_stride(w.k_pad, 1);
-    let (a, sx) = quantize_rows(x, m, w.k, lda, m, false);
-    let tile_at = |op: TileOperands<i8, i8>| {
+    let (a8, sx) = quantize_rows(x, m, w.k, w.k_pad, m, false);
+    // Widened to int16 once, at the stride the tiles read (`vpmaddwd`'s operand type).
+    let lda = operand_stride(w.k_pad, 2);
+    let mut a = vec![0i16; m * lda];
+    a.par_chunks_mut(lda).zip(a8.par_chunks(w.k_pad)).for_each(|(dst, src)| {
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = s as i16;
+        }
+    });
+    let tile_at = |op: TileOperands<i16, i8>| {
         let t = Tile { op, w, row_scale: &sx[op.r0..op.r0 + op.rows] };
         // SAFETY: the CPU has AVX2 and FMA (this implementation is only selected then); the
-        // operands hold the tile's rows of k_pad bytes and the panel's k_pad/4 groups of 128,
-        // the per-column vectors a whole panel; the output block is this task's alone and
-        // only the panel's valid columns are stored.
+        // operands hold the tile's rows of k_pad values and the panel's k_pad/4 groups of
+        // 128 bytes, the per-column vectors a whole panel; the output block is this task's
+        // alone and only the panel's valid columns are stored.
         unsafe {
             match op.rows {
+                6 => tile::<6, GELU>(t),
+                5 => tile::<5, GELU>(t),
                 4 => tile::<4, GELU>(t),
                 3 => tile::<3, GELU>(t),
                 2 => tile::<2, GELU>(t),

@@ -7,7 +7,7 @@
 //! The packed layout mirrors the bf16 one with quadruples instead of pairs: columns in panels of
 //! 32, and for each group of four input rows the 32 columns' quadruples side by side, which is
 //! AMX's `tdpbssd` tile operand and, 16 columns at a time, AVX512-VNNI's `vpdpbusd` operand.
-//! Implementations, chosen at run time (`PE_INT8_KERNEL=amx|vnni|portable` forces one):
+//! Implementations, chosen at run time (`PE_INT8_KERNEL=amx|vnni|avx2|portable` forces one):
 //! AMX-INT8 tiles where the CPU has them and Linux grants the tile state; AVX512-VNNI (Ice Lake,
 //! Zen 4 and later); AVX2 (`vpmaddubsw` with the activations' signs moved onto the weights);
 //! else a portable path (the integer operands as float32 through the `gemm` crate: exact
