@@ -13,7 +13,7 @@ use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
-use super::{quantize_rows, PackedI8};
+use super::{quantize_rows, PackedI8, Tile};
 use crate::kernels::activations::Activations;
 use crate::kernels::panels::PANEL;
 use crate::kernels::tiles::{by_register_tiles, operand_stride, TileOperands};
@@ -23,20 +23,11 @@ const MR: usize = 6;
 /// Rows per task.
 const MC: usize = 96;
 
-/// One register tile's operands (activations widened to int16, a panel of int8 quadruples),
-/// the weight's per-column data and the rows' scales.
-#[derive(Clone, Copy)]
-struct Tile<'a> {
-    op: TileOperands<i16, i8>,
-    w: &'a PackedI8,
-    row_scale: &'a [f32],
-}
-
 /// Columns `8q .. 8q + 8` of the tile's panel: sums, scale and bias, and with `GELU` the GELU
 /// (scalar, as the separate pass computes it), stored to the valid columns.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn eighth<const R: usize, const GELU: bool>(t: Tile, q: usize) {
+unsafe fn eighth<const R: usize, const GELU: bool>(t: Tile<i16>, q: usize) {
     let Tile { op: TileOperands { a, lda, b, c, ldc, cols, panel, .. }, w, row_scale } = t;
     let groups = t.op.k / 4;
     // Columns 8q..8q+4 and 8q+4..8q+8: each lane pair is one column's two half sums.
@@ -77,7 +68,7 @@ unsafe fn eighth<const R: usize, const GELU: bool>(t: Tile, q: usize) {
 }
 
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tile<const R: usize, const GELU: bool>(t: Tile) {
+unsafe fn tile<const R: usize, const GELU: bool>(t: Tile<i16>) {
     for q in 0..t.op.cols.div_ceil(8) {
         eighth::<R, GELU>(t, q);
     }

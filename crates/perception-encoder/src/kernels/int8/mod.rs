@@ -93,6 +93,16 @@ impl PackedI8 {
     }
 }
 
+/// One register tile of the x86 int8 kernels: its operands (activations as the kernel reads
+/// them, a panel of int8 quadruples), the weight's per-column data and the tile's row scales.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct Tile<'a, A> {
+    op: super::tiles::TileOperands<A, i8>,
+    w: &'a PackedI8,
+    row_scale: &'a [f32],
+}
+
 /// Which implementation runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Impl {

@@ -3,7 +3,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{quantize_rows, PackedI8};
+use super::{quantize_rows, PackedI8, Tile};
 use crate::kernels::activations::Activations;
 use crate::kernels::panels::PANEL;
 use crate::kernels::tiles::{by_register_tiles, panel_masks, TileOperands};
@@ -13,20 +13,11 @@ const MR: usize = 12;
 /// Rows per task.
 const MC: usize = 96;
 
-/// One register tile: its operands (shifted activations as u8, a panel of quadruples),
-/// the weight's per-column data and the rows' scales.
-#[derive(Clone, Copy)]
-struct Tile<'a> {
-    op: TileOperands<u8, i8>,
-    w: &'a PackedI8,
-    row_scale: &'a [f32],
-}
-
 /// The tile's sums, scaled back to float32 with the bias added; with `GELU`, through the GELU
 /// (the same float32 operations as the separate pass, so the same bits).
 #[inline]
 #[target_feature(enable = "avx512f,avx512vnni,avx2,fma")]
-unsafe fn tile_with<const R: usize, const GELU: bool>(t: Tile) {
+unsafe fn tile_with<const R: usize, const GELU: bool>(t: Tile<u8>) {
     let Tile { op: TileOperands { a, lda, b, c, ldc, cols, panel, .. }, w, row_scale } = t;
     let groups = t.op.k / 4;
     let mut acc0 = [_mm512_setzero_si512(); R];
@@ -69,12 +60,12 @@ unsafe fn tile_with<const R: usize, const GELU: bool>(t: Tile) {
 }
 
 #[target_feature(enable = "avx512f,avx512vnni,avx2,fma")]
-unsafe fn tile<const R: usize>(t: Tile) {
+unsafe fn tile<const R: usize>(t: Tile<u8>) {
     tile_with::<R, false>(t)
 }
 
 #[target_feature(enable = "avx512f,avx512vnni,avx2,fma")]
-unsafe fn tile_gelu<const R: usize>(t: Tile) {
+unsafe fn tile_gelu<const R: usize>(t: Tile<u8>) {
     tile_with::<R, true>(t)
 }
 
