@@ -60,16 +60,15 @@ fn rate(threads: usize, ops_per_call: f64, f: fn(usize) -> f32) -> f64 {
 pub fn measure() -> Peak {
     let threads = rayon::current_num_threads();
     let simd = super::cpu::simd();
-    let (name, lanes, f32_loop): (&str, f64, fn(usize) -> f32) = match simd {
+    let (name, lanes, chains, f32_loop): (&str, f64, usize, fn(usize) -> f32) = match simd {
         #[cfg(target_arch = "x86_64")]
-        super::cpu::Simd::Avx512 => ("avx512", 16.0, |n| unsafe { x86::fma512(n) }),
+        super::cpu::Simd::Avx512 => ("avx512", 16.0, CHAINS, |n| unsafe { x86::fma512(n) }),
         #[cfg(target_arch = "x86_64")]
-        super::cpu::Simd::Avx2 => ("avx2", 8.0, |n| unsafe { x86::fma256(n) }),
-        _ => ("baseline", 1.0, portable_fma),
+        super::cpu::Simd::Avx2 => ("avx2", 8.0, CHAINS_256, |n| unsafe { x86::fma256(n) }),
+        _ => ("baseline", 1.0, CHAINS, portable_fma),
     };
     let per_call = |lanes: f64, ops_per_lane: f64| (ROUNDS * CHAINS) as f64 * lanes * ops_per_lane;
-    let f32_chains = if name == "avx2" { CHAINS_256 } else { CHAINS };
-    let f32_gflops = rate(threads, (ROUNDS * f32_chains) as f64 * lanes * 2.0, f32_loop);
+    let f32_gflops = rate(threads, (ROUNDS * chains) as f64 * lanes * 2.0, f32_loop);
     #[cfg(target_arch = "x86_64")]
     let (bf16_gflops, int8_gops) = (
         super::cpu::avx512bf16().then(|| rate(threads, per_call(16.0, 4.0), |n| unsafe { x86::dpbf16(n) })),

@@ -9,7 +9,7 @@
 //! AMX's `tdpbssd` tile operand and, 16 columns at a time, AVX512-VNNI's `vpdpbusd` operand.
 //! Implementations, chosen at run time (`PE_INT8_KERNEL=amx|vnni|avx2|portable` forces one):
 //! AMX-INT8 tiles where the CPU has them and Linux grants the tile state; AVX512-VNNI (Ice Lake,
-//! Zen 4 and later); AVX2 (`vpmaddubsw` with the activations' signs moved onto the weights);
+//! Zen 4 and later); AVX2 (`vpmaddwd` on both operands widened to int16);
 //! else a portable path (the integer operands as float32 through the `gemm` crate: exact
 //! products, float32 sums). AMX, VNNI and AVX2 give bit-identical results.
 
