@@ -341,7 +341,7 @@ impl Linear {
             None => None,
         };
         let b = if with_bias { bias.as_deref() } else { None };
-        let y = with_f32(x, |xs| kernels::dense::matmul(xs, rows, w, b))?;
+        let y = with_f32(x, |xs| kernels::dense::matmul(xs, rows, &**w, b))?;
         Ok(Some((y, if with_bias { None } else { bias })))
     }
 }

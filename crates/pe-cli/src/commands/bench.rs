@@ -44,7 +44,7 @@ pub struct BenchCmd {
     #[arg(long)]
     json: bool,
     /// Measure this CPU's peak arithmetic rates instead of a model (float32 FMA, bf16 and int8
-    /// dot products, AMX tile products where present, on --threads threads), the limits that
+    /// dot products, int16 multiply-adds, AMX tile products where present, on --threads threads), the limits that
     /// model throughput is a share of.
     #[arg(long, conflicts_with_all = ["model", "config", "weights"])]
     peak: bool,
@@ -61,12 +61,13 @@ fn peak(json: bool) -> anyhow::Result<ExitCode> {
             |v: Option<f64>, unit: &str| v.map_or("not on this CPU".to_string(), |v| format!("{v:.0} {unit}"));
         writeln!(
             out,
-            "{} thread(s): float32 FMA ({}) {:.0} GFLOP/s; bf16 dot {}; int8 dot {}; AMX bf16 {}; AMX int8 {}",
+            "{} thread(s): float32 FMA ({}) {:.0} GFLOP/s; bf16 dot {}; int8 dot {}; int16 multiply-add {}; AMX bf16 {}; AMX int8 {}",
             p.threads,
             p.simd,
             p.f32_gflops,
             or_none(p.bf16_gflops, "GFLOP/s"),
             or_none(p.int8_gops, "GOP/s"),
+            or_none(p.int16_gops, "GOP/s"),
             or_none(p.amx_bf16_gflops, "GFLOP/s"),
             or_none(p.amx_int8_gops, "GOP/s")
         )?;

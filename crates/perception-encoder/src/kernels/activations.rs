@@ -4,8 +4,6 @@
 //! residual stream (read it, write the rounded operand) instead of two (write the LayerNorm's
 //! float32 output, read it back to round it).
 
-use std::borrow::Cow;
-
 /// A LayerNorm's float32 parameters (one value per feature) and epsilon.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Norm<'a> {
@@ -48,15 +46,6 @@ impl<'a> Activations<'a> {
                 super::math::layer_norm_row_into(src, scratch, n);
                 scratch
             }
-        }
-    }
-
-    /// All rows (`k` wide) as one float32 buffer, normalized when there is a norm (for the
-    /// portable paths, which hand whole matrices to the `gemm` crate).
-    pub(crate) fn to_f32(self, k: usize) -> Cow<'a, [f32]> {
-        match self.norm {
-            None => Cow::Borrowed(self.x),
-            Some(n) => Cow::Owned(super::math::layer_norm(self.x, k, n.weight, n.bias, n.eps)),
         }
     }
 }
@@ -118,12 +107,11 @@ mod tests {
     }
 
     #[test]
-    fn to_f32_is_the_layer_norm_pass() {
+    fn a_normed_row_is_the_layer_norm_pass() {
         let x: Vec<f32> = (0..3 * 20).map(|i| (i as f32 * 0.37).sin() * 4.0).collect();
         let (w, b) = (vec![1.5f32; 20], vec![0.25f32; 20]);
         let norm = Norm { weight: &w, bias: &b, eps: 1e-5 };
         let a = Activations::normed(&x, norm);
-        assert_eq!(&*a.to_f32(20), &math::layer_norm(&x, 20, &w, &b, 1e-5)[..]);
         let mut scratch = Vec::new();
         assert_eq!(a.row(2, 20, &mut scratch), &math::layer_norm(&x, 20, &w, &b, 1e-5)[40..60]);
         assert_eq!(Activations::plain(&x).row(1, 20, &mut scratch), &x[20..40]);

@@ -50,6 +50,25 @@ pub(crate) fn avx2() -> bool {
     matches!(simd(), Simd::Avx512 | Simd::Avx2)
 }
 
+/// AMD Zen and Zen+ (family 0x17 below model 0x30): 256-bit instructions run as two 128-bit
+/// halves, so integer work beside the FMAs takes their pipes' slots (Zen 2 has full-width units).
+pub(crate) fn halves_256() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::__cpuid;
+        let v = __cpuid(0);
+        let amd = [v.ebx, v.edx, v.ecx] == [0x6874_7541, 0x6974_6e65, 0x444d_4163]; // "AuthenticAMD"
+        let eax = __cpuid(1).eax;
+        let family = ((eax >> 8) & 0xf) + if (eax >> 8) & 0xf == 0xf { (eax >> 20) & 0xff } else { 0 };
+        let model = ((eax >> 4) & 0xf) | ((eax >> 12) & 0xf0);
+        amd && family == 0x17 && model < 0x30
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// AVX512-BF16 (`vdpbf16ps`), with AVX-512 in use.
 pub(crate) fn avx512bf16() -> bool {
     #[cfg(target_arch = "x86_64")]

@@ -92,10 +92,46 @@ impl DensePanels {
     }
 }
 
+/// Where a product's weight comes from: panels of [`PanelSource::width`] output columns, each
+/// `k` rows of `width` contiguous float32 values (the layout `gemm` reads in place), either
+/// borrowed or written into the task's scratch (the bf16 weight, widened as it is used).
+pub(crate) trait PanelSource: Sync {
+    /// Input and output features `(k, n)`.
+    fn dims(&self) -> (usize, usize);
+    /// Output columns per panel: a multiple of the widest vector's lanes, so that `gemm` reads
+    /// the panel in place.
+    fn width(&self) -> usize;
+    /// Panel `p`, `k` rows of `width` values (the last panel zero padded).
+    fn panel<'s>(&'s self, p: usize, scratch: &'s mut Scratch) -> &'s [f32];
+}
+
+/// A task's buffer for panels that are made, not borrowed, and which panel it holds.
+#[derive(Debug, Default)]
+pub(crate) struct Scratch {
+    /// The panel `data` holds, if any.
+    pub(crate) panel: Option<usize>,
+    /// Its values.
+    pub(crate) data: Vec<f32>,
+}
+
+impl PanelSource for DensePanels {
+    fn dims(&self) -> (usize, usize) {
+        (self.k, self.n)
+    }
+
+    fn width(&self) -> usize {
+        PANEL
+    }
+
+    fn panel<'s>(&'s self, p: usize, _: &'s mut Scratch) -> &'s [f32] {
+        DensePanels::panel(self, p)
+    }
+}
+
 /// `x (m, k) W^T + bias`, the bias (when given) written into each call's block of the output
 /// first and accumulated onto.
-pub(crate) fn matmul(x: &[f32], m: usize, w: &DensePanels, bias: Option<&[f32]>) -> Vec<f32> {
-    let (k, n) = (w.k, w.n);
+pub(crate) fn matmul(x: &[f32], m: usize, w: &impl PanelSource, bias: Option<&[f32]>) -> Vec<f32> {
+    let ((k, n), width) = (w.dims(), w.width());
     assert_eq!(x.len(), m * k, "dense matmul input size");
     assert!(bias.is_none_or(|b| b.len() >= n), "dense matmul bias size");
     let mut y = uninit::<f32>(m * n);
@@ -124,12 +160,15 @@ pub(crate) fn matmul(x: &[f32], m: usize, w: &DensePanels, bias: Option<&[f32]>)
         }
         false => (c * rows, if short && c + 2 == chunks { rows - 6 } else { rows }),
     };
-    let panels = n.div_ceil(PANEL);
+    let panels = n.div_ceil(width);
     let out = SendPtr(y.as_mut_ptr().cast());
-    // Panel-major order: consecutive tasks share a panel (in cache) and cover its rows.
-    (0..panels * chunks).into_par_iter().for_each(|t| {
+    // Panel-major order: consecutive tasks share a panel (in cache, and made once where it is
+    // made) and cover its rows.
+    (0..panels * chunks).into_par_iter().for_each_init(Scratch::default, |scratch, t| {
         let (p, c) = (t / chunks, t % chunks);
-        let (j0, cols) = (p * PANEL, PANEL.min(n - p * PANEL));
+        let (j0, cols) = (p * width, width.min(n - p * width));
+        let panel = w.panel(p, scratch);
+        debug_assert_eq!(panel.len(), k * width, "panel size");
         let (r0, rs) = span(c);
         if let Some(b) = bias {
             for r in r0..r0 + rs {
@@ -140,8 +179,8 @@ pub(crate) fn matmul(x: &[f32], m: usize, w: &DensePanels, bias: Option<&[f32]>)
             }
         }
         // SAFETY: the block rows r0..r0 + rs, columns j0..j0 + cols of the m x n output (row
-        // stride n), the same rows of x (m x k, stride k) and the panel's k rows of PANEL
-        // values (stride PANEL, `cols` of them used) lie inside their buffers, checked above.
+        // stride n), the same rows of x (m x k, stride k) and the panel's k rows of `width`
+        // values (stride width, `cols` of them used) lie inside their buffers, checked above.
         // Without a bias the output is not read (`read_dst` false).
         unsafe {
             gemm::gemm(
@@ -155,9 +194,9 @@ pub(crate) fn matmul(x: &[f32], m: usize, w: &DensePanels, bias: Option<&[f32]>)
                 x.as_ptr().add(r0 * k),
                 1,
                 k as isize,
-                w.panel(p).as_ptr(),
+                panel.as_ptr(),
                 1,
-                PANEL as isize,
+                width as isize,
                 1.0,
                 1.0,
                 false,

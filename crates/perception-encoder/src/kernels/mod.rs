@@ -36,7 +36,7 @@ pub(crate) fn enabled() -> bool {
 /// whether this CPU (and OS) can run it.
 pub(crate) type Candidate<T> = (&'static str, T, bool);
 
-/// The first available of `candidates` (fastest first; the last, portable, always is), unless
+/// The first available of `candidates` (fastest first; the portable one always is), unless
 /// the environment variable `var` names another available one (an unavailable or unknown name
 /// is a warning, and the default stands).
 pub(crate) fn choose<T: Copy + std::fmt::Debug>(var: &str, candidates: &[Candidate<T>]) -> T {

@@ -27,6 +27,10 @@ pub struct Peak {
     pub bf16_gflops: Option<f64>,
     /// int8 dot products into int32 (AVX512-VNNI), GOP/s.
     pub int8_gops: Option<f64>,
+    /// int16 multiply-adds into int32 (AVX2 `vpmaddwd` + `vpaddd`), GOP/s: the limit of the
+    /// AVX2 int8 kernel, which widens both operands to int16 to stay exact. (`vpmaddubsw`, which
+    /// saturates, does twice the products per instruction; on Zen 1 at the same rate.)
+    pub int16_gops: Option<f64>,
     /// bf16 tile products (AMX-BF16), GFLOP/s.
     pub amx_bf16_gflops: Option<f64>,
     /// int8 tile products (AMX-INT8), GOP/s.
@@ -76,6 +80,12 @@ pub fn measure() -> Peak {
     );
     #[cfg(not(target_arch = "x86_64"))]
     let (bf16_gflops, int8_gops) = (None, None);
+    // A vpmaddwd + vpaddd pair on 256 bits: 16 multiply-adds.
+    #[cfg(target_arch = "x86_64")]
+    let int16_gops = super::cpu::avx2()
+        .then(|| rate(threads, (ROUNDS * CHAINS_256) as f64 * 16.0 * 2.0, |n| unsafe { x86::madd256(n) }));
+    #[cfg(not(target_arch = "x86_64"))]
+    let int16_gops = None;
     // One tile product: 16 x 16 outputs, each a sum of 32 bf16 or 64 int8 products.
     let per_tile_call = |products: f64| (ROUNDS * AMX_CHAINS) as f64 * 256.0 * products * 2.0;
     #[cfg(target_arch = "x86_64")]
@@ -85,7 +95,7 @@ pub fn measure() -> Peak {
     );
     #[cfg(not(target_arch = "x86_64"))]
     let (amx_bf16_gflops, amx_int8_gops) = (None, None);
-    Peak { threads, simd: name, f32_gflops, bf16_gflops, int8_gops, amx_bf16_gflops, amx_int8_gops }
+    Peak { threads, simd: name, f32_gflops, bf16_gflops, int8_gops, int16_gops, amx_bf16_gflops, amx_int8_gops }
 }
 
 /// Scalar multiply-adds (what a CPU without the vector kernels does).
@@ -137,6 +147,30 @@ mod x86 {
             .map(|&a| {
                 _mm256_storeu_ps(out.as_mut_ptr(), a);
                 out.iter().sum::<f32>()
+            })
+            .sum()
+    }
+
+    /// Each lane of each chain adds the sum of its own two int16 halves to itself (wrapping):
+    /// the multiply reads the accumulator, so it cannot be hoisted out of the loop.
+    ///
+    /// # Safety
+    /// The CPU has AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn madd256(n: usize) -> f32 {
+        let mut acc: [__m256i; CHAINS_256] =
+            std::hint::black_box(std::array::from_fn(|i| _mm256_set1_epi32(i as i32 * 0x1_0001)));
+        let ones = _mm256_set1_epi16(std::hint::black_box(1));
+        for _ in 0..n {
+            for a in &mut acc {
+                *a = _mm256_add_epi32(*a, _mm256_madd_epi16(*a, ones));
+            }
+        }
+        let mut out = [0i32; 8];
+        acc.iter()
+            .map(|&a| {
+                _mm256_storeu_si256(out.as_mut_ptr().cast(), a);
+                out.iter().map(|&x| x as f32).sum::<f32>()
             })
             .sum()
     }
@@ -253,6 +287,19 @@ mod tests {
         if cpu::simd() != cpu::Simd::Baseline {
             let (got, want) = (unsafe { super::x86::fma256(100) } as f64, 8.0 * recurrence(super::CHAINS_256, 100));
             assert!((got - want).abs() < 1e-4 * want, "{got} vs {want}");
+        }
+        if cpu::avx2() {
+            // Summed in the loop's own order, so the float32 total is the same.
+            let want: f32 = (0..super::CHAINS_256)
+                .map(|i| {
+                    let mut a = i as i32 * 0x1_0001;
+                    for _ in 0..100 {
+                        a = a.wrapping_add((a as i16) as i32 + ((a >> 16) as i16) as i32);
+                    }
+                    (0..8).map(|_| a as f32).sum::<f32>()
+                })
+                .sum();
+            assert_eq!(unsafe { super::x86::madd256(100) }, want);
         }
         if cpu::avx512vnni() {
             // Each step adds 4 products of 1 x 1 to each of 16 lanes of 24 chains.

@@ -73,7 +73,7 @@ unsafe fn tile<const R: usize>(op: TileOperands<f32, u16>, bias: *const f32) {
 /// # Safety
 /// The CPU has AVX2; `dst` is valid for `src.len()` writes.
 #[target_feature(enable = "avx2")]
-unsafe fn round_row(src: &[f32], dst: *mut f32) {
+pub(super) unsafe fn round_row(src: &[f32], dst: *mut f32) {
     let n = src.len();
     let (one, bias, high, quiet) =
         (_mm256_set1_epi32(1), _mm256_set1_epi32(0x7fff), _mm256_set1_epi32(-65536), _mm256_set1_epi32(0x0040_0000));

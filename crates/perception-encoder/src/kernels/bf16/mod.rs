@@ -15,7 +15,10 @@
 //!   tile state to the process;
 //! - AVX512-BF16 `vdpbf16ps` (Zen 4, Cooper Lake, Sapphire Rapids);
 //! - AVX2: the bf16 weight widened to float32 in registers as it is read, float32 FMAs;
-//! - portable: the rounded operands widened to float32 and multiplied by the `gemm` crate.
+//! - portable: the weight widened to float32 one panel at a time and multiplied by `gemm`'s
+//!   float32 micro-kernel; on CPUs that run 256-bit instructions as two halves (Zen, Zen+) it
+//!   comes before the AVX2 kernel, whose widening in registers takes the FMA pipes' slots there
+//!   (55 vs 69 GFLOP/s on B16's shapes on a Zen 1 EPYC).
 
 use rayon::prelude::*;
 
@@ -76,6 +79,7 @@ impl PackedBf16 {
     }
 
     /// The weight back as float32 `(k, n)` (`W^T`), bf16-rounded values.
+    #[cfg(test)]
     fn unpack_t(&self) -> Vec<f32> {
         self.w.unpack_t(from_bf16)
     }
@@ -92,11 +96,16 @@ pub(crate) enum Impl {
 
 /// Every implementation, fastest first, with whether it runs here.
 pub(crate) fn candidates() -> [super::Candidate<Impl>; 4] {
+    let avx2 = ("avx2", Impl::Avx2, crate::kernels::cpu::avx2());
+    let portable = ("portable", Impl::Portable, true);
+    // Where 256-bit instructions run as two halves, the AVX2 kernel's widening takes the FMA
+    // pipes' slots and `gemm` on widened panels is the faster.
+    let (third, fourth) = if crate::kernels::cpu::halves_256() { (portable, avx2) } else { (avx2, portable) };
     [
         ("amx", Impl::Amx, crate::kernels::cpu::amx_bf16()),
         ("avx512", Impl::Avx512, crate::kernels::cpu::avx512bf16()),
-        ("avx2", Impl::Avx2, crate::kernels::cpu::avx2()),
-        ("portable", Impl::Portable, true),
+        third,
+        fourth,
     ]
 }
 
@@ -185,11 +194,68 @@ pub(crate) fn round_rows(x: Activations, m: usize, k: usize, k_pad: usize, rows_
     unsafe { super::assume_init(a) }
 }
 
-/// Any CPU: the rounded operands widened to float32, one float32 GEMM.
+/// Any CPU: the activations rounded to bf16 (kept as float32) and `gemm`'s float32 micro-kernel
+/// on the weight widened to float32 panels as the tasks come to them ([`Widened`]). The
+/// arithmetic is the other kernels' (exact products, float32 sums); the weight in memory stays
+/// bf16, and the widened panel a task works on is one of `dense`'s, in cache.
 fn portable(x: Activations, m: usize, w: &PackedBf16) -> Vec<f32> {
-    let xr: Vec<f32> = x.to_f32(w.k).iter().map(|&v| from_bf16(to_bf16(v))).collect();
-    let wf = super::dense::DensePanels::from_in_out(&w.unpack_t(), w.k, w.n);
-    super::dense::matmul(&xr, m, &wf, Some(&w.bias[..w.n]))
+    let k = w.k;
+    let mut a = super::uninit::<f32>(m * k);
+    a.par_chunks_mut(k.max(1)).enumerate().for_each_init(Vec::new, |scratch, (i, row)| {
+        let (src, dst) = (x.row(i, k, scratch), row.as_mut_ptr().cast::<f32>());
+        #[cfg(target_arch = "x86_64")]
+        if crate::kernels::cpu::avx2() {
+            // SAFETY: the CPU has AVX2 (checked above); the row has room for k values.
+            unsafe { avx2::round_row(src, dst) };
+            return;
+        }
+        for (j, &v) in src.iter().enumerate() {
+            // SAFETY: j < k, the row's length.
+            unsafe { dst.add(j).write(from_bf16(to_bf16(v))) };
+        }
+    });
+    // SAFETY: every row was written in full above.
+    let a = unsafe { super::assume_init(a) };
+    super::dense::matmul(&a, m, &Widened(w), Some(&w.bias))
+}
+
+/// A packed bf16 weight read as `dense`'s float32 panels: panel `p` is the bf16 panels `2p` and
+/// `2p + 1` side by side, each value widened (exactly) to float32.
+struct Widened<'a>(&'a PackedBf16);
+
+impl super::dense::PanelSource for Widened<'_> {
+    fn dims(&self) -> (usize, usize) {
+        (self.0.k, self.0.n)
+    }
+
+    fn width(&self) -> usize {
+        super::dense::PANEL
+    }
+
+    fn panel<'s>(&'s self, p: usize, scratch: &'s mut super::dense::Scratch) -> &'s [f32] {
+        const WIDTH: usize = super::dense::PANEL;
+        if scratch.panel != Some(p) {
+            let (w, k) = (self.0, self.0.k);
+            scratch.data.clear();
+            scratch.data.resize(k * WIDTH, 0.0);
+            for half in 0..WIDTH / PANEL {
+                let q = p * (WIDTH / PANEL) + half;
+                if q >= w.panels() {
+                    break;
+                }
+                let src = w.w.panel(q);
+                for (kk, row) in scratch.data.chunks_exact_mut(WIDTH).enumerate() {
+                    // Input row kk is the even or odd half of its pair's 2 x 32 values.
+                    let pair = &src[(kk / 2) * 2 * PANEL..][..2 * PANEL];
+                    for (c, v) in row[half * PANEL..(half + 1) * PANEL].iter_mut().enumerate() {
+                        *v = from_bf16(pair[2 * c + kk % 2]);
+                    }
+                }
+            }
+            scratch.panel = Some(p);
+        }
+        &scratch.data
+    }
 }
 
 #[cfg(test)]
