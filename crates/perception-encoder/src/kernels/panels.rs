@@ -63,6 +63,7 @@ impl<T: Copy + Default + Send + Sync> Panels<T> {
     }
 
     /// The weight back as float32 `(k, n)` (`W^T`), each value through `f`.
+    #[cfg(test)]
     pub(crate) fn unpack_t(&self, f: impl Fn(T) -> f32) -> Vec<f32> {
         let g = self.group;
         let mut out = vec![0f32; self.k * self.n];
@@ -78,6 +79,52 @@ impl<T: Copy + Default + Send + Sync> Panels<T> {
     }
 }
 
+/// A packed weight read as `dense`'s float32 panels, for the portable paths (`gemm`'s float32
+/// micro-kernel on any CPU): `dense`'s panel `p` is the packed panels `2p` and `2p + 1` side by
+/// side, each value through `f`, made when a task first needs it. The weight in memory stays
+/// packed; what is widened is the panel a task works on, in cache.
+pub(crate) struct Widened<'a, T, F> {
+    /// The packed weight.
+    pub(crate) w: &'a Panels<T>,
+    /// A packed value as float32.
+    pub(crate) f: F,
+}
+
+impl<T: Copy + Default + Send + Sync, F: Fn(T) -> f32 + Sync> super::dense::PanelSource for Widened<'_, T, F> {
+    fn dims(&self) -> (usize, usize) {
+        (self.w.k, self.w.n)
+    }
+
+    fn width(&self) -> usize {
+        super::dense::PANEL
+    }
+
+    fn panel<'s>(&'s self, p: usize, scratch: &'s mut super::dense::Scratch) -> &'s [f32] {
+        const WIDTH: usize = super::dense::PANEL;
+        if scratch.panel != Some(p) {
+            let (w, g) = (self.w, self.w.group);
+            scratch.data.clear();
+            scratch.data.resize(w.k * WIDTH, 0.0);
+            for half in 0..WIDTH / PANEL {
+                let q = p * (WIDTH / PANEL) + half;
+                if q >= w.panels() {
+                    break;
+                }
+                let src = w.panel(q);
+                for (kk, row) in scratch.data.chunks_exact_mut(WIDTH).enumerate() {
+                    // Input row kk is member kk % g of its group's g x 32 values.
+                    let group = &src[(kk / g) * g * PANEL..][..g * PANEL];
+                    for (c, v) in row[half * PANEL..][..PANEL].iter_mut().enumerate() {
+                        *v = (self.f)(group[g * c + kk % g]);
+                    }
+                }
+            }
+            scratch.panel = Some(p);
+        }
+        &scratch.data
+    }
+}
+
 /// `values` (one per output column, or zeros) padded to whole panels.
 pub(crate) fn per_column(values: Option<&[f32]>, n: usize) -> Vec<f32> {
     let mut out = vec![0f32; n.div_ceil(PANEL) * PANEL];
@@ -85,4 +132,40 @@ pub(crate) fn per_column(values: Option<&[f32]>, n: usize) -> Vec<f32> {
         out[..n].copy_from_slice(&v[..n]);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::dense::{PanelSource, Scratch, PANEL as WIDTH};
+
+    /// Every widened panel holds the weight's columns in order (a pair of packed panels side
+    /// by side, zeros past the last column), for both group sizes, ragged `k` and `n`, and
+    /// a scratch reused across panels.
+    #[test]
+    fn widened_panels_are_the_unpacked_weight() {
+        for (n, k) in [(40, 5), (64, 33), (100, 70), (129, 8)] {
+            let w: Vec<f32> = (0..n * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 4.0).collect();
+            let bf = Panels::pack::<2>(&w, n, k, 32, |_, v| v);
+            let i8 = Panels::pack::<4>(&w, n, k, 64, |_, v| v as i8);
+            let (want_bf, want_i8) = (bf.unpack_t(|v| v), i8.unpack_t(|q| q as f32));
+            let (wbf, wi8) = (Widened { w: &bf, f: |v: f32| v }, Widened { w: &i8, f: |q: i8| q as f32 });
+            assert_eq!((wbf.dims(), wbf.width()), ((k, n), WIDTH));
+            let mut scratch = Scratch::default();
+            for (source, want) in [(&wbf as &dyn PanelSource, &want_bf), (&wi8, &want_i8)] {
+                for p in (0..n.div_ceil(WIDTH)).chain([0]) {
+                    let panel = source.panel(p, &mut scratch).to_vec();
+                    assert_eq!(panel.len(), k * WIDTH, "n {n} k {k} panel {p}");
+                    for kk in 0..k {
+                        for c in 0..WIDTH {
+                            let j = p * WIDTH + c;
+                            let expected = if j < n { want[kk * n + j] } else { 0.0 };
+                            assert_eq!(panel[kk * WIDTH + c], expected, "n {n} k {k} panel {p} row {kk} column {c}");
+                        }
+                    }
+                }
+                scratch.panel = None;
+            }
+        }
+    }
 }

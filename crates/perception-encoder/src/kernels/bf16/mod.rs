@@ -30,7 +30,7 @@ mod avx2;
 pub(crate) mod avx512;
 
 use super::activations::Activations;
-use super::panels::{per_column, Panels, PANEL};
+use super::panels::{per_column, Panels, Widened, PANEL};
 
 /// `K` is padded to this (one AMX tile row of bf16).
 const K_ALIGN: usize = 32;
@@ -216,46 +216,7 @@ fn portable(x: Activations, m: usize, w: &PackedBf16) -> Vec<f32> {
     });
     // SAFETY: every row was written in full above.
     let a = unsafe { super::assume_init(a) };
-    super::dense::matmul(&a, m, &Widened(w), Some(&w.bias))
-}
-
-/// A packed bf16 weight read as `dense`'s float32 panels: panel `p` is the bf16 panels `2p` and
-/// `2p + 1` side by side, each value widened (exactly) to float32.
-struct Widened<'a>(&'a PackedBf16);
-
-impl super::dense::PanelSource for Widened<'_> {
-    fn dims(&self) -> (usize, usize) {
-        (self.0.k, self.0.n)
-    }
-
-    fn width(&self) -> usize {
-        super::dense::PANEL
-    }
-
-    fn panel<'s>(&'s self, p: usize, scratch: &'s mut super::dense::Scratch) -> &'s [f32] {
-        const WIDTH: usize = super::dense::PANEL;
-        if scratch.panel != Some(p) {
-            let (w, k) = (self.0, self.0.k);
-            scratch.data.clear();
-            scratch.data.resize(k * WIDTH, 0.0);
-            for half in 0..WIDTH / PANEL {
-                let q = p * (WIDTH / PANEL) + half;
-                if q >= w.panels() {
-                    break;
-                }
-                let src = w.w.panel(q);
-                for (kk, row) in scratch.data.chunks_exact_mut(WIDTH).enumerate() {
-                    // Input row kk is the even or odd half of its pair's 2 x 32 values.
-                    let pair = &src[(kk / 2) * 2 * PANEL..][..2 * PANEL];
-                    for (c, v) in row[half * PANEL..(half + 1) * PANEL].iter_mut().enumerate() {
-                        *v = from_bf16(pair[2 * c + kk % 2]);
-                    }
-                }
-            }
-            scratch.panel = Some(p);
-        }
-        &scratch.data
-    }
+    super::dense::matmul(&a, m, &Widened { w: &w.w, f: from_bf16 }, Some(&w.bias))
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ mod vnni;
 use rayon::prelude::*;
 
 use super::activations::Activations;
-use super::panels::{per_column, Panels};
+use super::panels::{per_column, Panels, Widened};
 
 /// `K` is padded to this (one AMX tile row of int8).
 const K_ALIGN: usize = 64;
@@ -85,11 +85,6 @@ impl PackedI8 {
 
     pub(crate) fn out_dim(&self) -> usize {
         self.n
-    }
-
-    /// The quantized weight as float32 `(k, n)` integers (`qW^T`).
-    fn unpack_t(&self) -> Vec<f32> {
-        self.w.unpack_t(|q| q as f32)
     }
 }
 
@@ -224,11 +219,13 @@ pub(crate) fn matmul_with(which: Impl, x: Activations, m: usize, w: &PackedI8) -
     }
 }
 
+/// Any CPU: the quantized operands as float32 (small integers, exact) through `gemm`'s float32
+/// micro-kernel, the weight widened one panel at a time as the tasks come to it.
 fn portable(x: Activations, m: usize, w: &PackedI8) -> Vec<f32> {
     let (k, n) = (w.k, w.n);
     let (qa, sx) = quantize_rows(x, m, k, k, m, false);
     let a: Vec<f32> = qa.iter().map(|&v| v as f32).collect();
-    let mut y = super::dense::matmul(&a, m, &super::dense::DensePanels::from_in_out(&w.unpack_t(), k, n), None);
+    let mut y = super::dense::matmul(&a, m, &Widened { w: &w.w, f: |q: i8| q as f32 }, None);
     for (i, row) in y.chunks_exact_mut(n).enumerate() {
         for (j, v) in row.iter_mut().enumerate() {
             *v = *v * sx[i] * w.scale[j] + w.bias[j];
