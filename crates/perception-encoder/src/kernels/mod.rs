@@ -167,13 +167,11 @@ pub mod bench {
         y
     }
 
-    /// The attention implementations this CPU offers for heads of 64: float32 `fused` and
-    /// `gemm`, and `bf16` (the bf16 path's: AMX, or fused on AVX512-BF16).
+    /// The attention implementations this CPU offers for heads of 64: float32 `fused`
+    /// (AVX-512), `fused-avx2` and `gemm`, and `bf16` (the bf16 path's: AMX, or fused on
+    /// AVX512-BF16).
     pub fn attention_implementations() -> Vec<&'static str> {
-        let mut all = vec!["gemm"];
-        if super::attention::fused_available(64) {
-            all.insert(0, "fused");
-        }
+        let mut all: Vec<&str> = super::attention::candidates(64).iter().filter(|c| c.2).map(|c| c.0).collect();
         if super::attention::attention_bf16(
             &[0.0; 3 * 64],
             super::attention::Shape { batch: 1, seq: 1, heads: 1, head_dim: 64 },
@@ -196,7 +194,8 @@ pub mod bench {
                 return out;
             }
         }
-        let which = if which == "fused" { Impl::Fused } else { Impl::Gemm };
+        let which =
+            super::attention::candidates(head_dim).into_iter().find(|c| c.0 == which).map_or(Impl::Gemm, |c| c.1);
         attention_with(which, qkv, s, false)
     }
 }

@@ -26,7 +26,7 @@ pub(super) fn available(head_dim: usize) -> bool {
     selected() == Impl::Avx512
         && head_dim.is_multiple_of(2)
         && (2..=MAX_HEAD_DIM).contains(&head_dim)
-        && super::selected(head_dim) == super::Impl::Fused
+        && super::selected(head_dim) != super::Impl::Gemm
 }
 
 /// One head's keys and values packed for the products.

@@ -4,7 +4,8 @@
 //!
 //! On AVX-512 (without a causal mask) each task is one block of 48 queries of one head, fused
 //! (`fused.rs`): scores, softmax and `P v` while the block's scores stay in L2; 1.1-1.3x the
-//! two-product form below in `cargo bench --bench kernels -- --attention` (AMD Zen 4).
+//! two-product form below in `cargo bench --bench kernels -- --attention` (AMD Zen 4). On AVX2
+//! alone, the same with blocks of 24 queries (`fused_avx2.rs`).
 //!
 //! Otherwise work is split over `batch x heads` with rayon; each task runs two single-threaded GEMMs
 //! (`S = q k^T * scale`, `O = softmax(S) v`). Splitting each small head matrix across threads,
@@ -16,6 +17,8 @@
 mod amx;
 #[cfg(target_arch = "x86_64")]
 mod fused;
+#[cfg(target_arch = "x86_64")]
+mod fused_avx2;
 #[cfg(target_arch = "x86_64")]
 mod fused_bf16;
 
@@ -77,27 +80,35 @@ fn rope_token(token: &mut [f32], s: Shape, w: usize, c: &[f32], sn: &[f32], rot_
 pub(crate) enum Impl {
     /// Blocks of queries fused on AVX-512 (`fused.rs`): scores, softmax and `P v` per block.
     Fused,
+    /// The same on AVX2 (`fused_avx2.rs`), where AVX-512 is absent or hidden.
+    FusedAvx2,
     /// Two `gemm` products per head (or block of queries) around the softmax: every CPU, and
     /// the causal text tower.
     Gemm,
 }
 
-/// The float32 attention for heads of `head_dim`: the fused kernel where it runs, unless
-/// `PE_ATTENTION_KERNEL=gemm` asks for the portable one.
-pub(crate) fn selected(head_dim: usize) -> Impl {
-    let fused = fused_available(head_dim);
-    super::choose("PE_ATTENTION_KERNEL", &[("fused", Impl::Fused, fused), ("gemm", Impl::Gemm, true)])
+/// Every float32 implementation for heads of `head_dim`, fastest first, with whether it runs
+/// on this CPU.
+pub(crate) fn candidates(head_dim: usize) -> [super::Candidate<Impl>; 3] {
+    #[cfg(target_arch = "x86_64")]
+    let (wide, mid) = (fused::available(head_dim), fused_avx2::available(head_dim));
+    #[cfg(not(target_arch = "x86_64"))]
+    let (wide, mid) = {
+        let _ = head_dim;
+        (false, false)
+    };
+    [("fused", Impl::Fused, wide), ("fused-avx2", Impl::FusedAvx2, mid), ("gemm", Impl::Gemm, true)]
 }
 
-/// Whether the fused kernel runs on this CPU for heads of `head_dim`.
-pub(crate) fn fused_available(head_dim: usize) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return fused::available(head_dim);
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = head_dim;
-        false
-    }
+/// The float32 attention for heads of `head_dim`: the widest fused kernel that runs, unless
+/// `PE_ATTENTION_KERNEL` names another (`gemm`: the portable one).
+pub(crate) fn selected(head_dim: usize) -> Impl {
+    super::choose("PE_ATTENTION_KERNEL", &candidates(head_dim))
+}
+
+/// Whether `which` runs on this CPU for heads of `head_dim`.
+pub(crate) fn available(which: Impl, head_dim: usize) -> bool {
+    candidates(head_dim).iter().any(|c| c.1 == which && c.2)
 }
 
 /// Softmax attention with scale `head_dim^-0.5`; `causal` masks keys after each query.
@@ -110,57 +121,104 @@ pub(crate) fn attention(qkv: &[f32], s: Shape, causal: bool) -> Vec<f32> {
 /// causal mask always takes the `gemm` one).
 pub(crate) fn attention_with(which: Impl, qkv: &[f32], s: Shape, causal: bool) -> Vec<f32> {
     match which {
-        Impl::Fused if !causal && fused_available(s.head_dim) => attention_fused(qkv, s),
+        Impl::Fused | Impl::FusedAvx2 if !causal && available(which, s.head_dim) => {
+            attention_fused(qkv, s, which == Impl::Fused)
+        }
         _ => attention_gemm(qkv, s, causal),
     }
 }
 
-/// `body(scratch, batch, head, first query, queries)` for every block of [`fused::BLOCK`]
-/// queries of every (batch, head), in parallel: the fused kernels' tasks, many for every
-/// thread even at batch 1. Each rayon job reuses one `scratch`.
+/// `body(scratch, batch, head, first query, queries)` for every block of `block` queries of
+/// every (batch, head), in parallel: the fused kernels' tasks, many for every thread even at
+/// batch 1. Each rayon job reuses one `scratch`.
 #[cfg(target_arch = "x86_64")]
-fn for_each_query_block<S: Default>(s: Shape, body: impl Fn(&mut S, usize, usize, usize, usize) + Sync + Send) {
+fn for_each_query_block<S: Default>(
+    s: Shape,
+    block: usize,
+    body: impl Fn(&mut S, usize, usize, usize, usize) + Sync + Send,
+) {
     let n = s.seq;
-    let blocks = n.div_ceil(fused::BLOCK);
+    let blocks = n.div_ceil(block);
     (0..s.batch * s.heads * blocks).into_par_iter().for_each_init(S::default, |scratch, task| {
         let (bh, blk) = (task / blocks, task % blocks);
-        let r0 = blk * fused::BLOCK;
-        body(scratch, bh / s.heads, bh % s.heads, r0, fused::BLOCK.min(n - r0));
+        let r0 = blk * block;
+        body(scratch, bh / s.heads, bh % s.heads, r0, block.min(n - r0));
     });
 }
 
-/// [`attention`] through the fused kernel (no causal mask): one task per block of
-/// [`fused::BLOCK`] queries of one head, so every thread gets many even at batch 1.
+/// [`attention`] through a fused kernel (no causal mask), AVX-512's or else AVX2's: one task
+/// per block of queries of one head, so every thread gets many even at batch 1.
 #[cfg(target_arch = "x86_64")]
-fn attention_fused(qkv: &[f32], s: Shape) -> Vec<f32> {
+fn attention_fused(qkv: &[f32], s: Shape, avx512: bool) -> Vec<f32> {
     let w = s.width();
     let (n, d) = (s.seq, s.head_dim);
-    assert!(fused::available(d), "fused attention selected for head dim {d}");
+    let (ok, rows_per_block) =
+        if avx512 { (fused::available(d), fused::BLOCK) } else { (fused_avx2::available(d), fused_avx2::BLOCK) };
+    assert!(ok, "fused attention selected for head dim {d}");
     assert_eq!(qkv.len(), s.batch * n * 3 * w, "packed qkv size");
     let mut out = super::uninit::<f32>(s.batch * n * w);
     let out_ptr = SendPtr(out.as_mut_ptr().cast());
-    for_each_query_block(s, |scratch: &mut fused::Scratch, b, h, r0, rows| {
-        let base = b * n * 3 * w + h * d;
-        let block = fused::Block {
-            q: &qkv[base + r0 * 3 * w..],
-            k: &qkv[base + w..],
-            v: &qkv[base + 2 * w..],
-            rs: 3 * w,
-            n,
-            d,
-            rows,
+    // AVX2's blocks are a third of AVX-512's, so each head's keys and values are read three
+    // times as often: read in place, rows 3w apart touch a page per key (577-1,025 of them
+    // for each of k and v at L14 and G14) and the blocks miss the TLB (0.6-0.8x the
+    // two-product form there). Each head's q, k and v are copied to rows of d first.
+    let heads = if avx512 { Vec::new() } else { split_heads(qkv, s) };
+    type Scratches = (fused::Scratch, fused_avx2::Scratch);
+    for_each_query_block(s, rows_per_block, |scratch: &mut Scratches, b, h, r0, rows| {
+        let block = if avx512 {
+            let base = b * n * 3 * w + h * d;
+            fused::Block {
+                q: &qkv[base + r0 * 3 * w..],
+                k: &qkv[base + w..],
+                v: &qkv[base + 2 * w..],
+                rs: 3 * w,
+                n,
+                d,
+                rows,
+            }
+        } else {
+            let head = &heads[(b * s.heads + h) * 3 * n * d..][..3 * n * d];
+            fused::Block { q: &head[r0 * d..], k: &head[n * d..], v: &head[2 * n * d..], rs: d, n, d, rows }
         };
+        let o = out_ptr.at((b * n + r0) * w + h * d);
         // SAFETY: the fused kernel is available for d (asserted above); q, k and v hold their
-        // rows at stride 3w inside qkv (the last ends at base + (n-1)*3w + 2w + d); this task
-        // alone writes columns h*d..(h+1)*d of batch b's rows r0..r0 + rows.
-        unsafe { fused::block(block, out_ptr.at((b * n + r0) * w + h * d), w, scratch) };
+        // rows at stride rs inside qkv (the last ends at base + (n-1)*3w + 2w + d) or the
+        // head's copy (n rows of d each); this task alone writes columns h*d..(h+1)*d of batch
+        // b's rows r0..r0 + rows.
+        unsafe {
+            if avx512 {
+                fused::block(block, o, w, &mut scratch.0)
+            } else {
+                fused_avx2::block(block, o, w, &mut scratch.1)
+            }
+        };
     });
     // SAFETY: the blocks cover every row of every head.
     unsafe { super::assume_init(out) }
 }
 
+/// Each (batch, head)'s q, k and v, `n` rows of `head_dim` each, one after another.
+#[cfg(target_arch = "x86_64")]
+fn split_heads(qkv: &[f32], s: Shape) -> Vec<f32> {
+    let (w, n, d) = (s.width(), s.seq, s.head_dim);
+    let mut heads = vec![0f32; s.batch * s.heads * 3 * n * d];
+    if n * d == 0 {
+        return heads;
+    }
+    heads.par_chunks_mut(3 * n * d).enumerate().for_each(|(bh, dst)| {
+        let (b, h) = (bh / s.heads, bh % s.heads);
+        for (part, dst) in dst.chunks_exact_mut(n * d).enumerate() {
+            for (t, row) in dst.chunks_exact_mut(d).enumerate() {
+                let at = (b * n + t) * 3 * w + part * w + h * d;
+                row.copy_from_slice(&qkv[at..at + d]);
+            }
+        }
+    });
+    heads
+}
+
 #[cfg(not(target_arch = "x86_64"))]
-fn attention_fused(qkv: &[f32], s: Shape) -> Vec<f32> {
+fn attention_fused(qkv: &[f32], s: Shape, _avx512: bool) -> Vec<f32> {
     attention_gemm(qkv, s, false)
 }
 
@@ -317,7 +375,7 @@ fn attention_bf16_fused(qkv: &[f32], s: Shape) -> Vec<f32> {
         .collect();
     let mut out = super::uninit::<f32>(s.batch * n * w);
     let out_ptr = SendPtr(out.as_mut_ptr().cast());
-    for_each_query_block(s, |scratch: &mut fused_bf16::Scratch, b, h, r0, rows| {
+    for_each_query_block(s, fused::BLOCK, |scratch: &mut fused_bf16::Scratch, b, h, r0, rows| {
         let q = &qkv[b * n * 3 * w + h * d + r0 * 3 * w..];
         let block = fused_bf16::Block { q, head: &heads[b * s.heads + h], rs: 3 * w, n, d, rows };
         // SAFETY: available (asserted above); the head was packed for n and d; q holds the
@@ -404,10 +462,19 @@ mod tests {
     /// the two-product path.
     #[test]
     fn fused_attention_matches_float64() {
-        if !fused_available(64) {
-            eprintln!("the fused attention does not run on this CPU (no AVX-512): nothing to test");
+        let fused: Vec<Impl> =
+            [Impl::Fused, Impl::FusedAvx2].into_iter().filter(|&which| available(which, 64)).collect();
+        if fused.is_empty() {
+            eprintln!("no fused attention runs on this CPU (no AVX2): nothing to test");
             return;
         }
+        for which in fused {
+            eprintln!("testing {which:?}");
+            fused_matches_float64(which);
+        }
+    }
+
+    fn fused_matches_float64(which: Impl) {
         let mut seed = 0x9e37_79b9u32;
         for (batch, seq, heads, head_dim) in [
             (1, 197, 3, 64),
@@ -422,20 +489,20 @@ mod tests {
             let s = Shape { batch, seq, heads, head_dim };
             let qkv = random_qkv(s, &mut seed, 1.0);
             let want = reference(&qkv, s, false, |x| x as f64);
-            let got = attention_with(Impl::Fused, &qkv, s, false);
+            let got = attention_with(which, &qkv, s, false);
             let worst = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
             assert!(worst <= 1e-5, "{s:?}: worst {worst}");
             // Large scores (inputs to 8): the softmax subtracts each column's own maximum.
             let qkv = random_qkv(s, &mut seed, 8.0);
             let want = reference(&qkv, s, false, |x| x as f64);
-            let got = attention_with(Impl::Fused, &qkv, s, false);
+            let got = attention_with(which, &qkv, s, false);
             let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
             let worst = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
             assert!(worst <= 1e-5 * scale, "{s:?} with large scores: worst {worst} of {scale}");
         }
         // No tokens: nothing to attend, and no panic on either path.
         let empty = Shape { batch: 1, seq: 0, heads: 2, head_dim: 64 };
-        assert!(attention_with(Impl::Fused, &[], empty, false).is_empty());
+        assert!(attention_with(which, &[], empty, false).is_empty());
         assert!(attention_bf16(&[], empty, false).is_none_or(|o| o.is_empty()));
     }
 

@@ -160,6 +160,25 @@ pub(crate) fn quantize_rows(
     (unsafe { super::assume_init(a) }, scales)
 }
 
+/// Rows of `x` quantized per row as [`quantize_rows`] does, stored widened to int16 (rows of
+/// `lda`, zero beyond `k`): the AVX2 kernel's operand written in one pass, with no int8 copy.
+#[cfg(target_arch = "x86_64")]
+fn quantize_rows_i16(x: Activations, m: usize, k: usize, lda: usize) -> (Vec<i16>, Vec<f32>) {
+    let mut a = super::uninit::<i16>(m * lda);
+    let mut scales = vec![0f32; m];
+    a.par_chunks_mut(lda.max(1)).zip(scales.par_iter_mut()).enumerate().for_each_init(
+        Vec::new,
+        |scratch, (i, (row, s))| {
+            row.fill(std::mem::MaybeUninit::new(0));
+            // SAFETY: every value of the row was just written.
+            let row = unsafe { &mut *(row as *mut [std::mem::MaybeUninit<i16>] as *mut [i16]) };
+            *s = super::math::dispatch!(quantize_row(x.row(i, k, scratch), row));
+        },
+    );
+    // SAFETY: the rows cover the buffer (m * lda values) and each was written above.
+    (unsafe { super::assume_init(a) }, scales)
+}
+
 /// `v + 128` as an unsigned byte, stored in the same bits: the sign bit flipped.
 #[inline(always)]
 fn flip_sign_bits(row: &mut [i8]) {
@@ -170,12 +189,12 @@ fn flip_sign_bits(row: &mut [i8]) {
 
 /// One row quantized symmetrically into the front of `out`; returns its scale.
 #[inline(always)]
-fn quantize_row(src: &[f32], out: &mut [i8]) -> f32 {
+fn quantize_row<T: From<i8>>(src: &[f32], out: &mut [T]) -> f32 {
     let max = src.iter().fold(0f32, |m, v| m.max(v.abs()));
     let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
     let inv = 1.0 / scale;
     for (d, &v) in out.iter_mut().zip(src) {
-        *d = quantize(v, inv);
+        *d = T::from(quantize(v, inv));
     }
     scale
 }
