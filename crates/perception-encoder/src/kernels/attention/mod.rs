@@ -5,7 +5,7 @@
 //! On AVX-512 (without a causal mask) each task is one block of 48 queries of one head, fused
 //! (`fused.rs`): scores, softmax and `P v` while the block's scores stay in L2; 1.1-1.3x the
 //! two-product form below in `cargo bench --bench kernels -- --attention` (AMD Zen 4). On AVX2
-//! alone, the same with blocks of 24 queries (`fused_avx2.rs`).
+//! alone, the same with blocks of 16 queries (`fused_avx2.rs`).
 //!
 //! Otherwise work is split over `batch x heads` with rayon; each task runs two single-threaded GEMMs
 //! (`S = q k^T * scale`, `O = softmax(S) v`). Splitting each small head matrix across threads,
@@ -158,63 +158,32 @@ fn attention_fused(qkv: &[f32], s: Shape, avx512: bool) -> Vec<f32> {
     assert_eq!(qkv.len(), s.batch * n * 3 * w, "packed qkv size");
     let mut out = super::uninit::<f32>(s.batch * n * w);
     let out_ptr = SendPtr(out.as_mut_ptr().cast());
-    // AVX2's blocks are a third of AVX-512's, so each head's keys and values are read three
-    // times as often: read in place, rows 3w apart touch a page per key (577-1,025 of them
-    // for each of k and v at L14 and G14) and the blocks miss the TLB (0.6-0.8x the
-    // two-product form there). Each head's q, k and v are copied to rows of d first.
-    let heads = if avx512 { Vec::new() } else { split_heads(qkv, s) };
     type Scratches = (fused::Scratch, fused_avx2::Scratch);
     for_each_query_block(s, rows_per_block, |scratch: &mut Scratches, b, h, r0, rows| {
-        let block = if avx512 {
-            let base = b * n * 3 * w + h * d;
-            fused::Block {
-                q: &qkv[base + r0 * 3 * w..],
-                k: &qkv[base + w..],
-                v: &qkv[base + 2 * w..],
-                rs: 3 * w,
-                n,
-                d,
-                rows,
-            }
-        } else {
-            let head = &heads[(b * s.heads + h) * 3 * n * d..][..3 * n * d];
-            fused::Block { q: &head[r0 * d..], k: &head[n * d..], v: &head[2 * n * d..], rs: d, n, d, rows }
+        let base = b * n * 3 * w + h * d;
+        let block = fused::Block {
+            q: &qkv[base + r0 * 3 * w..],
+            k: &qkv[base + w..],
+            v: &qkv[base + 2 * w..],
+            rs: 3 * w,
+            n,
+            d,
+            rows,
         };
         let o = out_ptr.at((b * n + r0) * w + h * d);
         // SAFETY: the fused kernel is available for d (asserted above); q, k and v hold their
-        // rows at stride rs inside qkv (the last ends at base + (n-1)*3w + 2w + d) or the
-        // head's copy (n rows of d each); this task alone writes columns h*d..(h+1)*d of batch
-        // b's rows r0..r0 + rows.
+        // rows at stride 3w inside qkv (the last ends at base + (n-1)*3w + 2w + d); this task
+        // alone writes columns h*d..(h+1)*d of batch b's rows r0..r0 + rows.
         unsafe {
             if avx512 {
                 fused::block(block, o, w, &mut scratch.0)
             } else {
-                fused_avx2::block(block, o, w, &mut scratch.1)
+                fused_avx2::block(block, b * s.heads + h, o, w, &mut scratch.1)
             }
         };
     });
     // SAFETY: the blocks cover every row of every head.
     unsafe { super::assume_init(out) }
-}
-
-/// Each (batch, head)'s q, k and v, `n` rows of `head_dim` each, one after another.
-#[cfg(target_arch = "x86_64")]
-fn split_heads(qkv: &[f32], s: Shape) -> Vec<f32> {
-    let (w, n, d) = (s.width(), s.seq, s.head_dim);
-    let mut heads = vec![0f32; s.batch * s.heads * 3 * n * d];
-    if n * d == 0 {
-        return heads;
-    }
-    heads.par_chunks_mut(3 * n * d).enumerate().for_each(|(bh, dst)| {
-        let (b, h) = (bh / s.heads, bh % s.heads);
-        for (part, dst) in dst.chunks_exact_mut(n * d).enumerate() {
-            for (t, row) in dst.chunks_exact_mut(d).enumerate() {
-                let at = (b * n + t) * 3 * w + part * w + h * d;
-                row.copy_from_slice(&qkv[at..at + d]);
-            }
-        }
-    });
-    heads
 }
 
 #[cfg(not(target_arch = "x86_64"))]
