@@ -102,27 +102,66 @@ impl<T: Copy + Default + Send + Sync, F: Fn(T) -> f32 + Sync> super::dense::Pane
     fn panel<'s>(&'s self, p: usize, scratch: &'s mut super::dense::Scratch) -> &'s [f32] {
         const WIDTH: usize = super::dense::PANEL;
         if scratch.panel != Some(p) {
-            let (w, g) = (self.w, self.w.group);
-            scratch.data.clear();
+            let w = self.w;
+            // Every value is written below (widened, or zero past the last panel), so the
+            // buffer is not cleared first.
             scratch.data.resize(w.k * WIDTH, 0.0);
             for half in 0..WIDTH / PANEL {
                 let q = p * (WIDTH / PANEL) + half;
+                let (dst, f) = (&mut scratch.data[..], &self.f);
                 if q >= w.panels() {
-                    break;
+                    dst.chunks_exact_mut(WIDTH).for_each(|row| row[half * PANEL..][..PANEL].fill(0.0));
+                    continue;
                 }
                 let src = w.panel(q);
-                for (kk, row) in scratch.data.chunks_exact_mut(WIDTH).enumerate() {
-                    // Input row kk is member kk % g of its group's g x 32 values.
-                    let group = &src[(kk / g) * g * PANEL..][..g * PANEL];
-                    for (c, v) in row[half * PANEL..][..PANEL].iter_mut().enumerate() {
-                        *v = (self.f)(group[g * c + kk % g]);
-                    }
+                match w.group {
+                    2 => super::math::dispatch!(widen_pairs(src, w.k, dst, half, f)),
+                    4 => super::math::dispatch!(widen_quads(src, w.k, dst, half, f)),
+                    g => unreachable!("group size {g}"),
                 }
             }
             scratch.panel = Some(p);
         }
         &scratch.data
     }
+}
+
+/// [`widen_half`] for groups of 2 (bf16).
+#[inline(always)]
+fn widen_pairs<T: Copy, F: Fn(T) -> f32>(src: &[T], k: usize, dst: &mut [f32], half: usize, f: &F) {
+    widen_half::<2, T, F>(src, k, dst, half, f)
+}
+
+/// [`widen_half`] for groups of 4 (int8).
+#[inline(always)]
+fn widen_quads<T: Copy, F: Fn(T) -> f32>(src: &[T], k: usize, dst: &mut [f32], half: usize, f: &F) {
+    widen_half::<4, T, F>(src, k, dst, half, f)
+}
+
+/// Packed panel `src` (groups of `G` input rows) into columns `32 half .. 32 half + 32` of the
+/// `k` rows of `dst` (rows of `dense`'s panel width), each value through `f`. `G` a constant
+/// and the source read in order, so the loop is a vectorized de-interleave: with the group as
+/// a run-time value, a division per value made the widening ~10% of a bf16 product at 197 rows.
+#[inline(always)]
+fn widen_half<const G: usize, T: Copy, F: Fn(T) -> f32>(src: &[T], k: usize, dst: &mut [f32], half: usize, f: &F) {
+    const WIDTH: usize = super::dense::PANEL;
+    for (group, rows) in src.chunks_exact(G * PANEL).zip(dst.chunks_mut(G * WIDTH)) {
+        if rows.len() == G * WIDTH {
+            for c in 0..PANEL {
+                for m in 0..G {
+                    rows[m * WIDTH + half * PANEL + c] = f(group[G * c + m]);
+                }
+            }
+        } else {
+            // The last group's rows below k.
+            for (m, row) in rows.chunks_exact_mut(WIDTH).enumerate() {
+                for (c, v) in row[half * PANEL..][..PANEL].iter_mut().enumerate() {
+                    *v = f(group[G * c + m]);
+                }
+            }
+        }
+    }
+    debug_assert!(dst.len() == k * WIDTH);
 }
 
 /// `values` (one per output column, or zeros) padded to whole panels.
