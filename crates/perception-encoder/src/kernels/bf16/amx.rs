@@ -6,7 +6,7 @@ use std::arch::asm;
 use super::{round_rows, PackedBf16};
 use crate::kernels::amx::{finish_task, start_task, MB};
 use crate::kernels::panels::PANEL;
-use crate::kernels::tiles::{panel_masks, par_blocks};
+use crate::kernels::tiles::{panel_masks, par_blocks, Order};
 use crate::kernels::SendPtr;
 
 /// Rows per task.
@@ -89,7 +89,7 @@ fn for_each_block(a: &[u16], m: usize, w: &PackedBf16, store: impl Fn(&[f32; MB 
             r0 += MB;
         }
     };
-    par_blocks(m, MC, w.panels(), start_task, body, finish_task);
+    par_blocks(Order::RowBlocks, m, MC, w.panels(), start_task, body, finish_task);
 }
 
 /// `a W^T + b` for rows `0..m` of the rounded operand `a` (see [`for_each_block`]).

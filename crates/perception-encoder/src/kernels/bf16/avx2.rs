@@ -12,7 +12,7 @@ use rayon::prelude::*;
 use super::{to_bf16, PackedBf16};
 use crate::kernels::activations::Activations;
 use crate::kernels::panels::PANEL;
-use crate::kernels::tiles::{by_register_tiles, operand_stride, TileOperands};
+use crate::kernels::tiles::{by_register_tiles, operand_stride, Order, TileOperands};
 
 /// Rows per register tile.
 const MR: usize = 4;
@@ -126,5 +126,5 @@ pub(super) fn matmul(x: Activations, m: usize, w: &PackedBf16) -> Vec<f32> {
             }
         }
     };
-    unsafe { by_register_tiles(&a, m, w, MC, MR, tile_at) }
+    unsafe { by_register_tiles(Order::RowBlocks, &a, m, w, MC, MR, tile_at) }
 }

@@ -5,7 +5,7 @@ use std::arch::x86_64::*;
 
 use super::{round_rows, to_bf16, PackedBf16};
 use crate::kernels::panels::PANEL;
-use crate::kernels::tiles::{by_register_tiles, into_register_tiles, operand_stride, panel_masks, TileOperands};
+use crate::kernels::tiles::{by_register_tiles, into_register_tiles, operand_stride, panel_masks, Order, TileOperands};
 
 /// Rows per register tile: 12 rows x 32 columns = 24 accumulators.
 const MR: usize = 12;
@@ -173,7 +173,7 @@ pub(super) fn matmul_rows(a: &[u16], m: usize, w: &PackedBf16) -> Vec<f32> {
         // are masked to the panel's valid columns.
         unsafe { crate::kernels::tiles::rows_1_to_12!(op.rows, tile, t) }
     };
-    unsafe { by_register_tiles(a, m, w, MC, MR, tile_at) }
+    unsafe { by_register_tiles(Order::RowBlocks, a, m, w, MC, MR, tile_at) }
 }
 
 /// `gelu(a W^T + b)` rounded to bf16 for the `m` rows of `a`: the A operand of the next
@@ -195,7 +195,7 @@ pub(super) fn matmul_gelu_rows(a: &[u16], m: usize, w: &PackedBf16) -> Vec<u16> 
     // SAFETY: `h` holds m rows of `ldh` >= n; the tiles write only their own rows of their
     // panel, and the padding after n was zeroed above.
     unsafe {
-        into_register_tiles(a, m, w, MC, MR, (h.as_mut_ptr().cast::<u16>(), ldh), tile_at);
+        into_register_tiles(Order::RowBlocks, a, m, w, MC, MR, (h.as_mut_ptr().cast::<u16>(), ldh), tile_at);
         // Every (row, panel) block was written.
         crate::kernels::assume_init(h)
     }

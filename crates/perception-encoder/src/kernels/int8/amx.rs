@@ -6,7 +6,7 @@ use std::arch::asm;
 use super::{quantize_rows, PackedI8};
 use crate::kernels::amx::{finish_task, start_task, MB};
 use crate::kernels::panels::PANEL;
-use crate::kernels::tiles::{panel_masks, par_blocks};
+use crate::kernels::tiles::{panel_masks, par_blocks, Order};
 use crate::kernels::SendPtr;
 
 const MC: usize = 128;
@@ -85,7 +85,7 @@ pub(super) fn matmul(x: crate::kernels::activations::Activations, m: usize, w: &
             r0 += MB;
         }
     };
-    par_blocks(m, MC, w.panels(), start_task, body, finish_task);
+    par_blocks(Order::RowBlocks, m, MC, w.panels(), start_task, body, finish_task);
     // SAFETY: the tasks cover every row and column.
     unsafe { crate::kernels::assume_init(y) }
 }

@@ -14,7 +14,7 @@ use std::arch::x86_64::*;
 use super::{quantize_rows_i16, PackedI8, Tile};
 use crate::kernels::activations::Activations;
 use crate::kernels::panels::PANEL;
-use crate::kernels::tiles::{by_register_tiles, operand_stride, TileOperands};
+use crate::kernels::tiles::{by_register_tiles, operand_stride, Order, TileOperands};
 
 /// Rows per register tile.
 const MR: usize = 6;
@@ -107,5 +107,5 @@ fn product<const GELU: bool>(x: Activations, m: usize, w: &PackedI8) -> Vec<f32>
             }
         }
     };
-    unsafe { by_register_tiles(&a, m, w, MC, MR, tile_at) }
+    unsafe { by_register_tiles(Order::Panels, &a, m, w, MC, MR, tile_at) }
 }

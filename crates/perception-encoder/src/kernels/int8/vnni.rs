@@ -6,7 +6,7 @@ use std::arch::x86_64::*;
 use super::{quantize_rows, PackedI8, Tile};
 use crate::kernels::activations::Activations;
 use crate::kernels::panels::PANEL;
-use crate::kernels::tiles::{by_register_tiles, panel_masks, TileOperands};
+use crate::kernels::tiles::{by_register_tiles, panel_masks, Order, TileOperands};
 
 /// Rows per register tile: 12 rows x 32 columns = 24 int32 accumulators.
 const MR: usize = 12;
@@ -97,7 +97,7 @@ fn product<const GELU: bool>(x: Activations, m: usize, w: &PackedI8) -> Vec<f32>
             }
         }
     };
-    unsafe { by_register_tiles(a, m, w, MC, MR, tile_at) }
+    unsafe { by_register_tiles(Order::RowBlocks, a, m, w, MC, MR, tile_at) }
 }
 
 /// The same bytes seen as unsigned.
