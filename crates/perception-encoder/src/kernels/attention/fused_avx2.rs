@@ -111,7 +111,7 @@ unsafe fn transpose(src: *const f32, ss: usize, rows: usize, cols: usize, scale:
         for c0 in (0..full_c).step_by(8) {
             let r: [__m256; 8] =
                 std::array::from_fn(|i| _mm256_mul_ps(_mm256_loadu_ps(src.add((r0 + i) * ss + c0)), sv));
-            // Rows interleaved in pairs: t[2i], t[2i+1] = low and high halves of rows 2i, 2i+1.
+            // t[2i], t[2i + 1]: rows 2i and 2i + 1 interleaved (their unpacklo and unpackhi).
             let t: [__m256; 8] = std::array::from_fn(|i| {
                 let (a, b) = (r[i & !1], r[i | 1]);
                 if i % 2 == 0 {
