@@ -10,6 +10,7 @@ use candle_nn::VarBuilder;
 
 use crate::error::Result;
 use crate::kernels;
+use crate::kernels::dense::Epilogue;
 use crate::precision::Precision;
 use crate::rope::RopeTables;
 
@@ -209,7 +210,8 @@ impl Linear {
 
     /// [`Self::forward_packed`] of `norm(x)`, the LayerNorm applied to each row of `x` as the
     /// kernel takes it (`None` also when `norm` does not run on the kernels: the caller then
-    /// applies it first); with `gelu`, the GELU of the result (in the int8 kernel's epilogue).
+    /// applies it first); with `gelu`, the GELU of the result (in the product's epilogue where
+    /// the kernel has one).
     fn forward_packed_after(
         &self,
         norm: Option<&LayerNorm>,
@@ -238,16 +240,13 @@ impl Linear {
                 Some(n) => kernels::activations::Activations::normed(xs, n),
                 None => kernels::activations::Activations::plain(xs),
             };
-            let mut y = match &self.weight {
-                Weight::Int8(p) if gelu => return Some(kernels::int8::matmul_gelu(a, rows, p)),
-                Weight::Bf16(p) => kernels::bf16::matmul(a, rows, p),
-                Weight::Int8(p) => kernels::int8::matmul(a, rows, p),
-                Weight::Dense(_) | Weight::F32(_) => return None,
-            };
-            if gelu {
-                kernels::math::gelu_in_place(&mut y);
+            match &self.weight {
+                Weight::Int8(p) if gelu => Some(kernels::int8::matmul_gelu(a, rows, p)),
+                Weight::Bf16(p) if gelu => Some(kernels::bf16::matmul_gelu(a, rows, p)),
+                Weight::Bf16(p) => Some(kernels::bf16::matmul(a, rows, p)),
+                Weight::Int8(p) => Some(kernels::int8::matmul(a, rows, p)),
+                Weight::Dense(_) | Weight::F32(_) => None,
             }
-            Some(y)
         })
     }
 
@@ -267,20 +266,14 @@ impl Linear {
         Ok(dims)
     }
 
-    /// `gelu_erf(self.forward(x))`. With the CPU kernels the GELU runs on the fresh output in
-    /// place, with a branch-free erf within 4e-7 of the exact one.
+    /// `gelu_erf(self.forward(x))`. With the CPU kernels the GELU runs on each block of the
+    /// output as the product finishes it (or on the fresh output in place), with a branch-free
+    /// erf within 4e-7 of the exact one.
     pub(crate) fn forward_gelu(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        match self.forward_packed(x)? {
-            Some(mut y) => {
-                kernels::math::gelu_in_place(&mut y);
-                Tensor::from_vec(y, self.out_shape(x)?, x.device())
-            }
+        match self.forward_packed_after(None, x, true)? {
+            Some(y) => Tensor::from_vec(y, self.out_shape(x)?, x.device()),
             None => {
-                if let Some((mut y, bias)) = self.dense_vec(x, false)? {
-                    match bias {
-                        Some(b) => kernels::math::gelu_bias_in_place(&mut y, &b),
-                        None => kernels::math::gelu_in_place(&mut y),
-                    }
+                if let Some((y, _)) = self.dense_vec(x, Dense::Gelu)? {
                     return Tensor::from_vec(y, self.out_shape(x)?, x.device());
                 }
                 let y = self.forward(x)?;
@@ -307,7 +300,7 @@ impl Linear {
         if let Some(y) = self.forward_packed(x)? {
             return Ok(Some(y));
         }
-        Ok(self.dense_vec(x, true)?.map(|(y, _)| y))
+        Ok(self.dense_vec(x, Dense::WithBias)?.map(|(y, _)| y))
     }
 
     /// The product without its bias, and the bias, where the kernels run it on dense float32
@@ -315,15 +308,16 @@ impl Linear {
     /// residual), not in a pass of its own (writing the bias into a fresh output before the
     /// product was ~5% of T16's time). Elsewhere the bias is in the product, and `None`.
     pub(crate) fn forward_unbiased(&self, x: &Tensor) -> candle_core::Result<(Tensor, Option<Vec<f32>>)> {
-        match self.dense_vec(x, false)? {
+        match self.dense_vec(x, Dense::Unbiased)? {
             Some((y, bias)) => Ok((Tensor::from_vec(y, self.out_shape(x)?, x.device())?, bias)),
             None => Ok((self.forward(x)?, None)),
         }
     }
 
     /// The kernels' product of dense float32 weights (`None` for packed weights, or where the
-    /// kernels do not run), with the bias (`with_bias`) or without it and the bias returned.
-    fn dense_vec(&self, x: &Tensor, with_bias: bool) -> candle_core::Result<Option<Unbiased>> {
+    /// kernels do not run), as `what` says: with the bias, without it and the bias returned,
+    /// or through the GELU (the bias added in the GELU's epilogue).
+    fn dense_vec(&self, x: &Tensor, what: Dense) -> candle_core::Result<Option<Unbiased>> {
         let Weight::F32(w) = &self.weight else { return Ok(None) };
         let in_dim = x.dims().last().copied().unwrap_or(0);
         if !kernels::enabled_for(x) || in_dim == 0 {
@@ -340,10 +334,25 @@ impl Linear {
             Some(b) => Some(b.to_vec1::<f32>()?),
             None => None,
         };
-        let b = if with_bias { bias.as_deref() } else { None };
-        let y = with_f32(x, |xs| kernels::dense::matmul(xs, rows, &**w, b))?;
-        Ok(Some((y, if with_bias { None } else { bias })))
+        let (b, epilogue) = match what {
+            Dense::WithBias => (bias.as_deref(), Epilogue::None),
+            Dense::Unbiased => (None, Epilogue::None),
+            Dense::Gelu => (None, Epilogue::Gelu(bias.as_deref())),
+        };
+        let y = with_f32(x, |xs| kernels::dense::matmul_then(xs, rows, &**w, b, epilogue))?;
+        Ok(Some((y, if what == Dense::Unbiased { bias } else { None })))
     }
+}
+
+/// What [`Linear::dense_vec`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dense {
+    /// `x W^T + b`.
+    WithBias,
+    /// `x W^T`, the bias left to the caller's next pass.
+    Unbiased,
+    /// `gelu(x W^T + b)`.
+    Gelu,
 }
 
 impl Module for Linear {
@@ -436,7 +445,7 @@ pub(crate) fn kernel_attention(
         Some(qkv) => (qkv, None),
         None if kernels::enabled_for(x) => {
             let normed = norm.forward(x)?;
-            match in_proj.dense_vec(&normed, rope.is_none())? {
+            match in_proj.dense_vec(&normed, if rope.is_none() { Dense::WithBias } else { Dense::Unbiased })? {
                 Some(qkv_bias) => qkv_bias,
                 None => (in_proj.forward(&normed)?.flatten_all()?.to_vec1()?, None),
             }

@@ -97,8 +97,22 @@ fn gelu_bias_rows(rows: &mut [f32], bias: &[f32]) {
     }
 }
 
-/// `gelu(x + bias)` in place, `bias` per column of rows `bias.len()` wide: a product's bias
-/// added in the GELU's pass instead of a pass of its own.
+/// `gelu(x + bias)` (or `gelu(x)`) in place on one slice as wide as `bias`, compiled as the
+/// whole-matrix passes are: each element gets the bits those passes give it.
+pub(crate) fn gelu_bias_slice(xs: &mut [f32], bias: Option<&[f32]>) {
+    match bias {
+        _ if xs.is_empty() => {}
+        Some(b) => {
+            assert_eq!(xs.len(), b.len(), "gelu bias width");
+            dispatch!(gelu_bias_rows(xs, b))
+        }
+        None => dispatch!(gelu_chunk(xs)),
+    }
+}
+
+/// `gelu(x + bias)` in place, `bias` per column of rows `bias.len()` wide: the products' GELU
+/// epilogue over a whole output, which the tests hold it to.
+#[cfg(test)]
 pub(crate) fn gelu_bias_in_place(xs: &mut [f32], bias: &[f32]) {
     let w = bias.len();
     assert!(w > 0 && xs.len().is_multiple_of(w), "gelu bias shapes");

@@ -30,6 +30,7 @@ mod avx2;
 pub(crate) mod avx512;
 
 use super::activations::Activations;
+use super::dense::Epilogue;
 use super::panels::{per_column, Panels, Widened, PANEL};
 
 /// `K` is padded to this (one AMX tile row of bf16).
@@ -135,7 +136,7 @@ pub(crate) fn matmul_with(which: Impl, x: Activations, m: usize, w: &PackedBf16)
         Impl::Avx512 => avx512::matmul(x, m, w),
         #[cfg(target_arch = "x86_64")]
         Impl::Avx2 => avx2::matmul(x, m, w),
-        _ => portable(x, m, w),
+        _ => portable(x, m, w, Epilogue::None),
     }
 }
 
@@ -161,9 +162,20 @@ pub(crate) fn mlp(x: Activations, m: usize, fc: &PackedBf16, proj: &PackedBf16) 
         let h = avx512::matmul_gelu_rows(&avx512::operand(x, m, fc), m, fc);
         return avx512::matmul_rows(&h, m, proj);
     }
-    let mut h = matmul(x, m, fc);
-    super::math::gelu_in_place(&mut h);
+    let h = matmul_gelu(x, m, fc);
     matmul(Activations::plain(&h), m, proj)
+}
+
+/// `gelu(x W^T + b)`: on the widened panels (the portable path) the GELU runs in the
+/// product's epilogue, elsewhere in a pass of its own; the same bits either way.
+pub(crate) fn matmul_gelu(x: Activations, m: usize, w: &PackedBf16) -> Vec<f32> {
+    if selected() == Impl::Portable {
+        assert_eq!(x.len(), m * w.k, "input size");
+        return portable(x, m, w, Epilogue::Gelu(None));
+    }
+    let mut y = matmul(x, m, w);
+    super::math::gelu_in_place(&mut y);
+    y
 }
 
 /// Rows of `x` rounded to bf16, `k_pad` wide (zero padded: a row stride of at least `k`),
@@ -198,7 +210,7 @@ pub(crate) fn round_rows(x: Activations, m: usize, k: usize, k_pad: usize, rows_
 /// on the weight widened to float32 panels as the tasks come to them ([`Widened`]). The
 /// arithmetic is the other kernels' (exact products, float32 sums); the weight in memory stays
 /// bf16, and the widened panel a task works on is one of `dense`'s, in cache.
-fn portable(x: Activations, m: usize, w: &PackedBf16) -> Vec<f32> {
+fn portable(x: Activations, m: usize, w: &PackedBf16, epilogue: Epilogue) -> Vec<f32> {
     let k = w.k;
     let mut a = super::uninit::<f32>(m * k);
     a.par_chunks_mut(k.max(1)).enumerate().for_each_init(Vec::new, |scratch, (i, row)| {
@@ -216,7 +228,7 @@ fn portable(x: Activations, m: usize, w: &PackedBf16) -> Vec<f32> {
     });
     // SAFETY: every row was written in full above.
     let a = unsafe { super::assume_init(a) };
-    super::dense::matmul(&a, m, &Widened { w: &w.w, f: from_bf16 }, Some(&w.bias))
+    super::dense::matmul_then(&a, m, &Widened { w: &w.w, f: from_bf16 }, Some(&w.bias), epilogue)
 }
 
 #[cfg(test)]
