@@ -454,6 +454,10 @@ mod tests {
             (1, 1, 1, 8),
             (1, 30, 2, 12),
             (1, 5, 1, 4),
+            // Head dims of every remainder by the fused kernels' passes of 6 and 8 dims.
+            (1, 19, 2, 7),
+            (1, 23, 2, 9),
+            (1, 40, 1, 11),
         ] {
             let s = Shape { batch, seq, heads, head_dim };
             let qkv = random_qkv(s, &mut seed, 1.0);
