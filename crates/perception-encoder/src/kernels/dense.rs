@@ -135,8 +135,9 @@ pub(crate) enum Epilogue<'a> {
     /// Nothing: the sums (and the bias, when given) are the output.
     None,
     /// `gelu(y + bias)` (`gelu(y)` without one), the bits of [`super::math::gelu_bias_in_place`]
-    /// (or `gelu_in_place`) over the whole output, without a pass of its own: at T16's 577
-    /// tokens that pass was 3% of the model's time.
+    /// (or `gelu_in_place`) over the whole output, without a pass of its own over the hidden
+    /// layer (3% of T16's time on a Zen 1, though bound there by the erf's arithmetic more
+    /// than by the pass's memory).
     Gelu(Option<&'a [f32]>),
 }
 
