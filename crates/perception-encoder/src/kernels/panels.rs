@@ -178,6 +178,32 @@ mod tests {
     use super::*;
     use crate::kernels::dense::{PanelSource, Scratch, PANEL as WIDTH};
 
+    /// Products on widened weights of one shape, one after another, each read their own weight:
+    /// the threads' scratch keeps a panel between products but never hands it to the next one.
+    #[test]
+    fn a_widened_panel_is_not_reused_by_the_next_product() {
+        use crate::kernels::dense::{matmul, DensePanels};
+        // One panel (every task on every thread wants panel 0 of each product), then five.
+        for (m, k, n) in [(97, 70, 60), (97, 70, 300)] {
+            let x: Vec<f32> = (0..m * k).map(|i| ((i * 53 % 89) as f32 - 44.0) / 71.0).collect();
+            let weights: Vec<Panels<f32>> = (0..3)
+                .map(|s| {
+                    let w: Vec<f32> = (0..n * k).map(|i| ((i * (37 + 2 * s) % 101) as f32 - 50.0) / 97.0).collect();
+                    Panels::pack::<2>(&w, n, k, 32, |_, v| v)
+                })
+                .collect();
+            let want: Vec<Vec<f32>> = weights
+                .iter()
+                .map(|w| matmul(&x, m, &DensePanels::from_in_out(&w.unpack_t(|v| v), k, n), None))
+                .collect();
+            assert_ne!(want[0], want[1], "the weights differ");
+            for i in [0, 1, 2, 1, 0, 0, 2] {
+                let got = matmul(&x, m, &Widened { w: &weights[i], f: |v: f32| v }, None);
+                assert_eq!(got, want[i], "n {n}, weight {i}");
+            }
+        }
+    }
+
     /// Every widened panel holds the weight's columns in order (a pair of packed panels side
     /// by side, zeros past the last column), for both group sizes, ragged `k` and `n`, and
     /// a scratch reused across panels.
