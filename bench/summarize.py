@@ -14,9 +14,9 @@ CLASSES = {
 }
 # The peaks (`pe bench --peak`) each class is held to: the highest this CPU has (AMX tiles
 # where present, which pe's bf16 and int8 kernels then use; without bf16 or int8 dot products,
-# float32 FMA and AVX2's int16 multiply-add, on which the AVX2 kernels run).
+# float32 FMA and the AVX2 int8 kernel's byte-pair step, on which the AVX2 kernels run).
 PEAK = {"f32": ["f32_gflops"], "bf16": ["bf16_gflops", "amx_bf16_gflops", "f32_gflops"],
-        "int8": ["int8_gops", "amx_int8_gops", "int16_gops"]}
+        "int8": ["int8_gops", "amx_int8_gops", "int8_avx2_gops", "int16_gops"]}
 NAMES = {"torch": "PyTorch", "torch-bf16": "PyTorch autocast", "ort": "ORT", "ort-int8": "ORT int8",
          "ov": "OpenVINO", "ov-bf16": "OpenVINO bf16", "ov-int8": "OpenVINO int8"}
 
@@ -53,7 +53,7 @@ if peak:
     fmt = lambda k: "-" if peak.get(k) is None else f"{peak[k]:.0f}"
     print(f"Peaks on {peak.get('threads')} threads: float32 FMA {fmt('f32_gflops')} GFLOP/s, "
           f"bf16 dot {fmt('bf16_gflops')} GFLOP/s, int8 dot {fmt('int8_gops')} GOP/s, "
-          f"int16 multiply-add {fmt('int16_gops')} GOP/s, "
+          f"int16 multiply-add {fmt('int16_gops')} GOP/s, int8 AVX2 pairs {fmt('int8_avx2_gops')} GOP/s, "
           f"AMX bf16 {fmt('amx_bf16_gflops')} GFLOP/s, AMX int8 {fmt('amx_int8_gops')} GOP/s.\n")
 print("| preset, tower, batch | class | pe items/s | peers items/s (cosine) | pe / best peer | "
       "pe cosine | pe share of peak | best peer's share |")

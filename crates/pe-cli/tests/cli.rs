@@ -345,7 +345,9 @@ fn bench_peak_reports_rates_per_thread_count() {
     // Any CPU this runs on does at least 1 GFLOP/s, and none does 100 TFLOP/s on one thread
     // (not even this debug build's loops; their ratios depend on the CPU: Sapphire Rapids'
     // vdpbf16ps is no faster than its FMA, Zen 4's twice as fast).
-    for key in ["f32_gflops", "bf16_gflops", "int8_gops", "int16_gops", "amx_bf16_gflops", "amx_int8_gops"] {
+    for key in
+        ["f32_gflops", "bf16_gflops", "int8_gops", "int16_gops", "int8_avx2_gops", "amx_bf16_gflops", "amx_int8_gops"]
+    {
         let ok = match key {
             "f32_gflops" => v[key].as_f64().is_some_and(|r| (1.0..100_000.0).contains(&r)),
             _ => v[key].is_null() || v[key].as_f64().is_some_and(|r| (1.0..100_000.0).contains(&r)),

@@ -61,13 +61,14 @@ fn peak(json: bool) -> anyhow::Result<ExitCode> {
             |v: Option<f64>, unit: &str| v.map_or("not on this CPU".to_string(), |v| format!("{v:.0} {unit}"));
         writeln!(
             out,
-            "{} thread(s): float32 FMA ({}) {:.0} GFLOP/s; bf16 dot {}; int8 dot {}; int16 multiply-add {}; AMX bf16 {}; AMX int8 {}",
+            "{} thread(s): float32 FMA ({}) {:.0} GFLOP/s; bf16 dot {}; int8 dot {}; int16 multiply-add {}; int8 AVX2 pairs {}; AMX bf16 {}; AMX int8 {}",
             p.threads,
             p.simd,
             p.f32_gflops,
             or_none(p.bf16_gflops, "GFLOP/s"),
             or_none(p.int8_gops, "GOP/s"),
             or_none(p.int16_gops, "GOP/s"),
+            or_none(p.int8_avx2_gops, "GOP/s"),
             or_none(p.amx_bf16_gflops, "GFLOP/s"),
             or_none(p.amx_int8_gops, "GOP/s")
         )?;

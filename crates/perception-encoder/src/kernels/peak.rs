@@ -27,10 +27,14 @@ pub struct Peak {
     pub bf16_gflops: Option<f64>,
     /// int8 dot products into int32 (AVX512-VNNI), GOP/s.
     pub int8_gops: Option<f64>,
-    /// int16 multiply-adds into int32 (AVX2 `vpmaddwd` + `vpaddd`), GOP/s: the limit of the
-    /// AVX2 int8 kernel, which widens both operands to int16 to stay exact. (`vpmaddubsw`, which
-    /// saturates, does twice the products per instruction; on Zen 1 at the same rate.)
+    /// int16 multiply-adds into int32 (AVX2 `vpmaddwd` + `vpaddd`), GOP/s: the limit of an
+    /// int8 kernel that widens both operands to int16 (this project's AVX2 kernel until
+    /// 2026-12-04).
     pub int16_gops: Option<f64>,
+    /// int8 products in the AVX2 int8 kernel's step (two `vpmaddubsw` added in int16 by
+    /// `vpaddw`, widened by one `vpmaddwd`, `vpaddd`: 64 products on 256 bits), GOP/s: that
+    /// kernel's limit, where AVX512-VNNI is absent.
+    pub int8_avx2_gops: Option<f64>,
     /// bf16 tile products (AMX-BF16), GFLOP/s.
     pub amx_bf16_gflops: Option<f64>,
     /// int8 tile products (AMX-INT8), GOP/s.
@@ -86,6 +90,11 @@ pub fn measure() -> Peak {
         .then(|| rate(threads, (ROUNDS * CHAINS_256) as f64 * 16.0 * 2.0, |n| unsafe { x86::madd256(n) }));
     #[cfg(not(target_arch = "x86_64"))]
     let int16_gops = None;
+    #[cfg(target_arch = "x86_64")]
+    let int8_avx2_gops = super::cpu::avx2()
+        .then(|| rate(threads, (ROUNDS * CHAINS_256) as f64 * 64.0 * 2.0, |n| unsafe { x86::maddubs_pairs256(n) }));
+    #[cfg(not(target_arch = "x86_64"))]
+    let int8_avx2_gops = None;
     // One tile product: 16 x 16 outputs, each a sum of 32 bf16 or 64 int8 products.
     let per_tile_call = |products: f64| (ROUNDS * AMX_CHAINS) as f64 * 256.0 * products * 2.0;
     #[cfg(target_arch = "x86_64")]
@@ -95,7 +104,17 @@ pub fn measure() -> Peak {
     );
     #[cfg(not(target_arch = "x86_64"))]
     let (amx_bf16_gflops, amx_int8_gops) = (None, None);
-    Peak { threads, simd: name, f32_gflops, bf16_gflops, int8_gops, int16_gops, amx_bf16_gflops, amx_int8_gops }
+    Peak {
+        threads,
+        simd: name,
+        f32_gflops,
+        bf16_gflops,
+        int8_gops,
+        int16_gops,
+        int8_avx2_gops,
+        amx_bf16_gflops,
+        amx_int8_gops,
+    }
 }
 
 /// Scalar multiply-adds (what a CPU without the vector kernels does).
@@ -164,6 +183,33 @@ mod x86 {
         for _ in 0..n {
             for a in &mut acc {
                 *a = _mm256_add_epi32(*a, _mm256_madd_epi16(*a, ones));
+            }
+        }
+        let mut out = [0i32; 8];
+        acc.iter()
+            .map(|&a| {
+                _mm256_storeu_si256(out.as_mut_ptr().cast(), a);
+                out.iter().map(|&x| x as f32).sum::<f32>()
+            })
+            .sum()
+    }
+
+    /// Each chain's four bytes per lane times ones, twice (`vpmaddubsw` into pair sums, added by
+    /// `vpaddw`), widened (`vpmaddwd`) and added to itself: `a += 2 (b0 + b1 + b2 + b3)`, the
+    /// bytes read as unsigned; no pair sum comes near saturation.
+    ///
+    /// # Safety
+    /// The CPU has AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn maddubs_pairs256(n: usize) -> f32 {
+        let mut acc: [__m256i; CHAINS_256] =
+            std::hint::black_box(std::array::from_fn(|i| _mm256_set1_epi32(i as i32 * 0x0101)));
+        let (w0, w1) = (_mm256_set1_epi8(std::hint::black_box(1)), _mm256_set1_epi8(std::hint::black_box(1)));
+        let ones = _mm256_set1_epi16(std::hint::black_box(1));
+        for _ in 0..n {
+            for a in &mut acc {
+                let pairs = _mm256_add_epi16(_mm256_maddubs_epi16(*a, w0), _mm256_maddubs_epi16(*a, w1));
+                *a = _mm256_add_epi32(*a, _mm256_madd_epi16(pairs, ones));
             }
         }
         let mut out = [0i32; 8];
@@ -300,6 +346,16 @@ mod tests {
                 })
                 .sum();
             assert_eq!(unsafe { super::x86::madd256(100) }, want);
+            let want: f32 = (0..super::CHAINS_256)
+                .map(|i| {
+                    let mut a = i as i32 * 0x0101;
+                    for _ in 0..100 {
+                        a = a.wrapping_add(2 * a.to_le_bytes().iter().map(|&b| b as i32).sum::<i32>());
+                    }
+                    (0..8).map(|_| a as f32).sum::<f32>()
+                })
+                .sum();
+            assert_eq!(unsafe { super::x86::maddubs_pairs256(100) }, want);
         }
         if cpu::avx512vnni() {
             // Each step adds 4 products of 1 x 1 to each of 16 lanes of 24 chains.
