@@ -76,8 +76,9 @@ pub(crate) enum LinearWeights {
     Native,
     /// bfloat16, packed for the bf16 kernels; activations stay float32 around them.
     Bf16,
-    /// int8 per output channel, activations quantized per row on the fly; float32 around them.
-    Int8,
+    /// int8 per output channel, activations quantized per row on the fly, in this scheme;
+    /// float32 around them.
+    Int8(kernels::int8::Scheme),
 }
 
 /// The modules' view of `vb` for `precision`, and how the linear layers keep their weights.
@@ -86,10 +87,19 @@ pub(crate) enum LinearWeights {
 /// else (LayerNorm, softmax, GELU, residuals, embeddings) computes in float32, as PyTorch's bf16
 /// autocast does. Elsewhere bf16 means every tensor in bfloat16, and int8 is refused. `F32`
 /// builds in `vb`'s own dtype (float32, or the F16/F64 of a `VarBuilder` given to `Clip::new`).
-pub(crate) fn plan(vb: VarBuilder, precision: Precision) -> Result<(VarBuilder, LinearWeights)> {
+/// `pooled_over_tokens`: the tower's output averages over its tokens (an attention-pooled image
+/// embedding), which lets int8 take the faster, narrower scheme where it has one
+/// ([`kernels::int8::scheme_for`]).
+pub(crate) fn plan(
+    vb: VarBuilder,
+    precision: Precision,
+    pooled_over_tokens: bool,
+) -> Result<(VarBuilder, LinearWeights)> {
     let kernels_on = vb.device().is_cpu() && kernels::enabled();
     match precision {
-        Precision::Int8 if vb.device().is_cpu() => Ok((vb.to_dtype(DType::F32), LinearWeights::Int8)),
+        Precision::Int8 if vb.device().is_cpu() => {
+            Ok((vb.to_dtype(DType::F32), LinearWeights::Int8(kernels::int8::scheme_for(pooled_over_tokens))))
+        }
         Precision::Int8 => Err(crate::Error::InvalidConfig("int8 runs on the CPU only".into())),
         Precision::Bf16 if kernels_on => Ok((vb.to_dtype(DType::F32), LinearWeights::Bf16)),
         Precision::Bf16 => Ok((vb.to_dtype(DType::BF16), LinearWeights::Native)),
@@ -136,8 +146,8 @@ impl Linear {
         // Packed straight from the tensor's storage: a copy of every weight matrix first was
         // a quarter of the load time.
         let weight = with_f32(&weight, |w| {
-            if kind == LinearWeights::Int8 {
-                Weight::Int8(Arc::new(kernels::int8::PackedI8::pack(w, n, k, b.as_deref())))
+            if let LinearWeights::Int8(scheme) = kind {
+                Weight::Int8(Arc::new(kernels::int8::PackedI8::pack_as(scheme, w, n, k, b.as_deref())))
             } else {
                 Weight::Bf16(Arc::new(kernels::bf16::PackedBf16::pack(w, n, k, b.as_deref())))
             }

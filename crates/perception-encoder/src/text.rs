@@ -26,7 +26,8 @@ pub struct TextTransformer {
 impl TextTransformer {
     /// Build the tower in `precision`; `vb` is the checkpoint root (the text tower has no prefix).
     pub fn new(cfg: &TextConfig, vb: VarBuilder, precision: Precision) -> Result<Self> {
-        let (vb, kind) = crate::layers::plan(vb, precision)?;
+        // The embedding is one token's features: no pooling averages int8's noise.
+        let (vb, kind) = crate::layers::plan(vb, precision, false)?;
         let w = cfg.width;
         let emb = vb.pp("token_embedding").get((cfg.vocab_size, w), "weight")?;
         Ok(TextTransformer {

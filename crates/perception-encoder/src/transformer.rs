@@ -253,7 +253,9 @@ mod tests {
         .unwrap();
         let tensors = crate::weights::random_state_dict(&cfg, 3, DType::F32, &Device::Cpu).unwrap();
         let vb = candle_nn::VarBuilder::from_tensors(tensors.into_iter().collect(), DType::F32, &Device::Cpu);
-        for weights in [super::LinearWeights::Native, super::LinearWeights::Bf16, super::LinearWeights::Int8] {
+        use crate::kernels::int8::Scheme;
+        let int8 = [Scheme::Symmetric, Scheme::Narrow].map(super::LinearWeights::Int8);
+        for weights in [super::LinearWeights::Native, super::LinearWeights::Bf16].into_iter().chain(int8) {
             let spec = super::BlockSpec { width: 32, heads: 2, hidden: 128, layer_scale: true, weights };
             let t = super::Transformer::new(&spec, 2, vb.pp("visual.transformer")).unwrap();
             let x = Tensor::randn(0f32, 1.0, (5, 17, 32), &Device::Cpu).unwrap();

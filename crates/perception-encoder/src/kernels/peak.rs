@@ -185,6 +185,12 @@ mod x86 {
                 *a = _mm256_add_epi32(*a, _mm256_madd_epi16(*a, ones));
             }
         }
+        lane_sum(&acc)
+    }
+
+    /// Every int32 lane of `acc` as float32, summed register by register.
+    #[target_feature(enable = "avx2")]
+    unsafe fn lane_sum(acc: &[__m256i]) -> f32 {
         let mut out = [0i32; 8];
         acc.iter()
             .map(|&a| {
@@ -212,13 +218,7 @@ mod x86 {
                 *a = _mm256_add_epi32(*a, _mm256_madd_epi16(pairs, ones));
             }
         }
-        let mut out = [0i32; 8];
-        acc.iter()
-            .map(|&a| {
-                _mm256_storeu_si256(out.as_mut_ptr().cast(), a);
-                out.iter().map(|&x| x as f32).sum::<f32>()
-            })
-            .sum()
+        lane_sum(&acc)
     }
 
     /// # Safety

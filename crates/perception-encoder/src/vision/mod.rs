@@ -48,7 +48,7 @@ impl VisionTransformer {
     /// Build the tower from `vb`, whose prefix is the tower's (`visual` in a CLIP checkpoint),
     /// in `precision` (see [`Precision`]).
     pub fn new(cfg: &VisionConfig, vb: VarBuilder, precision: Precision) -> Result<Self> {
-        let (vb, kind) = crate::layers::plan(vb, precision)?;
+        let (vb, kind) = crate::layers::plan(vb, precision, cfg.pool_type == PoolType::Attn)?;
         let w = cfg.width;
         let p = cfg.patch_size;
         let conv1 = vb.pp("conv1").get((w, 3, p, p), "weight")?.reshape((w, 3 * p * p))?.t()?.contiguous()?;

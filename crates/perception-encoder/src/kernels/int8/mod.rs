@@ -3,24 +3,28 @@
 //! Weights are quantized once at load, symmetrically per output channel
 //! (`s_j = max|W[j, :]| / 127`); activations dynamically per row (`t_i = max|x[i, :]| / 127`).
 //! Products are summed exactly in int32 and scaled back: `y[i, j] = t_i s_j sum_k qx qw + b_j`.
-//! That is [`Scheme::Symmetric`]; the AVX2 kernel uses [`Scheme::Narrow`] instead (7-bit
-//! weights, activations in 0..=127 with a zero point per row), which lets it sum eight byte
-//! products per int32 lane with three multiply instructions where the symmetric operands need four.
+//! That is [`Scheme::Symmetric`]. Where the AVX2 kernel runs, towers that pool over their tokens
+//! take [`Scheme::Narrow`] instead (7-bit weights, activations in 0..=127 with a zero point per
+//! row), which sums eight byte products per int32 lane with three multiply instructions where
+//! the symmetric operands need four (see [`scheme_for`]).
 //!
 //! The packed layout mirrors the bf16 one with quadruples instead of pairs: columns in panels of
 //! 32, and for each group of four input rows the 32 columns' quadruples side by side, which is
 //! AMX's `tdpbssd` tile operand and, 16 columns at a time, AVX512-VNNI's `vpdpbusd` operand
 //! (8 columns at a time, `vpmaddubsw`'s). Implementations, chosen at run time (`PE_INT8_KERNEL=amx|vnni|avx2|portable` forces one):
 //! AMX-INT8 tiles where the CPU has them and Linux grants the tile state; AVX512-VNNI (Ice Lake,
-//! Zen 4 and later); AVX2 (`vpmaddubsw` pairs summed in int16, then `vpmaddwd`);
+//! Zen 4 and later); AVX2 (symmetric: both operands widened to int16 for `vpmaddwd`; narrow:
+//! `vpmaddubsw` pairs summed in int16, then `vpmaddwd`);
 //! else a portable path (the integer operands as float32 through the `gemm` crate: exact
-//! products, float32 sums) in either scheme. AMX and VNNI give bit-identical results; AVX2,
-//! in its own scheme, slightly less precise ones.
+//! products, float32 sums) in either scheme. In the symmetric scheme AMX, VNNI and AVX2 give
+//! bit-identical results; the narrow one is slightly less precise.
 
 #[cfg(target_arch = "x86_64")]
 mod amx;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx2_narrow;
 #[cfg(target_arch = "x86_64")]
 mod vnni;
 
@@ -32,13 +36,14 @@ use super::panels::{per_column, Panels, Widened};
 /// `K` is padded to this (one AMX tile row of int8).
 const K_ALIGN: usize = 64;
 
-/// How a weight and the activations it meets are quantized; fixed per implementation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a weight and the activations it meets are quantized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Scheme {
-    /// Weights in -127..=127 per output channel, activations in -127..=127 per row: AMX, VNNI.
+    /// Weights in -127..=127 per output channel, activations in -127..=127 per row: every
+    /// implementation.
     Symmetric,
     /// Weights in -63..=63 per output channel, activations in 0..=127 per row with a zero
-    /// point (`x = t (q - z)`): the AVX2 kernel's. Two `vpmaddubsw` pair sums added in int16
+    /// point (`x = t (q - z)`): AVX2 and portable only. Two `vpmaddubsw` pair sums added in int16
     /// stay below 2^15 (4 x 127 x 63 = 32,004), so one `vpmaddwd` widens eight products, where
     /// 8-bit operands would saturate (ONNX Runtime's AVX2 path lets them). The zero point
     /// spends the activations' 7 bits on the row's actual range (GELU outputs are mostly >= 0).
@@ -99,10 +104,10 @@ fn round_in(x: f32, lo: f32, hi: f32) -> i32 {
 }
 
 impl PackedI8 {
-    /// Quantize and pack `w`, row-major `(n, k)`, with the optional bias `(n)`, for this
-    /// process's implementation.
+    /// Quantize and pack `w`, row-major `(n, k)`, with the optional bias `(n)`, in the
+    /// symmetric scheme.
     pub(crate) fn pack(w: &[f32], n: usize, k: usize, bias: Option<&[f32]>) -> Self {
-        Self::pack_as(selected().scheme(), w, n, k, bias)
+        Self::pack_as(Scheme::Symmetric, w, n, k, bias)
     }
 
     /// [`PackedI8::pack`] in the given scheme.
@@ -154,12 +159,23 @@ pub(crate) enum Impl {
 }
 
 impl Impl {
-    /// The quantization this implementation computes with.
-    pub(crate) fn scheme(self) -> Scheme {
-        match self {
-            Impl::Avx2 => Scheme::Narrow,
-            _ => Scheme::Symmetric,
-        }
+    /// Whether this implementation computes in `scheme`.
+    fn computes(self, scheme: Scheme) -> bool {
+        matches!((self, scheme), (_, Scheme::Symmetric) | (Impl::Avx2 | Impl::Portable, Scheme::Narrow))
+    }
+}
+
+/// The scheme for a tower's linear layers: narrow where the AVX2 kernel runs and the tower's
+/// output averages over its tokens (an attention-pooled image embedding), symmetric elsewhere.
+/// The narrow scheme's extra noise (one bit less on each operand) is independent from token to
+/// token, so pooling over hundreds of tokens averages it out (random B16, L14: cosine 0.9990 to
+/// float32), while a text embedding is one token's features (0.9975-0.9979, below the 0.998
+/// the int8 path is held to; symmetric 0.9994).
+pub(crate) fn scheme_for(pooled_over_tokens: bool) -> Scheme {
+    if pooled_over_tokens && selected() == Impl::Avx2 {
+        Scheme::Narrow
+    } else {
+        Scheme::Symmetric
     }
 }
 
@@ -213,6 +229,25 @@ pub(crate) fn quantize_rows(
     );
     pad.fill(std::mem::MaybeUninit::new(zero));
     // SAFETY: rows 0..m were written above, the rest just now.
+    (unsafe { super::assume_init(a) }, scales)
+}
+
+/// Rows of `x` quantized per row as [`quantize_rows`] does, stored widened to int16 (rows of
+/// `lda`, zero beyond `k`): the AVX2 kernel's operand written in one pass, with no int8 copy.
+#[cfg(target_arch = "x86_64")]
+fn quantize_rows_i16(x: Activations, m: usize, k: usize, lda: usize) -> (Vec<i16>, Vec<f32>) {
+    let mut a = super::uninit::<i16>(m * lda);
+    let mut scales = vec![0f32; m];
+    a.par_chunks_mut(lda.max(1)).zip(scales.par_iter_mut()).enumerate().for_each_init(
+        Vec::new,
+        |scratch, (i, (row, s))| {
+            row.fill(std::mem::MaybeUninit::new(0));
+            // SAFETY: every value of the row was just written.
+            let row = unsafe { &mut *(row as *mut [std::mem::MaybeUninit<i16>] as *mut [i16]) };
+            *s = super::math::dispatch!(quantize_row(x.row(i, k, scratch), row));
+        },
+    );
+    // SAFETY: the rows cover the buffer (m * lda values) and each was written above.
     (unsafe { super::assume_init(a) }, scales)
 }
 
@@ -285,6 +320,10 @@ pub(crate) fn matmul_gelu(x: Activations, m: usize, w: &PackedI8) -> Vec<f32> {
         }
         Impl::Avx2 if w.scheme == Scheme::Narrow => {
             assert_eq!(x.len(), m * w.k, "input size");
+            return avx2_narrow::matmul_gelu(x, m, w);
+        }
+        Impl::Avx2 => {
+            assert_eq!(x.len(), m * w.k, "input size");
             return avx2::matmul_gelu(x, m, w);
         }
         _ => {}
@@ -296,7 +335,7 @@ pub(crate) fn matmul_gelu(x: Activations, m: usize, w: &PackedI8) -> Vec<f32> {
 
 pub(crate) fn matmul_with(which: Impl, x: Activations, m: usize, w: &PackedI8) -> Vec<f32> {
     assert_eq!(x.len(), m * w.k, "input size");
-    if which.scheme() != w.scheme {
+    if !which.computes(w.scheme) {
         return portable(x, m, w);
     }
     match which {
@@ -304,6 +343,8 @@ pub(crate) fn matmul_with(which: Impl, x: Activations, m: usize, w: &PackedI8) -
         Impl::Amx => amx::matmul(x, m, w),
         #[cfg(target_arch = "x86_64")]
         Impl::Vnni => vnni::matmul(x, m, w),
+        #[cfg(target_arch = "x86_64")]
+        Impl::Avx2 if w.scheme == Scheme::Narrow => avx2_narrow::matmul(x, m, w),
         #[cfg(target_arch = "x86_64")]
         Impl::Avx2 => avx2::matmul(x, m, w),
         _ => portable(x, m, w),
@@ -357,11 +398,13 @@ mod tests {
             let x: Vec<f32> = (0..m * k).map(|_| 2.0 * rnd()).collect();
             let w: Vec<f32> = (0..n * k).map(|_| rnd()).collect();
             let b: Vec<f32> = (0..n).map(|_| rnd()).collect();
-            let packed = PackedI8::pack(&w, n, k, Some(&b));
-            let mut want = matmul(Activations::plain(&x), m, &packed);
-            crate::kernels::math::gelu_in_place(&mut want);
-            let got = matmul_gelu(Activations::plain(&x), m, &packed);
-            assert_eq!(got, want, "{m}x{n}x{k} ({:?})", selected());
+            for scheme in [Scheme::Symmetric, Scheme::Narrow] {
+                let packed = PackedI8::pack_as(scheme, &w, n, k, Some(&b));
+                let mut want = matmul(Activations::plain(&x), m, &packed);
+                crate::kernels::math::gelu_in_place(&mut want);
+                let got = matmul_gelu(Activations::plain(&x), m, &packed);
+                assert_eq!(got, want, "{m}x{n}x{k} ({:?}, {scheme:?})", selected());
+            }
         }
     }
 
@@ -378,15 +421,17 @@ mod tests {
 
     #[test]
     fn every_available_implementation_matches_the_integer_reference() {
-        // The portable path computes either scheme; each SIMD kernel its own.
-        let mut impls = vec![(Impl::Portable, Scheme::Symmetric), (Impl::Portable, Scheme::Narrow)];
+        let mut impls = vec![];
         for (which, ok) in [
+            (Impl::Portable, true),
             (Impl::Amx, crate::kernels::cpu::amx_int8()),
             (Impl::Vnni, crate::kernels::cpu::avx512vnni()),
             (Impl::Avx2, crate::kernels::cpu::avx2()),
         ] {
-            if ok {
-                impls.push((which, which.scheme()));
+            for scheme in [Scheme::Symmetric, Scheme::Narrow] {
+                if ok && which.computes(scheme) {
+                    impls.push((which, scheme));
+                }
             }
         }
         eprintln!("testing {impls:?}");
@@ -406,7 +451,7 @@ mod tests {
                 let bias: Vec<f32> = (0..n).map(|_| rnd()).collect();
                 let packed = PackedI8::pack_as(scheme, &w, n, k, Some(&bias));
                 let got = matmul_with(which, Activations::plain(&x), m, &packed);
-                by_impl.insert((which, m, n, k), got.clone());
+                by_impl.insert((which, scheme, m, n, k), got.clone());
                 // The same quantization, summed exactly in integers.
                 let (qa, sx) = integers(scheme, &x, m, k);
                 let mut worst = 0f32;
@@ -426,11 +471,15 @@ mod tests {
                 assert!(worst <= 0.04 * (k as f32).sqrt(), "{which:?} {scheme:?} {m}x{n}x{k}: {worst}");
             }
         }
-        // AMX and VNNI sum the same integers exactly and share the epilogue's arithmetic.
-        for ((which, m, n, k), got) in &by_impl {
-            if *which == Impl::Vnni {
-                if let Some(want) = by_impl.get(&(Impl::Amx, *m, *n, *k)) {
-                    assert_eq!(got, want, "VNNI and AMX differ at {m}x{n}x{k}");
+        // In the symmetric scheme AMX, VNNI and AVX2 sum the same integers exactly and share
+        // the epilogue's arithmetic.
+        for ((which, scheme, m, n, k), got) in &by_impl {
+            if matches!(which, Impl::Vnni | Impl::Avx2) && *scheme == Scheme::Symmetric {
+                for other in [Impl::Vnni, Impl::Amx] {
+                    if let Some(want) = by_impl.get(&(other, Scheme::Symmetric, *m, *n, *k)).filter(|_| other != *which)
+                    {
+                        assert_eq!(got, want, "{which:?} and {other:?} differ at {m}x{n}x{k}");
+                    }
                 }
             }
         }
