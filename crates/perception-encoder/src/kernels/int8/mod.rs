@@ -10,9 +10,9 @@
 //!
 //! The packed layout mirrors the bf16 one with quadruples instead of pairs: columns in panels of
 //! 32, and for each group of four input rows the 32 columns' quadruples side by side, which is
-//! AMX's `tdpbssd` tile operand and, 16 columns at a time, AVX512-VNNI's `vpdpbusd` operand
-//! (8 columns at a time, `vpmaddubsw`'s). Implementations, chosen at run time (`PE_INT8_KERNEL=amx|vnni|avx2|portable` forces one):
-//! AMX-INT8 tiles where the CPU has them and Linux grants the tile state; AVX512-VNNI (Ice Lake,
+//! AMX's `tdpbssd` tile operand, 16 columns at a time AVX512-VNNI's `vpdpbusd` operand and 8
+//! columns at a time `vpmaddubsw`'s. Implementations, chosen at run time
+//! (`PE_INT8_KERNEL=amx|vnni|avx2|portable` forces one): AMX-INT8 tiles where the CPU has them and Linux grants the tile state; AVX512-VNNI (Ice Lake,
 //! Zen 4 and later); AVX2 (symmetric: both operands widened to int16 for `vpmaddwd`; narrow:
 //! `vpmaddubsw` pairs summed in int16, then `vpmaddwd`);
 //! else a portable path (the integer operands as float32 through the `gemm` crate: exact
@@ -92,15 +92,17 @@ fn quantize(v: f32, inv_scale: f32) -> i8 {
     round_in(v * inv_scale, -127.0, 127.0) as i8
 }
 
-/// `x` clamped to `lo..=hi` (within -2^22..2^22) and rounded to the nearest integer, ties to
-/// even. Rounding by adding and subtracting 1.5 * 2^23 is exact in that range and vectorizes on
-/// every x86-64, where `f32::round` is a library call per element.
+/// `x` clamped to `lo..=hi` (within -2^22..2^22; NaN to `lo`) and rounded to the nearest
+/// integer, ties to even. Rounding by adding and subtracting 1.5 * 2^23 is exact in that range
+/// and vectorizes on every x86-64, where `f32::round` is a library call per element.
 #[inline(always)]
 fn round_in(x: f32, lo: f32, hi: f32) -> i32 {
     const ROUND: f32 = 12_582_912.0;
+    // `max` then `min` rather than `clamp`, which passes NaN through: a NaN or infinite input
+    // still gives an integer in range (the kernels' bounds hold; the row's result is garbage).
     // The rounded integer sits in the low mantissa bits of x + ROUND; reading it there keeps
     // the loop vectorized (a float-to-int `as` is a saturating conversion done per element).
-    (x.clamp(lo, hi) + ROUND).to_bits().wrapping_sub(ROUND.to_bits()) as i32
+    (x.max(lo).min(hi) + ROUND).to_bits().wrapping_sub(ROUND.to_bits()) as i32
 }
 
 impl PackedI8 {
@@ -479,6 +481,31 @@ mod tests {
                     if let Some(want) = by_impl.get(&(other, Scheme::Symmetric, *m, *n, *k)).filter(|_| other != *which)
                     {
                         assert_eq!(got, want, "{which:?} and {other:?} differ at {m}x{n}x{k}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// A row holding NaN or an infinity gives garbage in its own outputs, never a panic or an
+    /// integer out of the kernels' ranges, and the other rows keep their values.
+    #[test]
+    fn rows_with_nan_or_infinity_stay_in_range() {
+        let (m, n, k) = (4, 40, 130);
+        let x: Vec<f32> = (0..m * k).map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0).collect();
+        let w: Vec<f32> = (0..n * k).map(|i| ((i * 53) % 97) as f32 / 48.0 - 1.0).collect();
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let mut xb = x.clone();
+            xb[k + 3] = bad;
+            for scheme in [Scheme::Symmetric, Scheme::Narrow] {
+                let (qa, _) = integers(scheme, &xb, m, k);
+                assert!(qa.iter().all(|q| q.abs() <= 127.0), "{scheme:?}, {bad}");
+                let packed = PackedI8::pack_as(scheme, &w, n, k, None);
+                for which in [Impl::Portable, selected()] {
+                    let clean = matmul_with(which, Activations::plain(&x), m, &packed);
+                    let got = matmul_with(which, Activations::plain(&xb), m, &packed);
+                    for r in [0, 2, 3] {
+                        assert_eq!(got[r * n..(r + 1) * n], clean[r * n..(r + 1) * n], "{which:?} {scheme:?} {bad}");
                     }
                 }
             }
