@@ -23,7 +23,10 @@ pub enum Precision {
     /// cosine 0.999 of `F32`. On other devices every tensor is bfloat16.
     Bf16,
     /// int8 linear layers (CPU only): weights quantized per output channel at load, inputs per
-    /// row on the fly, int32 sums (AMX-INT8 where present); float32 elsewhere.
+    /// row on the fly, int32 sums (AMX-INT8 where present); float32 elsewhere. Embeddings within
+    /// cosine 0.998 of `F32`. On CPUs with AVX2 but no AVX512-VNNI, attention-pooled image
+    /// towers use 7-bit operands (twice the products per multiply instruction; their
+    /// per-token features, `forward_features`, are noisier than the pooled embedding).
     Int8,
 }
 
