@@ -44,30 +44,44 @@ unsafe fn eighth<const R: usize, const GELU: bool>(t: Tile<i16>, q: usize) {
     let j = panel * PANEL + q * 8;
     let (s, bias) = (_mm256_loadu_ps(w.scale.as_ptr().add(j)), _mm256_loadu_ps(w.bias.as_ptr().add(j)));
     let valid = cols.saturating_sub(q * 8).min(8);
-    let mut v = [0f32; 8];
     for r in 0..R {
         // hadd gives columns (0, 1, 4, 5 | 2, 3, 6, 7); the 64-bit permute puts them in order.
         let sums = _mm256_permute4x64_epi64::<0xd8>(_mm256_hadd_epi32(lo[r], hi[r]));
-        let sr = _mm256_set1_ps(row_scale[r]);
-        let y = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_mul_ps(sr, s), bias);
-        let row = c.add(r * ldc + q * 8);
-        let y = if GELU {
-            // All 8 lanes, so that the loop is vectorized (a scalar GELU per value was a fifth
-            // of the `c_fc` product's time).
-            _mm256_storeu_ps(v.as_mut_ptr(), y);
-            for x in v.iter_mut() {
-                *x = crate::kernels::math::gelu(*x);
-            }
-            _mm256_loadu_ps(v.as_ptr())
-        } else {
-            y
-        };
-        if valid == 8 {
-            _mm256_storeu_ps(row, y);
-        } else {
-            _mm256_storeu_ps(v.as_mut_ptr(), y);
-            std::ptr::copy_nonoverlapping(v.as_ptr(), row, valid);
+        store8::<GELU>(sums, row_scale[r], s, bias, c.add(r * ldc + q * 8), valid);
+    }
+}
+
+/// One row's 8 columns from their int32 sums: `sums * (row_scale * s) + bias`, with `GELU` the
+/// GELU (the same float32 operations as the separate pass, so the same bits), stored to the
+/// `valid` first columns of `row`. Shared by both AVX2 kernels.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn store8<const GELU: bool>(
+    sums: __m256i,
+    row_scale: f32,
+    s: __m256,
+    bias: __m256,
+    row: *mut f32,
+    valid: usize,
+) {
+    let mut v = [0f32; 8];
+    let y = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_mul_ps(_mm256_set1_ps(row_scale), s), bias);
+    let y = if GELU {
+        // All 8 lanes, so that the loop is vectorized (a scalar GELU per value was a fifth
+        // of the `c_fc` product's time).
+        _mm256_storeu_ps(v.as_mut_ptr(), y);
+        for x in v.iter_mut() {
+            *x = crate::kernels::math::gelu(*x);
         }
+        _mm256_loadu_ps(v.as_ptr())
+    } else {
+        y
+    };
+    if valid == 8 {
+        _mm256_storeu_ps(row, y);
+    } else {
+        _mm256_storeu_ps(v.as_mut_ptr(), y);
+        std::ptr::copy_nonoverlapping(v.as_ptr(), row, valid);
     }
 }
 

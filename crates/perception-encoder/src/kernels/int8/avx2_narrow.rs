@@ -12,6 +12,7 @@
 
 use std::arch::x86_64::*;
 
+use super::avx2::store8;
 use super::{quantize_rows_narrow, PackedI8};
 use crate::kernels::activations::Activations;
 use crate::kernels::panels::PANEL;
@@ -58,29 +59,9 @@ unsafe fn eighth<const R: usize, const GELU: bool>(t: Tile, q: usize) {
     let (s, bias) = (_mm256_loadu_ps(w.scale.as_ptr().add(j)), _mm256_loadu_ps(w.bias.as_ptr().add(j)));
     let col_sum = _mm256_loadu_si256(w.col_sum.as_ptr().add(j).cast());
     let valid = cols.saturating_sub(q * 8).min(8);
-    let mut v = [0f32; 8];
     for (r, acc) in acc.iter().enumerate() {
         let sums = _mm256_sub_epi32(*acc, _mm256_mullo_epi32(_mm256_set1_epi32(row_zero[r]), col_sum));
-        let sr = _mm256_set1_ps(row_scale[r]);
-        let y = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_mul_ps(sr, s), bias);
-        let row = c.add(r * ldc + q * 8);
-        let y = if GELU {
-            // All 8 lanes, so that the loop is vectorized (a scalar GELU per value was a fifth
-            // of the `c_fc` product's time).
-            _mm256_storeu_ps(v.as_mut_ptr(), y);
-            for x in v.iter_mut() {
-                *x = crate::kernels::math::gelu(*x);
-            }
-            _mm256_loadu_ps(v.as_ptr())
-        } else {
-            y
-        };
-        if valid == 8 {
-            _mm256_storeu_ps(row, y);
-        } else {
-            _mm256_storeu_ps(v.as_mut_ptr(), y);
-            std::ptr::copy_nonoverlapping(v.as_ptr(), row, valid);
-        }
+        store8::<GELU>(sums, row_scale[r], s, bias, c.add(r * ldc + q * 8), valid);
     }
 }
 
