@@ -3,14 +3,14 @@
 //!
 //! `gemm` packs its operands into that layout on every call. At one image's 197-577 rows the
 //! packing of the weight was an eighth of B16's time (every weight element read and written for
-//! 2 x 197 flops). Here the weight `(n, k)` is kept as panels of 64 output columns, each panel
-//! `k` rows of 64 contiguous values: the AVX-512 micro-kernel's 64-value (4-vector) side, which
-//! `gemm` reads in place when it is contiguous along those 64 values and the call has at most
-//! `8 x 6` rows (its default threshold for packing that operand anyway; the thresholds are
-//! process-wide settings of `gemm`, so they are left alone). Each call is one panel and a
-//! chunk of at most [`CHUNK_ROWS`] rows; the calls are spread over rayon's threads, which also
-//! splits one image's rows over both cores without either reading all the weight.
-
+//! 2 x 197 flops). Here the weight `(n, k)` is kept as panels of output columns, each panel `k`
+//! rows of its width's contiguous values: the micro-kernel's vector side (64 values with
+//! AVX-512, 16 with AVX2), which `gemm` reads in place when it is contiguous along those values
+//! and the call has at most `8 x 6` rows (its default threshold for packing that operand
+//! anyway; the thresholds are process-wide settings of `gemm`, so they are left alone). Each
+//! call is one panel and a chunk of at most [`CHUNK_ROWS`] rows; the calls are spread over
+//! rayon's threads, which also splits one image's rows over both cores without either reading
+//! all the weight.
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -18,53 +18,77 @@ use rayon::prelude::*;
 
 use super::{assume_init, uninit, SendPtr};
 
-/// Output columns per panel: `gemm`'s AVX-512 float32 micro-kernel is 64 values by 6 (4 x 16
-/// lanes; with AVX2 it is 16 by 6, four tiles per panel).
+/// Output columns per panel of the weights widened from bf16 or int8 on the portable path:
+/// `gemm`'s AVX-512 float32 micro-kernel is 64 values by 6 (4 x 16 lanes).
 pub(crate) const PANEL: usize = 64;
+
+/// Output columns per float32 panel on this CPU: the side of `gemm`'s micro-kernel, 64 with
+/// AVX-512 and 16 with AVX2 (2 x 8 lanes by 6 rows). With 64-column panels on AVX2 each of a
+/// call's four 16-column tiles read its weight at a 256-byte stride, every `k` step a new
+/// cache line from L2, and B16's products ran at 52-58% of a Zen 3's FMA peak; a 16-column
+/// panel is one sequential stream, and `gemm` then reads the activations in place too (no
+/// packing at all: it packs them only for more than two tiles).
+pub(crate) fn native_width() -> usize {
+    match super::cpu::simd() {
+        super::cpu::Simd::Avx2 => 16,
+        _ => PANEL,
+    }
+}
 
 /// Rows per call: `gemm` reads the panel in place up to 8 micro-kernel columns (48 rows), and
 /// packs it (the cost this layout removes) above.
 const CHUNK_ROWS: usize = 48;
 
-/// A float32 weight `(n, k)` (PyTorch's `(out, in)`) as panels of [`PANEL`] output columns:
-/// panel `p` holds, for each input feature `kk`, the values of columns `64p..64p+64`
-/// side by side; the last panel is padded with zeros.
+/// A float32 weight `(n, k)` (PyTorch's `(out, in)`) as panels of `width` output columns
+/// ([`native_width`]): panel `p` holds, for each input feature `kk`, the values of columns
+/// `width p..width (p + 1)` side by side; the last panel is padded with zeros.
 #[derive(Debug, Clone)]
 pub(crate) struct DensePanels {
     k: usize,
     n: usize,
+    width: usize,
     data: Vec<f32>,
 }
 
 impl DensePanels {
     /// From a row-major `(n, k)` weight (PyTorch's layout).
     pub(crate) fn from_out_in(w: &[f32], n: usize, k: usize) -> Self {
+        Self::from_out_in_width(w, n, k, native_width())
+    }
+
+    /// [`Self::from_out_in`] in panels of `width` columns.
+    fn from_out_in_width(w: &[f32], n: usize, k: usize, width: usize) -> Self {
         assert_eq!(w.len(), n * k, "weight size");
-        Self::build(n, k, |p, panel| {
-            // A 64 x k block of `w` transposed into k x 64, in 16 x 16 tiles where the CPU has them.
-            let cols = PANEL.min(n - p * PANEL);
-            super::transpose::transpose_into(&w[p * PANEL * k..(p * PANEL + cols) * k], cols, k, panel, PANEL);
+        Self::build(n, k, width, |p, panel| {
+            // A width x k block of `w` transposed into k x width, in 16 x 16 tiles where the CPU has them.
+            let cols = width.min(n - p * width);
+            super::transpose::transpose_into(&w[p * width * k..(p * width + cols) * k], cols, k, panel, width);
         })
     }
 
     /// From a row-major `(k, n)` weight (`W^T`, as some checkpoints are read).
     pub(crate) fn from_in_out(wt: &[f32], k: usize, n: usize) -> Self {
+        Self::from_in_out_width(wt, k, n, native_width())
+    }
+
+    /// [`Self::from_in_out`] in panels of `width` columns.
+    fn from_in_out_width(wt: &[f32], k: usize, n: usize, width: usize) -> Self {
         assert_eq!(wt.len(), n * k, "weight size");
-        Self::build(n, k, |p, panel| {
-            let (j0, cols) = (p * PANEL, PANEL.min(n - p * PANEL));
-            for (kk, row) in panel.chunks_exact_mut(PANEL).enumerate() {
+        Self::build(n, k, width, |p, panel| {
+            let (j0, cols) = (p * width, width.min(n - p * width));
+            for (kk, row) in panel.chunks_exact_mut(width).enumerate() {
                 row[..cols].copy_from_slice(&wt[kk * n + j0..kk * n + j0 + cols]);
             }
         })
     }
 
     /// Zero-filled panels, each written by `fill(p, panel)` in parallel.
-    fn build(n: usize, k: usize, fill: impl Fn(usize, &mut [f32]) + Sync) -> Self {
-        let mut data = vec![0f32; n.div_ceil(PANEL) * PANEL * k];
+    fn build(n: usize, k: usize, width: usize, fill: impl Fn(usize, &mut [f32]) + Sync) -> Self {
+        let mut data = vec![0f32; n.div_ceil(width) * width * k];
         if k > 0 {
-            data.par_chunks_mut(PANEL * k).enumerate().for_each(|(p, panel)| fill(p, panel));
+            data.par_chunks_mut(width * k).enumerate().for_each(|(p, panel)| fill(p, panel));
         }
-        DensePanels { k, n, data }
+        DensePanels { k, n, width, data }
     }
 
     /// Input features.
@@ -77,17 +101,17 @@ impl DensePanels {
         self.n
     }
 
-    /// Panel `p`: `k` rows of [`PANEL`] values.
+    /// Panel `p`: `k` rows of `width` values.
     pub(crate) fn panel(&self, p: usize) -> &[f32] {
-        &self.data[p * PANEL * self.k..(p + 1) * PANEL * self.k]
+        &self.data[p * self.width * self.k..(p + 1) * self.width * self.k]
     }
 
     /// The weight back as row-major `(k, n)` (`W^T`), for candle's generic product.
     pub(crate) fn unpack_t(&self) -> Vec<f32> {
         let mut out = vec![0f32; self.k * self.n];
-        for p in 0..self.n.div_ceil(PANEL) {
-            let (j0, cols) = (p * PANEL, PANEL.min(self.n - p * PANEL));
-            for (kk, row) in self.panel(p).chunks_exact(PANEL).enumerate() {
+        for p in 0..self.n.div_ceil(self.width) {
+            let (j0, cols) = (p * self.width, self.width.min(self.n - p * self.width));
+            for (kk, row) in self.panel(p).chunks_exact(self.width).enumerate() {
                 out[kk * self.n + j0..kk * self.n + j0 + cols].copy_from_slice(&row[..cols]);
             }
         }
@@ -136,7 +160,7 @@ impl PanelSource for DensePanels {
     }
 
     fn width(&self) -> usize {
-        PANEL
+        self.width
     }
 
     fn panel<'s>(&'s self, p: usize, _: &'s mut Scratch) -> &'s [f32] {
@@ -282,18 +306,22 @@ mod tests {
         let (k, n) = (40, 150);
         let w: Vec<f32> = (0..n * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 97.0).collect();
         let b: Vec<f32> = (0..n).map(|i| (i as f32 - 75.0) / 31.0).collect();
-        let panels = DensePanels::from_out_in(&w, n, k);
-        for m in [1, 2, 7, 97] {
+        for (width, m) in [16, 64].into_iter().flat_map(|width| [1, 2, 7, 97].map(|m| (width, m))) {
+            let panels = DensePanels::from_out_in_width(&w, n, k, width);
             let x: Vec<f32> = (0..m * k).map(|i| ((i * 53 % 89) as f32 - 44.0) / 71.0).collect();
             let mut want = matmul(&x, m, &panels, None);
             crate::kernels::math::gelu_bias_in_place(&mut want, &b);
-            assert_eq!(matmul_then(&x, m, &panels, None, Epilogue::Gelu(Some(&b))), want, "{m} rows, bias in the GELU");
+            assert_eq!(
+                matmul_then(&x, m, &panels, None, Epilogue::Gelu(Some(&b))),
+                want,
+                "{m} rows, bias in the GELU, width {width}"
+            );
             let mut want = matmul(&x, m, &panels, Some(&b));
             crate::kernels::math::gelu_in_place(&mut want);
             assert_eq!(
                 matmul_then(&x, m, &panels, Some(&b), Epilogue::Gelu(None)),
                 want,
-                "{m} rows, bias in the product"
+                "{m} rows, bias in the product, width {width}"
             );
             assert!(want.iter().any(|&v| v < 0.0) && want.iter().any(|&v| v > 1.0), "the GELU's both sides are tested");
         }
@@ -307,13 +335,15 @@ mod tests {
         let (k, n) = (24, 80);
         let w: Vec<f32> = (0..n * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 97.0).collect();
         let b: Vec<f32> = (0..n).map(|i| i as f32 / 31.0).collect();
-        let panels = DensePanels::from_out_in(&w, n, k);
         let x: Vec<f32> = (0..4081 * k).map(|i| ((i * 53 % 89) as f32 - 44.0) / 71.0).collect();
-        let alone: Vec<Vec<f32>> = x.chunks_exact(k).map(|row| matmul(row, 1, &panels, Some(&b))).collect();
-        for m in [2, 7, 49, 97, 4081] {
-            let y = matmul(&x[..m * k], m, &panels, Some(&b));
-            for (r, row) in y.chunks_exact(n).enumerate() {
-                assert_eq!(row, &alone[r][..], "row {r} of {m}");
+        for width in [16, 64] {
+            let panels = DensePanels::from_out_in_width(&w, n, k, width);
+            let alone: Vec<Vec<f32>> = x.chunks_exact(k).map(|row| matmul(row, 1, &panels, Some(&b))).collect();
+            for m in [2, 7, 49, 97, 4081] {
+                let y = matmul(&x[..m * k], m, &panels, Some(&b));
+                for (r, row) in y.chunks_exact(n).enumerate() {
+                    assert_eq!(row, &alone[r][..], "row {r} of {m}, width {width}");
+                }
             }
         }
     }
@@ -327,14 +357,15 @@ mod tests {
             seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
             (seed >> 8) as f32 / (1 << 24) as f32 - 0.5
         };
-        for (m, k, n) in [(1, 7, 5), (5, 33, 64), (49, 29, 150), (197, 40, 128), (101, 64, 70)] {
+        let shapes = [(1, 7, 5), (5, 33, 64), (49, 29, 150), (197, 40, 128), (101, 64, 70), (50, 9, 17)];
+        for (width, (m, k, n)) in [16, 64].into_iter().flat_map(|width| shapes.map(|s| (width, s))) {
             let x: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
             let w: Vec<f32> = (0..n * k).map(|_| rnd()).collect();
             let b: Vec<f32> = (0..n).map(|_| rnd()).collect();
-            let panels = DensePanels::from_out_in(&w, n, k);
+            let panels = DensePanels::from_out_in_width(&w, n, k, width);
             let wt = super::super::transpose(&w, n, k);
-            assert_eq!(panels.unpack_t(), wt, "({n}, {k}) unpacked");
-            assert_eq!(DensePanels::from_in_out(&wt, k, n).data, panels.data, "({n}, {k}) from (k, n)");
+            assert_eq!(panels.unpack_t(), wt, "({n}, {k}) unpacked, width {width}");
+            assert_eq!(DensePanels::from_in_out_width(&wt, k, n, width).data, panels.data, "({n}, {k}) from (k, n)");
             for bias in [Some(&b[..]), None] {
                 let got = matmul(&x, m, &panels, bias);
                 let err = (0..m * n).fold(0f64, |e, i| {
@@ -342,7 +373,7 @@ mod tests {
                     let dot = (0..k).map(|j| x[r * k + j] as f64 * w[c * k + j] as f64).sum::<f64>();
                     e.max((got[i] as f64 - dot - bias.map_or(0.0, |b| b[c] as f64)).abs())
                 });
-                assert!(err < 1e-5, "m {m}, k {k}, n {n}, bias {}: max error {err}", bias.is_some());
+                assert!(err < 1e-5, "m {m}, k {k}, n {n}, width {width}, bias {}: max error {err}", bias.is_some());
             }
         }
     }
