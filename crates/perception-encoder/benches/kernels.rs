@@ -41,7 +41,7 @@ fn main() {
         attention_shapes(iters);
         return;
     }
-    println!("{:<6} {:<9} {:>6} {:>6} {:>6} {:>9} {:>9}", "dtype", "impl", "m", "n", "k", "best", "median");
+    println!("{:<6} {:<11} {:>6} {:>6} {:>6} {:>9} {:>9}", "dtype", "impl", "m", "n", "k", "best", "median");
     let mut seed = 0x2545_f491u32;
     let mut rnd = move || {
         seed ^= seed << 13;
@@ -60,22 +60,27 @@ fn main() {
             for &m in &rows {
                 let x: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
                 let only = arg("--impls");
-                for which in implementations(dtype)
+                let impls: Vec<&str> = implementations(dtype)
                     .into_iter()
                     .filter(|w| only.as_deref().is_none_or(|o| o.split(',').any(|x| x == *w)))
-                {
-                    std::hint::black_box(matmul(&prepared, which, &x, m, &bias));
-                    let mut times: Vec<f64> = (0..iters.max(1))
-                        .map(|_| {
-                            let t = Instant::now();
-                            std::hint::black_box(matmul(&prepared, which, &x, m, &bias));
-                            t.elapsed().as_secs_f64()
-                        })
-                        .collect();
+                    .collect();
+                // The implementations alternate within each timed round, so that a slow minute
+                // of a shared machine hits them all.
+                let mut times = vec![Vec::new(); impls.len()];
+                for round in 0..=iters.max(1) {
+                    for (which, times) in impls.iter().zip(&mut times) {
+                        let t = Instant::now();
+                        std::hint::black_box(matmul(&prepared, which, &x, m, &bias));
+                        if round > 0 {
+                            times.push(t.elapsed().as_secs_f64());
+                        }
+                    }
+                }
+                for (which, times) in impls.iter().zip(&mut times) {
                     times.sort_by(f64::total_cmp);
                     let rate = |s: f64| 2.0 * (m * n * k) as f64 / s / 1e9;
                     let (best, median) = (rate(times[0]), rate(times[times.len() / 2]));
-                    println!("{dtype:<6} {which:<9} {m:>6} {n:>6} {k:>6} {best:>9.1} {median:>9.1}");
+                    println!("{dtype:<6} {which:<11} {m:>6} {n:>6} {k:>6} {best:>9.1} {median:>9.1}");
                 }
             }
         }

@@ -8,7 +8,8 @@
 //! AVX-512, 16 with AVX2), which `gemm` reads in place when it is contiguous along those values
 //! and the call has at most `8 x 6` rows (its default threshold for packing that operand
 //! anyway; the thresholds are process-wide settings of `gemm`, so they are left alone). Each
-//! call is one panel and a chunk of at most [`CHUNK_ROWS`] rows; the calls are spread over
+//! call is one panel and a chunk of at most [`CHUNK_ROWS`] rows (on AVX2, our own register
+//! tiles instead of `gemm`'s call: [`super::dense_avx2`]); the calls are spread over
 //! rayon's threads, which also splits one image's rows over both cores without either reading
 //! all the weight.
 use std::cell::RefCell;
@@ -26,8 +27,8 @@ pub(crate) const PANEL: usize = 64;
 /// AVX-512 and 16 with AVX2 (2 x 8 lanes by 6 rows). With 64-column panels on AVX2 each of a
 /// call's four 16-column tiles read its weight at a 256-byte stride, every `k` step a new
 /// cache line from L2, and B16's products ran at 52-58% of a Zen 3's FMA peak; a 16-column
-/// panel is one sequential stream, and `gemm` then reads the activations in place too (no
-/// packing at all: it packs them only for more than two tiles).
+/// panel is one sequential stream (B16 batch 1 about 15% faster there, on `gemm`), and the
+/// AVX2 register tiles ([`super::dense_avx2`]) read it with the activations in place.
 pub(crate) fn native_width() -> usize {
     match super::cpu::simd() {
         super::cpu::Simd::Avx2 => 16,
@@ -187,8 +188,39 @@ pub(crate) fn matmul(x: &[f32], m: usize, w: &impl PanelSource, bias: Option<&[f
     matmul_then(x, m, w, bias, Epilogue::None)
 }
 
+/// Which micro-kernel a product runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kernel {
+    /// `gemm`'s, reading the panels in place.
+    Gemm,
+    /// Ours on AVX2 ([`super::dense_avx2`]), for 16-column panels.
+    Avx2Tiles,
+}
+
+/// The kernel for panels `width` columns wide on this CPU.
+fn kernel_for(width: usize) -> Kernel {
+    #[cfg(target_arch = "x86_64")]
+    if width == super::dense_avx2::WIDTH && super::cpu::avx2() {
+        return Kernel::Avx2Tiles;
+    }
+    let _ = width;
+    Kernel::Gemm
+}
+
 /// [`matmul`] with `epilogue` applied to each task's block of the output.
 pub(crate) fn matmul_then(
+    x: &[f32],
+    m: usize,
+    w: &impl PanelSource,
+    bias: Option<&[f32]>,
+    epilogue: Epilogue,
+) -> Vec<f32> {
+    matmul_on(kernel_for(w.width()), x, m, w, bias, epilogue)
+}
+
+/// [`matmul_then`] on `kernel` (which must be able to read `w`'s panels).
+pub(crate) fn matmul_on(
+    kernel: Kernel,
     x: &[f32],
     m: usize,
     w: &impl PanelSource,
@@ -208,7 +240,7 @@ pub(crate) fn matmul_then(
         // `gemm` takes a single row through its matrix-vector path, which sums in another
         // order: a row's last bits would depend on whether it came alone or in a batch. Two
         // copies of it take the path every other call takes (the weight's reading dominates).
-        let mut y = matmul_then(&[x, x].concat(), 2, w, bias, epilogue);
+        let mut y = matmul_on(kernel, &[x, x].concat(), 2, w, bias, epilogue);
         y.truncate(n);
         return y;
     }
@@ -239,40 +271,66 @@ pub(crate) fn matmul_then(
         let panel = w.panel(p, scratch);
         debug_assert_eq!(panel.len(), k * width, "panel size");
         let (r0, rs) = span(c);
-        if let Some(b) = bias {
-            for r in r0..r0 + rs {
-                // SAFETY: row r < m, columns j0..j0 + cols <= n of the m x n output; no other
-                // task writes this block.
-                let row = unsafe { std::slice::from_raw_parts_mut(out.at(r * n + j0), cols) };
-                row.copy_from_slice(&b[j0..j0 + cols]);
+        match kernel {
+            // SAFETY: this kernel is chosen only where the CPU has AVX2 and FMA and for panels
+            // of its width; rows r0..r0 + rs of x (stride k) and of the output (stride n), the
+            // panel's k rows and the output's columns j0..j0 + cols lie inside their buffers,
+            // and no other task writes this block.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2Tiles => unsafe {
+                let mut b16 = [0f32; super::dense_avx2::WIDTH];
+                if let Some(b) = bias {
+                    b16[..cols].copy_from_slice(&b[j0..j0 + cols]);
+                }
+                super::dense_avx2::tiles(
+                    x.as_ptr().add(r0 * k),
+                    k,
+                    rs,
+                    panel.as_ptr(),
+                    k,
+                    &b16,
+                    out.at(r0 * n + j0),
+                    n,
+                    cols,
+                )
+            },
+            _ => {
+                if let Some(b) = bias {
+                    for r in r0..r0 + rs {
+                        // SAFETY: row r < m, columns j0..j0 + cols <= n of the m x n output; no other
+                        // task writes this block.
+                        let row = unsafe { std::slice::from_raw_parts_mut(out.at(r * n + j0), cols) };
+                        row.copy_from_slice(&b[j0..j0 + cols]);
+                    }
+                }
+                // SAFETY: the block rows r0..r0 + rs, columns j0..j0 + cols of the m x n output (row
+                // stride n), the same rows of x (m x k, stride k) and the panel's k rows of `width`
+                // values (stride width, `cols` of them used) lie inside their buffers, checked above.
+                // Without a bias the output is not read (`read_dst` false).
+                unsafe {
+                    gemm::gemm(
+                        rs,
+                        cols,
+                        k,
+                        out.at(r0 * n + j0),
+                        1,
+                        n as isize,
+                        bias.is_some(),
+                        x.as_ptr().add(r0 * k),
+                        1,
+                        k as isize,
+                        panel.as_ptr(),
+                        1,
+                        width as isize,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
             }
-        }
-        // SAFETY: the block rows r0..r0 + rs, columns j0..j0 + cols of the m x n output (row
-        // stride n), the same rows of x (m x k, stride k) and the panel's k rows of `width`
-        // values (stride width, `cols` of them used) lie inside their buffers, checked above.
-        // Without a bias the output is not read (`read_dst` false).
-        unsafe {
-            gemm::gemm(
-                rs,
-                cols,
-                k,
-                out.at(r0 * n + j0),
-                1,
-                n as isize,
-                bias.is_some(),
-                x.as_ptr().add(r0 * k),
-                1,
-                k as isize,
-                panel.as_ptr(),
-                1,
-                width as isize,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
         }
         if let Epilogue::Gelu(gelu_bias) = epilogue {
             for r in r0..r0 + rs {
@@ -366,14 +424,20 @@ mod tests {
             let wt = super::super::transpose(&w, n, k);
             assert_eq!(panels.unpack_t(), wt, "({n}, {k}) unpacked, width {width}");
             assert_eq!(DensePanels::from_in_out_width(&wt, k, n, width).data, panels.data, "({n}, {k}) from (k, n)");
-            for bias in [Some(&b[..]), None] {
-                let got = matmul(&x, m, &panels, bias);
+            for (bias, kernel) in
+                [Some(&b[..]), None].into_iter().flat_map(|b| [(b, Kernel::Gemm), (b, kernel_for(width))])
+            {
+                let got = matmul_on(kernel, &x, m, &panels, bias, Epilogue::None);
                 let err = (0..m * n).fold(0f64, |e, i| {
                     let (r, c) = (i / n, i % n);
                     let dot = (0..k).map(|j| x[r * k + j] as f64 * w[c * k + j] as f64).sum::<f64>();
                     e.max((got[i] as f64 - dot - bias.map_or(0.0, |b| b[c] as f64)).abs())
                 });
-                assert!(err < 1e-5, "m {m}, k {k}, n {n}, width {width}, bias {}: max error {err}", bias.is_some());
+                assert!(
+                    err < 1e-5,
+                    "m {m}, k {k}, n {n}, width {width}, {kernel:?}, bias {}: max error {err}",
+                    bias.is_some()
+                );
             }
         }
     }

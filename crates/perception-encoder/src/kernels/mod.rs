@@ -9,6 +9,8 @@ pub(crate) mod attention;
 pub(crate) mod bf16;
 pub(crate) mod cpu;
 pub(crate) mod dense;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod dense_avx2;
 pub(crate) mod int8;
 pub(crate) mod math;
 pub(crate) mod panels;
@@ -105,7 +107,7 @@ pub mod bench {
             "int8" => available(&super::int8::candidates().map(|(n, _, ok)| (n, ok))),
             // The model's panels, and `gemm` on the plain `(k, n)` weight (packing it on every
             // call, its own threading) for comparison.
-            _ => vec!["panels", "gemm"],
+            _ => vec!["panels", "panels-gemm", "gemm"],
         }
     }
 
@@ -123,6 +125,9 @@ pub mod bench {
         use super::{bf16, int8};
         match &w.0 {
             Inner::F32(_, p) if which == "panels" => super::dense::matmul(x, m, p, Some(bias)),
+            Inner::F32(_, p) if which == "panels-gemm" => {
+                super::dense::matmul_on(super::dense::Kernel::Gemm, x, m, p, Some(bias), super::dense::Epilogue::None)
+            }
             Inner::F32(wt, _) => gemm_plain(x, m, wt, bias),
             Inner::Bf16(p) => {
                 let which = bf16::candidates().into_iter().find(|c| c.0 == which).map_or(bf16::Impl::Portable, |c| c.1);
