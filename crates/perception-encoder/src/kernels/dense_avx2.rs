@@ -7,8 +7,8 @@
 //! additions per `k` step, as long a chain as the step's 12 FMAs take on a CPU with two
 //! 256-bit FMA pipes (B16's products at 58-65% of a Zen 3's FMA peak). Here each row has its
 //! own pointer and the step's only dependency chain is the loop counter. Kernel bench on a Zen 3
-//! (B16's four shapes at 197 and 1,576 rows, the two alternated call by call): 0-10% above
-//! `gemm` on the same panels. Blocking `k` by 128, 256 or 512 (the panel's block kept in L1
+//! (B16's four shapes at 197 and 1,576 rows, the two alternated call by call): medians 2-10%
+//! above `gemm` on the same panels. Blocking `k` by 128, 256 or 512 (the panel's block kept in L1
 //! across the row tiles) did not help there.
 
 use std::arch::x86_64::*;
