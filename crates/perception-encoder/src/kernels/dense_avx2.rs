@@ -3,10 +3,11 @@
 //! the accumulators, each row summed in `k` order (a row's bits do not depend on its tile).
 //!
 //! `gemm`'s AVX2 micro-kernel has the same shape, but it reads the activations (in place or
-//! packed) through one pointer advanced by the row stride before each broadcast: six dependent
-//! additions per `k` step, as long a chain as the step's 12 FMAs take on a CPU with two
-//! 256-bit FMA pipes (B16's products at 58-65% of a Zen 3's FMA peak). Here each row has its
-//! own pointer and the step's only dependency chain is the loop counter. Kernel bench on a Zen 3
+//! packed) through one pointer advanced by the row stride before each broadcast and carried
+//! into the next `k` step: six dependent additions a step, as many cycles as the step's 12
+//! FMAs take on a CPU with two 256-bit FMA pipes (B16's products at 58-65% of a Zen 3's FMA
+//! peak). Here each row's address is computed from the step's index, and the only chain
+//! carried from step to step is the index itself. Kernel bench on a Zen 3
 //! (B16's four shapes at 197 and 1,576 rows, the two alternated call by call): medians 2-10%
 //! above `gemm` on the same panels. Blocking `k` by 128, 256 or 512 (the panel's block kept in L1
 //! across the row tiles) did not help there.
