@@ -282,17 +282,17 @@ pub(crate) fn matmul_on(
                 if let Some(b) = bias {
                     b16[..cols].copy_from_slice(&b[j0..j0 + cols]);
                 }
-                super::dense_avx2::tiles(
-                    x.as_ptr().add(r0 * k),
+                let block = super::dense_avx2::Block {
+                    a: x.as_ptr().add(r0 * k),
+                    lda: k,
+                    b: panel.as_ptr(),
                     k,
-                    rs,
-                    panel.as_ptr(),
-                    k,
-                    &b16,
-                    out.at(r0 * n + j0),
-                    n,
+                    bias: &b16,
+                    c: out.at(r0 * n + j0),
+                    ldc: n,
                     cols,
-                )
+                };
+                super::dense_avx2::tiles(block, rs)
             },
             _ => {
                 if let Some(b) = bias {

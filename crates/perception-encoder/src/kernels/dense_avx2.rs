@@ -8,8 +8,8 @@
 //! FMAs take on a CPU with two 256-bit FMA pipes (B16's products at 58-65% of a Zen 3's FMA
 //! peak). Here each row's address is computed from the step's index, and the only chain
 //! carried from step to step is the index itself. Kernel bench on a Zen 3
-//! (B16's four shapes at 197 and 1,576 rows, the two alternated call by call): medians 2-10%
-//! above `gemm` on the same panels. Blocking `k` by 128, 256 or 512 (the panel's block kept in L1
+//! (B16's four shapes at 197 and 1,576 rows, the two alternated call by call, two runs): medians
+//! 2-12% above `gemm` on the same panels. Blocking `k` by 128, 256 or 512 (the panel's block kept in L1
 //! across the row tiles) did not help there.
 
 use std::arch::x86_64::*;
@@ -20,25 +20,30 @@ pub(crate) const MR: usize = 6;
 /// Columns per panel (two 8-lane vectors).
 pub(crate) const WIDTH: usize = 16;
 
-/// `R` rows of the output's panel columns: `c[r, j] = bias[j] + sum_kk a[r, kk] b[kk, j]` for
-/// `r < R`, `j < cols`, summed in `kk` order.
+/// One block of a product: rows of the activations `a` (`k` values each, at stride `lda`), a
+/// panel `b` (`k` rows of [`WIDTH`] values), the bias of its columns, and the output `c` (at
+/// stride `ldc`), of which `cols <= WIDTH` columns are valid.
+#[derive(Clone, Copy)]
+pub(crate) struct Block<'a> {
+    pub a: *const f32,
+    pub lda: usize,
+    pub b: *const f32,
+    pub k: usize,
+    pub bias: &'a [f32; WIDTH],
+    pub c: *mut f32,
+    pub ldc: usize,
+    pub cols: usize,
+}
+
+/// `R` rows of the block's output: `c[r, j] = bias[j] + sum_kk a[r, kk] b[kk, j]` for `r < R`,
+/// `j < cols`, summed in `kk` order.
 ///
 /// # Safety
-/// The CPU has AVX2 and FMA; `a` holds `R` rows of `k` values at stride `lda`, `b` holds `k`
-/// rows of [`WIDTH`] values, `bias` [`WIDTH`] values, and `c` has room for `R` rows of
-/// `cols <= WIDTH` values at stride `ldc`.
+/// The CPU has AVX2 and FMA; `a` holds `R` rows, `b` its `k` rows and `c` room for `R` rows of
+/// `cols` values (see [`Block`]).
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn tile<const R: usize>(
-    a: *const f32,
-    lda: usize,
-    b: *const f32,
-    k: usize,
-    bias: &[f32; WIDTH],
-    c: *mut f32,
-    ldc: usize,
-    cols: usize,
-) {
+unsafe fn tile<const R: usize>(op: Block) {
+    let Block { a, lda, b, k, bias, c, ldc, cols } = op;
     let (b0, b1) = (_mm256_loadu_ps(bias.as_ptr()), _mm256_loadu_ps(bias.as_ptr().add(8)));
     let mut acc0 = [b0; R];
     let mut acc1 = [b1; R];
@@ -66,32 +71,21 @@ pub(crate) unsafe fn tile<const R: usize>(
     }
 }
 
-/// [`tile`] over `rows` rows (any number), [`MR`] at a time.
+/// The block's `rows` rows (any number), [`MR`] at a time.
 ///
 /// # Safety
 /// As [`tile`], for `rows` rows of `a` and `c`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn tiles(
-    a: *const f32,
-    lda: usize,
-    rows: usize,
-    b: *const f32,
-    k: usize,
-    bias: &[f32; WIDTH],
-    c: *mut f32,
-    ldc: usize,
-    cols: usize,
-) {
+pub(crate) unsafe fn tiles(op: Block, rows: usize) {
     let mut r0 = 0;
     while r0 < rows {
-        let (a, c) = (a.add(r0 * lda), c.add(r0 * ldc));
+        let op = Block { a: op.a.add(r0 * op.lda), c: op.c.add(r0 * op.ldc), ..op };
         match rows - r0 {
-            1 => tile::<1>(a, lda, b, k, bias, c, ldc, cols),
-            2 => tile::<2>(a, lda, b, k, bias, c, ldc, cols),
-            3 => tile::<3>(a, lda, b, k, bias, c, ldc, cols),
-            4 => tile::<4>(a, lda, b, k, bias, c, ldc, cols),
-            5 => tile::<5>(a, lda, b, k, bias, c, ldc, cols),
-            _ => tile::<6>(a, lda, b, k, bias, c, ldc, cols),
+            1 => tile::<1>(op),
+            2 => tile::<2>(op),
+            3 => tile::<3>(op),
+            4 => tile::<4>(op),
+            5 => tile::<5>(op),
+            _ => tile::<6>(op),
         }
         r0 += MR;
     }
