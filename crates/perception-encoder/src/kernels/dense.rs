@@ -12,6 +12,7 @@
 //! tiles instead of `gemm`'s call: [`super::dense_avx2`]); the calls are spread over
 //! rayon's threads, which also splits one image's rows over both cores without either reading
 //! all the weight.
+
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -236,10 +237,11 @@ pub(crate) fn matmul_on(
         // SAFETY: empty.
         return unsafe { assume_init(y) };
     }
-    if m == 1 {
+    if m == 1 && kernel == Kernel::Gemm {
         // `gemm` takes a single row through its matrix-vector path, which sums in another
         // order: a row's last bits would depend on whether it came alone or in a batch. Two
         // copies of it take the path every other call takes (the weight's reading dominates).
+        // The AVX2 tiles sum every row alike, so they take the one row as it is.
         let mut y = matmul_on(kernel, &[x, x].concat(), 2, w, bias, epilogue);
         y.truncate(n);
         return y;

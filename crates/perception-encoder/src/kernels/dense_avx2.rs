@@ -7,9 +7,9 @@
 //! into the next `k` step: six dependent additions a step, as many cycles as the step's 12
 //! FMAs take on a CPU with two 256-bit FMA pipes (B16's products at 58-65% of a Zen 3's FMA
 //! peak). Here each row's address is computed from the step's index, and the only chain
-//! carried from step to step is the index itself. Kernel bench on a Zen 3
-//! (B16's four shapes at 197 and 1,576 rows, the two alternated call by call, two runs): medians
-//! 2-12% above `gemm` on the same panels. Blocking `k` by 128, 256 or 512 (the panel's block kept in L1
+//! carried from step to step is the index itself. Kernel bench on a Zen 3 (B16's four shapes
+//! at 197 and 1,576 rows, the two alternated call by call, two runs): medians 2-12% above
+//! `gemm` on the same panels. Blocking `k` by 128, 256 or 512 (the panel's block kept in L1
 //! across the row tiles) did not help there.
 
 use std::arch::x86_64::*;
