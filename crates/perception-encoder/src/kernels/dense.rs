@@ -24,17 +24,35 @@ use super::{assume_init, uninit, SendPtr};
 /// `gemm`'s AVX-512 float32 micro-kernel is 64 values by 6 (4 x 16 lanes).
 pub(crate) const PANEL: usize = 64;
 
-/// Output columns per float32 panel on this CPU: the side of `gemm`'s micro-kernel, 64 with
-/// AVX-512 and 16 with AVX2 (2 x 8 lanes by 6 rows). With 64-column panels on AVX2 each of a
-/// call's four 16-column tiles read its weight at a 256-byte stride, every `k` step a new
-/// cache line from L2, and B16's products ran at 52-58% of a Zen 3's FMA peak; a 16-column
-/// panel is one sequential stream (B16 batch 1 about 15% faster there, on `gemm`), and the
-/// AVX2 register tiles ([`super::dense_avx2`]) read it with the activations in place.
+/// Output columns per float32 panel in this process ([`choice`]): the side of `gemm`'s
+/// micro-kernel, 64 with AVX-512 and 16 with AVX2 (2 x 8 lanes by 6 rows). With 64-column
+/// panels on AVX2 each of a call's four 16-column tiles read its weight at a 256-byte stride,
+/// every `k` step a new cache line from L2, and B16's products ran at 52-58% of a Zen 3's FMA
+/// peak; a 16-column panel is one sequential stream (B16 batch 1 about 15% faster there, on
+/// `gemm`), and the AVX2 register tiles ([`super::dense_avx2`]) read it with the activations in
+/// place.
 pub(crate) fn native_width() -> usize {
-    match super::cpu::simd() {
-        super::cpu::Simd::Avx2 => 16,
-        _ => PANEL,
-    }
+    choice().1
+}
+
+/// The float32 kernel and panel width of this process: AVX-512 CPUs take `gemm` on 64-column
+/// panels, AVX2 CPUs our register tiles on 16-column ones, others `gemm` on 64. The environment
+/// variable `PE_DENSE_KERNEL=avx2|gemm16|gemm64` forces one (for comparisons: `gemm64` is what
+/// AVX2 CPUs ran before 2026-12-04).
+fn choice() -> (Kernel, usize) {
+    static CHOICE: std::sync::OnceLock<(Kernel, usize)> = std::sync::OnceLock::new();
+    *CHOICE.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        let tiles = ("avx2", (Kernel::Avx2Tiles, super::dense_avx2::WIDTH), super::cpu::avx2());
+        #[cfg(not(target_arch = "x86_64"))]
+        let tiles = ("avx2", (Kernel::Gemm, PANEL), false);
+        let gemm16 = ("gemm16", (Kernel::Gemm, 16), true);
+        let gemm64 = ("gemm64", (Kernel::Gemm, PANEL), true);
+        match super::cpu::simd() {
+            super::cpu::Simd::Avx2 => super::choose("PE_DENSE_KERNEL", &[tiles, gemm16, gemm64]),
+            _ => super::choose("PE_DENSE_KERNEL", &[gemm64, tiles, gemm16]),
+        }
+    })
 }
 
 /// Rows per call: `gemm` reads the panel in place up to 8 micro-kernel columns (48 rows), and
@@ -59,7 +77,7 @@ impl DensePanels {
     }
 
     /// [`Self::from_out_in`] in panels of `width` columns.
-    fn from_out_in_width(w: &[f32], n: usize, k: usize, width: usize) -> Self {
+    pub(crate) fn from_out_in_width(w: &[f32], n: usize, k: usize, width: usize) -> Self {
         assert_eq!(w.len(), n * k, "weight size");
         Self::build(n, k, width, |p, panel| {
             // A width x k block of `w` transposed into k x width, in 16 x 16 tiles where the CPU has them.
@@ -132,6 +150,11 @@ pub(crate) trait PanelSource: Sync {
     fn width(&self) -> usize;
     /// Panel `p`, `k` rows of `width` values (the last panel zero padded).
     fn panel<'s>(&'s self, p: usize, scratch: &'s mut Scratch) -> &'s [f32];
+    /// Whether [`PanelSource::panel`] borrows stored panels (true) or makes them in the
+    /// scratch, which holds one at a time (then a task keeps to one panel).
+    fn borrowed(&self) -> bool {
+        false
+    }
 }
 
 /// A thread's buffer for panels that are made, not borrowed, and which panel it holds.
@@ -168,6 +191,10 @@ impl PanelSource for DensePanels {
     fn panel<'s>(&'s self, p: usize, _: &'s mut Scratch) -> &'s [f32] {
         DensePanels::panel(self, p)
     }
+
+    fn borrowed(&self) -> bool {
+        true
+    }
 }
 
 /// What a product does to each block of its output once the block's sums are done, while the
@@ -189,6 +216,19 @@ pub(crate) fn matmul(x: &[f32], m: usize, w: &impl PanelSource, bias: Option<&[f
     matmul_then(x, m, w, bias, Epilogue::None)
 }
 
+/// Panels per task for the AVX2 tiles: up to 4 (64 columns, the reach of `gemm`'s 64-column
+/// micro-panel), so that each 6-row tile of the activations is read from L1 by every panel of
+/// the group instead of from L2 or beyond once per panel (at B16 batch 8 the activations are
+/// 4.8 MB); fewer where the group's panels (`k x 64` bytes each) would fill more than half of a
+/// 512 KB L2, or where the product would have under four tasks a thread.
+fn panels_per_task(k: usize, panels: usize, chunks: usize) -> usize {
+    let mut group = (4096 / k.max(1)).clamp(1, 4);
+    while group > 1 && panels.div_ceil(group) * chunks < 4 * rayon::current_num_threads() {
+        group /= 2;
+    }
+    group
+}
+
 /// Which micro-kernel a product runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kernel {
@@ -198,13 +238,17 @@ pub(crate) enum Kernel {
     Avx2Tiles,
 }
 
-/// The kernel for panels `width` columns wide on this CPU.
+/// The kernel for panels `width` columns wide: this process's [`choice`] for its own width,
+/// else the AVX2 tiles for 16-column panels where the CPU has AVX2, else `gemm`.
 fn kernel_for(width: usize) -> Kernel {
+    let (kernel, native) = choice();
+    if width == native {
+        return kernel;
+    }
     #[cfg(target_arch = "x86_64")]
     if width == super::dense_avx2::WIDTH && super::cpu::avx2() {
         return Kernel::Avx2Tiles;
     }
-    let _ = width;
     Kernel::Gemm
 }
 
@@ -260,43 +304,59 @@ pub(crate) fn matmul_on(
         false => (c * rows, if short && c + 2 == chunks { rows - 6 } else { rows }),
     };
     let panels = n.div_ceil(width);
+    let group = match kernel {
+        Kernel::Avx2Tiles if w.borrowed() => panels_per_task(k, panels, chunks),
+        _ => 1,
+    };
     let out = SendPtr(y.as_mut_ptr().cast());
-    // Panel-major order: consecutive tasks share a panel (in cache, and made once where it is
-    // made) and cover its rows.
+    // Panel-major order: consecutive tasks share a panel or group of panels (in cache, and
+    // made once where it is made) and cover its rows.
     let call = CALLS.fetch_add(1, Ordering::Relaxed) + 1;
     let task = |scratch: &mut Scratch, t: usize| {
         if scratch.call != call {
             (scratch.call, scratch.panel) = (call, None);
         }
-        let (p, c) = (t / chunks, t % chunks);
-        let (j0, cols) = (p * width, width.min(n - p * width));
-        let panel = w.panel(p, scratch);
-        debug_assert_eq!(panel.len(), k * width, "panel size");
+        let (g, c) = (t / chunks, t % chunks);
+        let (p0, p1) = (g * group, (g * group + group).min(panels));
+        let (j0, cols) = (p0 * width, (p1 * width).min(n) - p0 * width);
         let (r0, rs) = span(c);
         match kernel {
-            // SAFETY: this kernel is chosen only where the CPU has AVX2 and FMA and for panels
-            // of its width; rows r0..r0 + rs of x (stride k) and of the output (stride n), the
-            // panel's k rows and the output's columns j0..j0 + cols lie inside their buffers,
-            // and no other task writes this block.
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2Tiles => unsafe {
-                let mut b16 = [0f32; super::dense_avx2::WIDTH];
-                if let Some(b) = bias {
-                    b16[..cols].copy_from_slice(&b[j0..j0 + cols]);
+            Kernel::Avx2Tiles => {
+                // Each tile's rows stay in L1 while the group's panels pass over them.
+                let step = if p1 - p0 > 1 { super::dense_avx2::MR } else { rs };
+                for r in (r0..r0 + rs).step_by(step) {
+                    for p in p0..p1 {
+                        let panel = w.panel(p, scratch);
+                        debug_assert_eq!(panel.len(), k * width, "panel size");
+                        let (jp, cols) = (p * width, width.min(n - p * width));
+                        let mut b16 = [0f32; super::dense_avx2::WIDTH];
+                        if let Some(b) = bias {
+                            b16[..cols].copy_from_slice(&b[jp..jp + cols]);
+                        }
+                        let block = super::dense_avx2::Block {
+                            a: x.as_ptr().wrapping_add(r * k),
+                            lda: k,
+                            b: panel.as_ptr(),
+                            k,
+                            bias: &b16,
+                            c: out.at(r * n + jp),
+                            ldc: n,
+                            cols,
+                        };
+                        // SAFETY: this kernel is chosen only where the CPU has AVX2 and FMA and
+                        // for panels of its width; rows r..r + step (at most r0 + rs <= m) of x
+                        // (stride k) and of the output (stride n), the panel's k rows and the
+                        // output's columns jp..jp + cols <= n lie inside their buffers, and no
+                        // other task writes this block.
+                        unsafe { super::dense_avx2::tiles(block, step.min(r0 + rs - r)) }
+                    }
                 }
-                let block = super::dense_avx2::Block {
-                    a: x.as_ptr().add(r0 * k),
-                    lda: k,
-                    b: panel.as_ptr(),
-                    k,
-                    bias: &b16,
-                    c: out.at(r0 * n + j0),
-                    ldc: n,
-                    cols,
-                };
-                super::dense_avx2::tiles(block, rs)
-            },
+            }
             _ => {
+                debug_assert_eq!(p1, p0 + 1, "one panel a task");
+                let panel = w.panel(p0, scratch);
+                debug_assert_eq!(panel.len(), k * width, "panel size");
                 if let Some(b) = bias {
                     for r in r0..r0 + rs {
                         // SAFETY: row r < m, columns j0..j0 + cols <= n of the m x n output; no other
@@ -342,7 +402,7 @@ pub(crate) fn matmul_on(
             }
         }
     };
-    (0..panels * chunks).into_par_iter().for_each(|t| {
+    (0..panels.div_ceil(group) * chunks).into_par_iter().for_each(|t| {
         // A task never re-enters rayon while it holds the scratch; should it ever, it gets a
         // buffer of its own rather than a panic.
         SCRATCH.with(|cell| match cell.try_borrow_mut() {
@@ -409,7 +469,8 @@ mod tests {
     }
 
     /// Both packings and the product, with and without a bias, against float64, on sizes that
-    /// leave a partial panel, partial row chunks and rows that are no whole micro-kernel.
+    /// leave a partial panel, partial row chunks and rows that are no whole micro-kernel, and
+    /// (1,000 rows) groups of panels a task with a partial last group.
     #[test]
     fn panels_match_float64() {
         let mut seed = 11u32;
@@ -417,7 +478,8 @@ mod tests {
             seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
             (seed >> 8) as f32 / (1 << 24) as f32 - 0.5
         };
-        let shapes = [(1, 7, 5), (5, 33, 64), (49, 29, 150), (197, 40, 128), (101, 64, 70), (50, 9, 17)];
+        let shapes =
+            [(1, 7, 5), (5, 33, 64), (49, 29, 150), (197, 40, 128), (101, 64, 70), (50, 9, 17), (1000, 40, 130)];
         for (width, (m, k, n)) in [16, 64].into_iter().flat_map(|width| shapes.map(|s| (width, s))) {
             let x: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
             let w: Vec<f32> = (0..n * k).map(|_| rnd()).collect();

@@ -94,7 +94,7 @@ pub mod bench {
     pub struct Prepared(Inner);
 
     enum Inner {
-        F32(Vec<f32>, super::dense::DensePanels),
+        F32(Vec<f32>, super::dense::DensePanels, super::dense::DensePanels),
         Bf16(super::bf16::PackedBf16),
         Int8(super::int8::PackedI8),
     }
@@ -105,9 +105,10 @@ pub mod bench {
         match dtype {
             "bf16" => available(&super::bf16::candidates().map(|(n, _, ok)| (n, ok))),
             "int8" => available(&super::int8::candidates().map(|(n, _, ok)| (n, ok))),
-            // The model's panels, and `gemm` on the plain `(k, n)` weight (packing it on every
-            // call, its own threading) for comparison.
-            _ => vec!["panels", "panels-gemm", "gemm"],
+            // The model's panels; `gemm`'s micro-kernel on them and on 64-column panels (the
+            // AVX-512 layout, which AVX2 CPUs used before 16-column panels); and `gemm` on the
+            // plain `(k, n)` weight (packing it on every call, its own threading).
+            _ => vec!["panels", "panels-gemm", "panels64-gemm", "gemm"],
         }
     }
 
@@ -116,7 +117,11 @@ pub mod bench {
         match dtype {
             "bf16" => Prepared(Inner::Bf16(super::bf16::PackedBf16::pack(w, n, k, Some(bias)))),
             "int8" => Prepared(Inner::Int8(super::int8::PackedI8::pack(w, n, k, Some(bias)))),
-            _ => Prepared(Inner::F32(super::transpose(w, n, k), super::dense::DensePanels::from_out_in(w, n, k))),
+            _ => Prepared(Inner::F32(
+                super::transpose(w, n, k),
+                super::dense::DensePanels::from_out_in(w, n, k),
+                super::dense::DensePanels::from_out_in_width(w, n, k, super::dense::PANEL),
+            )),
         }
     }
 
@@ -124,11 +129,12 @@ pub mod bench {
     pub fn matmul(w: &Prepared, which: &str, x: &[f32], m: usize, bias: &[f32]) -> Vec<f32> {
         use super::{bf16, int8};
         match &w.0 {
-            Inner::F32(_, p) if which == "panels" => super::dense::matmul(x, m, p, Some(bias)),
-            Inner::F32(_, p) if which == "panels-gemm" => {
+            Inner::F32(_, p, _) if which == "panels" => super::dense::matmul(x, m, p, Some(bias)),
+            Inner::F32(_, p, p64) if which == "panels-gemm" || which == "panels64-gemm" => {
+                let p = if which == "panels-gemm" { p } else { p64 };
                 super::dense::matmul_on(super::dense::Kernel::Gemm, x, m, p, Some(bias), super::dense::Epilogue::None)
             }
-            Inner::F32(wt, _) => gemm_plain(x, m, wt, bias),
+            Inner::F32(wt, _, _) => gemm_plain(x, m, wt, bias),
             Inner::Bf16(p) => {
                 let which = bf16::candidates().into_iter().find(|c| c.0 == which).map_or(bf16::Impl::Portable, |c| c.1);
                 bf16::matmul_with(which, super::activations::Activations::plain(x), m, p)
