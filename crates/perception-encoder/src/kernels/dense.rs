@@ -9,9 +9,9 @@
 //! and the call has at most `8 x 6` rows (its default threshold for packing that operand
 //! anyway; the thresholds are process-wide settings of `gemm`, so they are left alone). Each
 //! call is one panel and a chunk of at most [`CHUNK_ROWS`] rows (on AVX2, our own register
-//! tiles instead of `gemm`'s call: [`super::dense_avx2`]); the calls are spread over
-//! rayon's threads, which also splits one image's rows over both cores without either reading
-//! all the weight.
+//! tiles instead of `gemm`'s call, over a group of up to four panels: [`super::dense_avx2`]);
+//! the calls are spread over rayon's threads, which also splits one image's rows over both
+//! cores without either reading all the weight.
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
