@@ -420,13 +420,14 @@ mod tests {
     use super::*;
 
     /// The GELU epilogue gives each element the bits of the whole-output GELU passes, with the
-    /// bias in the GELU (`gelu(x W^T + b)`) or in the product, on ragged panels and one row.
+    /// bias in the GELU (`gelu(x W^T + b)`) or in the product, on ragged panels, one row, and
+    /// (1,000 rows) groups of panels a task.
     #[test]
     fn the_gelu_epilogue_equals_the_separate_pass() {
         let (k, n) = (40, 150);
         let w: Vec<f32> = (0..n * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 97.0).collect();
         let b: Vec<f32> = (0..n).map(|i| (i as f32 - 75.0) / 31.0).collect();
-        for (width, m) in [16, 64].into_iter().flat_map(|width| [1, 2, 7, 97].map(|m| (width, m))) {
+        for (width, m) in [16, 64].into_iter().flat_map(|width| [1, 2, 7, 97, 1000].map(|m| (width, m))) {
             let panels = DensePanels::from_out_in_width(&w, n, k, width);
             let x: Vec<f32> = (0..m * k).map(|i| ((i * 53 % 89) as f32 - 44.0) / 71.0).collect();
             let mut want = matmul(&x, m, &panels, None);
