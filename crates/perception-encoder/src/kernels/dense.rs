@@ -216,13 +216,16 @@ pub(crate) fn matmul(x: &[f32], m: usize, w: &impl PanelSource, bias: Option<&[f
     matmul_then(x, m, w, bias, Epilogue::None)
 }
 
-/// Panels per task for the AVX2 tiles: up to 4 (64 columns, the reach of `gemm`'s 64-column
-/// micro-panel), so that each 6-row tile of the activations is read from L1 by every panel of
+/// The most panels a task of the AVX2 tiles takes: 64 columns, the reach of `gemm`'s
+/// 64-column micro-panel.
+const MAX_GROUP: usize = 4;
+
+/// Panels per task for the AVX2 tiles: up to [`MAX_GROUP`], so that each 6-row tile of the activations is read from L1 by every panel of
 /// the group instead of from L2 or beyond once per panel (at B16 batch 8 the activations are
 /// 4.8 MB); fewer where the group's panels (`k x 64` bytes each) would fill more than half of a
 /// 512 KB L2, or where the product would have under four tasks a thread.
 fn panels_per_task(k: usize, panels: usize, chunks: usize) -> usize {
-    let mut group = (4096 / k.max(1)).clamp(1, 4);
+    let mut group = (4096 / k.max(1)).clamp(1, MAX_GROUP);
     while group > 1 && panels.div_ceil(group) * chunks < 4 * rayon::current_num_threads() {
         group /= 2;
     }
@@ -323,33 +326,38 @@ pub(crate) fn matmul_on(
         match kernel {
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2Tiles => {
-                // Each tile's rows stay in L1 while the group's panels pass over them.
-                let step = if p1 - p0 > 1 { super::dense_avx2::MR } else { rs };
-                for r in (r0..r0 + rs).step_by(step) {
-                    for p in p0..p1 {
+                use super::dense_avx2::{tiles, Block, MR, WIDTH};
+                // The group's biases once a task; each 6-row tile stays in L1 while the group's
+                // panels pass over it.
+                debug_assert!(p1 - p0 <= MAX_GROUP, "a group's biases fit");
+                let mut biases = [[0f32; WIDTH]; MAX_GROUP];
+                if let Some(b) = bias {
+                    for (p, b16) in (p0..p1).zip(&mut biases) {
+                        let (jp, cols) = (p * width, width.min(n - p * width));
+                        b16[..cols].copy_from_slice(&b[jp..jp + cols]);
+                    }
+                }
+                for r in (r0..r0 + rs).step_by(MR) {
+                    for (p, b16) in (p0..p1).zip(&biases) {
                         let panel = w.panel(p, scratch);
                         debug_assert_eq!(panel.len(), k * width, "panel size");
-                        let (jp, cols) = (p * width, width.min(n - p * width));
-                        let mut b16 = [0f32; super::dense_avx2::WIDTH];
-                        if let Some(b) = bias {
-                            b16[..cols].copy_from_slice(&b[jp..jp + cols]);
-                        }
-                        let block = super::dense_avx2::Block {
+                        let jp = p * width;
+                        let block = Block {
                             a: x.as_ptr().wrapping_add(r * k),
                             lda: k,
                             b: panel.as_ptr(),
                             k,
-                            bias: &b16,
+                            bias: b16,
                             c: out.at(r * n + jp),
                             ldc: n,
-                            cols,
+                            cols: width.min(n - jp),
                         };
                         // SAFETY: this kernel is chosen only where the CPU has AVX2 and FMA and
-                        // for panels of its width; rows r..r + step (at most r0 + rs <= m) of x
+                        // for panels of its width; rows r..r + MR (at most r0 + rs <= m) of x
                         // (stride k) and of the output (stride n), the panel's k rows and the
                         // output's columns jp..jp + cols <= n lie inside their buffers, and no
                         // other task writes this block.
-                        unsafe { super::dense_avx2::tiles(block, step.min(r0 + rs - r)) }
+                        unsafe { tiles(block, MR.min(r0 + rs - r)) }
                     }
                 }
             }
