@@ -205,7 +205,8 @@ def load(a, p, x):
         import perception_encoder as pe
 
         dtype = {"pe": "f32", "pe-bf16": "bf16", "pe-int8": "int8"}[impl]
-        m = pe.Model(PRESETS[a.preset][0], weights=p["weights"], dtype=dtype, threads=a.threads)
+        # The timed tower alone, as the other implementations hold it.
+        m = pe.Model(PRESETS[a.preset][0], weights=p["weights"], dtype=dtype, threads=a.threads, towers=a.tower)
         if a.tower == "image":
             return lambda: m.encode_image(x, batch_size=len(x))
         return lambda: m.encode_text(x, batch_size=len(x))

@@ -98,10 +98,12 @@ class Model:
     ``Model(config="tiny.json", weights="tiny.pt")`` loads a config in the reference's JSON
     format and a checkpoint in any layout the CLI reads. ``dtype`` is ``"f32"`` (the
     reference's numbers), ``"bf16"`` or ``"int8"``; ``threads`` sets the kernels' threads for
-    the whole process (as ``torch.set_num_threads``).
+    the whole process (as ``torch.set_num_threads``). ``towers`` is ``"both"``, ``"image"`` or
+    ``"text"``: a model for one kind of input reads and holds only that tower (the other's
+    methods then raise ``ValueError``).
     """
 
-    def __init__(self, name=None, *, config=None, weights=None, dtype="f32", threads=None):
+    def __init__(self, name=None, *, config=None, weights=None, dtype="f32", threads=None, towers="both"):
         if threads is not None:
             if threads < 1:
                 raise ValueError(f"threads must be at least 1, got {threads}")
@@ -110,7 +112,7 @@ class Model:
             config = os.fspath(config)
         if weights is not None:
             weights = os.fspath(weights)
-        self._m = _native._Model(name, config, weights, dtype)
+        self._m = _native._Model(name, config, weights, dtype, towers)
 
     def __repr__(self):
         return f"Model({self.name!r}, dtype={self.dtype!r})"

@@ -29,6 +29,7 @@ class Model:
         weights: Optional[Union[str, os.PathLike]] = None,
         dtype: str = "f32",
         threads: Optional[int] = None,
+        towers: str = "both",
     ) -> None: ...
     @property
     def name(self) -> str: ...

@@ -13,7 +13,7 @@ use perception_encoder::preprocess::{decode, DecodedImage, ImageTransform, Pixel
 use perception_encoder::tokenizer::ClipTokenizer;
 use perception_encoder::video::{load_clip, FrameSampling};
 use perception_encoder::zero_shot::ZeroShotClassifier;
-use perception_encoder::{l2_normalize, Clip, LoadOptions, ModelSource, Precision};
+use perception_encoder::{l2_normalize, Clip, LoadOptions, ModelSource, Precision, Towers};
 use pyo3::exceptions::{PyFileNotFoundError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
@@ -33,6 +33,7 @@ fn py_err(e: perception_encoder::Error) -> PyErr {
         | E::ShapeMismatch { .. }
         | E::WrongModel { .. }
         | E::MissingPart { .. }
+        | E::NotLoaded(_)
         | E::MissingTensors { .. }
         | E::BadCheckpoint { .. } => PyValueError::new_err(msg),
         _ => PyRuntimeError::new_err(msg),
@@ -190,8 +191,8 @@ impl Model {
     }
 
     fn tokenizer(&self) -> PyResult<ClipTokenizer> {
-        match self.clip.text() {
-            Some(t) => Ok(ClipTokenizer::new(t.config().context_length)),
+        match &self.clip.config().text {
+            Some(t) => Ok(ClipTokenizer::new(t.context_length)),
             None => Err(PyValueError::new_err(format!(
                 "{} has no text tower (it is a vision-only model)",
                 self.clip.config().name
@@ -203,22 +204,31 @@ impl Model {
 #[pymethods]
 impl Model {
     #[new]
-    #[pyo3(signature = (name=None, config=None, weights=None, dtype="f32"))]
+    #[pyo3(signature = (name=None, config=None, weights=None, dtype="f32", towers="both"))]
     fn new(
         py: Python<'_>,
         name: Option<String>,
         config: Option<PathBuf>,
         weights: Option<PathBuf>,
         dtype: &str,
+        towers: &str,
     ) -> PyResult<Self> {
         let precision: Precision = dtype.parse().map_err(|e| PyValueError::new_err(format!("dtype {dtype:?}: {e}")))?;
+        let towers = match towers {
+            "both" => Towers::Both,
+            "image" => Towers::Image,
+            "text" => Towers::Text,
+            other => {
+                return Err(PyValueError::new_err(format!("towers {other:?}: expected \"both\", \"image\" or \"text\"")))
+            }
+        };
         for p in config.iter().chain(weights.iter()) {
             if !p.exists() {
                 return Err(PyFileNotFoundError::new_err(format!("{}: no such file", p.display())));
             }
         }
         let source = ModelSource::from_options(name.as_deref(), config.as_deref(), weights.as_deref()).py()?;
-        let opts = LoadOptions { precision, ..LoadOptions::default() };
+        let opts = LoadOptions { precision, towers, ..LoadOptions::default() };
         let clip = py.detach(|| source.load(&opts, &mut ())).py()?;
         Ok(Model { clip: Arc::new(clip) })
     }
@@ -244,7 +254,7 @@ impl Model {
     /// The text context length (None for a vision-only model).
     #[getter]
     fn context_length(&self) -> Option<usize> {
-        self.clip.text().map(|t| t.config().context_length)
+        self.clip.config().text.as_ref().map(|t| t.context_length)
     }
 
     /// `exp(logit_scale)`, the reference's `logit_scale.exp()`.

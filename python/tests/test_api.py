@@ -83,6 +83,24 @@ def test_encode_text_and_tokenize(tiny):
     np.testing.assert_array_equal(tok(prompts), exp["text_ids"])
 
 
+def test_one_tower_alone(tiny):
+    name, whole, exp = tiny
+    paths = dict(config=FIXTURES / f"{name}.json", weights=FIXTURES / f"{name}.safetensors")
+    image = pe.Model(**paths, towers="image")
+    np.testing.assert_array_equal(image.encode_image(exp["pixels_native"]), whole.encode_image(exp["pixels_native"]))
+    close(image.encode_image(exp["pixels_native"], normalize=False), exp["image_embed_native"], f"{name} image alone")
+    assert image.context_length == whole.context_length
+    with pytest.raises(ValueError, match="text tower was not loaded"):
+        image.encode_text(["a cat"])
+    text = pe.Model(**paths, towers="text")
+    np.testing.assert_array_equal(text.encode_text(exp["text_ids"]), whole.encode_text(exp["text_ids"]))
+    close(text.encode_text(exp["text_ids"], normalize=False), exp["text_embed"], f"{name} text alone")
+    with pytest.raises(ValueError, match="vision tower was not loaded"):
+        text.encode_image(exp["pixels_native"])
+    with pytest.raises(ValueError, match="towers"):
+        pe.Model(**paths, towers="audio")
+
+
 def test_forward_features(tiny):
     name, model, exp = tiny
     for layer in (-1, 0, 1):

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use perception_encoder::preprocess::{Gray16, ImageTransform, ResizeMode, DEFAULT_MAX_PIXELS};
-use perception_encoder::{Clip, LoadOptions, ModelSource, Precision};
+use perception_encoder::{Clip, LoadOptions, ModelSource, Precision, Towers};
 
 /// `--model NAME` (weights from the hub cache), `--model NAME --weights FILE`, or
 /// `--config FILE.json --weights FILE`.
@@ -81,11 +81,13 @@ impl ModelArgs {
         })
     }
 
-    pub fn options(&self) -> LoadOptions {
-        LoadOptions { precision: self.dtype, ..LoadOptions::default() }
+    pub fn options(&self, towers: Towers) -> LoadOptions {
+        LoadOptions { precision: self.dtype, towers, ..LoadOptions::default() }
     }
 
-    pub fn load(&self) -> anyhow::Result<Clip> {
+    /// The model with `towers` built (a command that embeds only images or only text reads
+    /// and holds only that tower).
+    pub fn load(&self, towers: Towers) -> anyhow::Result<Clip> {
         let source = self.source()?;
         let what = match &source {
             ModelSource::Preset { name, .. } => name.clone(),
@@ -93,7 +95,7 @@ impl ModelArgs {
         };
         let started = std::time::Instant::now();
         let model = source
-            .load(&self.options(), &mut crate::commands::download::Reporter::new())
+            .load(&self.options(towers), &mut crate::commands::download::Reporter::new())
             .with_context(|| format!("loading model {what}"))?;
         tracing::info!("loaded {} in {:.2}s", model.config().name, started.elapsed().as_secs_f64());
         Ok(model)

@@ -155,6 +155,27 @@ fn search_equals_brute_force_over_embed_image() {
             assert!(d <= 1e-5, "{query:?} {path}: score off by {d}");
         }
     }
+    // An image outside the index takes the vision tower alone (a text query, the text tower
+    // alone): the ranking of its stored copy, at the same scores; with text, both towers.
+    let outside = tmp.path().join("outside.png");
+    std::fs::copy(root.join("cat.png"), &outside).unwrap();
+    let search = |query: &[&str]| -> Vec<serde_json::Value> {
+        let mut args = vec!["search", "--json", "--top", "100"];
+        let idx = s(&root.join(".pe-index"));
+        args.extend(["--index", &idx]);
+        args.extend(query);
+        ok(&pe(&args)).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let (stored, fresh) = (search(&[&s(&root.join("cat.png"))]), search(&[&s(&outside)]));
+    assert_eq!(stored.len(), rows.len());
+    for (a, b) in stored.iter().zip(&fresh) {
+        assert_eq!(a["path"], b["path"]);
+        let d = (a["score"].as_f64().unwrap() - b["score"].as_f64().unwrap()).abs();
+        assert!(d <= 1e-5, "{a} vs {b}");
+    }
+    let mixed = search(&["a photo of a dog", "+", &s(&outside)]);
+    assert_eq!(mixed.len(), rows.len(), "a mixed query ranks every file");
+
     // Paths only, top 2, from inside the folder (the index is found upwards).
     let out = Command::new(env!("CARGO_BIN_EXE_pe"))
         .args(["search", "-f", "--top", "2", "./cat.png"])

@@ -40,7 +40,7 @@ pub use export::{manifest_of, ImportReport};
 pub use manifest::{describe, hash_bytes, hash_file, Manifest, ModelSpec, TransformSpec, FORMAT_VERSION};
 pub use matrix::{dot, Hit, Matrix};
 pub use scan::{dir_identity, is_video, scan, Found, ScanOptions, Walker, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS};
-pub use search::{needs_model, query_vector};
+pub use search::{needs_model, query_vector, towers_needed};
 pub use update::{Progress, UpdateOptions, UpdateReport, MAX_FILE_BYTES, VIDEO_FRAMES};
 
 use perception_encoder::preprocess::ImageTransform;

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use perception_encoder::tokenizer::ClipTokenizer;
-use perception_encoder::Clip;
+use perception_encoder::{Clip, Towers};
 
 use crate::ann::{default_ef, Ann};
 use crate::catalog::Catalog;
@@ -18,14 +18,25 @@ use crate::SearchOptions;
 
 /// Whether `terms` need the model: text does, and so do images the index does not hold.
 pub fn needs_model(catalog: &Catalog, terms: &[Term]) -> Result<bool> {
+    Ok(towers_needed(catalog, terms)?.is_some())
+}
+
+/// The towers `terms` need, `None` for none: text needs the text tower, images the index does
+/// not hold the vision tower (a text query then loads a quarter of G14's weights, not all).
+pub fn towers_needed(catalog: &Catalog, terms: &[Term]) -> Result<Option<Towers>> {
+    let (mut text, mut image) = (false, false);
     for t in terms {
         match &t.kind {
-            TermKind::Text(_) => return Ok(true),
-            TermKind::Image(path) if stored(catalog, path)?.is_none() => return Ok(true),
-            TermKind::Image(_) => {}
+            TermKind::Text(_) => text = true,
+            TermKind::Image(path) => image |= stored(catalog, path)?.is_none(),
         }
     }
-    Ok(false)
+    Ok(match (text, image) {
+        (false, false) => None,
+        (true, false) => Some(Towers::Text),
+        (false, true) => Some(Towers::Image),
+        (true, true) => Some(Towers::Both),
+    })
 }
 
 /// The normalized query vector of `terms`; `model` may be `None` when [`needs_model`] says so.
@@ -36,10 +47,10 @@ pub fn query_vector(model: Option<&Clip>, manifest: &Manifest, catalog: &Catalog
         let e = match &t.kind {
             TermKind::Text(text) => {
                 let model = model.ok_or_else(need)?;
-                let text_tower = model.text().ok_or_else(|| {
+                let text_cfg = model.config().text.as_ref().ok_or_else(|| {
                     Error::Query(format!("{} has no text tower: search by image instead", manifest.model.name))
                 })?;
-                let ids = ClipTokenizer::new(text_tower.config().context_length)
+                let ids = ClipTokenizer::new(text_cfg.context_length)
                     .tokenize_batch(std::slice::from_ref(text), &Device::Cpu)?;
                 row(&model.encode_text(&ids, true)?)?
             }

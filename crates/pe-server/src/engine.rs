@@ -244,8 +244,8 @@ fn forward(model: &Clip, batch: &[Job], limit: usize) -> Result<Vec<Vec<f32>>, S
                 }
                 let width = chunk[0].len();
                 let flat: Vec<u32> = chunk.iter().flat_map(|r| r.iter().copied()).collect();
-                let ids = Tensor::from_vec(flat, (chunk.len(), width), model.visual().device())
-                    .map_err(|e| internal(e.into()))?;
+                let ids =
+                    Tensor::from_vec(flat, (chunk.len(), width), model.device()).map_err(|e| internal(e.into()))?;
                 let y = model.encode_text(&ids, false).map_err(internal)?;
                 rows.extend(y.to_dtype(DType::F32).and_then(|t| t.to_vec2::<f32>()).map_err(|e| internal(e.into()))?);
             }

@@ -64,7 +64,9 @@ impl From<perception_encoder::Error> for ServeError {
         use perception_encoder::Error as E;
         match e {
             E::ImageTooLarge { .. } => ServeError::TooLarge(e.to_string()),
-            E::ImageDecode(_) | E::InvalidInput(_) | E::MissingPart { .. } => ServeError::Invalid(e.to_string()),
+            E::ImageDecode(_) | E::InvalidInput(_) | E::MissingPart { .. } | E::NotLoaded(_) => {
+                ServeError::Invalid(e.to_string())
+            }
             other => ServeError::Internal(other.to_string()),
         }
     }

@@ -82,7 +82,7 @@ pub fn run(model: &Clip, tower: Tower, batch_size: usize, iters: usize, threads:
     if batch_size == 0 || iters == 0 {
         return Err(Error::InvalidInput("batch size and iterations must be positive".into()));
     }
-    let device = model.visual().device().clone();
+    let device = model.device().clone();
     let input = match tower {
         Tower::Image => {
             let s = model.config().vision.image_size;
@@ -90,9 +90,10 @@ pub fn run(model: &Clip, tower: Tower, batch_size: usize, iters: usize, threads:
         }
         Tower::Text => {
             let ctx = model
-                .text()
-                .ok_or_else(|| Error::MissingPart { model: model.config().name.clone(), part: "text tower" })?
                 .config()
+                .text
+                .as_ref()
+                .ok_or_else(|| Error::MissingPart { model: model.config().name.clone(), part: "text tower" })?
                 .context_length;
             ClipTokenizer::new(ctx).tokenize_batch(&realistic_prompts(batch_size), &device)?
         }

@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::precision::Precision;
 use crate::text::TextTransformer;
 use crate::vision::{l2_normalize, VisionTransformer};
-use crate::weights::{random_state_dict, Checkpoint};
+use crate::weights::{random_tensors, Checkpoint};
 
 /// Where and in which dtype a model runs.
 #[derive(Debug, Clone)]
@@ -28,11 +28,39 @@ pub struct LoadOptions {
     /// # let _ = fast;
     /// ```
     pub precision: Precision,
+    /// Which towers are built: a process that only embeds images (or only text) need not read,
+    /// convert or hold the other one (G14's text tower is 2.2 GB in float32).
+    pub towers: Towers,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { device: Device::Cpu, precision: Precision::F32 }
+        LoadOptions { device: Device::Cpu, precision: Precision::F32, towers: Towers::Both }
+    }
+}
+
+/// Which towers of a model [`LoadOptions`] builds. The checkpoint is checked whole either way;
+/// only the chosen towers' tensors are read. Using a tower that was not built is
+/// [`Error::NotLoaded`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Towers {
+    /// Both towers (those the model has).
+    #[default]
+    Both,
+    /// The vision tower only ([`Clip::encode_image`], features, video).
+    Image,
+    /// The text tower only ([`Clip::encode_text`]); an error for vision-only models.
+    Text,
+}
+
+impl Towers {
+    /// Whether the vision tower is built.
+    pub fn image(self) -> bool {
+        self != Towers::Text
+    }
+    /// Whether the text tower (of a model that has one) is built.
+    pub fn text(self) -> bool {
+        self != Towers::Image
     }
 }
 
@@ -62,9 +90,11 @@ pub struct ClipOutput {
 #[derive(Debug)]
 pub struct Clip {
     cfg: ClipConfig,
-    visual: VisionTransformer,
+    visual: Option<VisionTransformer>,
     text: Option<TextTransformer>,
     logit_scale: Option<Tensor>,
+    precision: Precision,
+    device: Device,
 }
 
 impl Clip {
@@ -77,18 +107,30 @@ impl Clip {
 
     /// Build from a [`VarBuilder`] in the official layout, in `precision`.
     pub fn with_precision(cfg: &ClipConfig, vb: VarBuilder, precision: Precision) -> Result<Self> {
+        Self::build(cfg, vb, precision, Towers::Both)
+    }
+
+    /// Build `towers` from a [`VarBuilder`] in the official layout, in `precision`.
+    fn build(cfg: &ClipConfig, vb: VarBuilder, precision: Precision, towers: Towers) -> Result<Self> {
         cfg.validate()?;
+        if !towers.image() && cfg.text.is_none() {
+            return Err(Error::MissingPart { model: cfg.name.clone(), part: "text tower" });
+        }
         // The towers are independent, so they load side by side.
         let (visual, text) = rayon::join(
-            || VisionTransformer::new(&cfg.vision, vb.pp("visual"), precision),
-            || cfg.text.as_ref().map(|t| TextTransformer::new(t, vb.clone(), precision)).transpose(),
+            || towers.image().then(|| VisionTransformer::new(&cfg.vision, vb.pp("visual"), precision)).transpose(),
+            || {
+                let text = cfg.text.as_ref().filter(|_| towers.text());
+                text.map(|t| TextTransformer::new(t, vb.clone(), precision)).transpose()
+            },
         );
         let (visual, text) = (visual?, text?);
-        let logit_scale = match &text {
+        // A scalar, kept whichever towers are built: `forward` reports it with either.
+        let logit_scale = match &cfg.text {
             Some(_) => Some(vb.get((), "logit_scale")?),
             None => None,
         };
-        Ok(Clip { cfg: cfg.clone(), visual, text, logit_scale })
+        Ok(Clip { cfg: cfg.clone(), visual, text, logit_scale, precision, device: vb.device().clone() })
     }
 
     /// Load a checkpoint file in any supported format and layout (see [`crate::weights`]).
@@ -98,7 +140,7 @@ impl Clip {
         let ckpt = Checkpoint::open(path)?;
         ckpt.check(cfg)?;
         let vb = ckpt.into_var_builder(opts.precision.load_dtype(), &opts.device);
-        Self::with_precision(cfg, vb, opts.precision)
+        Self::build(cfg, vb, opts.precision, opts.towers)
     }
 
     /// A preset with its official weights from the hub cache, downloading them if needed
@@ -114,13 +156,17 @@ impl Clip {
     pub fn from_tensors(cfg: &ClipConfig, tensors: Vec<(String, Tensor)>, opts: &LoadOptions) -> Result<Self> {
         let backend = crate::weights::TakeTensors::new(tensors);
         let vb = VarBuilder::from_backend(Box::new(backend), opts.precision.load_dtype(), opts.device.clone());
-        Self::with_precision(cfg, vb, opts.precision)
+        Self::build(cfg, vb, opts.precision, opts.towers)
     }
 
-    /// A model with seeded random weights (see [`random_state_dict`]), for benchmarks and tests.
+    /// A model with seeded random weights (see [`crate::weights::random_state_dict`]), for benchmarks and tests.
+    /// Only the towers `opts` builds are drawn; their values do not depend on that choice.
     pub fn random(cfg: &ClipConfig, seed: u64, opts: &LoadOptions) -> Result<Self> {
         cfg.validate()?;
-        let tensors = random_state_dict(cfg, seed, opts.precision.load_dtype(), &opts.device)?;
+        let towers = opts.towers;
+        let keep =
+            |key: &str| if key.starts_with("visual.") { towers.image() } else { towers.text() || key == "logit_scale" };
+        let tensors = random_tensors(cfg, seed, opts.precision.load_dtype(), &opts.device, keep)?;
         Self::from_tensors(cfg, tensors, opts)
     }
 
@@ -128,27 +174,47 @@ impl Clip {
     pub fn config(&self) -> &ClipConfig {
         &self.cfg
     }
-    /// The vision tower.
-    pub fn visual(&self) -> &VisionTransformer {
-        &self.visual
+    /// The vision tower, unless [`LoadOptions::towers`] left it out.
+    pub fn visual(&self) -> Option<&VisionTransformer> {
+        self.visual.as_ref()
     }
-    /// The text tower, if the model has one.
+    /// The text tower, if the model has one and [`LoadOptions::towers`] built it.
     pub fn text(&self) -> Option<&TextTransformer> {
         self.text.as_ref()
     }
     /// The precision the model was built for.
     pub fn precision(&self) -> Precision {
-        self.visual.precision()
+        self.precision
+    }
+    /// The device the weights are on (where inputs are made).
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+    /// The towers this model was built with.
+    pub fn towers(&self) -> Towers {
+        match (self.visual.is_some(), self.text.is_some() || self.cfg.text.is_none()) {
+            (true, true) => Towers::Both,
+            (true, false) => Towers::Image,
+            _ => Towers::Text,
+        }
+    }
+
+    fn vision_tower(&self) -> Result<&VisionTransformer> {
+        self.visual.as_ref().ok_or(Error::NotLoaded("vision tower"))
     }
 
     fn text_tower(&self) -> Result<&TextTransformer> {
-        self.text.as_ref().ok_or_else(|| Error::MissingPart { model: self.cfg.name.clone(), part: "text tower" })
+        match (&self.text, &self.cfg.text) {
+            (Some(t), _) => Ok(t),
+            (None, Some(_)) => Err(Error::NotLoaded("text tower")),
+            (None, None) => Err(Error::MissingPart { model: self.cfg.name.clone(), part: "text tower" }),
+        }
     }
 
     /// Image embeddings of `(batch, 3, H, W)` pixels (any size; floor division by the patch).
     /// `normalize` divides each row by its L2 norm.
     pub fn encode_image(&self, images: &Tensor, normalize: bool) -> Result<Tensor> {
-        let x = finite(self.visual.forward(images)?, "vision")?;
+        let x = finite(self.vision_tower()?.forward(images)?, "vision")?;
         if normalize {
             l2_normalize(&x)
         } else {
@@ -159,7 +225,7 @@ impl Clip {
     /// Image embeddings from the blocks up to `layer_idx` (negative counts from the end; `-1`
     /// is [`Clip::encode_image`]): the embedding of the tower truncated after that block.
     pub fn encode_image_at(&self, images: &Tensor, layer_idx: isize, normalize: bool) -> Result<Tensor> {
-        let x = finite(self.visual.forward_at(images, layer_idx)?, "vision")?;
+        let x = finite(self.vision_tower()?.forward_at(images, layer_idx)?, "vision")?;
         if normalize {
             l2_normalize(&x)
         } else {
@@ -228,13 +294,14 @@ impl Clip {
         norm: bool,
         strip_cls_token: bool,
     ) -> Result<Tensor> {
-        self.visual.forward_features(images, layer_idx, norm, strip_cls_token)
+        self.vision_tower()?.forward_features(images, layer_idx, norm, strip_cls_token)
     }
 
     /// Keep vision blocks `0..=layer_idx` only; see [`VisionTransformer::truncate`].
     pub fn truncate(&mut self, layer_idx: isize) -> Result<()> {
-        self.visual.truncate(layer_idx)?;
-        self.cfg.vision.layers = self.visual.config().layers;
+        let visual = self.visual.as_mut().ok_or(Error::NotLoaded("vision tower"))?;
+        visual.truncate(layer_idx)?;
+        self.cfg.vision.layers = visual.config().layers;
         Ok(())
     }
 

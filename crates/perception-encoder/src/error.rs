@@ -74,6 +74,11 @@ pub enum Error {
         part: &'static str,
     },
 
+    /// The operation needs a tower the model has but was loaded without
+    /// ([`crate::LoadOptions::towers`]).
+    #[error("the {0} was not loaded (this model was loaded with the other tower only)")]
+    NotLoaded(&'static str),
+
     /// An image that cannot be decoded (corrupt, truncated, unsupported format).
     #[error("cannot decode image: {0}")]
     ImageDecode(String),

@@ -49,7 +49,7 @@ pub use kernels::bench as kernel_bench;
 pub use kernels::peak;
 mod transformer;
 
-pub use clip::{Clip, ClipOutput, LoadOptions};
+pub use clip::{Clip, ClipOutput, LoadOptions, Towers};
 pub use config::{ClipConfig, PoolType, TextConfig, VisionConfig, PRESET_NAMES};
 pub use error::{Error, Result};
 pub use precision::Precision;

@@ -97,7 +97,7 @@ impl ZeroShotClassifier {
             .ok_or_else(|| Error::MissingPart { model: model.config().name.clone(), part: "text tower" })?
             .config();
         let tokenizer = ClipTokenizer::new(text_cfg.context_length);
-        let device = model.visual().device().clone();
+        let device = model.device().clone();
         let mut rows = Vec::with_capacity(prompts.len());
         for chunk in prompts.chunks(batch.max(1)) {
             let ids = tokenizer.tokenize_batch(chunk, &device)?;

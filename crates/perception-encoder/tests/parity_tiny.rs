@@ -13,7 +13,7 @@ use perception_encoder::{Clip, ClipConfig, LoadOptions};
 /// Compute the tensor the manifest calls `name` from the model and the stored inputs.
 fn compute(model: &Clip, name: &str, inputs: &std::collections::HashMap<String, Tensor>) -> Tensor {
     let input = |k: &str| inputs.get(k).unwrap_or_else(|| panic!("input {k} missing")).clone();
-    let v = model.visual();
+    let v = model.visual().expect("the vision tower is built");
     let image = |variant: &str| input(&format!("pixels_{variant}"));
     let grid = |variant: &str| {
         let d = image(variant).dims().to_vec();

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use perception_encoder::bench::{self, Tower};
-use perception_encoder::{Clip, ClipConfig, LoadOptions, Precision};
+use perception_encoder::{Clip, ClipConfig, LoadOptions, Precision, Towers};
 
 /// Which tower to time.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -85,17 +85,18 @@ pub fn run(cmd: BenchCmd, threads: usize) -> anyhow::Result<ExitCode> {
         (None, Some(path)) => ClipConfig::from_json_file(path)?,
         (None, None) => anyhow::bail!("give --model or --config"),
     };
-    let opts = LoadOptions { precision: cmd.dtype, ..LoadOptions::default() };
+    let (tower, towers) = match cmd.tower {
+        TowerArg::Image => (Tower::Image, Towers::Image),
+        TowerArg::Text => (Tower::Text, Towers::Text),
+    };
+    // The tower measured alone: its load time and memory, not the other one's.
+    let opts = LoadOptions { precision: cmd.dtype, towers, ..LoadOptions::default() };
     let started = Instant::now();
     let model = match &cmd.weights {
         Some(w) => Clip::load(&cfg, w, &opts)?,
         None => Clip::random(&cfg, 0, &opts)?,
     };
     let load_s = started.elapsed().as_secs_f64();
-    let tower = match cmd.tower {
-        TowerArg::Image => Tower::Image,
-        TowerArg::Text => Tower::Text,
-    };
     let report = bench::run(&model, tower, cmd.batch_size, cmd.iters, threads)?;
     let mut out = std::io::stdout().lock();
     if cmd.json {

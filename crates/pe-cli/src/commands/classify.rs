@@ -9,6 +9,7 @@ use perception_encoder::zero_shot::{imagenet_classes, ZeroShotClassifier, DEFAUL
 
 use crate::args::{ImageArgs, ModelArgs};
 use crate::inputs::{embed_images, needs_embedding, read_lines, report_failed, resolve, InputArgs};
+use perception_encoder::Towers;
 
 /// Arguments of `pe classify`.
 #[derive(Debug, clap::Args)]
@@ -66,7 +67,7 @@ pub fn run(cmd: ClassifyCmd) -> anyhow::Result<ExitCode> {
     if inputs.is_empty() {
         bail!("no images found in the given paths (hidden files are skipped unless --include-hidden)");
     }
-    let model = cmd.model.load()?;
+    let model = cmd.model.load(Towers::Both)?;
     needs_embedding(&model)?;
     let bar = crate::args::progress(labels.len(), "class vectors");
     let classifier = ZeroShotClassifier::new(&model, &labels, &templates, 256)?;

@@ -14,6 +14,7 @@ use crate::inputs::{
     describe, embed_images, needs_embedding, read_texts, report_failed, resolve, skipped, Input, InputArgs,
 };
 use crate::output::OutputArgs;
+use perception_encoder::Towers;
 
 /// Arguments of `pe embed-image`.
 #[derive(Debug, clap::Args)]
@@ -71,7 +72,7 @@ pub fn run_image(cmd: ImageCmd) -> anyhow::Result<ExitCode> {
         writer.finish()?;
         return Ok(ExitCode::SUCCESS);
     }
-    let model = cmd.model.load()?;
+    let model = cmd.model.load(Towers::Image)?;
     needs_embedding(&model)?;
     let normalize = !cmd.no_normalize;
     let failed = embed_images(
@@ -132,14 +133,15 @@ pub fn run_text(cmd: TextCmd) -> anyhow::Result<ExitCode> {
         bail!("no texts to embed");
     }
     let texts: Vec<String> = texts.into_iter().filter(|t| !writer.has(std::ffi::OsStr::new(t))).collect();
-    let model = cmd.model.load()?;
-    let Some(text_tower) = model.text() else {
-        bail!("{} has no text tower (it is a vision-only model)", model.config().name);
+    let cfg = cmd.model.config()?;
+    let Some(text_cfg) = &cfg.text else {
+        bail!("{} has no text tower (it is a vision-only model)", cfg.name);
     };
-    let tokenizer = ClipTokenizer::new(text_tower.config().context_length);
+    let tokenizer = ClipTokenizer::new(text_cfg.context_length);
+    let model = cmd.model.load(Towers::Text)?;
     let bar = progress(texts.len(), "texts");
     for chunk in texts.chunks(cmd.batch_size.max(1)) {
-        let ids = tokenizer.tokenize_batch(chunk, model.visual().device())?;
+        let ids = tokenizer.tokenize_batch(chunk, model.device())?;
         let rows: Vec<Vec<f32>> = model.encode_text(&ids, !cmd.no_normalize)?.to_dtype(DType::F32)?.to_vec2()?;
         for (text, row) in chunk.iter().zip(rows) {
             writer.push(std::ffi::OsStr::new(text), None, &row)?;
@@ -210,7 +212,7 @@ pub fn run_video(cmd: VideoCmd) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
-    let model = cmd.model.load()?;
+    let model = cmd.model.load(Towers::Image)?;
     needs_embedding(&model)?;
     let transform = cmd.image.transform(&model)?;
     let rule = match cmd.sampling {

@@ -10,6 +10,7 @@ use pe_index::output::{display_name, TensorsWriter};
 
 use crate::args::{ImageArgs, ModelArgs, ThreadsArg};
 use crate::inputs::{embed_images, report_failed, resolve, InputArgs};
+use perception_encoder::Towers;
 
 /// Arguments of `pe features`.
 #[derive(Debug, clap::Args)]
@@ -67,7 +68,7 @@ pub fn run(cmd: FeaturesCmd) -> anyhow::Result<ExitCode> {
     if inputs.is_empty() {
         bail!("no images found in the given paths (hidden files are skipped unless --include-hidden)");
     }
-    let model = cmd.model.load()?;
+    let model = cmd.model.load(Towers::Image)?;
     let failed = embed_images(
         &model,
         &inputs,

@@ -91,8 +91,13 @@ fn embedding_dim(cfg: &ClipConfig) -> anyhow::Result<usize> {
 ///
 /// An index made on another machine (imported parts, a copied folder) names weights at a path
 /// this machine may not have. For a preset, the hub cache's copy is taken instead when its
-/// BLAKE3 is the one recorded, and the index at `dir` is re-pointed to it.
-pub(crate) fn load_model(m: &Manifest, dir: &std::path::Path) -> anyhow::Result<perception_encoder::Clip> {
+/// BLAKE3 is the one recorded, and the index at `dir` is re-pointed to it. Only `towers` are
+/// built.
+pub(crate) fn load_model(
+    m: &Manifest,
+    dir: &std::path::Path,
+    towers: perception_encoder::Towers,
+) -> anyhow::Result<perception_encoder::Clip> {
     let local;
     let m = match m.check_weights() {
         Ok(()) => m,
@@ -122,7 +127,7 @@ pub(crate) fn load_model(m: &Manifest, dir: &std::path::Path) -> anyhow::Result<
     };
     let started = Instant::now();
     let model = source.load(
-        &LoadOptions { precision: m.precision, ..LoadOptions::default() },
+        &LoadOptions { precision: m.precision, towers, ..LoadOptions::default() },
         &mut super::download::Reporter::new(),
     )?;
     tracing::info!("loaded {} in {:.2}s", m.describe(), started.elapsed().as_secs_f64());
@@ -271,7 +276,7 @@ pub fn run_index(cmd: IndexCmd) -> anyhow::Result<ExitCode> {
         Err(e) => return Err(e.into()),
     };
     let mut index = Index::open_or_create(&dir, &manifest)?;
-    let model = load_model(index.manifest(), &dir)?;
+    let model = load_model(index.manifest(), &dir, perception_encoder::Towers::Image)?;
     let opts = cmd.update_options();
     let started = Instant::now();
     let report = update_with_progress(&mut index, &model, &cmd.paths, &opts)?;
@@ -459,11 +464,14 @@ pub fn run_search(cmd: SearchCmd) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let mut index = Index::open(&dir)?;
-    // Only text, or images the index does not hold, need the model.
-    let model = if cmd.update || pe_index::needs_model(index.catalog(), &terms)? {
-        Some(load_model(index.manifest(), &dir)?)
-    } else {
-        None
+    // Only text, or images the index does not hold, need the model, and only their towers.
+    let towers = match cmd.update {
+        true => Some(perception_encoder::Towers::Both),
+        false => pe_index::towers_needed(index.catalog(), &terms)?,
+    };
+    let model = match towers {
+        Some(towers) => Some(load_model(index.manifest(), &dir, towers)?),
+        None => None,
     };
     if let (true, Some(model)) = (cmd.update, &model) {
         let roots = index.catalog().roots()?;

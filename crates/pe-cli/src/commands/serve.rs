@@ -8,6 +8,7 @@ use std::time::Duration;
 use pe_server::{BatchConfig, ServerConfig};
 
 use crate::args::ModelArgs;
+use perception_encoder::Towers;
 
 /// Arguments of `pe serve`.
 #[derive(Debug, clap::Args)]
@@ -78,9 +79,9 @@ pub fn run(cmd: ServeCmd) -> anyhow::Result<ExitCode> {
             let index = pe_index::Index::open(dir)?;
             let (_, searchable, _, _) = index.catalog().counts()?;
             eprintln!("pe: index {} holds {searchable} searchable files", dir.display());
-            super::index::load_model(index.manifest(), dir)?
+            super::index::load_model(index.manifest(), dir, Towers::Both)?
         }
-        None => cmd.model.load()?,
+        None => cmd.model.load(Towers::Both)?,
     };
     let cfg = ServerConfig {
         addr: cmd.addr,

@@ -15,6 +15,7 @@ use pe_shards::{Samples, Share};
 
 use crate::args::{ImageArgs, ModelArgs};
 use crate::inputs::{embed_images, needs_embedding, Input};
+use perception_encoder::Towers;
 
 /// Shard inputs of `pe embed-image`.
 #[derive(Debug, Clone, clap::Args)]
@@ -181,7 +182,8 @@ pub fn run_image(
     };
     let cfg = model_args.config()?;
     let dim = (layer == -1).then(|| cfg.embed_dim());
-    let model = model_args.load()?;
+    // Captions go through the text tower; without them it is not read.
+    let model = model_args.load(if args.captions { Towers::Both } else { Towers::Image })?;
     needs_embedding(&model)?;
     let tokenizer = match (args.captions, model.text()) {
         (false, _) => None,
@@ -242,7 +244,7 @@ pub fn run_image(
                     let mut text_rows: Vec<Vec<f32>> = Vec::new();
                     if !with.is_empty() {
                         let owned: Vec<String> = with.iter().map(|t| t.to_string()).collect();
-                        let ids = tokenizer.tokenize_batch(&owned, model.visual().device())?;
+                        let ids = tokenizer.tokenize_batch(&owned, model.device())?;
                         text_rows = model
                             .encode_text(&ids, normalize)?
                             .to_dtype(perception_encoder::candle_core::DType::F32)?

@@ -13,6 +13,7 @@ use perception_encoder::tokenizer::ClipTokenizer;
 
 use super::shards::{closing, finish_part, part_writer, plan, ShardArgs};
 use crate::args::ModelArgs;
+use perception_encoder::Towers;
 
 /// Shard inputs of `pe embed-text`.
 #[derive(Debug, Clone, clap::Args)]
@@ -59,11 +60,11 @@ pub fn run_text(
         return Ok(ExitCode::SUCCESS);
     };
     let cfg = model_args.config()?;
-    let model = model_args.load()?;
-    let Some(text) = model.text() else {
+    let Some(text_cfg) = &cfg.text else {
         anyhow::bail!("{} has no text tower (it is a vision-only model)", cfg.name);
     };
-    let tokenizer = ClipTokenizer::new(text.config().context_length);
+    let tokenizer = ClipTokenizer::new(text_cfg.context_length);
+    let model = model_args.load(Towers::Text)?;
     let (mut bad_shards, mut bad_samples) = (0usize, 0usize);
     for (n, shard) in todo.iter().enumerate() {
         let samples = match Samples::open(Path::new(shard)) {
@@ -85,7 +86,7 @@ pub fn run_text(
                 return Ok(());
             }
             let texts: Vec<String> = batch.iter().map(|(_, t)| t.clone()).collect();
-            let ids = tokenizer.tokenize_batch(&texts, model.visual().device())?;
+            let ids = tokenizer.tokenize_batch(&texts, model.device())?;
             let rows: Vec<Vec<f32>> = model.encode_text(&ids, normalize)?.to_dtype(DType::F32)?.to_vec2()?;
             for ((key, caption), row) in batch.drain(..).zip(rows) {
                 let extras = SampleExtras { hash: None, caption: Some((&caption, &[])), json: None };

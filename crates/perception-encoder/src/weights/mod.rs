@@ -31,6 +31,7 @@ pub(crate) use backend::{TakeTensors, TRANSPOSED};
 pub use key_map::CheckpointLayout;
 pub use layout::{num_parameters, official_shapes};
 pub use random::random_state_dict;
+pub(crate) use random::random_tensors;
 pub(crate) use storage::{Blob, Entry, RawTensor};
 
 use crate::config::ClipConfig;

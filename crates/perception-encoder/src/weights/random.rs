@@ -25,8 +25,22 @@ use crate::error::Result;
 /// assert!(tensors.iter().any(|(k, _)| k == "visual.conv1.weight"));
 /// ```
 pub fn random_state_dict(cfg: &ClipConfig, seed: u64, dtype: DType, device: &Device) -> Result<Vec<(String, Tensor)>> {
+    random_tensors(cfg, seed, dtype, device, |_| true)
+}
+
+/// [`random_state_dict`]'s tensors whose keys `keep` accepts, each with the values it has there.
+pub(crate) fn random_tensors(
+    cfg: &ClipConfig,
+    seed: u64,
+    dtype: DType,
+    device: &Device,
+    keep: impl Fn(&str) -> bool,
+) -> Result<Vec<(String, Tensor)>> {
     let mut out = Vec::new();
     for (tensor, (key, shape)) in official_shapes(cfg).into_iter().enumerate() {
+        if !keep(&key) {
+            continue;
+        }
         let n: usize = shape.iter().product();
         let leaf = key.rsplit('.').next().unwrap_or(&key);
         let is_ln = key.contains("ln_") || key.contains("layernorm");
