@@ -219,7 +219,9 @@ impl Model {
             "image" => Towers::Image,
             "text" => Towers::Text,
             other => {
-                return Err(PyValueError::new_err(format!("towers {other:?}: expected \"both\", \"image\" or \"text\"")))
+                return Err(PyValueError::new_err(format!(
+                    "towers {other:?}: expected \"both\", \"image\" or \"text\""
+                )))
             }
         };
         for p in config.iter().chain(weights.iter()) {
