@@ -31,12 +31,7 @@ pub fn towers_needed(catalog: &Catalog, terms: &[Term]) -> Result<Option<Towers>
             TermKind::Image(path) => image |= stored(catalog, path)?.is_none(),
         }
     }
-    Ok(match (text, image) {
-        (false, false) => None,
-        (true, false) => Some(Towers::Text),
-        (false, true) => Some(Towers::Image),
-        (true, true) => Some(Towers::Both),
-    })
+    Ok(Towers::of(image, text))
 }
 
 /// The normalized query vector of `terms`; `model` may be `None` when [`needs_model`] says so.

@@ -62,6 +62,16 @@ impl Towers {
     pub fn text(self) -> bool {
         self != Towers::Image
     }
+    /// The towers that build the vision tower if `image` and the text tower if `text`; `None`
+    /// for neither.
+    pub fn of(image: bool, text: bool) -> Option<Towers> {
+        match (image, text) {
+            (true, true) => Some(Towers::Both),
+            (true, false) => Some(Towers::Image),
+            (false, true) => Some(Towers::Text),
+            (false, false) => None,
+        }
+    }
 }
 
 /// Normalized image and text features and `exp(logit_scale)`, as the reference's
@@ -192,11 +202,8 @@ impl Clip {
     }
     /// The towers this model was built with.
     pub fn towers(&self) -> Towers {
-        match (self.visual.is_some(), self.text.is_some() || self.cfg.text.is_none()) {
-            (true, true) => Towers::Both,
-            (true, false) => Towers::Image,
-            _ => Towers::Text,
-        }
+        // A model is never built without either tower.
+        Towers::of(self.visual.is_some(), self.text.is_some() || self.cfg.text.is_none()).unwrap_or(Towers::Both)
     }
 
     fn vision_tower(&self) -> Result<&VisionTransformer> {

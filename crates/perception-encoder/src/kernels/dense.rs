@@ -220,9 +220,9 @@ pub(crate) fn matmul(x: &[f32], m: usize, w: &impl PanelSource, bias: Option<&[f
 /// 64-column micro-panel.
 const MAX_GROUP: usize = 4;
 
-/// Panels per task for the AVX2 tiles: up to [`MAX_GROUP`], so that each 6-row tile of the activations is read from L1 by every panel of
-/// the group instead of from L2 or beyond once per panel (at B16 batch 8 the activations are
-/// 4.8 MB); fewer where the group's panels (`k x 64` bytes each) would fill more than half of a
+/// Panels per task for the AVX2 tiles: up to [`MAX_GROUP`], so that each 6-row tile of the
+/// activations is read from L1 by every panel of the group instead of from L2 or beyond once
+/// per panel (at B16 batch 8 the activations are 4.8 MB); fewer where the group's panels (`k x 64` bytes each) would fill more than half of a
 /// 512 KB L2, or where the product would have under four tasks a thread.
 fn panels_per_task(k: usize, panels: usize, chunks: usize) -> usize {
     let mut group = (4096 / k.max(1)).clamp(1, MAX_GROUP);
