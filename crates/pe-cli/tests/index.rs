@@ -253,6 +253,56 @@ fn an_updated_index_equals_a_fresh_one_and_a_killed_run_resumes() {
     assert_same_index(&killed, &fresh);
 }
 
+/// The model is loaded only when a file needs embedding: with its weights gone, a re-run that
+/// finds nothing new (or only known content under a new name) and `search --update` by an
+/// indexed image still work; a new file then fails naming the weights, losing nothing.
+#[test]
+fn an_update_with_nothing_new_does_not_load_the_model() {
+    let Some(fx) = fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let photos = tmp.path().join("photos");
+    copy_images(&fx, &photos);
+    let weights = tmp.path().join("tiny-cls.pt");
+    std::fs::copy(fx.join("tiny-cls.pt"), &weights).unwrap();
+    let dir = tmp.path().join("idx");
+    let config = s(&fx.join("tiny-cls.json"));
+    let index = || pe(&["index", &s(&photos), "--index", &s(&dir)]);
+    ok(&pe(&["index", &s(&photos), "--index", &s(&dir), "--config", &config, "--weights", &s(&weights)]));
+    let files = Index::open(&dir).unwrap().catalog().counts().unwrap().0;
+    let before = dump(&dir);
+
+    let away = tmp.path().join("elsewhere.pt");
+    std::fs::rename(&weights, &away).unwrap();
+    let out = index();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(" 0 embedded, 0 reused, "), "{out:?}");
+    std::fs::copy(photos.join("dog.png"), photos.join("dog-again.png")).unwrap();
+    let out = index();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(" 0 embedded, 1 reused, "), "{out:?}");
+    let dog = s(&photos.join("dog.png"));
+    let hits = ok(&pe(&["search", "--update", "--index", &s(&dir), "--image", &dog, "--top", "2", "--paths-only"]));
+    let mut top: Vec<&str> = hits.lines().collect();
+    top.sort();
+    assert_eq!(top, [s(&photos.join("dog-again.png")), dog.clone()], "{hits}");
+
+    noise_images(&photos.join("new"), 1, 3);
+    let out = index();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains(&s(&weights)) && err.contains("cannot be read"), "the error names the weights: {err}");
+    assert_eq!(Index::open(&dir).unwrap().catalog().counts().unwrap().0, files + 1, "only dog-again.png was added");
+    let after = dump(&dir);
+    for (path, entry) in &before {
+        assert_eq!(after.get(path), Some(entry), "{} changed", path.display());
+    }
+
+    std::fs::rename(&away, &weights).unwrap();
+    let out = index();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(" 1 embedded, 0 reused, "), "{out:?}");
+}
+
 /// `pe search --update` walks and stores as the last `pe index` did: its --exclude, its
 /// --ann and --ann-storage (not the defaults, which would take excluded files in and rebuild
 /// or delete the graph).

@@ -78,7 +78,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut index = Index::open_or_create(&dir, &manifest)?;
     let started = Instant::now();
     let up = UpdateOptions { batch_size: batch, ..UpdateOptions::default() };
-    let r = index.update(&model, &[PathBuf::from(&photos)], &up, &mut |_| {})?;
+    let r = index.update(&pe_index::LazyModel::of(&model), &[PathBuf::from(&photos)], &up, &mut |_| {})?;
     let indexing = r.embedded as f64 / started.elapsed().as_secs_f64();
 
     println!("| model | dtype | batch | threads | images | pe bench (img/s) | pe index (img/s) | index / bench |");

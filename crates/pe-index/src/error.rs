@@ -108,6 +108,10 @@ pub enum Error {
     /// An error from the model library (loading, decoding, embedding).
     #[error(transparent)]
     Model(#[from] perception_encoder::Error),
+
+    /// The caller's model loader failed (see [`LazyModel`](crate::LazyModel)); its own error.
+    #[error(transparent)]
+    Load(crate::model::BoxError),
 }
 
 /// `Result` with this crate's [`Error`].

@@ -22,6 +22,7 @@ mod error;
 mod export;
 mod manifest;
 mod matrix;
+mod model;
 pub mod output;
 pub mod query;
 mod relink;
@@ -39,12 +40,12 @@ pub use error::{Error, Result};
 pub use export::{manifest_of, ImportReport};
 pub use manifest::{describe, hash_bytes, hash_file, Manifest, ModelSpec, TransformSpec, FORMAT_VERSION};
 pub use matrix::{dot, Hit, Matrix};
+pub use model::{BoxError, LazyModel, Loader};
 pub use scan::{dir_identity, is_video, scan, Found, ScanOptions, Walker, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS};
 pub use search::{needs_model, query_vector, towers_needed};
 pub use update::{Progress, UpdateOptions, UpdateReport, MAX_FILE_BYTES, VIDEO_FRAMES};
 
 use perception_encoder::preprocess::ImageTransform;
-use perception_encoder::Clip;
 
 /// The index directory's default name, at the root of what was indexed.
 pub const DEFAULT_DIR: &str = ".pe-index";
@@ -147,20 +148,15 @@ impl Index {
     }
 
     /// Bring the index up to date with the files under `roots` (see [`update::update`]), then
-    /// rebuild the vector matrix. `model` must be the manifest's model.
+    /// rebuild the vector matrix. `model` must be the manifest's model, with its image tower; it
+    /// is loaded only if a file needs embedding.
     pub fn update(
         &mut self,
-        model: &Clip,
+        model: &LazyModel,
         roots: &[PathBuf],
         opts: &UpdateOptions,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<UpdateReport> {
-        if !model.has_image_embedding() {
-            return Err(Error::Query(format!(
-                "{} gives token features, not one embedding per image; index with a PE Core model",
-                model.config().name
-            )));
-        }
         let transform: ImageTransform = self.manifest.transform.transform();
         let mut report = update::update(&mut self.catalog, model, &transform, roots, opts, progress)?;
         Matrix::build(&self.dir, &self.catalog, self.manifest.dim)?;

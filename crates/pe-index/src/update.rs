@@ -20,6 +20,7 @@ use crate::ann::{AnnMode, AnnReport, AnnStorage};
 use crate::catalog::{Catalog, FileRow, VectorRow};
 use crate::error::{Error, Result};
 use crate::manifest::hash_file;
+use crate::model::LazyModel;
 use crate::scan::{is_video, scan, Found, ScanOptions};
 
 /// Image files larger than this are not read (no image format needs it; a stray disk image
@@ -192,7 +193,7 @@ fn prepare_video(f: &Found, before: Option<&FileRow>, known: &Mutex<HashSet<Stri
 /// Bring `catalog` up to date with the files under `roots` (see the module docs).
 pub fn update(
     catalog: &mut Catalog,
-    model: &Clip,
+    model: &LazyModel,
     transform: &ImageTransform,
     roots: &[PathBuf],
     opts: &UpdateOptions,
@@ -246,9 +247,22 @@ pub fn update(
     Ok(report)
 }
 
+/// The model, loaded now if this is the first file to embed; one that gives token features
+/// (PE Spatial, PE Lang) cannot fill an index.
+fn image_model<'m>(model: &'m LazyModel) -> Result<&'m Clip> {
+    let m = model.get()?;
+    if !m.has_image_embedding() {
+        return Err(Error::Query(format!(
+            "{} gives token features, not one embedding per image; index with a PE Core model",
+            m.config().name
+        )));
+    }
+    Ok(m)
+}
+
 /// Embed the new contents of a batch (each distinct content once) and return the rows to record.
 fn embed_batch(
-    model: &Clip,
+    model: &LazyModel,
     batch: Vec<Prepared>,
     report: &mut UpdateReport,
 ) -> Result<(Vec<VectorRow>, Vec<FileRow>)> {
@@ -276,7 +290,7 @@ fn embed_batch(
                     report.embedded += 1;
                     slot.insert(hash.clone(), usize::MAX);
                     // The zero-shot benchmark's form: the mean of raw frame embeddings, normalized.
-                    let mean: Vec<f32> = model
+                    let mean: Vec<f32> = image_model(model)?
                         .encode_video(&clip.unsqueeze(0)?, false)?
                         .to_dtype(DType::F32)?
                         .flatten_all()?
@@ -304,7 +318,7 @@ fn embed_batch(
     let mut vectors = videos;
     if !inputs.is_empty() {
         let x = Tensor::stack(&inputs, 0)?;
-        let rows: Vec<Vec<f32>> = model.encode_image(&x, true)?.to_dtype(DType::F32)?.to_vec2()?;
+        let rows: Vec<Vec<f32>> = image_model(model)?.encode_image(&x, true)?.to_dtype(DType::F32)?.to_vec2()?;
         for ((hash, width, height), embedding) in pending.into_iter().zip(rows) {
             vectors.push(VectorRow { hash, width, height, embedding });
         }

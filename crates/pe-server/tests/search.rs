@@ -205,7 +205,8 @@ fn search_similar_and_thumbnails_answer_as_the_library_and_refuse_what_is_not_in
         let mut index = Index::open(&dir).unwrap();
         let mut opts = UpdateOptions::default();
         opts.scan.videos = true;
-        let report = index.update(&model, std::slice::from_ref(&photos), &opts, &mut |_| {}).unwrap();
+        let report =
+            index.update(&pe_index::LazyModel::of(&model), std::slice::from_ref(&photos), &opts, &mut |_| {}).unwrap();
         assert_eq!(report.embedded, 1);
         let r = ureq::get(&format!("{base}/thumb?size=48&path={}", enc(&photos.join("dog.mp4").to_string_lossy())))
             .call()

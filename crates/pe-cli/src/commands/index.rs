@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use pe_index::{query, AnnMode, AnnStorage, Index, Manifest, SearchOptions, TransformSpec, UpdateOptions};
+use pe_index::{query, AnnMode, AnnStorage, Index, LazyModel, Manifest, SearchOptions, TransformSpec, UpdateOptions};
 use perception_encoder::{ClipConfig, LoadOptions, ModelSource, Precision};
 
 use crate::args::{progress, PrecisionParser};
@@ -276,7 +276,7 @@ pub fn run_index(cmd: IndexCmd) -> anyhow::Result<ExitCode> {
         Err(e) => return Err(e.into()),
     };
     let mut index = Index::open_or_create(&dir, &manifest)?;
-    let model = load_model(index.manifest(), &dir, perception_encoder::Towers::Image)?;
+    let model = image_model(index.manifest(), &dir);
     let opts = cmd.update_options();
     let started = Instant::now();
     let report = update_with_progress(&mut index, &model, &cmd.paths, &opts)?;
@@ -320,9 +320,20 @@ pub fn run_index(cmd: IndexCmd) -> anyhow::Result<ExitCode> {
     Ok(if report.failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
+/// The manifest's model with its image tower, loaded when an update first has a file to embed
+/// (a re-run that finds nothing new does not read the weights).
+pub(crate) fn image_model<'a>(m: &Manifest, dir: &'a std::path::Path) -> LazyModel<'a> {
+    let m = m.clone();
+    LazyModel::new(move || {
+        // A manifest re-pointed to the hub cache's copy by an earlier load is read again.
+        let m = Manifest::read(dir).unwrap_or_else(|_| m.clone());
+        load_model(&m, dir, perception_encoder::Towers::Image).map_err(|e| e.into())
+    })
+}
+
 pub(crate) fn update_with_progress(
     index: &mut Index,
-    model: &perception_encoder::Clip,
+    model: &LazyModel,
     roots: &[PathBuf],
     opts: &UpdateOptions,
 ) -> anyhow::Result<pe_index::UpdateReport> {
@@ -464,23 +475,24 @@ pub fn run_search(cmd: SearchCmd) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let mut index = Index::open(&dir)?;
-    // Only text, or images the index does not hold, need the model, and only their towers.
-    let towers = match cmd.update {
-        true => Some(perception_encoder::Towers::Both),
-        false => pe_index::towers_needed(index.catalog(), &terms)?,
-    };
-    let model = match towers {
-        Some(towers) => Some(load_model(index.manifest(), &dir, towers)?),
-        None => None,
-    };
-    if let (true, Some(model)) = (cmd.update, &model) {
+    let mut updated = None;
+    if cmd.update {
         let roots = index.catalog().roots()?;
         // As the last `pe index` walked and stored (its --exclude, --ann-storage...).
         let mut opts = index.update_options()?;
         opts.scan.videos = opts.scan.videos && videos_available();
-        let report = update_with_progress(&mut index, model, &roots, &opts)?;
+        let lazy = image_model(&index.manifest().clone(), &dir);
+        let report = update_with_progress(&mut index, &lazy, &roots, &opts)?;
         tracing::info!("updated: {} embedded, {} removed", report.embedded, report.removed);
+        updated = lazy.into_loaded();
     }
+    // Only text, or images the index does not hold, need the model, and only their towers;
+    // the update's image tower serves an image query.
+    let model = match pe_index::towers_needed(index.catalog(), &terms)? {
+        None => None,
+        Some(perception_encoder::Towers::Image) if updated.is_some() => updated,
+        Some(towers) => Some(load_model(&Manifest::read(&dir)?, &dir, towers)?),
+    };
     let q = pe_index::query_vector(model.as_ref(), index.manifest(), index.catalog(), &terms)?;
     let started = Instant::now();
     let opts = SearchOptions {

@@ -104,7 +104,8 @@ pub fn build_index(fx: &Path, root: &Path) -> PathBuf {
     };
     let dir = photos.join(".pe-index");
     let mut index = Index::open_or_create(&dir, &manifest).unwrap();
-    let report = index.update(&tiny(fx), &[photos], &UpdateOptions::default(), &mut |_| {}).unwrap();
+    let report =
+        index.update(&pe_index::LazyModel::of(&tiny(fx)), &[photos], &UpdateOptions::default(), &mut |_| {}).unwrap();
     assert_eq!(report.embedded, pe_testutil::FIXTURE_IMAGES.len());
     dir
 }
