@@ -47,11 +47,11 @@ enum Command {
     /// Index folders of images for search (incremental: only new and changed files are embedded).
     Index(commands::index::IndexCmd),
     /// Search an index by text, image, or weighted combinations ("2:dog" + ./pool.jpg - snow).
-    Search(commands::index::SearchCmd),
+    Search(commands::search::SearchCmd),
     /// Images of an index most like an indexed image (its stored embedding; no model loaded).
-    Similar(commands::index::SimilarCmd),
+    Similar(commands::search::SimilarCmd),
     /// Duplicate groups of an index as JSON Lines: exact (same content) and near (cosine >= threshold).
-    Dedupe(commands::index::DedupeCmd),
+    Dedupe(commands::search::DedupeCmd),
     /// Serve embeddings over HTTP (OpenAI-compatible /v1/embeddings, /embed/text, /embed/image).
     Serve(commands::serve::ServeCmd),
 }
@@ -102,9 +102,9 @@ fn main() -> ExitCode {
         Command::Bench(cmd) => commands::bench::run(cmd, threads),
         Command::Serve(cmd) => commands::serve::run(cmd),
         Command::Index(cmd) => commands::index::run_index(cmd),
-        Command::Search(cmd) => commands::index::run_search(cmd),
-        Command::Similar(cmd) => commands::index::run_similar(cmd),
-        Command::Dedupe(cmd) => commands::index::run_dedupe(cmd),
+        Command::Search(cmd) => commands::search::run_search(cmd),
+        Command::Similar(cmd) => commands::search::run_similar(cmd),
+        Command::Dedupe(cmd) => commands::search::run_dedupe(cmd),
     };
     match result {
         Ok(code) => code,

@@ -7,6 +7,7 @@ pub mod embed;
 pub mod features;
 pub mod index;
 pub mod models;
+pub mod search;
 pub mod serve;
 pub mod shards;
 pub mod shards_text;

@@ -8,7 +8,8 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use pe_index::Index;
 
-use super::index::{search_index_dir, AnnArg, UpdateProgress};
+use super::index::{AnnArg, UpdateProgress};
+use super::search::search_index_dir;
 
 /// Arguments of `pe index export`.
 #[derive(Debug, clap::Args)]
