@@ -32,6 +32,7 @@ pub(crate) async fn features(State(st): State<Shared>, req: Request) -> Result<J
     if images.is_empty() {
         return Err(ServeError::Invalid("no images given".into()));
     }
+    st.need_vision()?;
     crate::handlers::check_layer(&st, layer)?;
     let grid = st.transform.size / st.vision.patch_size;
     let width = st.vision.width;

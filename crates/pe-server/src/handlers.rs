@@ -40,7 +40,8 @@ pub(crate) async fn health() -> Json<Value> {
 #[utoipa::path(get, path = "/ready", summary = "The model is loaded and its thread runs.", responses((status = 200, body = Status), Errors))]
 pub(crate) async fn ready(State(st): State<Shared>) -> Response {
     if st.engine.ready() {
-        Json(json!({"status": "ready", "model": st.model_name, "precision": st.precision})).into_response()
+        Json(json!({"status": "ready", "model": st.model_name, "precision": st.precision, "towers": st.towers()}))
+            .into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "loading"}))).into_response()
     }
@@ -81,15 +82,14 @@ pub(crate) fn check_layer(st: &Shared, layer: isize) -> Result<(), ServeError> {
 }
 
 async fn embed_images(st: &Shared, images: Vec<ImageSource>, layer: isize) -> Result<Vec<Vec<f32>>, ServeError> {
+    st.need_vision()?;
     check_layer(st, layer)?;
     let pixels = decode::decode_images(&st.decode_budget, st.transform, images).await?;
     st.engine.submit(engine::Work::Images { pixels, layer }).await
 }
 
 pub(crate) async fn embed_texts(st: &Shared, texts: Vec<String>) -> Result<Vec<Vec<f32>>, ServeError> {
-    if !st.has_text {
-        return Err(ServeError::Invalid(format!("{} has no text tower", st.model_name)));
-    }
+    st.need_text()?;
     // BPE is CPU work: it runs on the blocking pool, not on the model thread.
     let tokenizer = st.tokenizer;
     let ids = tokio::task::spawn_blocking(move || texts.iter().map(|t| tokenizer.tokenize(t)).collect::<Vec<_>>())
@@ -136,6 +136,7 @@ pub(crate) async fn embed_image(State(st): State<Shared>, req: Request) -> Resul
 /// `demo`), each frame through the image transform; the result is the mean of the raw frame
 /// embeddings, L2-normalized unless `normalize=false` (as `pe embed-video`).
 pub(crate) async fn embed_video(State(st): State<Shared>, req: Request) -> Result<Json<Value>, ServeError> {
+    st.need_vision()?;
     if !is_multipart(&req) {
         return Err(ServeError::Invalid("upload videos as multipart/form-data files".into()));
     }
@@ -226,6 +227,8 @@ pub(crate) async fn classify(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ServeError> {
     let req: ClassifyRequest = parse(body)?;
+    st.need_text()?;
+    st.need_vision()?;
     if req.top_k == 0 {
         return Err(ServeError::Invalid("top_k must be at least 1".into()));
     }
@@ -281,6 +284,12 @@ pub(crate) async fn openai_embeddings(
             txt_idx.push(i);
             texts.push(s);
         }
+    }
+    if !images.is_empty() {
+        st.need_vision()?;
+    }
+    if !texts.is_empty() {
+        st.need_text()?;
     }
     let tokens: usize = texts.iter().map(|t| t.split_whitespace().count() + 2).sum();
     let work = async {

@@ -5,7 +5,8 @@
 //! await. Routes (JSON in and out; errors are `{"error": {"message", "type", "code"}}`):
 //!
 //! - `GET /health`: the process is up (never needs the API key).
-//! - `GET /ready`: the model is loaded and its thread is running (with its name and precision).
+//! - `GET /ready`: the model is loaded and its thread is running (with its name, precision and
+//!   towers: a model loaded with one tower answers requests for the other with 400).
 //! - `GET /v1/models`: the served model, OpenAI-style.
 //! - `POST /v1/embeddings`: OpenAI-compatible; `input` is a string or a list of strings, where
 //!   `data:image/...;base64,...` strings are images; `encoding_format` `float` or `base64`.
@@ -126,7 +127,12 @@ pub(crate) struct AppState {
     /// The precision the model runs in (reported by `/ready` and `/metrics`).
     pub(crate) precision: Precision,
     pub(crate) transform: ImageTransform,
+    /// Whether the text tower is loaded (a model may have one the server left out).
     pub(crate) has_text: bool,
+    /// Whether the model has a text tower at all.
+    pub(crate) text_in_model: bool,
+    /// Whether the vision tower is loaded.
+    pub(crate) has_vision: bool,
     /// The text tower's tokenizer (its context length).
     pub(crate) tokenizer: ClipTokenizer,
     /// Blocks of the vision tower (valid `layer` values are `-layers..layers`).
@@ -142,6 +148,36 @@ pub(crate) struct AppState {
     pub(crate) openapi: serde_json::Value,
     /// The index searched, or why it could not be opened.
     pub(crate) index: Option<Result<Arc<search::Searchable>, String>>,
+}
+
+impl AppState {
+    /// The towers this server loaded, as `/ready` reports them.
+    pub(crate) fn towers(&self) -> Vec<&'static str> {
+        [(self.has_vision, "image"), (self.has_text, "text")].into_iter().filter(|t| t.0).map(|t| t.1).collect()
+    }
+
+    /// An error (400) unless the text tower is loaded: before any work of the request is done.
+    pub(crate) fn need_text(&self) -> Result<(), ServeError> {
+        match (self.has_text, self.text_in_model) {
+            (true, _) => Ok(()),
+            (false, false) => Err(ServeError::Invalid(format!("{} has no text tower", self.model_name))),
+            (false, true) => Err(ServeError::Invalid(format!(
+                "this server loaded the image tower of {} only: text cannot be embedded here",
+                self.model_name
+            ))),
+        }
+    }
+
+    /// An error (400) unless the vision tower is loaded: before any upload is decoded.
+    pub(crate) fn need_vision(&self) -> Result<(), ServeError> {
+        if self.has_vision {
+            return Ok(());
+        }
+        Err(ServeError::Invalid(format!(
+            "this server loaded the text tower of {} only: images and videos cannot be embedded here",
+            self.model_name
+        )))
+    }
 }
 
 pub(crate) type ClassifierKey = (Vec<String>, Vec<String>);
@@ -192,6 +228,8 @@ pub fn router(model: Clip, cfg: ServerConfig) -> Router {
         model_name: model.config().name.clone(),
         precision: model.precision(),
         has_text: model.text().is_some(),
+        text_in_model: model.config().text.is_some(),
+        has_vision: model.visual().is_some(),
         tokenizer: ClipTokenizer::new(model.text().map_or(2, |t| t.config().context_length)),
         layers: model.config().vision.layers,
         vision: model.config().vision.clone(),

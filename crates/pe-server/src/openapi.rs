@@ -35,6 +35,8 @@ pub(crate) struct Status {
     status: String,
     model: Option<String>,
     precision: Option<String>,
+    /// The towers loaded (`image`, `text`), when ready.
+    towers: Option<Vec<String>>,
 }
 
 /// OpenAI's model list.

@@ -291,6 +291,9 @@ async fn query_vector(st: &Shared, index: &Arc<Searchable>, parts: Vec<(f32, Par
         }
     }
     let mut embedded: Vec<(usize, f32, Vec<f32>)> = Vec::new();
+    if !images.is_empty() {
+        st.need_vision()?;
+    }
     if !texts.is_empty() {
         let rows = crate::handlers::embed_texts(st, texts.iter().map(|t| t.2.clone()).collect()).await?;
         embedded.extend(texts.iter().zip(rows).map(|(t, r)| (t.0, t.1, r)));

@@ -8,7 +8,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use pe_server::{BatchConfig, ServerConfig};
 use pe_testutil::fixtures;
-use perception_encoder::{Clip, ClipConfig, LoadOptions};
+use perception_encoder::{Clip, ClipConfig, LoadOptions, Towers};
 use serde_json::{json, Value};
 
 /// Start a server for tiny-cls on a free loopback port; returns its base URL.
@@ -423,5 +423,60 @@ fn features_match_the_reference() {
         let (c, v) = post(&format!("{base}/features"), body.clone());
         assert_eq!(c, code, "{body}: {v}");
         assert!(v["error"]["message"].is_string(), "{v}");
+    }
+}
+
+/// `pe serve --towers`: a server with one tower answers that tower's requests with the
+/// reference's numbers and refuses the other's with a 400 naming why, before decoding an
+/// upload (garbage bytes get the same answer); `/ready` lists the towers.
+#[test]
+fn a_server_with_one_tower_serves_it_and_refuses_the_other() {
+    let Some(dir) = fixtures() else { return };
+    let model_cfg = ClipConfig::from_json_file(dir.join("tiny-cls.json")).unwrap();
+    let load = |towers| {
+        let opts = LoadOptions { towers, ..LoadOptions::default() };
+        common::serve(Clip::load(&model_cfg, dir.join("tiny-cls.pt"), &opts).unwrap(), ServerConfig::default())
+    };
+    let (image, text) = (load(Towers::Image), load(Towers::Text));
+    let b64 = base64::engine::general_purpose::STANDARD.encode(std::fs::read(dir.join("images/cat.png")).unwrap());
+    let garbage = base64::engine::general_purpose::STANDARD.encode(b"not an image at all");
+    let ready = |base: &str| -> Value { ureq::get(&format!("{base}/ready")).call().unwrap().into_json().unwrap() };
+    assert_eq!(ready(&image)["towers"], json!(["image"]));
+    assert_eq!(ready(&text)["towers"], json!(["text"]));
+
+    let (code, v) = post(&format!("{text}/embed/text"), json!({"texts": prompts(&dir)}));
+    assert_eq!(code, 200, "{v}");
+    assert!(close(&rows(&v["embeddings"]), &expected(&dir, "text_embed_norm")) <= 1e-5);
+    let (code, v) = post(&format!("{image}/embed/image"), json!({"images": [b64], "normalize": false}));
+    assert_eq!(code, 200, "{v}");
+    assert!(close(&rows(&v["embeddings"]), &expected(&dir, "image_embed_native")[..1]) <= 1e-5 * 2.3);
+
+    let image_only = "this server loaded the image tower of tiny-cls only";
+    let text_only = "this server loaded the text tower of tiny-cls only";
+    let refused: [(&str, &str, Value, &str); 7] = [
+        (&image, "/embed/text", json!({"texts": ["a cat"]}), image_only),
+        (&image, "/v1/embeddings", json!({"input": ["a cat"]}), image_only),
+        (&image, "/classify", json!({"images": [b64], "labels": ["cat", "dog"]}), image_only),
+        (&text, "/embed/image", json!({"images": [garbage]}), text_only),
+        (&text, "/features", json!({"images": [garbage]}), text_only),
+        (&text, "/v1/embeddings", json!({"input": ["a cat", format!("data:image/png;base64,{garbage}")]}), text_only),
+        (&text, "/classify", json!({"images": [b64], "labels": ["cat", "dog"]}), text_only),
+    ];
+    for (base, route, body, why) in refused {
+        let (code, v) = post(&format!("{base}{route}"), body);
+        assert_eq!(code, 400, "{route}: {v}");
+        let message = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.starts_with(why), "{route}: {message}");
+    }
+    let video =
+        ureq::post(&format!("{text}/embed/video")).set("Content-Type", "multipart/form-data; boundary=x").send_bytes(
+            b"--x\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.mp4\"\r\n\r\nnot a video\r\n--x--\r\n",
+        );
+    match video {
+        Err(ureq::Error::Status(400, r)) => {
+            let v: Value = r.into_json().unwrap();
+            assert!(v["error"]["message"].as_str().unwrap().starts_with(text_only), "{v}");
+        }
+        other => panic!("a video to a text-only server: {other:?}"),
     }
 }

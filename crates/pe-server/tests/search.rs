@@ -226,6 +226,32 @@ fn search_similar_and_thumbnails_answer_as_the_library_and_refuse_what_is_not_in
     assert!(v["error"]["message"].as_str().unwrap().contains("--index"), "{v}");
 }
 
+/// An index served with the text tower alone (`pe serve --index DIR --towers text`): text and
+/// stored-file queries answer as with both towers; an uploaded image is a 400 before decoding.
+#[test]
+fn an_index_served_with_the_text_tower_alone_searches_by_text_and_stored_files() {
+    let Some(fx) = fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = build_index(&fx, tmp.path());
+    let photos = dir.parent().unwrap().to_path_buf();
+    let cfg = perception_encoder::ClipConfig::from_json_file(fx.join("tiny-cls.json")).unwrap();
+    let opts = perception_encoder::LoadOptions { towers: perception_encoder::Towers::Text, ..Default::default() };
+    let text_only = Clip::load(&cfg, fx.join("tiny-cls.pt"), &opts).unwrap();
+    let base = common::serve(text_only, ServerConfig { index: Some(dir.clone()), ..ServerConfig::default() });
+    let (code, v) = post(&format!("{base}/search"), json!({"query": "a photo of a cat", "top_k": 100}));
+    assert_eq!(code, 200, "{v}");
+    assert_same(&ranked(&v), &library(&dir, &text_vector(&tiny(&fx), "a photo of a cat"), 100));
+    let cat = photos.join("cat.png").to_string_lossy().into_owned();
+    let (code, v) = post(&format!("{base}/search"), json!({"terms": [{"path": cat}, {"text": "a dog"}], "top_k": 3}));
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(ranked(&v).len(), 3);
+    let garbage = base64::engine::general_purpose::STANDARD.encode(b"not an image");
+    let (code, v) = post(&format!("{base}/search"), json!({"terms": [{"image": garbage}], "top_k": 2}));
+    assert_eq!(code, 400, "{v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.starts_with("this server loaded the text tower of tiny-cls only"), "{message}");
+}
+
 /// The chromium binary: `PE_CHROMIUM`, else `chromium` on the PATH. Missing, the test is
 /// skipped with a message, unless `PE_REQUIRE_FIXTURES=1` (CI, which installs it).
 fn chromium() -> Option<PathBuf> {
