@@ -40,9 +40,9 @@ pub use error::{Error, Result};
 pub use export::{manifest_of, ImportReport};
 pub use manifest::{describe, hash_bytes, hash_file, Manifest, ModelSpec, TransformSpec, FORMAT_VERSION};
 pub use matrix::{dot, Hit, Matrix};
-pub use model::{BoxError, LazyModel, Loader};
+pub use model::{BoxError, LazyModel};
 pub use scan::{dir_identity, is_video, scan, Found, ScanOptions, Walker, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS};
-pub use search::{needs_model, query_vector, towers_needed};
+pub use search::{query_vector, towers_needed};
 pub use update::{Progress, UpdateOptions, UpdateReport, MAX_FILE_BYTES, VIDEO_FRAMES};
 
 use perception_encoder::preprocess::ImageTransform;

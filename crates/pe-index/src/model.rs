@@ -8,44 +8,53 @@ use perception_encoder::Clip;
 
 use crate::{Error, Result};
 
-/// What a [`LazyModel`] calls to load its model; any error the caller has (the CLI's carries
-/// its context), reported as [`Error::Load`].
-pub type Loader<'a> = Box<dyn Fn() -> std::result::Result<Clip, BoxError> + Send + Sync + 'a>;
-
-/// A boxed error of the caller's own type.
+/// A boxed error of the caller's own type (the CLI's carries its context).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What a loader returns; its error is reported as [`Error::Load`].
+type Loader<'a> = Box<dyn Fn() -> std::result::Result<Clip, BoxError> + Send + Sync + 'a>;
 
 /// A model loaded on first use (or one already loaded, borrowed).
 pub struct LazyModel<'a> {
-    given: Option<&'a Clip>,
+    source: Source<'a>,
     model: OnceLock<Clip>,
-    load: Option<Loader<'a>>,
+}
+
+enum Source<'a> {
+    Given(&'a Clip),
+    Load(Loader<'a>),
 }
 
 impl<'a> LazyModel<'a> {
     /// A model that `load` makes the first time [`get`](Self::get) is called.
     pub fn new(load: impl Fn() -> std::result::Result<Clip, BoxError> + Send + Sync + 'a) -> Self {
-        LazyModel { given: None, model: OnceLock::new(), load: Some(Box::new(load)) }
+        LazyModel { source: Source::Load(Box::new(load)), model: OnceLock::new() }
     }
 
     /// A model already loaded.
     pub fn of(model: &'a Clip) -> Self {
-        LazyModel { given: Some(model), model: OnceLock::new(), load: None }
+        LazyModel { source: Source::Given(model), model: OnceLock::new() }
     }
 
     /// The model, loading it now if it is not yet (a failed load is tried again on the next call).
     pub fn get(&self) -> Result<&Clip> {
-        if let Some(m) = self.given.or(self.model.get()) {
+        let load = match &self.source {
+            Source::Given(m) => return Ok(m),
+            Source::Load(load) => load,
+        };
+        if let Some(m) = self.model.get() {
             return Ok(m);
         }
-        let load = self.load.as_ref().ok_or_else(|| Error::Load("no model and no way to load one".into()))?;
         let m = load().map_err(Error::Load)?;
         Ok(self.model.get_or_init(|| m))
     }
 
     /// The model if it has been loaded (or was given).
     pub fn if_loaded(&self) -> Option<&Clip> {
-        self.given.or(self.model.get())
+        match &self.source {
+            Source::Given(m) => Some(m),
+            Source::Load(_) => self.model.get(),
+        }
     }
 
     /// The model this loaded, if it did, by value (not one given by reference).

@@ -16,11 +16,6 @@ use crate::matrix::{dot, Hit, Matrix};
 use crate::query::{combine, Term, TermKind};
 use crate::SearchOptions;
 
-/// Whether `terms` need the model: text does, and so do images the index does not hold.
-pub fn needs_model(catalog: &Catalog, terms: &[Term]) -> Result<bool> {
-    Ok(towers_needed(catalog, terms)?.is_some())
-}
-
 /// The towers `terms` need, `None` for none: text needs the text tower, images the index does
 /// not hold the vision tower (a text query then loads a quarter of G14's weights, not all).
 pub fn towers_needed(catalog: &Catalog, terms: &[Term]) -> Result<Option<Towers>> {
@@ -34,7 +29,7 @@ pub fn towers_needed(catalog: &Catalog, terms: &[Term]) -> Result<Option<Towers>
     Ok(Towers::of(image, text))
 }
 
-/// The normalized query vector of `terms`; `model` may be `None` when [`needs_model`] says so.
+/// The normalized query vector of `terms`; `model` may be `None` when [`towers_needed`] says so.
 pub fn query_vector(model: Option<&Clip>, manifest: &Manifest, catalog: &Catalog, terms: &[Term]) -> Result<Vec<f32>> {
     let mut embedded = Vec::with_capacity(terms.len());
     let need = || Error::Query("this query needs the model, which was not loaded".into());

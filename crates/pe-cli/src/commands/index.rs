@@ -324,11 +324,7 @@ pub fn run_index(cmd: IndexCmd) -> anyhow::Result<ExitCode> {
 /// (a re-run that finds nothing new does not read the weights).
 pub(crate) fn image_model<'a>(m: &Manifest, dir: &'a std::path::Path) -> LazyModel<'a> {
     let m = m.clone();
-    LazyModel::new(move || {
-        // A manifest re-pointed to the hub cache's copy by an earlier load is read again.
-        let m = Manifest::read(dir).unwrap_or_else(|_| m.clone());
-        load_model(&m, dir, perception_encoder::Towers::Image).map_err(|e| e.into())
-    })
+    LazyModel::new(move || load_model(&m, dir, perception_encoder::Towers::Image).map_err(|e| e.into()))
 }
 
 pub(crate) fn update_with_progress(

@@ -86,7 +86,7 @@ pub fn run_search(cmd: SearchCmd) -> anyhow::Result<ExitCode> {
         // As the last `pe index` walked and stored (its --exclude, --ann-storage...).
         let mut opts = index.update_options()?;
         opts.scan.videos = opts.scan.videos && videos_available();
-        let lazy = image_model(&index.manifest().clone(), &dir);
+        let lazy = image_model(index.manifest(), &dir);
         let report = update_with_progress(&mut index, &lazy, &roots, &opts)?;
         tracing::info!("updated: {} embedded, {} removed", report.embedded, report.removed);
         updated = lazy.into_loaded();
