@@ -398,6 +398,11 @@ fn absurd_options_are_usage_errors() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--size 5000") && err.lines().count() == 1, "{err}");
+    // An unknown tower is refused before anything binds or loads, naming the choices.
+    let out = pe(&["serve", "--config", &cfg, "--weights", &w, "--towers", "neither", "--addr", "127.0.0.1:1"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--towers") && err.contains("both, image, text"), "{err}");
 }
 
 /// A newline in a file name cannot shift `.paths.txt` against the matrix rows.
