@@ -360,13 +360,22 @@ fn attention_bf16_fused(qkv: &[f32], s: Shape) -> Vec<f32> {
 mod tests {
     use super::*;
 
-    /// Attention with the bf16 path's roundings (q * scale, k, softmax output, v), in f64.
-    fn rounded_reference(qkv: &[f32], s: Shape, causal: bool) -> Vec<f32> {
-        reference(qkv, s, causal, |x: f32| crate::kernels::bf16::from_bf16(crate::kernels::bf16::to_bf16(x)) as f64)
+    /// Attention with the bf16 path's roundings (q * scale, k, the probabilities, v), in f64:
+    /// the probabilities rounded after the softmax's division (AMX), or before it with the
+    /// division applied to the output (`divide_after`, the AVX512-BF16 kernel).
+    fn rounded_reference(qkv: &[f32], s: Shape, causal: bool, divide_after: bool) -> Vec<f32> {
+        let r = |x: f32| crate::kernels::bf16::from_bf16(crate::kernels::bf16::to_bf16(x)) as f64;
+        reference_dividing(qkv, s, causal, r, divide_after)
     }
 
     /// Attention in f64, each operand (q * scale, k, softmax output, v) through `r` first.
     fn reference(qkv: &[f32], s: Shape, causal: bool, r: impl Fn(f32) -> f64) -> Vec<f32> {
+        reference_dividing(qkv, s, causal, r, false)
+    }
+
+    /// [`reference`], with `divide_after`: `r` takes the exponentials before the division by
+    /// their sum, which then divides each output.
+    fn reference_dividing(qkv: &[f32], s: Shape, causal: bool, r: impl Fn(f32) -> f64, divide_after: bool) -> Vec<f32> {
         let (n, d, w) = (s.seq, s.head_dim, s.width());
         let scale = 1.0 / (d as f32).sqrt();
         let mut out = vec![0f32; s.batch * n * w];
@@ -381,7 +390,11 @@ mod tests {
                     let e: Vec<f64> = scores.iter().map(|x| (x - max).exp()).collect();
                     let sum: f64 = e.iter().sum();
                     for j in 0..d {
-                        let o: f64 = (0..live).map(|t| r((e[t] / sum) as f32) * r(at(2, t, j))).sum();
+                        let o: f64 = if divide_after {
+                            (0..live).map(|t| r(e[t] as f32) * r(at(2, t, j))).sum::<f64>() / sum
+                        } else {
+                            (0..live).map(|t| r((e[t] / sum) as f32) * r(at(2, t, j))).sum()
+                        };
                         out[b * n * w + i * w + h * d + j] = o as f32;
                     }
                 }
@@ -504,7 +517,11 @@ mod tests {
                 assert_eq!(got.is_some(), expected(s, causal), "{s:?} causal {causal}: which kernel runs");
                 let Some(got) = got else { continue };
                 ran += 1;
-                let want = rounded_reference(&qkv, s, causal);
+                #[cfg(target_arch = "x86_64")]
+                let fused = !causal && fused_bf16::available(s.head_dim);
+                #[cfg(not(target_arch = "x86_64"))]
+                let fused = false;
+                let want = rounded_reference(&qkv, s, causal, fused);
                 let (mut worst, mut total) = (0f32, 0f32);
                 for (a, b) in got.iter().zip(&want) {
                     worst = worst.max((a - b).abs());

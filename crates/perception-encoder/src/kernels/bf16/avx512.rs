@@ -70,6 +70,42 @@ pub(crate) unsafe fn softmax_to_bf16(s: &mut [f32], dst: &mut [u16]) {
     }
 }
 
+/// The unnormalized softmax of `s` for attention that divides afterwards: `exp(s - max s)`
+/// rounded to bf16 into `dst` (the largest is 1), and `1 / sum` of the unrounded exponentials
+/// returned for the caller to scale its `P v` rows by. Two passes over `s` instead of
+/// [`softmax_to_bf16`]'s three, and no float32 store of the exponentials.
+///
+/// # Safety
+/// The CPU has AVX512-BF16; `dst` is as long as `s`, which is not empty.
+#[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl,fma")]
+pub(crate) unsafe fn exp_to_bf16(s: &[f32], dst: &mut [u16]) -> f32 {
+    let n = s.len();
+    assert!(n > 0 && dst.len() == n, "exp_to_bf16 lengths");
+    let (p, d) = (s.as_ptr(), dst.as_mut_ptr());
+    let mask = |i: usize| -> __mmask16 {
+        if n - i >= 16 {
+            0xffff
+        } else {
+            (1u16 << (n - i)) - 1
+        }
+    };
+    let neg_inf = _mm512_set1_ps(f32::NEG_INFINITY);
+    let mut max = neg_inf;
+    for i in (0..n).step_by(16) {
+        max = _mm512_max_ps(max, _mm512_mask_loadu_ps(neg_inf, mask(i), p.add(i)));
+    }
+    let max = _mm512_set1_ps(_mm512_reduce_max_ps(max));
+    let mut sum = _mm512_setzero_ps();
+    for i in (0..n).step_by(16) {
+        let k = mask(i);
+        let e = _mm512_maskz_mov_ps(k, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, p.add(i)), max)));
+        sum = _mm512_add_ps(sum, e);
+        let v = _mm512_cvtneps_pbh(e);
+        _mm256_mask_storeu_epi16(d.add(i).cast(), k, std::mem::transmute::<__m256bh, __m256i>(v));
+    }
+    1.0 / _mm512_reduce_add_ps(sum)
+}
+
 /// [`crate::kernels::math::exp`] on 16 lanes with fused multiply-adds (so within a few
 /// ulp of it, not bit-identical).
 #[inline]

@@ -344,6 +344,33 @@ mod tests {
         }
     }
 
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn exp_to_bf16_gives_the_rounded_exponentials_and_their_inverse_sum_at_every_length() {
+        if !crate::kernels::cpu::avx512bf16() {
+            eprintln!("skipped: no AVX512-BF16 here");
+            return;
+        }
+        for n in [1, 5, 16, 17, 31, 197, 257, 577] {
+            // Large negative scores too: the largest must still give exp(0) = 1.
+            let s: Vec<f32> = (0..n).map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.7 - 300.0).collect();
+            let max = s.iter().cloned().fold(f64::NEG_INFINITY, |m, v| m.max(v as f64));
+            let e: Vec<f64> = s.iter().map(|&v| (v as f64 - max).exp()).collect();
+            let total: f64 = e.iter().sum();
+            let mut got = vec![0u16; n];
+            // SAFETY: the CPU has AVX512-BF16 (checked above); the lengths match and n > 0.
+            let inv = unsafe { avx512::exp_to_bf16(&s, &mut got) } as f64;
+            assert!((inv - 1.0 / total).abs() <= 1e-6 / total, "n={n}: 1/sum {inv} vs {}", 1.0 / total);
+            for (i, (&g, &e)) in got.iter().zip(&e).enumerate() {
+                assert!(
+                    (from_bf16(g) as f64 - e).abs() <= e * 2f64.powi(-8) + 1e-30,
+                    "n={n} [{i}]: {} vs {e}",
+                    from_bf16(g)
+                );
+            }
+        }
+    }
+
     #[test]
     fn unpacking_gives_the_rounded_weight() {
         let w: Vec<f32> = (0..6 * 5).map(|i| i as f32 * 0.3 - 4.0).collect();
