@@ -56,6 +56,11 @@ impl<T: Copy + Default + Send + Sync> Panels<T> {
         self.n.div_ceil(PANEL)
     }
 
+    /// The packed weight's size in bytes.
+    pub(crate) fn bytes(&self) -> usize {
+        std::mem::size_of_val(self.data.as_slice())
+    }
+
     /// Panel `p`: `k_pad / group` groups of `32 x group` values.
     pub(crate) fn panel(&self, p: usize) -> &[T] {
         let len = self.k_pad * PANEL;

@@ -39,14 +39,29 @@ pub(crate) fn panel_masks(cols: usize) -> (u16, u16) {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Order {
     /// Consecutive tasks share a block of rows and walk the panels: the weight streams through
-    /// once per block of rows.
+    /// once per block of rows, each block of rows stays in cache.
     RowBlocks,
     /// Consecutive tasks share a group of panels and walk the blocks of rows: the weight is
     /// read once, the activations once per group of panels. The AVX2 int8 kernel's choice
     /// (its activations are int16, its weight int8): on a Zen 1 EPYC, L14 batch 1 6.1 -> 5.4 s
-    /// an image, S16 +7%. The other kernels keep the first order: this one was not measured
-    /// on the CPUs they run on.
+    /// an image, S16 +7%.
     Panels,
+}
+
+impl Order {
+    /// [`Order::Panels`] when the packed weight is at least as large as the A operand (a batch
+    /// of few rows: the weight would otherwise come from memory once per block of rows), else
+    /// [`Order::RowBlocks`] (many rows through a weight that stays in cache). On a Zen 4 EPYC
+    /// (AVX512-VNNI and AVX512-BF16 kernels), `Panels` made L14 batch 1 11-13% faster in int8
+    /// and 9-12% in bf16, S16 batch 1 6-14%, B16 0-8%, but T16 at batch 8 (a 0.2 MB weight,
+    /// 1.8 MB of activations) 4-9% slower in bf16.
+    pub(crate) fn for_operands(a_bytes: usize, w_bytes: usize) -> Self {
+        if w_bytes >= a_bytes {
+            Order::Panels
+        } else {
+            Order::RowBlocks
+        }
+    }
 }
 
 /// Run `body(state, rows, panel)` over every (block of `mc` rows, panel) of an `m`-row product
