@@ -6,7 +6,7 @@
 # hits all of them. Writes JSON lines and prints the ratio table (bench/summarize.py) with
 # each one's cosine to PyTorch float32 and its share of this CPU's peak (`pe bench --peak`).
 # The peers are installed from PyPI into a venv the first time; pe's Python package is built
-# from ./python into it. Not part of CI.
+# from ./python into it, again whenever the source has changed since. Not part of CI.
 #
 #   bench/compare_torch.sh                                  # T16 S16 B16 L14, batches 1 and 8
 #   PRESETS="G14" BATCHES="1 4" ROUNDS=1 bench/compare_torch.sh
@@ -32,8 +32,15 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$VENV/bin/pip" install -q --upgrade pip
   "$VENV/bin/pip" install -q torch open_clip_torch timm safetensors onnx onnxscript onnxruntime openvino nncf
 fi
+# pe's package is rebuilt whenever the source differs from the one it was built from: a stale
+# build would time old kernels against new peers.
+source_id="$(git rev-parse HEAD 2>/dev/null || echo unknown)-$(git status --porcelain -- crates python | sha1sum | cut -c1-12)"
 if ! "$VENV/bin/python" -c "import perception_encoder" 2>/dev/null; then
   "$VENV/bin/pip" install -q ./python
+  echo "$source_id" > "$VENV/.pe-source"
+elif [ "$(cat "$VENV/.pe-source" 2>/dev/null)" != "$source_id" ]; then
+  "$VENV/bin/pip" install -q --force-reinstall --no-deps ./python
+  echo "$source_id" > "$VENV/.pe-source"
 fi
 cargo build --release -q -p pe-cli
 PY="$VENV/bin/python"
