@@ -30,6 +30,30 @@ pub(crate) unsafe fn round_row(src: &[f32], dst: *mut u16) {
     }
 }
 
+/// The mask of the values from `i` in a row of `n` (`i < n`): whole vectors, a masked last one
+/// (rows are 197 or 577 long, and a scalar tail of `exp` and rounding cost as much as the
+/// vectors before it).
+#[inline(always)]
+fn tail_mask(n: usize, i: usize) -> __mmask16 {
+    if n - i >= 16 {
+        0xffff
+    } else {
+        (1u16 << (n - i)) - 1
+    }
+}
+
+/// The largest of the `n` values at `p`, in every lane.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn row_max(p: *const f32, n: usize) -> __m512 {
+    let neg_inf = _mm512_set1_ps(f32::NEG_INFINITY);
+    let mut max = neg_inf;
+    for i in (0..n).step_by(16) {
+        max = _mm512_max_ps(max, _mm512_mask_loadu_ps(neg_inf, tail_mask(n, i), p.add(i)));
+    }
+    _mm512_set1_ps(_mm512_reduce_max_ps(max))
+}
+
 /// Softmax of `s` (its values are overwritten), rounded to bf16 into `dst`: the final
 /// scaling and the rounding in one pass.
 ///
@@ -37,24 +61,11 @@ pub(crate) unsafe fn round_row(src: &[f32], dst: *mut u16) {
 /// The CPU has AVX-512F/BF16 (and AVX2/FMA); `dst` is as long as `s`.
 #[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl,avx2,fma")]
 pub(crate) unsafe fn softmax_to_bf16(s: &mut [f32], dst: &mut [u16]) {
-    // Whole vectors with a masked last one: rows are 197 or 257 long, and a scalar tail of
-    // `exp` and bf16 rounding cost as much as the vectors before it.
     let n = s.len();
     assert_eq!(dst.len(), n, "softmax_to_bf16 lengths");
     let (p, d) = (s.as_mut_ptr(), dst.as_mut_ptr());
-    let mask = |i: usize| -> __mmask16 {
-        if n - i >= 16 {
-            0xffff
-        } else {
-            (1u16 << (n - i)) - 1
-        }
-    };
-    let neg_inf = _mm512_set1_ps(f32::NEG_INFINITY);
-    let mut max = neg_inf;
-    for i in (0..n).step_by(16) {
-        max = _mm512_max_ps(max, _mm512_mask_loadu_ps(neg_inf, mask(i), p.add(i)));
-    }
-    let max = _mm512_set1_ps(_mm512_reduce_max_ps(max));
+    let mask = |i: usize| tail_mask(n, i);
+    let max = row_max(p, n);
     let mut sum = _mm512_setzero_ps();
     for i in (0..n).step_by(16) {
         let k = mask(i);
@@ -82,19 +93,8 @@ pub(crate) unsafe fn exp_to_bf16(s: &[f32], dst: &mut [u16]) -> f32 {
     let n = s.len();
     assert!(n > 0 && dst.len() == n, "exp_to_bf16 lengths");
     let (p, d) = (s.as_ptr(), dst.as_mut_ptr());
-    let mask = |i: usize| -> __mmask16 {
-        if n - i >= 16 {
-            0xffff
-        } else {
-            (1u16 << (n - i)) - 1
-        }
-    };
-    let neg_inf = _mm512_set1_ps(f32::NEG_INFINITY);
-    let mut max = neg_inf;
-    for i in (0..n).step_by(16) {
-        max = _mm512_max_ps(max, _mm512_mask_loadu_ps(neg_inf, mask(i), p.add(i)));
-    }
-    let max = _mm512_set1_ps(_mm512_reduce_max_ps(max));
+    let mask = |i: usize| tail_mask(n, i);
+    let max = row_max(p, n);
     let mut sum = _mm512_setzero_ps();
     for i in (0..n).step_by(16) {
         let k = mask(i);
