@@ -209,7 +209,7 @@ pub(super) fn matmul_rows(a: &[u16], m: usize, w: &PackedBf16) -> Vec<f32> {
         // are masked to the panel's valid columns.
         unsafe { crate::kernels::tiles::rows_1_to_12!(op.rows, tile, t) }
     };
-    unsafe { by_register_tiles(Order::for_operands(std::mem::size_of_val(a), w.bytes()), a, m, w, MC, MR, tile_at) }
+    unsafe { by_register_tiles(Order::for_operands(a, w), a, m, w, MC, MR, tile_at) }
 }
 
 /// `gelu(a W^T + b)` rounded to bf16 for the `m` rows of `a`: the A operand of the next
@@ -231,8 +231,7 @@ pub(super) fn matmul_gelu_rows(a: &[u16], m: usize, w: &PackedBf16) -> Vec<u16> 
     // SAFETY: `h` holds m rows of `ldh` >= n; the tiles write only their own rows of their
     // panel, and the padding after n was zeroed above.
     unsafe {
-        let order = Order::for_operands(std::mem::size_of_val(a), w.bytes());
-        into_register_tiles(order, a, m, w, MC, MR, (h.as_mut_ptr().cast::<u16>(), ldh), tile_at);
+        into_register_tiles(Order::for_operands(a, w), a, m, w, MC, MR, (h.as_mut_ptr().cast::<u16>(), ldh), tile_at);
         // Every (row, panel) block was written.
         crate::kernels::assume_init(h)
     }

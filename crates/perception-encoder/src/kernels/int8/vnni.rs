@@ -97,7 +97,7 @@ fn product<const GELU: bool>(x: Activations, m: usize, w: &PackedI8) -> Vec<f32>
             }
         }
     };
-    unsafe { by_register_tiles(Order::for_operands(a.len(), w.bytes()), a, m, w, MC, MR, tile_at) }
+    unsafe { by_register_tiles(Order::for_operands(a, w), a, m, w, MC, MR, tile_at) }
 }
 
 /// The same bytes seen as unsigned.
