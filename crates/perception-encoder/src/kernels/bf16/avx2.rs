@@ -126,5 +126,5 @@ pub(super) fn matmul(x: Activations, m: usize, w: &PackedBf16) -> Vec<f32> {
             }
         }
     };
-    unsafe { by_register_tiles(Order::RowBlocks, &a, m, w, MC, MR, tile_at) }
+    unsafe { by_register_tiles(Order::for_operands(&a, w), &a, m, w, MC, MR, tile_at) }
 }
