@@ -351,9 +351,10 @@ mod tests {
             eprintln!("skipped: no AVX512-BF16 here");
             return;
         }
-        for n in [1, 5, 16, 17, 31, 197, 257, 577] {
-            // Large negative scores too: the largest must still give exp(0) = 1.
-            let s: Vec<f32> = (0..n).map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.7 - 300.0).collect();
+        for (n, spread) in [1, 5, 16, 17, 31, 197, 257, 577].into_iter().flat_map(|n| [(n, 0.7), (n, 9.0)]) {
+            // Large negative scores too: the largest must still give exp(0) = 1. A spread of 9
+            // puts some scores ~200 below the largest, where e^x underflows float32.
+            let s: Vec<f32> = (0..n).map(|i| ((i * 37 % 23) as f32 - 11.0) * spread - 300.0).collect();
             let max = s.iter().cloned().fold(f64::NEG_INFINITY, |m, v| m.max(v as f64));
             let e: Vec<f64> = s.iter().map(|&v| (v as f64 - max).exp()).collect();
             let total: f64 = e.iter().sum();
