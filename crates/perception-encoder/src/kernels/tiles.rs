@@ -55,7 +55,7 @@ impl Order {
     /// (AVX512-VNNI and AVX512-BF16 kernels), `Panels` made L14 batch 1 11-13% faster in int8
     /// and 9-12% in bf16, S16 batch 1 6-14%, B16 0-8%, but T16 at batch 8 (a 0.2 MB weight,
     /// 1.8 MB of activations) 4-9% slower in bf16. The AVX2 bf16 kernel (forced on the same
-    /// Zen 4): L14 batch 1 6-9% faster, B16 batch 1 4-6%, S16 batch 1 and B16 text level.
+    /// Zen 4): L14 batch 1 7-10% faster, B16 batch 1 4-6%, S16 batch 1 and B16 text level.
     pub(crate) fn for_operands<A, B: Copy + Default + Send + Sync>(a: &[A], w: &Panels<B>) -> Self {
         if w.bytes() >= std::mem::size_of_val(a) {
             Order::Panels
