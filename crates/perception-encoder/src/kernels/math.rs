@@ -3,23 +3,25 @@
 
 use rayon::prelude::*;
 
+/// `ln 2` split so that `n * LN2_HI` is exact for the `n` of float32's range: `x - n ln 2` in two
+/// steps keeps the reduced argument accurate (the vector `exp`s share it).
+pub(crate) const LN2_HI: f32 = 0.693_145_75;
+/// The rest of `ln 2` after [`LN2_HI`].
+pub(crate) const LN2_LO: f32 = 1.428_606_8e-6;
+/// Adding and subtracting 1.5 * 2^23 rounds to the nearest integer without a call.
+pub(crate) const ROUND: f32 = 12_582_912.0;
+/// The Taylor series of `e^r` to degree 7, highest degree first (Horner's order): truncation
+/// below 1e-8 relative on `|r| <= ln2 / 2`.
+pub(crate) const EXP_TAYLOR: [f32; 8] = [1.0 / 5040.0, 1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0];
+
 /// `e^x` within about 2 ulp for `x` in `[-87, 88]` (clamped outside: tiny, or large and finite).
 #[inline(always)]
 pub(crate) fn exp(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
-    // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer without a call.
-    const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
-    let shifted = x * LOG2E + ROUND;
+    let shifted = x * std::f32::consts::LOG2_E + ROUND;
     let n = shifted - ROUND;
     let r = (x - n * LN2_HI) - n * LN2_LO;
-    // Taylor series of e^r to degree 7 on |r| <= ln2 / 2: truncation below 1e-8 relative.
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+    let p = EXP_TAYLOR[1..].iter().fold(EXP_TAYLOR[0], |p, &c| p * r + c);
     // 2^n built from `shifted`'s low mantissa bits, which hold n: integer ops that vectorize,
     // where `n as i32` (a saturating conversion) is compiled element by element.
     f32::from_bits(shifted.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127) << 23) * p

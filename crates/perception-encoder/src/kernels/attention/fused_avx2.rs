@@ -239,14 +239,14 @@ unsafe fn product<const NQ: usize>(
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn exp8(x: __m256) -> __m256 {
-    const ROUND: f32 = 12_582_912.0;
+    use crate::kernels::math::{EXP_TAYLOR, LN2_HI, LN2_LO, ROUND};
     let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0)), _mm256_set1_ps(88.0));
     let shifted = _mm256_fmadd_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E), _mm256_set1_ps(ROUND));
     let n = _mm256_sub_ps(shifted, _mm256_set1_ps(ROUND));
-    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_145_75), x);
-    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428_606_8e-6), r);
-    let mut e = _mm256_set1_ps(1.0 / 5040.0);
-    for c in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
+    let mut e = _mm256_set1_ps(EXP_TAYLOR[0]);
+    for &c in &EXP_TAYLOR[1..] {
         e = _mm256_fmadd_ps(e, r, _mm256_set1_ps(c));
     }
     let bits = _mm256_sub_epi32(_mm256_castps_si256(shifted), _mm256_set1_epi32(ROUND.to_bits() as i32 - 127));

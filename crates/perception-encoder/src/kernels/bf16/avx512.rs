@@ -4,6 +4,7 @@
 use std::arch::x86_64::*;
 
 use super::{round_rows, to_bf16, PackedBf16};
+use crate::kernels::math::{EXP_TAYLOR, LN2_HI, LN2_LO, ROUND};
 use crate::kernels::panels::PANEL;
 use crate::kernels::tiles::{by_register_tiles, into_register_tiles, operand_stride, panel_masks, Order, TileOperands};
 
@@ -129,10 +130,10 @@ unsafe fn exp16_to_round(x: __m512) -> __m512 {
         x,
         _mm512_set1_ps(std::f32::consts::LOG2_E),
     ));
-    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_145_75), x);
-    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428_606_8e-6), r);
-    let mut e = _mm512_set1_ps(1.0 / 720.0);
-    for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
+    let mut e = _mm512_set1_ps(EXP_TAYLOR[1]);
+    for &c in &EXP_TAYLOR[2..] {
         e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(c));
     }
     _mm512_scalef_ps(e, n)
@@ -143,14 +144,13 @@ unsafe fn exp16_to_round(x: __m512) -> __m512 {
 #[inline]
 #[target_feature(enable = "avx512f,fma")]
 pub(crate) unsafe fn exp16(x: __m512) -> __m512 {
-    const ROUND: f32 = 12_582_912.0;
     let x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0)), _mm512_set1_ps(88.0));
     let shifted = _mm512_fmadd_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E), _mm512_set1_ps(ROUND));
     let n = _mm512_sub_ps(shifted, _mm512_set1_ps(ROUND));
-    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_145_75), x);
-    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428_606_8e-6), r);
-    let mut e = _mm512_set1_ps(1.0 / 5040.0);
-    for c in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
+    let mut e = _mm512_set1_ps(EXP_TAYLOR[0]);
+    for &c in &EXP_TAYLOR[1..] {
         e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(c));
     }
     let bits = _mm512_sub_epi32(_mm512_castps_si512(shifted), _mm512_set1_epi32(ROUND.to_bits() as i32 - 127));
